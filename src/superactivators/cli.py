@@ -1,0 +1,104 @@
+"""Command-line interface: ``superactivators COMMAND --help`` for each command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import sys
+import time
+from pathlib import Path
+
+from .datasets import DatasetError
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cmd_dataset_info(args: argparse.Namespace) -> int:
+    from .datasets import dataset_summary, load_dataset
+
+    print(dataset_summary(load_dataset(args.path)))
+    return 0
+
+
+def _run(cfg, args: argparse.Namespace) -> int:
+    from .pipeline import format_macro, run_pipeline, suppress_noisy_warnings
+
+    suppress_noisy_warnings()
+    t0 = time.time()
+    res = run_pipeline(cfg, progress=not args.quiet)
+    print(f"\nMacro F1 on test (rows: layer, concept type; columns: detection method) -- {res.run_dir}")
+    print(format_macro(res.macro))
+    print(f"\nwrote {res.run_dir / 'detection_metrics.csv'}")
+    print(f"wall time {time.time() - t0:.1f} s, peak RSS {_peak_rss_mb():.0f} MB")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    return _run(load_config(args.config, args.set), args)
+
+
+def demo_config(args: argparse.Namespace):
+    from .config import apply_overrides, config_from_dict
+
+    data = {
+        "name": "demo",
+        "output_dir": args.output_dir,
+        "data": {"path": "builtin:emotions"},
+        "embed": {"model": "minilm", "layers": "all", "batch_size": 32, "max_length": 256},
+        "concepts": {"types": ["mean", "linsep"]},
+    }
+    return config_from_dict(apply_overrides(data, args.set))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return _run(demo_config(args), args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="superactivators",
+        description="Find where concepts live in a transformer and detect them from the tail of token activations.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("run", help="run the whole pipeline from a YAML config (cached, resumable)")
+    s.add_argument("config", type=Path)
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set embed.batch_size=8 (repeatable)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("demo", help="built-in emotions dataset through the packaged all-MiniLM-L6-v2, every layer")
+    s.add_argument("--output-dir", default="runs", help="parent folder of the run folder 'demo'")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("dataset-info", help="samples, concepts with positives per split, modality")
+    s.add_argument("path", help="metadata.csv, its folder, or builtin:NAME")
+    s.set_defaults(func=cmd_dataset_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (DatasetError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are kept; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""One typed run configuration, read from YAML, overridable with ``--set section.key=value``."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .calibrate import DEFAULT_GRID
+from .detect import METHODS
+from .embed import EmbedConfig
+
+CONCEPT_TYPES = ("mean", "linsep", "kmeans", "kmeans-linsep", "sae")
+
+
+@dataclass
+class DataConfig:
+    """Which dataset: a metadata.csv, a folder holding one, or ``builtin:NAME``."""
+
+    path: str = "builtin:emotions"
+    concepts: list[str] | None = None  # restrict / order concept columns
+
+
+@dataclass
+class ConceptConfig:
+    """Which concept types to learn, and their knobs."""
+
+    types: list[str] = field(default_factory=lambda: ["mean", "linsep"])
+    linsep_max_tokens_per_class: int = 4000
+    linsep_c: float = 1.0
+    kmeans_k_tokens: int = 1000
+    kmeans_k_global: int = 50
+    sae_path: str | None = None  # SAELens folder or HF repo id (type 'sae')
+
+
+@dataclass
+class DetectConfig:
+    """Detection methods and the calibration grid (percent of in-concept tokens kept)."""
+
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    grid: list[float] = field(default_factory=lambda: list(DEFAULT_GRID))
+    best_threshold: bool = True
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; every stage's cache key derives from the relevant part."""
+
+    name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 0
+    score_device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    concepts: ConceptConfig = field(default_factory=ConceptConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def validate(self) -> None:
+        bad = [t for t in self.concepts.types if t not in CONCEPT_TYPES]
+        if bad:
+            raise ValueError(f"unknown concept type(s) {bad}; choose from {list(CONCEPT_TYPES)}")
+        bad = [m for m in self.detect.methods if m not in METHODS]
+        if bad:
+            raise ValueError(f"unknown detection method(s) {bad}; choose from {list(METHODS)}")
+        if "sae" in self.concepts.types and not self.concepts.sae_path:
+            raise ValueError("concept type 'sae' needs concepts.sae_path")
+        if self.embed.batch_size < 1:
+            raise ValueError("embed.batch_size must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"config section {where or 'top level'} must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown} in {where or 'top level'}; valid: {sorted(fields)}")
+    kwargs = {}
+    for k, v in data.items():
+        ftype = fields[k].type
+        sub = {"data": DataConfig, "embed": EmbedConfig, "concepts": ConceptConfig, "detect": DetectConfig}
+        if cls is RunConfig and k in sub:
+            kwargs[k] = _build(sub[k], v or {}, k)
+        else:
+            kwargs[k] = v
+        del ftype
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    cfg = _build(RunConfig, data or {}, "")
+    cfg.validate()
+    return cfg
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a config dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: invalid YAML: {err}") from None
+    return config_from_dict(apply_overrides(data, overrides or []))
+
+
+def stable_hash(obj: Any, n: int = 12) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]

@@ -1,0 +1,148 @@
+"""Detection: SuperActivator vs baselines, calibrated on ``cal``, evaluated on ``test``.
+
+A method is a per-sample score ``[N, C]`` plus a calibration population per concept:
+
+- ``superactivator``: score = max token activation; population = in-concept *token*
+  activations on ``cal``. A sample is positive iff some token reaches the tail threshold.
+- baselines ``global``, ``max_token``, ``mean_token``, ``last_token``, ``random_token``:
+  population = the score of the concept's positive ``cal`` samples.
+
+Both use the same protocol: thresholds at the ``(1 - N/100)`` quantile for every N of the
+grid, N picked per concept by ``cal`` F1 (first best in grid order). ``METHOD@best_threshold``
+picks the threshold freely on ``cal`` instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .calibrate import DEFAULT_GRID, best_f1_thresholds, tail_thresholds
+from .metrics import Confusion, f1_grid
+from .scoring import ScoreSummary
+
+BASELINES = ("global", "max_token", "mean_token", "last_token", "random_token")
+METHODS = ("superactivator", *BASELINES)
+MACRO = "__macro__"
+WEIGHTED = "__weighted__"
+
+
+@dataclass
+class MethodResult:
+    """A calibrated method: per concept threshold, chosen N (NaN when free), cal and test F1."""
+
+    method: str
+    names: list[str]
+    threshold: np.ndarray  # [C]
+    n_pct: np.ndarray  # [C]
+    cal_f1: np.ndarray  # [C]
+    test: Confusion
+    cal_f1_curve: np.ndarray | None = None  # [C, G] F1 on cal for each N of the grid
+    test_f1_curve: np.ndarray | None = None  # [C, G] F1 on test for each N (figures)
+
+    def predict(self, scores: np.ndarray) -> np.ndarray:
+        return scores >= self.threshold[None, :]
+
+
+def calibrate_method(
+    method: str,
+    scores: np.ndarray,
+    populations: Sequence[np.ndarray],
+    labels: np.ndarray,
+    splits: np.ndarray,
+    names: list[str],
+    grid: Sequence[float] = DEFAULT_GRID,
+) -> MethodResult:
+    """Thresholds from the tail of ``populations``; N per concept by ``cal`` F1; test metrics."""
+    cal, test = splits == "cal", splits == "test"
+    thr = tail_thresholds(populations, grid)  # [C, G]
+    cal_pred = scores[cal][None, :, :] >= thr.T[:, None, :]  # [G, n, C]
+    cal_curve = f1_grid(cal_pred, labels[cal]).T  # [C, G]
+    test_curve = f1_grid(scores[test][None, :, :] >= thr.T[:, None, :], labels[test]).T
+    best = np.argmax(np.nan_to_num(cal_curve, nan=-1.0), axis=1)
+    rows = np.arange(len(names))
+    chosen = thr[rows, best]
+    chosen = np.where(np.isnan(chosen), np.inf, chosen)  # uncalibratable: never fire
+    res = MethodResult(
+        method=method, names=names, threshold=chosen, n_pct=np.asarray(grid, dtype=float)[best],
+        cal_f1=cal_curve[rows, best], test=Confusion.from_predictions(scores[test] >= chosen, labels[test]),
+        cal_f1_curve=cal_curve, test_f1_curve=test_curve,
+    )
+    return res
+
+
+def calibrate_best_threshold(method: str, scores: np.ndarray, labels: np.ndarray, splits: np.ndarray,
+                             names: list[str]) -> MethodResult:
+    """Upper reference: the threshold maximising ``cal`` F1, applied to ``test``."""
+    cal, test = splits == "cal", splits == "test"
+    thr, f1 = best_f1_thresholds(scores[cal], labels[cal])
+    return MethodResult(
+        method=f"{method}@best_threshold", names=names, threshold=thr, n_pct=np.full(len(names), np.nan),
+        cal_f1=f1, test=Confusion.from_predictions(scores[test] >= thr, labels[test]),
+    )
+
+
+def run_detection(
+    summary: ScoreSummary,
+    labels: np.ndarray,
+    splits: np.ndarray,
+    methods: Sequence[str] = METHODS,
+    grid: Sequence[float] = DEFAULT_GRID,
+    best_threshold: bool = True,
+) -> list[MethodResult]:
+    """Calibrate and evaluate every requested method from one :class:`ScoreSummary`."""
+    labels = labels.astype(bool)
+    cal = splits == "cal"
+    out: list[MethodResult] = []
+    for m in methods:
+        if m == "superactivator":
+            scores = summary.sample_scores["max_token"]
+            pops = summary.cal_in_concept
+        elif m in summary.sample_scores:
+            scores = summary.sample_scores[m]
+            pops = [scores[cal & labels[:, c], c] for c in range(labels.shape[1])]
+        else:
+            continue
+        out.append(calibrate_method(m, scores, pops, labels, splits, summary.names, grid))
+        if best_threshold and m != "superactivator":
+            out.append(calibrate_best_threshold(m, scores, labels, splits, summary.names))
+    return out
+
+
+def results_table(results: Sequence[MethodResult], **keys: object) -> pd.DataFrame:
+    """Long table: one row per (method, concept), plus macro and support-weighted rows.
+
+    Macro and weighted averages run over concepts with at least one positive test sample.
+    """
+    frames = []
+    for r in results:
+        t = r.test
+        df = pd.DataFrame({
+            "method": r.method, "concept": r.names, "n_pct": r.n_pct, "threshold": r.threshold,
+            "cal_f1": r.cal_f1, "tp": t.tp, "fp": t.fp, "fn": t.fn, "tn": t.tn, "support": t.support,
+            "precision": t.precision(), "recall": t.recall(), "f1": t.f1(),
+        })
+        scored = df[df["support"] > 0]
+        w = scored["support"] / max(scored["support"].sum(), 1)
+        agg = {}
+        for name, weights in ((MACRO, None), (WEIGHTED, w)):
+            row = {"method": r.method, "concept": name, "support": int(scored["support"].sum())}
+            for col in ("precision", "recall", "f1", "cal_f1"):
+                row[col] = float(np.average(scored[col], weights=weights)) if len(scored) else float("nan")
+            agg[name] = row
+        frames.append(pd.concat([df, pd.DataFrame(list(agg.values()))], ignore_index=True))
+    table = pd.concat(frames, ignore_index=True)
+    for i, (k, v) in enumerate(keys.items()):
+        table.insert(i, k, v)
+    return table
+
+
+def macro_pivot(table: pd.DataFrame, index: Sequence[str] = ("layer", "concept_type")) -> pd.DataFrame:
+    """Macro F1: rows = ``index``, columns = methods (SuperActivator first)."""
+    macro = table[table["concept"] == MACRO]
+    pv = macro.pivot_table(index=list(index), columns="method", values="f1")
+    cols = [c for c in METHODS if c in pv.columns] + sorted(c for c in pv.columns if c not in METHODS)
+    return pv[cols]

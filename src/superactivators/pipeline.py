@@ -1,0 +1,133 @@
+"""The whole pipeline, stage by stage, each stage cached under a key of its inputs.
+
+``embed -> concepts -> score -> calibrate/detect -> evaluate``. Re-running skips finished
+work; an interrupted run resumes (the store from its last completed shard, later stages from
+their last completed (layer, concept type)). Every file is written under a temporary name and
+renamed, so a half-written file never looks finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .concepts import ConceptSet, learn_global_concepts, learn_linsep_concepts, learn_mean_concepts
+from .config import RunConfig, stable_hash
+from .datasets import Dataset, load_dataset, usable_concepts
+from .detect import macro_pivot, results_table, run_detection
+from .embed import embed_dataset, pick_device
+from .scoring import ScoreSummary, summarise
+from .store import TokenStore, atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """Paths and tables a run produced."""
+
+    run_dir: Path
+    store: TokenStore
+    table: pd.DataFrame
+    macro: pd.DataFrame
+    seconds: float
+    stage_dirs: dict[str, Path] = field(default_factory=dict)
+
+
+def prepare_dataset(cfg: RunConfig) -> Dataset:
+    """Load the dataset and drop (with a warning each) concepts that cannot be calibrated."""
+    ds = load_dataset(cfg.data.path, concepts=cfg.data.concepts)
+    keep = usable_concepts(ds, need=("train", "cal"))
+    if not keep:
+        raise ValueError(f"{ds.source}: no concept has positives in both train and cal")
+    return ds.subset_concepts(keep) if len(keep) < len(ds.concepts) else ds
+
+
+def dataset_key(ds: Dataset) -> str:
+    """Content hash of the dataset's labels, splits and source (text files are not re-read)."""
+    src = Path(ds.source).read_bytes() if ds.source else b""
+    return stable_hash([stable_hash(src.decode("utf-8", "replace")), ds.concepts], 10)
+
+
+def store_dir_for(cfg: RunConfig, ds: Dataset) -> Path:
+    return cfg.run_dir / "stores" / f"{ds.name}-{cfg.embed.key({'dataset': dataset_key(ds)})}"
+
+
+def learn_concepts(store: TokenStore, layer: int, ctype: str, cfg: RunConfig, out: Path) -> tuple[ConceptSet, ConceptSet | None]:
+    """Token-level concept set and its global-embedding twin, cached under ``out``."""
+    tok_dir, glob_dir = out / "concepts", out / "global_concepts"
+    idx = list(range(len(store.concepts)))
+    if ConceptSet.exists(tok_dir):
+        cs = ConceptSet.load(tok_dir)
+    else:
+        if ctype == "mean":
+            cs = learn_mean_concepts(store, layer, idx)
+        elif ctype == "linsep":
+            cs = learn_linsep_concepts(store, layer, idx, cfg.concepts.linsep_max_tokens_per_class,
+                                       cfg.concepts.linsep_c, cfg.seed)
+        else:
+            raise ValueError(f"concept type {ctype!r} is not handled by the supervised pipeline")
+        cs.save(tok_dir)
+    gcs = None
+    if "global" in cfg.detect.methods:
+        if ConceptSet.exists(glob_dir):
+            gcs = ConceptSet.load(glob_dir)
+        else:
+            gcs = learn_global_concepts(store, layer, idx, ctype, cfg.concepts.linsep_c, cfg.seed)
+            gcs.save(glob_dir)
+    return cs, gcs
+
+
+def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
+    """Run every stage for every (layer, concept type); returns the metrics table."""
+    t0 = time.time()
+    cfg.validate()
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+    ds = prepare_dataset(cfg)
+    sdir = store_dir_for(cfg, ds)
+    store = embed_dataset(ds, cfg.embed, sdir, progress=progress)
+    device = pick_device(cfg.score_device)
+    tables = []
+    for layer in store.layers:
+        for ctype in cfg.concepts.types:
+            key = stable_hash([sdir.name, ctype, cfg.concepts.__dict__, cfg.seed, "global" in cfg.detect.methods])
+            stage = run_dir / "stages" / f"L{layer:02d}_{ctype}_{key}"
+            summ_path = stage / "summary.npz"
+            if summ_path.exists():
+                summary = ScoreSummary.load(summ_path)
+            else:
+                cs, gcs = learn_concepts(store, layer, ctype, cfg, stage)
+                summary = summarise(store, cs, gcs, seed=cfg.seed, device=device)
+                summary.save(summ_path)
+            results = run_detection(summary, store.labels, store.splits, cfg.detect.methods,
+                                    cfg.detect.grid, cfg.detect.best_threshold)
+            tables.append(results_table(results, layer=layer, concept_type=ctype))
+    table = pd.concat(tables, ignore_index=True)
+    atomic_write_bytes(run_dir / "detection_metrics.csv", table.to_csv(index=False).encode())
+    macro = macro_pivot(table)
+    atomic_write_bytes(run_dir / "detection_macro_f1.csv", macro.to_csv().encode())
+    return RunResult(run_dir, store, table, macro, time.time() - t0, {"store": sdir})
+
+
+def format_macro(macro: pd.DataFrame) -> str:
+    """Macro-F1 table with the SuperActivator margin over the best baseline."""
+    df = macro.copy()
+    plain = [c for c in df.columns if c != "superactivator" and "@" not in c]
+    if "superactivator" in df.columns and plain:
+        df.insert(1, "margin_vs_best_baseline", df["superactivator"] - df[plain].max(axis=1))
+    with pd.option_context("display.width", 200, "display.max_columns", 50):
+        return df.round(3).to_string()
+
+
+def suppress_noisy_warnings() -> None:
+    warnings.filterwarnings("ignore", message=".*TypedStorage.*")
+    np.seterr(invalid="ignore", divide="ignore")

@@ -1,0 +1,213 @@
+"""Token activations, streamed over the store: one GEMM per shard, segment reductions per sample.
+
+``score_store`` reads each shard once, computes ``[t, C]`` activations and hands them to a
+list of accumulators (objects with ``add(shard, acts, ctx)``), in the style of streaming
+statistics: per-sample reductions, in-concept activation collection for quantiles,
+histograms for figures, localisation counts. No per-token Python code runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+
+from .concepts import ConceptSet
+from .store import Shard, TokenStore, atomic_save_npz
+
+
+class Scorer:
+    """Turns raw hidden states into concept activations for one :class:`ConceptSet`."""
+
+    def __init__(self, cs: ConceptSet, device: str | torch.device = "cpu"):
+        self.cs = cs
+        self.device = torch.device(device)
+        V = torch.from_numpy(np.asarray(cs.vectors, dtype=np.float32))
+        self.center = torch.from_numpy(np.asarray(cs.center, dtype=np.float32)).to(self.device)
+        if cs.scoring == "cosine":
+            W = V / V.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            self.bias = torch.zeros(len(cs.names))
+        elif cs.scoring == "signed_distance":
+            # (w.(x-c)/s + b) / ||w||  ==  (x-c) @ (w / (s ||w||)) + b / ||w||
+            wn = V.norm(dim=1).clamp_min(1e-12)
+            W = V / (cs.scale * wn[:, None])
+            self.bias = torch.from_numpy(np.asarray(cs.bias, dtype=np.float32)) / wn
+        else:
+            raise ValueError(f"Scorer does not handle scoring {cs.scoring!r}")
+        self.Wt = W.T.contiguous().to(self.device)
+        self.bias = self.bias.to(self.device)
+
+    def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Activations ``[t, C]`` float32 for raw hidden states ``x [t, d]``."""
+        X = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+        X = X.to(self.device, non_blocking=True).float() - self.center
+        A = X @ self.Wt
+        if self.cs.scoring == "cosine":
+            A /= X.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        else:
+            A += self.bias
+        return A.cpu().numpy()
+
+
+def make_scorer(cs: ConceptSet, device: str | torch.device = "cpu"):
+    """Scorer for any concept kind (SAE units bring their own encoder)."""
+    if cs.scoring == "sae":
+        from .sae import SAEScorer  # noqa: PLC0415
+
+        return SAEScorer(cs, device)
+    return Scorer(cs, device)
+
+
+@dataclass
+class PassContext:
+    """What accumulators may need about the shard being scored."""
+
+    store: TokenStore
+    concepts: np.ndarray  # store concept index of each activation column
+    _gt_cache: dict = field(default_factory=dict)
+
+    def token_labels(self, shard: Shard) -> np.ndarray:
+        if shard.start not in self._gt_cache:
+            self._gt_cache.clear()
+            self._gt_cache[shard.start] = self.store.token_labels(shard, self.concepts)
+        return self._gt_cache[shard.start]
+
+    def local_starts(self, shard: Shard) -> np.ndarray:
+        return self.store.offsets[shard.start:shard.stop] - shard.token_start
+
+    def valid(self, shard: Shard) -> np.ndarray:
+        return self.store.valid[shard.token_start:shard.token_stop]
+
+
+class Accumulator(Protocol):
+    def add(self, shard: Shard, acts: np.ndarray, ctx: PassContext) -> None: ...
+
+
+class SampleReducer:
+    """Per-sample max, mean, last and random valid-token activation, ``[N, C]`` each."""
+
+    def __init__(self, n_samples: int, n_concepts: int, seed: int = 0):
+        self.max = np.full((n_samples, n_concepts), -np.inf, dtype=np.float32)
+        self.mean = np.zeros((n_samples, n_concepts), dtype=np.float32)
+        self.last = np.zeros((n_samples, n_concepts), dtype=np.float32)
+        self.random = np.zeros((n_samples, n_concepts), dtype=np.float32)
+        # one uniform draw per sample, so the choice does not depend on shard layout
+        self._u = np.random.default_rng(seed).random(n_samples)
+
+    def add(self, shard: Shard, acts: np.ndarray, ctx: PassContext) -> None:
+        sl = slice(shard.start, shard.stop)
+        starts = ctx.local_starts(shard)
+        valid = ctx.valid(shard)
+        n_valid = np.add.reduceat(valid.astype(np.int64), starts)
+        if (n_valid == 0).any():
+            bad = shard.start + int(np.flatnonzero(n_valid == 0)[0])
+            raise ValueError(f"sample {bad} has no valid tokens")
+        masked = np.where(valid[:, None], acts, -np.inf)
+        self.max[sl] = np.maximum.reduceat(masked, starts, axis=0)
+        self.mean[sl] = np.add.reduceat(np.where(valid[:, None], acts, 0.0), starts, axis=0) / n_valid[:, None]
+        pos = np.arange(len(valid))
+        last_idx = np.maximum.reduceat(np.where(valid, pos, -1), starts)
+        self.last[sl] = acts[last_idx]
+        valid_pos = np.flatnonzero(valid)
+        first_rank = np.concatenate([[0], np.cumsum(n_valid)[:-1]])
+        k = np.minimum((self._u[sl] * n_valid).astype(np.int64), n_valid - 1)
+        self.random[sl] = acts[valid_pos[first_rank + k]]
+
+    def scores(self) -> dict[str, np.ndarray]:
+        return {"max_token": self.max, "mean_token": self.mean, "last_token": self.last,
+                "random_token": self.random}
+
+
+class InConceptCollector:
+    """Activations of in-concept tokens of one split, grouped by concept (for quantiles)."""
+
+    def __init__(self, split_mask: np.ndarray, n_concepts: int):
+        self.split_mask = split_mask  # [N] bool over samples
+        self.n_concepts = n_concepts
+        self._vals: list[np.ndarray] = []
+        self._cols: list[np.ndarray] = []
+
+    def add(self, shard: Shard, acts: np.ndarray, ctx: PassContext) -> None:
+        tok_split = self.split_mask[ctx.store.sample_of_token[shard.token_start:shard.token_stop]]
+        if not tok_split.any():
+            return
+        m = ctx.token_labels(shard) & tok_split[:, None]
+        rows, cols = np.nonzero(m)
+        self._vals.append(acts[rows, cols])
+        self._cols.append(cols.astype(np.int32))
+
+    def per_concept(self) -> list[np.ndarray]:
+        if not self._vals:
+            return [np.empty(0, np.float32) for _ in range(self.n_concepts)]
+        vals, cols = np.concatenate(self._vals), np.concatenate(self._cols)
+        order = np.argsort(cols, kind="stable")
+        bounds = np.searchsorted(cols[order], np.arange(self.n_concepts + 1))
+        v = vals[order]
+        return [v[bounds[c]:bounds[c + 1]] for c in range(self.n_concepts)]
+
+
+def score_store(
+    store: TokenStore,
+    cs: ConceptSet,
+    accumulators: Sequence[Accumulator],
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> None:
+    """Stream every shard of ``cs.layer`` once through the scorer and the accumulators."""
+    from tqdm.auto import tqdm
+
+    scorer = make_scorer(cs, device)
+    concept_idx = np.array([store.concepts.index(n) for n in cs.names])
+    ctx = PassContext(store, concept_idx)
+    for shard in tqdm(store.shards, desc=f"score L{cs.layer} {cs.kind}", disable=not progress):
+        acts = scorer(store.tokens(cs.layer, shard))
+        for acc in accumulators:
+            acc.add(shard, acts, ctx)
+
+
+def score_globals(store: TokenStore, cs: ConceptSet) -> np.ndarray:
+    """Activations ``[N, C]`` of each sample's global embedding."""
+    return make_scorer(cs)(store.globals(cs.layer))
+
+
+@dataclass
+class ScoreSummary:
+    """Everything detection needs from one scoring pass, small enough to cache."""
+
+    names: list[str]
+    sample_scores: dict[str, np.ndarray]  # method -> [N, C]
+    cal_in_concept: list[np.ndarray]  # per concept, in-concept token activations on cal
+
+    def save(self, path: Path) -> None:
+        arrays = {f"score__{k}": v for k, v in self.sample_scores.items()}
+        lens = np.array([len(v) for v in self.cal_in_concept])
+        arrays["cal_lengths"] = lens
+        arrays["cal_values"] = np.concatenate(self.cal_in_concept) if len(lens) else np.empty(0)
+        arrays["names"] = np.array(self.names)
+        atomic_save_npz(Path(path), **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> "ScoreSummary":
+        z = np.load(path)
+        bounds = np.concatenate([[0], np.cumsum(z["cal_lengths"])])
+        vals = z["cal_values"]
+        return cls(
+            names=[str(n) for n in z["names"]],
+            sample_scores={k[7:]: z[k] for k in z.files if k.startswith("score__")},
+            cal_in_concept=[vals[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)],
+        )
+
+
+def summarise(store: TokenStore, cs: ConceptSet, global_cs: ConceptSet | None, seed: int = 0,
+              device: str | torch.device = "cpu", extra: Sequence[Accumulator] = ()) -> ScoreSummary:
+    """One pass: per-sample reductions, cal in-concept activations, and global scores."""
+    reducer = SampleReducer(store.n_samples, len(cs.names), seed=seed)
+    cal = InConceptCollector(store.splits == "cal", len(cs.names))
+    score_store(store, cs, [reducer, cal, *extra], device=device)
+    scores = reducer.scores()
+    if global_cs is not None:
+        scores["global"] = score_globals(store, global_cs)
+    return ScoreSummary(list(cs.names), scores, cal.per_concept())

@@ -1,0 +1,298 @@
+"""The token store: per-layer token hidden states as memory-mapped shards.
+
+Layout of a store folder (one dataset x one model, several layers)::
+
+    manifest.json            shapes, layers, model, concepts, completed shards, norm stats
+    labels.npy               [N, C] uint8 sample labels
+    index/SSSSSSSSS.npz      per shard: lengths [n], valid [t], char_spans [t, 2], gt bits [t, C/8]
+    layer_LL/SSSSSSSSS.npy   per shard: token hidden states [t, d] (fp16 by default)
+    layer_LL/globals_SSSSSSSSS.npy  per shard: global embeddings [n, d]
+    layer_LL/mean.npy        train-split token mean [d] (after ``finalize``)
+
+Shards are named by their first sample index, cover contiguous sample ranges, and are
+written to a temporary name then renamed; the manifest lists a shard only once all its files
+are in place, so an interrupted run resumes from the last completed shard and never reads a
+half-written file. Sample ``i`` owns token rows ``offsets[i]:offsets[i+1]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: object) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+
+def atomic_save_npy(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, path)
+
+
+def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A contiguous range of samples and their token rows."""
+
+    start: int  # first sample
+    stop: int  # one past last sample
+    token_start: int
+    token_stop: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.start:09d}"
+
+    @property
+    def n_tokens(self) -> int:
+        return self.token_stop - self.token_start
+
+
+@dataclass
+class StoreInfo:
+    """What ``manifest.json`` records."""
+
+    n_samples: int
+    dim: int
+    layers: list[int]
+    concepts: list[str]
+    modality: str
+    dtype: str = "float16"
+    model: dict = field(default_factory=dict)  # id, revision, family, n_layers, global_token, ...
+    dataset: dict = field(default_factory=dict)  # name, source, config hash
+    token_ground_truth: str = "sample"  # "sample" | "spans" | "masks"
+    patch_grid: list[int] | None = None  # [rows, cols] for image stores
+    shards: list[dict] = field(default_factory=list)
+    norm: dict = field(default_factory=dict)  # layer -> {"scale": float, "n_train_tokens": int}
+    complete: bool = False
+    format_version: int = FORMAT_VERSION
+
+
+class StoreWriter:
+    """Appends embedded samples, in sample order, shard by shard; resumable.
+
+    ``add`` takes one batch: per layer token states ``[t, d]`` for the batch's valid-or-not
+    tokens in sample order, per layer global embeddings ``[n, d]``, the per-sample token
+    counts, and per-token metadata. A shard is flushed once it reaches ``shard_tokens``.
+    """
+
+    def __init__(
+        self, path: Path, info: StoreInfo, labels: np.ndarray, splits: np.ndarray, shard_tokens: int = 65536
+    ):
+        self.path = Path(path)
+        self.shard_tokens = shard_tokens
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "index").mkdir(exist_ok=True)
+        for layer in info.layers:
+            (self.path / f"layer_{layer:02d}").mkdir(exist_ok=True)
+        existing = self.path / MANIFEST
+        if existing.exists():
+            old = StoreInfo(**json.loads(existing.read_text()))
+            same = (old.n_samples, old.dim, old.layers, old.concepts, old.dtype) == (
+                info.n_samples, info.dim, info.layers, info.concepts, info.dtype)
+            if not same or old.model.get("id") != info.model.get("id"):
+                raise ValueError(
+                    f"{self.path} holds a different store (model/layers/shape differ); use a new folder"
+                )
+            info.shards = old.shards
+        else:
+            atomic_save_npy(self.path / "labels.npy", labels.astype(np.uint8))
+            atomic_save_npy(self.path / "splits.npy", np.asarray(splits, dtype="<U8"))
+        self.info = info
+        self._reset_buffer()
+
+    @property
+    def next_sample(self) -> int:
+        """First sample not yet in a completed shard (where a resumed run starts)."""
+        return self.info.shards[-1]["stop"] if self.info.shards else 0
+
+    @property
+    def next_token(self) -> int:
+        return self.info.shards[-1]["token_stop"] if self.info.shards else 0
+
+    def _reset_buffer(self) -> None:
+        self._tok: dict[int, list[np.ndarray]] = {l: [] for l in self.info.layers}
+        self._glob: dict[int, list[np.ndarray]] = {l: [] for l in self.info.layers}
+        self._meta: dict[str, list[np.ndarray]] = {"lengths": [], "valid": [], "char_spans": [], "gt": []}
+        self._buffered_tokens = 0
+        self._buffered_samples = 0
+
+    def add(
+        self,
+        tokens: dict[int, np.ndarray],
+        globals_: dict[int, np.ndarray],
+        lengths: np.ndarray,
+        valid: np.ndarray,
+        char_spans: np.ndarray | None = None,
+        gt_bits: np.ndarray | None = None,
+    ) -> None:
+        np_dtype = np.dtype(self.info.dtype)
+        for layer in self.info.layers:
+            t = tokens[layer]
+            if not np.isfinite(t).all():
+                raise FloatingPointError(
+                    f"non-finite hidden states at layer {layer} for samples "
+                    f"{self.next_sample + self._buffered_samples}..{self.next_sample + self._buffered_samples + len(lengths) - 1}"
+                    " (try dtype float32, or a lower-precision-safe layer)"
+                )
+            self._tok[layer].append(t.astype(np_dtype, copy=False))
+            self._glob[layer].append(globals_[layer].astype(np.float32, copy=False))
+        self._meta["lengths"].append(lengths.astype(np.int32))
+        self._meta["valid"].append(valid.astype(bool))
+        if char_spans is not None:
+            self._meta["char_spans"].append(char_spans.astype(np.int32))
+        if gt_bits is not None:
+            self._meta["gt"].append(gt_bits.astype(np.uint8))
+        self._buffered_tokens += int(lengths.sum())
+        self._buffered_samples += len(lengths)
+        if self._buffered_tokens >= self.shard_tokens:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered samples as one shard, then record it in the manifest."""
+        if not self._buffered_samples:
+            return
+        shard = Shard(self.next_sample, self.next_sample + self._buffered_samples,
+                      self.next_token, self.next_token + self._buffered_tokens)
+        meta = {k: np.concatenate(v) for k, v in self._meta.items() if v}
+        atomic_save_npz(self.path / "index" / f"{shard.name}.npz", **meta)
+        for layer in self.info.layers:
+            d = self.path / f"layer_{layer:02d}"
+            atomic_save_npy(d / f"{shard.name}.npy", np.concatenate(self._tok[layer]))
+            atomic_save_npy(d / f"globals_{shard.name}.npy", np.concatenate(self._glob[layer]))
+        self.info.shards.append(asdict(shard))
+        atomic_write_json(self.path / MANIFEST, asdict(self.info))
+        self._reset_buffer()
+
+    def close(self) -> "TokenStore":
+        """Flush, compute train normalisation statistics, mark the store complete."""
+        self.flush()
+        if self.next_sample != self.info.n_samples:
+            raise RuntimeError(f"store has {self.next_sample} of {self.info.n_samples} samples")
+        atomic_write_json(self.path / MANIFEST, asdict(self.info))
+        store = TokenStore(self.path, require_complete=False)
+        for layer in self.info.layers:
+            mean, scale, n = store.compute_norm(layer, store.splits == "train")
+            atomic_save_npy(self.path / f"layer_{layer:02d}" / "mean.npy", mean)
+            self.info.norm[str(layer)] = {"scale": scale, "n_train_tokens": n}
+        self.info.complete = True
+        atomic_write_json(self.path / MANIFEST, asdict(self.info))
+        return TokenStore(self.path)
+
+
+class TokenStore:
+    """Read side of the store: small per-token arrays in memory, hidden states memory-mapped."""
+
+    def __init__(self, path: str | Path, require_complete: bool = True):
+        self.path = Path(path)
+        mpath = self.path / MANIFEST
+        if not mpath.exists():
+            raise FileNotFoundError(f"no token store at {self.path} (missing {MANIFEST})")
+        self.info = StoreInfo(**json.loads(mpath.read_text()))
+        if require_complete and not self.info.complete:
+            raise RuntimeError(f"token store {self.path} is incomplete (interrupted?); re-run embed to resume")
+        self.shards = [Shard(**s) for s in self.info.shards]
+        self.labels = np.load(self.path / "labels.npy")
+        self.splits = np.load(self.path / "splits.npy")
+        idx = [np.load(self.path / "index" / f"{s.name}.npz") for s in self.shards]
+        self.lengths = np.concatenate([z["lengths"] for z in idx]).astype(np.int64)
+        self.offsets = np.zeros(len(self.lengths) + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=self.offsets[1:])
+        self.valid = np.concatenate([z["valid"] for z in idx])
+        self.char_spans = (np.concatenate([z["char_spans"] for z in idx]) if "char_spans" in idx[0] else None) if idx else None
+        self._gt_bits = (np.concatenate([z["gt"] for z in idx]) if "gt" in idx[0] else None) if idx else None
+        self.sample_of_token = np.repeat(np.arange(len(self.lengths)), self.lengths)
+
+    # --- shapes -------------------------------------------------------------------------
+    @property
+    def n_samples(self) -> int:
+        return self.info.n_samples
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def dim(self) -> int:
+        return self.info.dim
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.info.layers)
+
+    @property
+    def concepts(self) -> list[str]:
+        return list(self.info.concepts)
+
+    # --- data ---------------------------------------------------------------------------
+    def tokens(self, layer: int, shard: Shard) -> np.ndarray:
+        """Raw hidden states of one shard, memory-mapped ``[t, d]``."""
+        return np.load(self.path / f"layer_{layer:02d}" / f"{shard.name}.npy", mmap_mode="r")
+
+    def globals(self, layer: int) -> np.ndarray:
+        """Global (CLS / pooled / mean) embeddings ``[N, d]`` float32, raw."""
+        d = self.path / f"layer_{layer:02d}"
+        return np.concatenate([np.load(d / f"globals_{s.name}.npy") for s in self.shards])
+
+    def norm(self, layer: int) -> tuple[np.ndarray, float]:
+        """Train-split token mean ``[d]`` and mean norm of centred train tokens."""
+        mean = np.load(self.path / f"layer_{layer:02d}" / "mean.npy")
+        return mean, float(self.info.norm[str(layer)]["scale"])
+
+    def token_labels(self, shard: Shard, concepts: np.ndarray | None = None) -> np.ndarray:
+        """In-concept ground truth ``[t, C]`` bool for the shard's tokens (invalid ones False)."""
+        sl = slice(shard.token_start, shard.token_stop)
+        if self._gt_bits is not None:
+            gt = np.unpackbits(self._gt_bits[sl], axis=1, count=len(self.info.concepts)).astype(bool)
+        else:
+            gt = self.labels[self.sample_of_token[sl]].astype(bool)
+        gt &= self.valid[sl, None]
+        return gt if concepts is None else gt[:, concepts]
+
+    def iter_shards(self, layer: int) -> Iterator[tuple[Shard, np.ndarray]]:
+        for s in self.shards:
+            yield s, self.tokens(layer, s)
+
+    def compute_norm(self, layer: int, train_mask: np.ndarray) -> tuple[np.ndarray, float, int]:
+        """Two streaming passes over train tokens: mean, then mean norm after centring."""
+        tok_train = self.valid & train_mask[self.sample_of_token]
+        total = np.zeros(self.dim, dtype=np.float64)
+        n = 0
+        for s, x in self.iter_shards(layer):
+            m = tok_train[s.token_start:s.token_stop]
+            if m.any():
+                total += np.asarray(x[m], dtype=np.float64).sum(axis=0)
+                n += int(m.sum())
+        if n == 0:
+            raise ValueError("no train tokens to compute normalisation statistics")
+        mean = (total / n).astype(np.float32)
+        norm_sum = 0.0
+        for s, x in self.iter_shards(layer):
+            m = tok_train[s.token_start:s.token_stop]
+            if m.any():
+                norm_sum += float(np.linalg.norm(np.asarray(x[m], dtype=np.float32) - mean, axis=1).sum())
+        return mean, max(norm_sum / n, 1e-12), n
