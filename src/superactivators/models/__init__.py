@@ -1,0 +1,1 @@
+"""Loaders for pretrained models that ship inside Python packages."""
