@@ -8,6 +8,7 @@ histograms for figures, localisation counts. No per-token Python code runs.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -42,8 +43,11 @@ class Scorer:
 
     def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """Activations ``[t, C]`` float32 for raw hidden states ``x [t, d]``."""
-        X = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
-        X = X.to(self.device, non_blocking=True).float() - self.center
+        if not isinstance(x, torch.Tensor):
+            with warnings.catch_warnings():  # read-only memmaps: we never write through X
+                warnings.simplefilter("ignore", UserWarning)
+                x = torch.from_numpy(np.asarray(x))
+        X = x.to(self.device, non_blocking=True).float() - self.center
         A = X @ self.Wt
         if self.cs.scoring == "cosine":
             A /= X.norm(dim=1, keepdim=True).clamp_min(1e-12)

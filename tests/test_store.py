@@ -1,0 +1,101 @@
+"""Token store: ragged round trip across shards, resume after interruption, normalisation."""
+
+import json
+
+import numpy as np
+import pytest
+
+from superactivators.store import StoreInfo, StoreWriter, TokenStore
+
+
+def _batches(rng, lengths, dim, layers):
+    for lo in range(0, len(lengths), 3):
+        ls = np.asarray(lengths[lo:lo + 3])
+        t = int(ls.sum())
+        yield {
+            "tokens": {l: rng.normal(size=(t, dim)).astype(np.float32) for l in layers},
+            "globals_": {l: rng.normal(size=(len(ls), dim)).astype(np.float32) for l in layers},
+            "lengths": ls,
+            "valid": rng.random(t) > 0.1,
+            "char_spans": np.stack([np.arange(t), np.arange(t) + 1], axis=1),
+        }
+
+
+def _info(n, dim, layers):
+    return StoreInfo(n_samples=n, dim=dim, layers=layers, concepts=["a", "b"], modality="text", dtype="float32",
+                     model={"id": "x"})
+
+
+def test_ragged_round_trip_over_several_shards(tmp_path):
+    rng = np.random.default_rng(0)
+    lengths = [5, 1, 9, 3, 7, 2, 4, 8]
+    labels = rng.integers(0, 2, size=(8, 2))
+    splits = np.array(["train", "cal", "test", "train", "train", "cal", "test", "train"])
+    batches = list(_batches(rng, lengths, 4, [1, 3]))
+    w = StoreWriter(tmp_path, _info(8, 4, [1, 3]), labels, splits, shard_tokens=10)
+    for b in batches:
+        w.add(**b)
+    store = w.close()
+    assert len(store.shards) >= 3  # small shard size forces several shards
+    assert store.offsets.tolist() == np.concatenate([[0], np.cumsum(lengths)]).tolist()
+    for layer in (1, 3):
+        got = np.concatenate([store.tokens(layer, s) for s in store.shards])
+        np.testing.assert_array_equal(got, np.concatenate([b["tokens"][layer] for b in batches]))
+        np.testing.assert_array_equal(store.globals(layer), np.concatenate([b["globals_"][layer] for b in batches]))
+    # sample 2 owns rows offsets[2]:offsets[3]
+    s2 = batches[0]["tokens"][1][6:15]
+    rows = np.concatenate([store.tokens(1, s) for s in store.shards])[store.offsets[2]:store.offsets[3]]
+    np.testing.assert_array_equal(rows, s2)
+    assert store.sample_of_token.tolist() == np.repeat(np.arange(8), lengths).tolist()
+    np.testing.assert_array_equal(store.splits, splits)
+
+
+def test_normalisation_stats_use_valid_train_tokens_only(tmp_path):
+    rng = np.random.default_rng(1)
+    lengths = [3, 2, 4]
+    batches = list(_batches(rng, lengths, 3, [1]))
+    splits = np.array(["train", "cal", "train"])
+    w = StoreWriter(tmp_path, _info(3, 3, [1]), np.zeros((3, 2)), splits, shard_tokens=4)
+    for b in batches:
+        w.add(**b)
+    store = w.close()
+    x = batches[0]["tokens"][1]
+    valid = batches[0]["valid"]
+    train_rows = np.r_[0:3, 5:9]
+    sel = x[train_rows][valid[train_rows]]
+    mean, scale = store.norm(1)
+    np.testing.assert_allclose(mean, sel.mean(0), rtol=1e-5)
+    assert scale == pytest.approx(np.linalg.norm(sel - sel.mean(0), axis=1).mean(), rel=1e-5)
+
+
+def test_interrupted_write_resumes_and_never_looks_complete(tmp_path):
+    rng = np.random.default_rng(2)
+    lengths = [4, 4, 4, 4, 4, 4]
+    batches = list(_batches(rng, lengths, 2, [2]))
+    labels, splits = np.zeros((6, 2)), np.array(["train"] * 6)
+    w = StoreWriter(tmp_path, _info(6, 2, [2]), labels, splits, shard_tokens=8)
+    w.add(**batches[0])  # 12 tokens -> one shard flushed (samples 0..2)
+    del w  # "crash": the buffered rest is lost, the manifest lists only completed shards
+    assert not json.loads((tmp_path / "manifest.json").read_text())["complete"]
+    with pytest.raises(RuntimeError, match="incomplete"):
+        TokenStore(tmp_path)
+    w2 = StoreWriter(tmp_path, _info(6, 2, [2]), labels, splits, shard_tokens=8)
+    assert w2.next_sample == 3
+    w2.add(**batches[1])
+    store = w2.close()
+    got = np.concatenate([store.tokens(2, s) for s in store.shards])
+    np.testing.assert_array_equal(got, np.concatenate([b["tokens"][2] for b in batches]))
+    assert not list(tmp_path.rglob("*.tmp*"))
+
+
+def test_resume_refuses_a_different_store(tmp_path):
+    w = StoreWriter(tmp_path, _info(3, 2, [1]), np.zeros((3, 2)), np.array(["train"] * 3))
+    w.add(**next(_batches(np.random.default_rng(0), [1, 1, 1], 2, [1])))
+    with pytest.raises(ValueError, match="different store"):
+        StoreWriter(tmp_path, _info(3, 5, [1]), np.zeros((3, 2)), np.array(["train"] * 3))
+
+
+def test_non_finite_states_rejected(tmp_path):
+    w = StoreWriter(tmp_path, _info(1, 2, [1]), np.zeros((1, 2)), np.array(["train"]))
+    with pytest.raises(FloatingPointError, match="non-finite hidden states at layer 1"):
+        w.add({1: np.array([[np.nan, 0.0]])}, {1: np.zeros((1, 2))}, np.array([1]), np.array([True]))
