@@ -1,0 +1,181 @@
+"""The fitted detector a user takes away: concept vectors + calibrated tail thresholds.
+
+``ConceptDetector.from_run`` picks, per concept, a layer (the best on ``cal`` by default) and
+the calibrated SuperActivator threshold from a finished run; ``save``/``load`` keep it as
+safetensors + ``cfg.json``; ``detect`` embeds new texts (or images) and says which concepts
+are present and which tokens carry them (tokens whose activation reaches the threshold).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import yaml
+from safetensors.numpy import load_file, save_file
+
+from .concepts import ConceptSet
+from .detect import MACRO, WEIGHTED
+from .embed import EmbedConfig, make_encoder
+from .scoring import make_scorer
+from .store import atomic_write_json
+
+
+@dataclass
+class TokenEvidence:
+    """One token that carries a concept: its index, activation and (text) character span."""
+
+    index: int
+    activation: float
+    span: tuple[int, int] | None = None
+    text: str | None = None
+
+
+@dataclass
+class Detection:
+    """The verdict for one sample."""
+
+    present: dict[str, bool]
+    max_activation: dict[str, float]
+    evidence: dict[str, list[TokenEvidence]] = field(default_factory=dict)
+
+
+@dataclass
+class ConceptDetector:
+    """Per-concept (layer, vector, threshold); scores with one forward pass for all layers."""
+
+    embed: EmbedConfig
+    modality: str
+    concept_sets: dict[int, ConceptSet]  # layer -> the concepts detected at that layer
+    thresholds: dict[str, float]  # concept -> SuperActivator threshold tau_c(N*)
+    n_pct: dict[str, float]
+    localization_thresholds: dict[str, float] = field(default_factory=dict)
+    _encoder: object = field(default=None, repr=False, compare=False)
+
+    @property
+    def concepts(self) -> list[str]:
+        return [n for cs in self.concept_sets.values() for n in cs.names]
+
+    # --- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_run(cls, run_dir: str | Path, concept_type: str = "linsep", layer: int | str = "best",
+                 concepts: Sequence[str] | None = None) -> "ConceptDetector":
+        """Build from a finished run: ``layer='best'`` picks each concept's best layer by cal F1."""
+        run_dir = Path(run_dir)
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        table = pd.read_csv(run_dir / "detection_metrics.csv")
+        rows = table[(table.method == "superactivator") & (table.concept_type == concept_type)
+                     & ~table.concept.isin([MACRO, WEIGHTED])]
+        if rows.empty:
+            raise ValueError(f"{run_dir}: no SuperActivator results for concept type {concept_type!r}")
+        if concepts is not None:
+            missing = sorted(set(concepts) - set(rows.concept))
+            if missing:
+                raise ValueError(f"concepts not in the run: {missing}")
+            rows = rows[rows.concept.isin(concepts)]
+        if layer == "best":
+            rows = rows.sort_values(["concept", "cal_f1", "layer"], ascending=[True, False, True])
+            rows = rows.drop_duplicates("concept")
+        else:
+            rows = rows[rows.layer == int(layer)]
+            if rows.empty:
+                raise ValueError(f"{run_dir}: layer {layer} not in the run")
+        concept_sets: dict[int, ConceptSet] = {}
+        for lay, grp in rows.groupby("layer"):
+            stage = _stage_dir(run_dir, int(lay), concept_type)
+            cs = ConceptSet.load(stage / "concepts")
+            idx = [cs.names.index(c) for c in grp.concept]
+            concept_sets[int(lay)] = ConceptSet(
+                cs.kind, [cs.names[i] for i in idx], cs.vectors[idx], cs.bias[idx], cs.scoring, cs.layer,
+                cs.center, cs.scale, cs.space)
+        embed = EmbedConfig(**{**cfg["embed"], "layers": sorted(concept_sets)})
+        store_info = _store_manifest(run_dir)
+        return cls(
+            embed=embed, modality=store_info.get("modality", "text"), concept_sets=concept_sets,
+            thresholds=dict(zip(rows.concept, rows.threshold.astype(float))),
+            n_pct=dict(zip(rows.concept, rows.n_pct.astype(float))),
+        )
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        for layer, cs in self.concept_sets.items():
+            cs.save(path / f"layer_{layer:02d}")
+        atomic_write_json(path / "detector.json", {
+            "embed": asdict(self.embed), "modality": self.modality, "layers": sorted(self.concept_sets),
+            "thresholds": self.thresholds, "n_pct": self.n_pct,
+            "localization_thresholds": self.localization_thresholds,
+        })
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ConceptDetector":
+        path = Path(path)
+        d = json.loads((path / "detector.json").read_text())
+        return cls(
+            embed=EmbedConfig(**d["embed"]), modality=d["modality"],
+            concept_sets={l: ConceptSet.load(path / f"layer_{l:02d}") for l in d["layers"]},
+            thresholds=d["thresholds"], n_pct=d["n_pct"], localization_thresholds=d["localization_thresholds"],
+        )
+
+    # --- inference ----------------------------------------------------------------------------
+    def _enc(self):
+        if self._encoder is None:
+            self._encoder = make_encoder(self.embed, self.modality)
+        return self._encoder
+
+    def activations(self, inputs: Sequence) -> tuple[dict[str, np.ndarray], np.ndarray, object]:
+        """Token activations per concept ``{name: [t]}``, per-sample lengths, and the batch."""
+        enc = self._enc()
+        batch = enc.encode(list(inputs)) if self.modality == "text" else enc.encode_images(list(inputs))
+        acts: dict[str, np.ndarray] = {}
+        for layer, cs in self.concept_sets.items():
+            a = make_scorer(cs)(batch.tokens[layer])
+            a = np.where(batch.valid[:, None], a, -np.inf)
+            for j, name in enumerate(cs.names):
+                acts[name] = a[:, j]
+        return acts, np.asarray(batch.lengths), batch
+
+    def detect(self, inputs: Sequence, top_k: int = 5) -> list[Detection]:
+        """Which concepts each input contains, with up to ``top_k`` evidence tokens each."""
+        if isinstance(inputs, (str, bytes)):
+            raise TypeError("detect takes a list of inputs; wrap a single text in a list")
+        acts, lengths, batch = self.activations(inputs)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        out = []
+        for i, (a0, n) in enumerate(zip(starts, lengths)):
+            det = Detection(present={}, max_activation={})
+            for name, a in acts.items():
+                seg = a[a0:a0 + n]
+                mx = float(seg.max())
+                thr = self.localization_thresholds.get(name, self.thresholds[name])
+                det.max_activation[name] = mx
+                det.present[name] = mx >= self.thresholds[name]
+                if det.present[name]:
+                    idx = np.flatnonzero(seg >= thr)
+                    idx = idx[np.argsort(-seg[idx])][:top_k]
+                    ev = []
+                    for k in idx:
+                        span = None if batch.char_spans is None else tuple(int(v) for v in batch.char_spans[a0 + k])
+                        text = inputs[i][span[0]:span[1]] if span is not None and isinstance(inputs[i], str) else None
+                        ev.append(TokenEvidence(int(k), float(seg[k]), span, text))
+                    det.evidence[name] = ev
+            out.append(det)
+        return out
+
+
+def _stage_dir(run_dir: Path, layer: int, concept_type: str) -> Path:
+    hits = sorted((run_dir / "stages").glob(f"L{layer:02d}_{concept_type}_*"))
+    hits = [h for h in hits if (h / "concepts" / "cfg.json").exists()]
+    if not hits:
+        raise FileNotFoundError(f"{run_dir}: no saved {concept_type} concepts for layer {layer}")
+    return max(hits, key=lambda h: h.stat().st_mtime)
+
+
+def _store_manifest(run_dir: Path) -> dict:
+    for m in sorted((run_dir / "stores").glob("*/manifest.json")):
+        return json.loads(m.read_text())
+    return {}

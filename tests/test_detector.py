@@ -1,0 +1,70 @@
+"""The fitted detector: built from a run, saved, loaded, and consistent with the pipeline."""
+
+import numpy as np
+import pytest
+
+from superactivators.config import config_from_dict
+from superactivators.datasets import load_dataset
+from superactivators.detector import ConceptDetector
+from superactivators.pipeline import run_pipeline
+from superactivators.scoring import make_scorer
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, small_emotions, tiny_bert):
+    out = tmp_path_factory.mktemp("det")
+    cfg = config_from_dict({
+        "name": "d", "output_dir": str(out), "score_device": "cpu", "data": {"path": str(small_emotions)},
+        "embed": {"model": str(tiny_bert), "layers": "all", "store_dtype": "float32"},
+        "concepts": {"types": ["linsep"], "linsep_max_tokens_per_class": 300},
+        "detect": {"methods": ["superactivator", "max_token"], "grid": [5, 20, 50]},
+    })
+    return run_pipeline(cfg, progress=False)
+
+
+def test_detector_matches_pipeline_and_round_trips(run, small_emotions, tmp_path):
+    det = ConceptDetector.from_run(run.run_dir, "linsep", layer=2)
+    t = run.table
+    sa = t[(t.method == "superactivator") & (t.layer == 2) & (t.concept_type == "linsep")].set_index("concept")
+    assert det.thresholds["emotion::joy"] == pytest.approx(sa.loc["emotion::joy", "threshold"])
+    ds = load_dataset(small_emotions)
+    test_ids = ds.split_indices("test")[:6]
+    texts = ds.texts(test_ids)
+    found = det.detect(texts)
+    # same decision as the pipeline: max token activation from the store vs the threshold
+    store = run.store
+    cs = det.concept_sets[2]
+    x = np.concatenate([store.tokens(2, s) for s in store.shards])
+    acts = make_scorer(cs)(x)
+    for j, sid in enumerate(test_ids):
+        seg = acts[store.offsets[sid]:store.offsets[sid + 1]]
+        for c, name in enumerate(cs.names):
+            assert found[j].max_activation[name] == pytest.approx(float(seg[:, c].max()), abs=1e-4)
+            assert found[j].present[name] == (seg[:, c].max() >= det.thresholds[name])
+            for ev in found[j].evidence.get(name, []):
+                assert ev.activation >= det.thresholds[name]
+                assert texts[j][ev.span[0]:ev.span[1]] == ev.text
+    det.save(tmp_path / "saved")
+    again = ConceptDetector.load(tmp_path / "saved").detect(texts)
+    assert [d.present for d in again] == [d.present for d in found]
+
+
+def test_best_layer_per_concept(run):
+    det = ConceptDetector.from_run(run.run_dir, "linsep")
+    t = run.table
+    sa = t[(t.method == "superactivator") & (t.concept_type == "linsep") & t.concept.str.startswith("emotion")]
+    for name in det.concepts:
+        rows = sa[sa.concept == name]
+        best = rows.sort_values(["cal_f1", "layer"], ascending=[False, True]).iloc[0]
+        layer = next(l for l, cs in det.concept_sets.items() if name in cs.names)
+        assert layer == best.layer
+
+
+def test_detector_errors(run):
+    with pytest.raises(ValueError, match="no SuperActivator results"):
+        ConceptDetector.from_run(run.run_dir, "mean")
+    with pytest.raises(ValueError, match="concepts not in the run"):
+        ConceptDetector.from_run(run.run_dir, "linsep", concepts=["nope"])
+    det = ConceptDetector.from_run(run.run_dir, "linsep", layer=1)
+    with pytest.raises(TypeError):
+        det.detect("a single string")
