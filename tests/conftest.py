@@ -68,7 +68,9 @@ def tiny_gpt2(tmp_path_factory) -> Path:
     tk.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
-    cfg = GPT2Config(vocab_size=tk.get_vocab_size(), n_embd=32, n_layer=3, n_head=2, n_positions=256)
+    eos = tk.token_to_id("<|endoftext|>")
+    cfg = GPT2Config(vocab_size=tk.get_vocab_size(), n_embd=32, n_layer=3, n_head=2, n_positions=256,
+                     bos_token_id=eos, eos_token_id=eos)
     GPT2Model(cfg).eval().save_pretrained(out)
     tok.save_pretrained(out)
     return out

@@ -1,0 +1,59 @@
+"""Prompting baseline: yes/no logit difference from a tiny random causal LM."""
+
+import numpy as np
+import pytest
+import torch
+
+from superactivators.datasets import load_dataset
+from superactivators.prompting import PromptConfig, TextPrompter, concept_phrase, prompt_scores
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory, tiny_gpt2):
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_lm")
+    tok = AutoTokenizer.from_pretrained(tiny_gpt2)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=512,
+                                bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_concept_phrase():
+    assert concept_phrase("color::black-c") == "black (color)"
+    assert concept_phrase("traffic light") == "traffic light"
+    assert concept_phrase("rhetorical_question") == "rhetorical question"
+
+
+def test_score_is_yes_minus_no_logit_at_last_position(tiny_lm):
+    p = TextPrompter(PromptConfig(model=str(tiny_lm), batch_size=3, device="cpu"))
+    texts, concepts = ["I am thrilled today.", "The bus is late, as usual, which is fine."], ["emotion::joy", "emotion::anger"]
+    scores = p.score(texts, concepts)
+    assert scores.shape == (2, 2)
+    # direct computation, one unpadded prompt at a time
+    for i, t in enumerate(texts):
+        for j, c in enumerate(concepts):
+            prompt = p.cfg.text_template.format(text=t, concept=concept_phrase(c))
+            ids = p.tokenizer(prompt, return_tensors="pt")
+            with torch.no_grad():
+                logits = p.model(**ids).logits[0, -1]
+            assert scores[i, j] == pytest.approx(float(logits[p.yes] - logits[p.no]), abs=1e-4)
+
+
+def test_prompt_scores_cached(tiny_lm, small_emotions, tmp_path):
+    ds = load_dataset(small_emotions)
+    ds = ds.subset_concepts(ds.concepts[:2])
+    small = type(ds)(**{**ds.__dict__, "labels": ds.labels[:4], "splits": ds.splits[:4],
+                        "inline_texts": ds.inline_texts[:4], "spans": None})
+    cfg = PromptConfig(model=str(tiny_lm), device="cpu")
+    a = prompt_scores(small, cfg, tmp_path, progress=False)
+    assert a.shape == (4, 2) and np.isfinite(a).all()
+    assert len(list(tmp_path.glob("prompt_*.npy"))) == 1
+    np.testing.assert_array_equal(prompt_scores(small, cfg, tmp_path, progress=False), a)
+
+
+def test_prompting_needs_a_model():
+    with pytest.raises(ValueError, match="needs detect.prompt.model"):
+        TextPrompter(PromptConfig())
