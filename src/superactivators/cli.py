@@ -16,6 +16,13 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models.registry import format_families
+
+    print(format_families())
+    return 0
+
+
 def cmd_dataset_info(args: argparse.Namespace) -> int:
     from .datasets import dataset_summary, load_dataset
 
@@ -83,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("dataset-info", help="samples, concepts with positives per split, modality")
     s.add_argument("path", help="metadata.csv, its folder, or builtin:NAME")
     s.set_defaults(func=cmd_dataset_info)
+
+    s = sub.add_parser("models", help="supported model families, their default layer sweeps and the seed checkpoints")
+    s.set_defaults(func=cmd_models)
     return p
 
 

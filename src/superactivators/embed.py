@@ -41,6 +41,7 @@ class EmbedConfig:
     batch_size: int = 16
     max_length: int = 512
     device: str = "auto"  # auto | cpu | cuda | cuda:1 ...
+    device_map: str | None = None  # e.g. "auto": spread a model larger than one device (needs accelerate)
     dtype: str = "auto"  # auto (fp32 on CPU, bf16 on GPU) | float32 | bfloat16 | float16
     store_dtype: str = "float16"  # on-disk dtype of token states: float16 | float32
     global_token: str = "auto"  # auto (CLS if the model has one, else mean) | cls | mean | last
@@ -50,7 +51,7 @@ class EmbedConfig:
 
     def key(self, extra: dict | None = None) -> str:
         """Hash of everything that changes the stored values (not batch size or device)."""
-        d = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "device", "shard_tokens")}
+        d = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "device", "device_map", "shard_tokens")}
         d.update(extra or {})
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -126,6 +127,11 @@ class TextEncoder:
             raise ValueError(f"global_token must be auto, cls, mean or last, got {cfg.global_token!r}")
         self.global_token = gt
 
+    def _layer_states(self, batch: dict) -> dict[int, torch.Tensor]:
+        """Hidden states ``[B, L, d]`` of the requested layers (subclasses keep only those)."""
+        out = self.model(**batch, output_hidden_states=True)
+        return {layer: out.hidden_states[layer] for layer in self.layers}
+
     def describe(self) -> dict:
         return {
             "id": self.cfg.model, "path": self.path, "revision": self.cfg.revision,
@@ -148,12 +154,12 @@ class TextEncoder:
         if (lengths == 0).any():
             raise DatasetError(f"a text produced no tokens: {texts[int(np.argmin(lengths))]!r}")
         batch = {k: v.to(self.device) for k, v in enc.items()}
-        out = self.model(**batch, output_hidden_states=True)
+        states = self._layer_states(batch)
         flat = torch.from_numpy(valid.reshape(-1)).to(self.device)
         vmask = torch.from_numpy(valid).to(self.device)
         tokens, globals_ = {}, {}
         for layer in self.layers:
-            hs = out.hidden_states[layer]  # [B, L, d]
+            hs = states[layer]  # [B, L, d]
             tokens[layer] = hs.reshape(-1, hs.shape[-1])[flat].float().cpu().numpy()
             if self.global_token == "cls":
                 g = hs[:, 0]
@@ -200,9 +206,22 @@ def span_token_bits(
 
 
 def make_encoder(cfg: EmbedConfig, modality: str):
-    """The encoder for a modality; image encoders live in :mod:`superactivators.vision`."""
+    """The encoder for a modality; image encoders live in :mod:`superactivators.vision`.
+
+    Text models go through :class:`superactivators.models.text.FamilyTextEncoder` (per-family
+    loading, only the requested layers kept, forward stopped after the deepest); Mllama's
+    vision tower through :class:`superactivators.models.mllama.MllamaImageEncoder`.
+    """
     if modality == "text":
-        return TextEncoder(cfg)
+        from .models.text import FamilyTextEncoder  # noqa: PLC0415
+
+        return FamilyTextEncoder(cfg)
+    from .models.mllama import is_mllama  # noqa: PLC0415
+
+    if is_mllama(cfg):
+        from .models.mllama import MllamaImageEncoder  # noqa: PLC0415
+
+        return MllamaImageEncoder(cfg)
     from .vision import ImageEncoder  # noqa: PLC0415 - optional heavy import
 
     return ImageEncoder(cfg)
