@@ -24,6 +24,12 @@ class DataConfig:
 
     path: str = "builtin:emotions"
     concepts: list[str] | None = None  # restrict / order concept columns
+    # images (see superactivators.masks): min fraction of a patch's pixels in a concept's mask
+    # for "in concept", and of image (not padding) pixels for "valid"; unreadable images/masks
+    # are an error unless skip_bad_images (then skipped and reported)
+    mask_coverage: float = 0.5
+    content_coverage: float = 0.5
+    skip_bad_images: bool = False
 
 
 @dataclass
@@ -45,6 +51,7 @@ class DetectConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     grid: list[float] = field(default_factory=lambda: list(DEFAULT_GRID))
     best_threshold: bool = True
+    localize: bool = True  # token-level localisation metrics when the data has masks or spans
 
 
 @dataclass

@@ -249,7 +249,8 @@ def embed_dataset(
     enc = encoder or make_encoder(cfg, ds.modality)
     if enc.modality != ds.modality:
         raise ValueError(f"dataset is {ds.modality} but the encoder is for {enc.modality}")
-    gt_kind = "spans" if ds.spans is not None else ("masks" if ds.mask_paths is not None else "sample")
+    has_masks = ds.mask_paths is not None or any(str(c).startswith("mask::") for c in ds.metadata.columns)
+    gt_kind = "spans" if ds.spans is not None else ("masks" if has_masks else "sample")
     info = StoreInfo(
         n_samples=len(ds), dim=enc.hidden_size, layers=enc.layers, concepts=ds.concepts,
         modality=ds.modality, dtype=cfg.store_dtype, model=enc.describe(),

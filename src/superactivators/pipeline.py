@@ -22,6 +22,8 @@ from .concepts import ConceptSet, learn_global_concepts, learn_linsep_concepts, 
 from .config import RunConfig, stable_hash
 from .datasets import Dataset, load_dataset, usable_concepts
 from .detect import macro_pivot, results_table, run_detection
+from .localize import localize_stage
+from .vision import image_encoder_for_run
 from .embed import embed_dataset, pick_device
 from .scoring import ScoreSummary, summarise
 from .store import TokenStore, atomic_write_bytes
@@ -39,6 +41,7 @@ class RunResult:
     macro: pd.DataFrame
     seconds: float
     stage_dirs: dict[str, Path] = field(default_factory=dict)
+    localization: pd.DataFrame | None = None  # token-level localisation (data with masks/spans)
 
 
 def prepare_dataset(cfg: RunConfig) -> Dataset:
@@ -47,7 +50,12 @@ def prepare_dataset(cfg: RunConfig) -> Dataset:
     keep = usable_concepts(ds, need=("train", "cal"))
     if not keep:
         raise ValueError(f"{ds.source}: no concept has positives in both train and cal")
-    return ds.subset_concepts(keep) if len(keep) < len(ds.concepts) else ds
+    ds = ds.subset_concepts(keep) if len(keep) < len(ds.concepts) else ds
+    if ds.modality == "image":  # every image/mask readable before embedding (or skipped and reported)
+        from .masks import check_images
+
+        ds, _ = check_images(ds, skip_bad=cfg.data.skip_bad_images)
+    return ds
 
 
 def dataset_key(ds: Dataset) -> str:
@@ -57,7 +65,11 @@ def dataset_key(ds: Dataset) -> str:
 
 
 def store_dir_for(cfg: RunConfig, ds: Dataset) -> Path:
-    return cfg.run_dir / "stores" / f"{ds.name}-{cfg.embed.key({'dataset': dataset_key(ds)})}"
+    extra = {"dataset": dataset_key(ds)}
+    if ds.modality == "image":  # patch truth depends on these; skipped images change the samples
+        extra.update(mask_coverage=cfg.data.mask_coverage, content_coverage=cfg.data.content_coverage,
+                     samples=stable_hash(ds.image_paths, 10))
+    return cfg.run_dir / "stores" / f"{ds.name}-{cfg.embed.key(extra)}"
 
 
 def learn_concepts(store: TokenStore, layer: int, ctype: str, cfg: RunConfig, out: Path) -> tuple[ConceptSet, ConceptSet | None]:
@@ -94,8 +106,9 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
     atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
     ds = prepare_dataset(cfg)
     sdir = store_dir_for(cfg, ds)
-    store = embed_dataset(ds, cfg.embed, sdir, progress=progress)
+    store = embed_dataset(ds, cfg.embed, sdir, encoder=image_encoder_for_run(cfg, ds, sdir), progress=progress)
     device = pick_device(cfg.score_device)
+    loc_tables: list[pd.DataFrame] = []
     tables = []
     for layer in store.layers:
         for ctype in cfg.concepts.types:
@@ -111,11 +124,18 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
             results = run_detection(summary, store.labels, store.splits, cfg.detect.methods,
                                     cfg.detect.grid, cfg.detect.best_threshold)
             tables.append(results_table(results, layer=layer, concept_type=ctype))
+            if cfg.detect.localize and store.info.token_ground_truth != "sample":
+                loc_tables.append(localize_stage(
+                    store, lambda: learn_concepts(store, layer, ctype, cfg, stage)[0], summary, results,
+                    cfg.detect.grid, stage, device, layer=layer, concept_type=ctype))
     table = pd.concat(tables, ignore_index=True)
     atomic_write_bytes(run_dir / "detection_metrics.csv", table.to_csv(index=False).encode())
     macro = macro_pivot(table)
     atomic_write_bytes(run_dir / "detection_macro_f1.csv", macro.to_csv().encode())
-    return RunResult(run_dir, store, table, macro, time.time() - t0, {"store": sdir})
+    loc = pd.concat(loc_tables, ignore_index=True) if loc_tables else None
+    if loc is not None:
+        atomic_write_bytes(run_dir / "localization_metrics.csv", loc.to_csv(index=False).encode())
+    return RunResult(run_dir, store, table, macro, time.time() - t0, {"store": sdir}, localization=loc)
 
 
 def format_macro(macro: pd.DataFrame) -> str:
