@@ -230,6 +230,22 @@ def test_layertap_rejects_bad_layers_and_removes_hooks():
     cap = tap.run(fwd)
     assert cap.stopped_early and all(not b._forward_hooks for b in blocks)
 
+    class Block(torch.nn.Module):  # called with a keyword, as some transformers versions do
+        def forward(self, hidden_state):
+            return (hidden_state + 1,)
+
+    kw_blocks = [Block(), Block()]
+
+    def kw_fwd():
+        x = torch.zeros(1, 2)
+        for blk in kw_blocks:
+            x = blk(hidden_state=x)[0]
+        return x
+
+    cap = LayerTap(kw_blocks, [0, 1]).run(kw_fwd)
+    assert cap.stopped_early and cap.states[0].sum() == 0 and cap.states[1].sum() == 2
+    assert all(not b._forward_pre_hooks and not b._forward_hooks for b in kw_blocks)
+
 
 # --------------------------------------------------------------------------- text twins
 
@@ -459,3 +475,99 @@ def test_mllama_vision_into_store_masks_and_batch_sizes(tmp_path, twins):
         xb = np.concatenate([b.tokens(layer, s) for s in b.shards])
         np.testing.assert_allclose(xa, xb, atol=1e-5)
         np.testing.assert_allclose(a.globals(layer), b.globals(layer), atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_twins_on_gpu_in_bf16_match_cpu_fp32(twins, tiny_texts):
+    """The GPU path: bf16 by default, inputs and kept states on the device, close to fp32 on CPU."""
+    for kind in ("gemma2", "qwen3", "mllama"):
+        gpu = FamilyTextEncoder(EmbedConfig(model=str(twins[kind]), layers="sweep", device="cuda"))
+        cpu = FamilyTextEncoder(EmbedConfig(model=str(twins[kind]), layers="sweep", device="cpu"))
+        assert gpu.describe()["compute_dtype"] == "bfloat16" and cpu.describe()["compute_dtype"] == "float32"
+        a, b = gpu.encode(tiny_texts.texts()), cpu.encode(tiny_texts.texts())
+        np.testing.assert_array_equal(a.lengths, b.lengths)
+        for layer in b.tokens:
+            scale = np.abs(b.tokens[layer]).max()
+            assert np.abs(a.tokens[layer] - b.tokens[layer]).max() < 0.05 * scale, (kind, layer)
+    ims = _images()
+    g = MllamaImageEncoder(EmbedConfig(model=str(twins["mllama"]), layers="sweep", device="cuda")).encode_images(ims)
+    c = MllamaImageEncoder(EmbedConfig(model=str(twins["mllama"]), layers="sweep", device="cpu")).encode_images(ims)
+    np.testing.assert_array_equal(g.valid, c.valid)
+    for layer in c.tokens:
+        assert np.abs(g.tokens[layer] - c.tokens[layer]).max() < 0.05 * np.abs(c.tokens[layer]).max()
+
+
+# --------------------------------------------------------------------------- by Hub id
+
+
+def install_in_hub_cache(cache, repo_id: str, folder) -> None:
+    """Lay ``folder`` out as the cached snapshot of ``repo_id`` (what a download would leave)."""
+    import shutil
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snap = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(folder, snap)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+
+
+@pytest.fixture()
+def hub_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hc
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def test_seed_models_selectable_by_hub_id(hub_cache, twins, tiny_texts):
+    """Each seed id, with its tiny twin in the Hub cache, embeds through make_encoder by name."""
+    install_in_hub_cache(hub_cache, "google/gemma-2-9b", twins["gemma2"])
+    install_in_hub_cache(hub_cache, "Qwen/Qwen3-Embedding-4B", twins["qwen3"])
+    install_in_hub_cache(hub_cache, "meta-llama/Llama-3.2-11B-Vision-Instruct", twins["mllama"])
+    texts = tiny_texts.texts()[:2]
+    for hub_id, family, gt in (("google/gemma-2-9b", "gemma2", "mean"), ("Qwen/Qwen3-Embedding-4B", "qwen3", "last"),
+                               ("meta-llama/Llama-3.2-11B-Vision-Instruct", "mllama-text", "mean")):
+        enc = make_encoder(EmbedConfig(model=hub_id, layers="sweep", device="cpu"), "text")
+        assert enc.family.name == family and enc.global_token == gt and enc.describe()["id"] == hub_id
+        batch = enc.encode(texts)
+        assert set(batch.tokens) == {1, 2, 3, 4} and batch.tokens[4].shape == (batch.lengths.sum(), 32)
+    enc = make_encoder(EmbedConfig(model="meta-llama/Llama-3.2-11B-Vision-Instruct", layers="sweep", device="cpu"), "image")
+    assert isinstance(enc, MllamaImageEncoder) and enc.layers == [1, 2, 3, 4, 5]
+    assert enc.encode_images(_images()[:1]).tokens[5].shape == (32, 32)
+
+
+def test_clip_by_hub_id_with_sweep_into_store(hub_cache, tmp_path):
+    """CLIP ViT-L/14's twin (a full CLIPModel checkpoint, 24 vision blocks) by id, layers: sweep."""
+    pytest.importorskip("superactivators.vision")
+    from PIL import Image
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+
+    from superactivators.models.registry import expand_sweep
+
+    torch.manual_seed(0)
+    cfg = CLIPConfig(
+        text_config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
+                     "vocab_size": 99, "max_position_embeddings": 16},
+        vision_config={"hidden_size": 16, "num_hidden_layers": 24, "num_attention_heads": 2, "intermediate_size": 32,
+                       "image_size": 56, "patch_size": 14},
+        projection_dim=8,
+    )
+    twin = tmp_path / "clip"
+    CLIPModel(cfg).eval().save_pretrained(twin)
+    CLIPImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}).save_pretrained(twin)
+    install_in_hub_cache(hub_cache, "openai/clip-vit-large-patch14", twin)
+    ecfg = EmbedConfig(model="openai/clip-vit-large-patch14", layers="sweep", device="cpu", store_dtype="float32")
+    assert expand_sweep(ecfg, "image").layers == ["4%", "25%", "46%", "67%", "88%", "100%"]
+    root = tmp_path / "imgs"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (56, 56, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    (root / "metadata.csv").write_text("image_path,c,split\n" + "\n".join(
+        f"{i}.png,{i % 2},{['train', 'cal', 'test'][i % 3]}" for i in range(6)) + "\n")
+    store = embed_dataset(load_dataset(root), ecfg, tmp_path / "store", progress=False)
+    assert store.layers == [1, 6, 11, 16, 21, 24] and store.dim == 16
+    np.testing.assert_array_equal(store.lengths, [16] * 6)  # 4 x 4 patches, CLS kept as the global

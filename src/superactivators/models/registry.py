@@ -420,6 +420,7 @@ class LayerRow:
     sweep: tuple[float, ...]
     layers: tuple[int, ...]
     tokens_per_sample: str
+    tokens_typical: int
     store_gb_5000: float  # one layer, 5,000 samples, fp16, tokens_typical tokens per sample
 
 
@@ -432,7 +433,7 @@ def reference_table(n_samples: int = 5000) -> list[LayerRow]:
         d = fam.hidden_size(cfg)
         rows.append(LayerRow(
             ref.hub_id, fam.name, fam.n_layers(cfg), d, fam.sweep, tuple(fam.sweep_layers(cfg)),
-            ref.tokens_per_sample, store_bytes(n_samples, ref.tokens_typical, d) / 1e9,
+            ref.tokens_per_sample, ref.tokens_typical, store_bytes(n_samples, ref.tokens_typical, d) / 1e9,
         ))
     return rows
 
@@ -448,8 +449,31 @@ def format_families() -> str:
             lines.append(f"{'':14s} known ids: {', '.join(f.hub_ids)}")
         lines.append(f"{'':14s} {f.notes}")
     lines += ["", "Seed checkpoints: sweep -> block index (layer = round(p/100 * n), clamped to [1, n]):", ""]
-    lines.append(f"{'model':42s} {'family':14s} {'n':>3s} {'d':>5s}  layers   (store, 5,000 samples, 1 layer, fp16)")
+    lines.append(f"{'model':41s} {'family':13s} {'n':>3s} {'d':>5s} {'tokens':>6s} {'GB':>5s}  sweep layers")
     for r in reference_table():
-        lines.append(f"{r.hub_id:42s} {r.family:14s} {r.n_layers:3d} {r.hidden_size:5d}  "
-                     f"{', '.join(map(str, r.layers))}   ({r.store_gb_5000:.1f} GB at {r.tokens_per_sample})")
+        lines.append(f"{r.hub_id:41s} {r.family:13s} {r.n_layers:3d} {r.hidden_size:5d} {r.tokens_typical:6d} "
+                     f"{r.store_gb_5000:5.1f}  {', '.join(map(str, r.layers))}")
+    lines += ["", "tokens = typical stored tokens per sample; GB = one layer of 5,000 samples in fp16.",
+              "Mllama images: 1600 patches per 560-px tile, 1-4 tiles by aspect ratio (3200 = a 640x480 photo);",
+              "text: ~200-token paragraphs. Details: docs/models.md."]
     return "\n".join(lines)
+
+
+def expand_sweep(cfg: Any, modality: Modality) -> Any:
+    """``cfg`` (an ``EmbedConfig``) with ``layers: sweep`` replaced by its family's sweep in percent.
+
+    Lets encoders that call :func:`resolve_layers` directly accept ``"sweep"``; other layer
+    specs pass through unchanged.
+    """
+    import dataclasses
+
+    layers = cfg.layers
+    if not (isinstance(layers, str) and layers.strip().lower() in ("sweep", "default")):
+        return cfg
+    from ..embed import resolve_model_path
+
+    try:
+        fam = family_for(resolve_model_path(cfg.model), modality, revision=cfg.revision)
+    except (UnknownModelFamily, OSError, ValueError) as err:
+        raise ValueError(f"layers: sweep needs a known model family ({err}); give the layers explicitly") from None
+    return dataclasses.replace(cfg, layers=fam.sweep_spec())
