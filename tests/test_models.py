@@ -570,4 +570,11 @@ def test_clip_by_hub_id_with_sweep_into_store(hub_cache, tmp_path):
         f"{i}.png,{i % 2},{['train', 'cal', 'test'][i % 3]}" for i in range(6)) + "\n")
     store = embed_dataset(load_dataset(root), ecfg, tmp_path / "store", progress=False)
     assert store.layers == [1, 6, 11, 16, 21, 24] and store.dim == 16
+    # the pipeline's own route to the image encoder accepts "sweep" too
+    from superactivators.config import config_from_dict
+    from superactivators.vision import image_encoder_for_run
+
+    run = config_from_dict({"data": {"path": str(root)}, "embed": {"model": "openai/clip-vit-large-patch14",
+                                                                    "layers": "sweep", "device": "cpu"}})
+    assert image_encoder_for_run(run, load_dataset(root), tmp_path / "s2").layers == [1, 6, 11, 16, 21, 24]
     np.testing.assert_array_equal(store.lengths, [16] * 6)  # 4 x 4 patches, CLS kept as the global

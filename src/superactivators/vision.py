@@ -264,4 +264,6 @@ def image_encoder_for_run(cfg: Any, ds: Dataset, store_dir: Path) -> ImageEncode
 
         if is_mllama(cfg.embed):  # tiles on a canvas: its own encoder, same mask options
             return MllamaImageEncoder(cfg.embed, mask_options=opts)
-    return ImageEncoder(cfg.embed, opts)
+    from .models.registry import expand_sweep  # layers: sweep -> the family's seed sweep
+
+    return ImageEncoder(expand_sweep(cfg.embed, "image"), opts)
