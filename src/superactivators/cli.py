@@ -65,6 +65,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run(load_config(args.config, args.set), args)
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .distributed import DistEnv, embed_command
+
+    t0 = time.time()
+    store = embed_command(load_config(args.config, args.set), progress=not args.quiet)
+    if DistEnv.from_env().rank == 0:
+        print(f"token store: {store.path} ({store.n_samples} samples, {store.n_tokens} tokens, layers {store.layers})")
+        print(f"wall time {time.time() - t0:.1f} s, peak RSS {_peak_rss_mb():.0f} MB (this process)")
+    return 0
+
+
 def demo_config(args: argparse.Namespace):
     from .config import apply_overrides, config_from_dict
 
@@ -100,6 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set embed.batch_size=8 (repeatable)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("embed", help="only the embed stage of a run config; data-parallel under torchrun",
+                       description="Embed the config's dataset into its token store. Under torchrun "
+                                   "(torchrun --nproc_per_node N -m superactivators embed CONFIG) every rank "
+                                   "embeds a disjoint slice; the store equals a single-process one.")
+    s.add_argument("config", type=Path)
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_embed)
 
     s = sub.add_parser("demo", help="built-in emotions dataset through the packaged all-MiniLM-L6-v2, every layer")
     s.add_argument("--output-dir", default="runs", help="parent folder of the run folder 'demo'")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from .store import TokenStore, atomic_write_json
+from .store import TokenStore, atomic_write_json, row_blocks
 
 SCORING = {"mean": "cosine", "linsep": "signed_distance"}
 
@@ -87,11 +87,14 @@ def learn_mean_concepts(store: TokenStore, layer: int, concepts: list[int]) -> C
         if not m.any():
             continue
         gt = store.token_labels(s, np.asarray(concepts))[m].astype(np.float32)  # [t, C]
-        xs = normalise(x[m], mean, scale)
-        sums += gt.T @ xs
+        pos = 0
+        for xb in row_blocks(x, m):  # float32 blocks of the train rows, in order
+            xb -= mean
+            sums += gt[pos:pos + len(xb)].T @ xb
+            pos += len(xb)
         counts += gt.sum(axis=0).astype(np.int64)
     _check_counts(store, concepts, counts, "train tokens")
-    vec = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+    vec = (sums / scale / np.maximum(counts, 1)[:, None]).astype(np.float32)
     return ConceptSet("mean", [store.concepts[c] for c in concepts], vec, np.zeros(len(concepts), np.float32),
                       "cosine", layer, mean, scale)
 
@@ -152,15 +155,25 @@ def learn_linsep_concepts(
         k = min(max_per_class, len(p))
         picks.append((rng.choice(p, k, replace=False), rng.choice(n, min(len(n), max_per_class), replace=False)))
     rows = np.unique(np.concatenate([np.concatenate(pn) for pn in picks]))
-    x = gather_rows(store, layer, train_idx[rows], mean, scale)
+    x = gather_raw_rows(store, layer, train_idx[rows])  # store dtype: half the memory of float32
     W = np.zeros((len(concepts), store.dim), dtype=np.float32)
     b = np.zeros(len(concepts), dtype=np.float32)
     for c, (p, n) in enumerate(picks):
         sel = np.searchsorted(rows, np.concatenate([p, n]))
         y = np.concatenate([np.ones(len(p)), np.zeros(len(n))])[:, None]
-        Wc, bc = _fit_separators(x[sel], y, c_reg, seed)
+        Wc, bc = _fit_separators(normalise(x[sel], mean, scale), y, c_reg, seed)
         W[c], b[c] = Wc[0], bc[0]
     return ConceptSet("linsep", [store.concepts[c] for c in concepts], W, b, "signed_distance", layer, mean, scale)
+
+
+def gather_raw_rows(store: TokenStore, layer: int, token_rows: np.ndarray) -> np.ndarray:
+    """Raw hidden states (store dtype) of sorted global ``token_rows``, read shard by shard."""
+    out = np.empty((len(token_rows), store.dim), dtype=np.dtype(store.info.dtype))
+    for s in store.shards:
+        lo, hi = np.searchsorted(token_rows, [s.token_start, s.token_stop])
+        if hi > lo:
+            out[lo:hi] = store.tokens(layer, s)[token_rows[lo:hi] - s.token_start]
+    return out
 
 
 def gather_rows(store: TokenStore, layer: int, token_rows: np.ndarray, mean: np.ndarray, scale: float) -> np.ndarray:

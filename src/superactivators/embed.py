@@ -260,8 +260,12 @@ def embed_dataset(
         dataset={"name": ds.name, "source": str(ds.source)}, token_ground_truth=gt_kind,
         patch_grid=getattr(enc, "patch_grid", None),
     )
-    writer = StoreWriter(out_dir, info, ds.labels, ds.splits, shard_tokens=cfg.shard_tokens)
     lo, hi = sample_range or (0, len(ds))
+    if not 0 <= lo <= hi <= len(ds):
+        raise ValueError(f"sample_range {sample_range} is outside 0..{len(ds)}")
+    partial = (lo, hi) != (0, len(ds))
+    info.sample_range = [lo, hi] if partial else None
+    writer = StoreWriter(out_dir, info, ds.labels, ds.splits, shard_tokens=cfg.shard_tokens, first_sample=lo)
     start = max(lo, writer.next_sample)
     if start > lo:
         log.info("resuming %s at sample %d", out_dir, start)
@@ -277,7 +281,7 @@ def embed_dataset(
         writer.add(batch.tokens, batch.globals, batch.lengths, batch.valid, batch.char_spans, gt_bits)
         bar.update(len(ids))
     bar.close()
-    if sample_range is not None and sample_range != (0, len(ds)):
+    if partial:  # a data-parallel part: token rows count from 0; the launcher merges the parts
         writer.flush()
         return None  # type: ignore[return-value]
     store = writer.close()

@@ -41,19 +41,58 @@ class Scorer:
         self.Wt = W.T.contiguous().to(self.device)
         self.bias = self.bias.to(self.device)
 
+    #: rows converted and scored at a time on CPU: a float32 block stays cache-sized, so the
+    #: fp16->fp32 conversion and centring cost little next to the GEMM (whole-shard float32
+    #: temporaries cost more than the GEMM itself)
+    block_rows: int = 8192
+    _pinned: torch.Tensor | None = None
+    _buf: torch.Tensor | None = None
+
     def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """Activations ``[t, C]`` float32 for raw hidden states ``x [t, d]``."""
         if not isinstance(x, torch.Tensor):
             with warnings.catch_warnings():  # read-only memmaps: we never write through X
                 warnings.simplefilter("ignore", UserWarning)
                 x = torch.from_numpy(np.asarray(x))
-        X = x.to(self.device, non_blocking=True).float() - self.center
-        A = X @ self.Wt
+        if self.device.type != "cpu":
+            return self._score_block(self._to_device(x)).cpu().numpy()
+        A = torch.empty((x.shape[0], self.Wt.shape[1]), dtype=torch.float32)
+        for i in range(0, x.shape[0], self.block_rows):
+            self._score_block(x[i:i + self.block_rows], out=A[i:i + self.block_rows])
+        return A.numpy()
+
+    def _score_block(self, xb: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Centre a block, one GEMM, then the per-row scaling.
+
+        The block is converted into a reused float32 buffer and centred in place: a fresh
+        float32 tensor per block (``.float()``) costs more in page faults than the conversion
+        itself, and a mixed-dtype ``x - center`` takes a slow, unvectorised path.
+        """
+        n = xb.shape[0]
+        if self._buf is None or self._buf.shape[0] < n or self._buf.device != xb.device:
+            self._buf = torch.empty((max(n, self.block_rows), xb.shape[1]), dtype=torch.float32, device=xb.device)
+        X = self._buf[:n]
+        X.copy_(xb)
+        X -= self.center
+        A = torch.mm(X, self.Wt, out=out) if out is not None else X @ self.Wt
         if self.cs.scoring == "cosine":
-            A /= X.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            A /= torch.linalg.vector_norm(X, dim=1, keepdim=True).clamp_min_(1e-12)
         else:
             A += self.bias
-        return A.cpu().numpy()
+        return A
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """Host -> accelerator copy through a reused pinned buffer, so the copy is asynchronous."""
+        if x.device == self.device:
+            return x
+        if self.device.type != "cuda" or x.device.type != "cpu":
+            return x.to(self.device)
+        n = x.numel()
+        if self._pinned is None or self._pinned.numel() < n or self._pinned.dtype != x.dtype:
+            self._pinned = torch.empty(n, dtype=x.dtype, pin_memory=True)
+        buf = self._pinned[:n].view(x.shape)
+        buf.copy_(x)  # pages the memmap in, in host memory that the GPU can DMA from
+        return buf.to(self.device, non_blocking=True)
 
 
 def make_scorer(cs: ConceptSet, device: str | torch.device = "cpu"):
@@ -109,9 +148,13 @@ class SampleReducer:
         if (n_valid == 0).any():
             bad = shard.start + int(np.flatnonzero(n_valid == 0)[0])
             raise ValueError(f"sample {bad} has no valid tokens")
-        masked = np.where(valid[:, None], acts, -np.inf)
+        if valid.all():  # the common case (text stores keep no padding): no masked copies
+            masked = zeroed = acts
+        else:
+            masked = np.where(valid[:, None], acts, -np.inf)
+            zeroed = np.where(valid[:, None], acts, 0.0)
         self.max[sl] = np.maximum.reduceat(masked, starts, axis=0)
-        self.mean[sl] = np.add.reduceat(np.where(valid[:, None], acts, 0.0), starts, axis=0) / n_valid[:, None]
+        self.mean[sl] = np.add.reduceat(zeroed, starts, axis=0) / n_valid[:, None]
         pos = np.arange(len(valid))
         last_idx = np.maximum.reduceat(np.where(valid, pos, -1), starts)
         self.last[sl] = acts[last_idx]

@@ -104,6 +104,7 @@ class StoreInfo:
     norm: dict = field(default_factory=dict)  # layer -> {"scale": float, "n_train_tokens": int}
     complete: bool = False
     format_version: int = FORMAT_VERSION
+    sample_range: list[int] | None = None  # [lo, hi): a data-parallel part of a store, see distributed.py
 
 
 class StoreWriter:
@@ -115,10 +116,14 @@ class StoreWriter:
     """
 
     def __init__(
-        self, path: Path, info: StoreInfo, labels: np.ndarray, splits: np.ndarray, shard_tokens: int = 65536
+        self, path: Path, info: StoreInfo, labels: np.ndarray, splits: np.ndarray, shard_tokens: int = 65536,
+        first_sample: int = 0,
     ):
+        """``first_sample > 0`` writes a part of a store (samples from there on, token rows
+        counted from 0 within the part), to be merged by :func:`superactivators.distributed.merge_parts`."""
         self.path = Path(path)
         self.shard_tokens = shard_tokens
+        self.first_sample = first_sample
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "index").mkdir(exist_ok=True)
         for layer in info.layers:
@@ -126,8 +131,8 @@ class StoreWriter:
         existing = self.path / MANIFEST
         if existing.exists():
             old = StoreInfo(**json.loads(existing.read_text()))
-            same = (old.n_samples, old.dim, old.layers, old.concepts, old.dtype) == (
-                info.n_samples, info.dim, info.layers, info.concepts, info.dtype)
+            same = (old.n_samples, old.dim, old.layers, old.concepts, old.dtype, old.sample_range) == (
+                info.n_samples, info.dim, info.layers, info.concepts, info.dtype, info.sample_range)
             if not same or old.model.get("id") != info.model.get("id"):
                 raise ValueError(
                     f"{self.path} holds a different store (model/layers/shape differ); use a new folder"
@@ -145,7 +150,7 @@ class StoreWriter:
     @property
     def next_sample(self) -> int:
         """First sample not yet in a completed shard (where a resumed run starts)."""
-        return self.info.shards[-1]["stop"] if self.info.shards else 0
+        return self.info.shards[-1]["stop"] if self.info.shards else self.first_sample
 
     @property
     def next_token(self) -> int:
@@ -313,24 +318,46 @@ class TokenStore:
         """Two streaming passes over train tokens: mean, then mean norm after centring.
 
         Rows are converted to float32 block by block (never a float32/float64 copy of a whole
-        shard); block sums accumulate in float64.
+        shard); block sums accumulate in float64. Blocks are fixed windows of *global* token
+        rows, so the statistics are bit-identical however the store is cut into shards (a
+        data-parallel run writes other shards than a single process).
         """
         tok_train = self.valid & train_mask[self.sample_of_token]
         total = np.zeros(self.dim, dtype=np.float64)
         n = 0
-        for s, x in self.iter_shards(layer):
-            for xb in row_blocks(x, tok_train[s.token_start:s.token_stop]):
-                total += xb.sum(axis=0, dtype=np.float64)
-                n += len(xb)
+        for xb in self.aligned_blocks(layer, tok_train):
+            total += xb.sum(axis=0, dtype=np.float64)
+            n += len(xb)
         if n == 0:
             raise ValueError("no train tokens to compute normalisation statistics")
         mean = (total / n).astype(np.float32)
         norm_sum = 0.0
-        for s, x in self.iter_shards(layer):
-            for xb in row_blocks(x, tok_train[s.token_start:s.token_stop]):
-                xb -= mean
-                norm_sum += float(np.sqrt(np.einsum("ij,ij->i", xb, xb)).sum(dtype=np.float64))
+        for xb in self.aligned_blocks(layer, tok_train):
+            xb -= mean
+            norm_sum += float(np.sqrt(np.einsum("ij,ij->i", xb, xb)).sum(dtype=np.float64))
         return mean, max(norm_sum / n, 1e-12), n
+
+    def aligned_blocks(self, layer: int, mask: np.ndarray, block: int = 4096) -> Iterator[np.ndarray]:
+        """Float32 rows ``mask`` selects, grouped by global windows ``[k * block, (k + 1) * block)``.
+
+        A window that straddles two shards is assembled from both, so the blocks (and any
+        float sums over them) do not depend on where shards begin and end.
+        """
+        carry: list[np.ndarray] = []
+        for s, x in self.iter_shards(layer):
+            m = mask[s.token_start:s.token_stop]
+            w0 = s.token_start - s.token_start % block
+            for w in range(w0, s.token_stop, block):
+                a, b = max(w, s.token_start) - s.token_start, min(w + block, s.token_stop) - s.token_start
+                mb = m[a:b]
+                if mb.any():
+                    carry.append(x[a:b] if mb.all() else x[a:b][mb])
+                if w + block <= s.token_stop and carry:  # window complete
+                    yield np.concatenate(carry).astype(np.float32, copy=False) if len(carry) > 1 \
+                        else carry[0].astype(np.float32)
+                    carry = []
+        if carry:
+            yield np.concatenate(carry).astype(np.float32, copy=False) if len(carry) > 1 else carry[0].astype(np.float32)
 
 
 ROW_BLOCK = 4096
