@@ -114,9 +114,6 @@ def bench_text(ref, batch: int = 16, length: int = 256) -> dict:
     t_shallow, m_shallow, _ = _peak(hooks(shallow))
     equal = all(torch.equal(got[l], ref_states[l]) for l in sweep)
     weights = sum(p.numel() for p in model.parameters()) * 2 / 2**30
-    del model
-    if CUDA:
-        torch.cuda.empty_cache()
     return {"model": ref.hub_id, "family": fam.name, "n_layers": n, "sweep": sweep, "shallow": shallow,
             "batch": f"{batch} x {length} tokens", "weights_gib": round(weights, 2), "hooks_equal_hidden_states": equal,
             "output_hidden_states": {"s": round(t_full, 4), "peak_gib": round(m_full, 3)},
@@ -157,9 +154,6 @@ def bench_mllama_vision(ref, batch: int = 8) -> dict:
     equal_last = bool(torch.equal(mine, theirs))
     equal_sweep = all(torch.equal(got[l], all_states[l]) for l in sweep)
     weights = sum(p.numel() for p in model.parameters()) * 2 / 2**30
-    del model
-    if CUDA:
-        torch.cuda.empty_cache()
     photo = tile_geometry(480, 640)
     return {"model": ref.hub_id, "family": fam.name, "n_layers": n, "sweep": sweep, "shallow": shallow,
             "batch": f"{batch} images x 4 tiles", "weights_gib": round(weights, 2),
@@ -181,6 +175,8 @@ def main() -> None:
     refs = {(r.hub_id, r.family): (shrink(r) if tiny else r) for r in REFERENCE_MODELS}
     for key in (("Qwen/Qwen3-Embedding-4B", "qwen3"), ("google/gemma-2-9b", "gemma2")):
         res["runs"].append(bench_text(refs[key], *((2, 16) if tiny else ())))
+        if CUDA:
+            torch.cuda.empty_cache()  # the model went out of scope with the call
         print(json.dumps(res["runs"][-1]), flush=True)
     res["runs"].append(bench_mllama_vision(refs[("meta-llama/Llama-3.2-11B-Vision-Instruct", "mllama-vision")],
                                            *((1,) if tiny else ())))

@@ -344,14 +344,20 @@ def test_missing_weights_and_device_map_errors(tmp_path, twins):
     save_file(sd, broken / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match="not in the checkpoint"):
         FamilyTextEncoder(EmbedConfig(model=str(broken), device="cpu"))
-    try:
-        import accelerate  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("accelerate") is None:
         with pytest.raises(ImportError, match="accelerate"):
             FamilyTextEncoder(EmbedConfig(model=str(twins["qwen3"]), device_map="auto"))
     else:
         enc = FamilyTextEncoder(EmbedConfig(model=str(twins["qwen3"]), device_map="auto", dtype="float32"))
+        ref = FamilyTextEncoder(EmbedConfig(model=str(twins["qwen3"]), device="cpu"))
         assert enc.describe()["device_map"] == "auto"
+        texts = ["i am so happy today", "what a sad and lonely evening it was"]
+        a, b = enc.encode(texts), ref.encode(texts)
+        for layer in b.tokens:
+            np.testing.assert_allclose(a.tokens[layer], b.tokens[layer], atol=1e-4)
+            np.testing.assert_allclose(a.globals[layer], b.globals[layer], atol=1e-4)
 
 
 # --------------------------------------------------------------------------- Mllama vision
@@ -433,6 +439,11 @@ def test_mllama_vision_matches_model_output_and_stops_early(twins):
         h.remove()
     assert calls == [1, 1, 0, 0, 0]
     np.testing.assert_array_equal(part.tokens[2], batch.tokens[2])
+    # layer 0 (the input of block 1) through the pre-hook; nothing runs past it
+    enc.layers = [0]
+    zero = enc.encode_images(ims)
+    assert zero.tokens[0].shape == (80, 32) and np.isfinite(zero.tokens[0]).all()
+    assert not np.allclose(zero.tokens[0], batch.tokens[1])
 
 
 def test_mllama_vision_into_store_masks_and_batch_sizes(tmp_path, twins):

@@ -19,8 +19,8 @@ Hugging Face reports ``hidden_states[-1]``; layers ``1..n-1`` are raw block outp
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
-import logging
 import warnings
 from typing import Any
 
@@ -29,8 +29,6 @@ import torch
 from ..embed import EmbedConfig, TextEncoder, pick_device, pick_dtype, resolve_model_path
 from .capture import LayerTap
 from .registry import ModelFamily, family_for, load_class
-
-log = logging.getLogger(__name__)
 
 GLOBAL_TOKENS = ("cls", "mean", "last")
 
@@ -48,10 +46,8 @@ def load_pretrained(cls: Any, path: str, cfg: EmbedConfig, dtype: torch.dtype, d
     kw: dict[str, Any] = {"revision": cfg.revision, "dtype": dtype, "trust_remote_code": cfg.trust_remote_code,
                           "output_loading_info": True, **extra}
     if cfg.device_map:
-        try:
-            import accelerate  # noqa: F401
-        except ImportError:
-            raise ImportError(f"device_map={cfg.device_map!r} needs accelerate: pip install accelerate") from None
+        if importlib.util.find_spec("accelerate") is None:
+            raise ImportError(f"device_map={cfg.device_map!r} needs accelerate: pip install accelerate")
         kw["device_map"] = cfg.device_map
     from transformers.utils import logging as hf_logging
 
