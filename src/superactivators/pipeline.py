@@ -25,6 +25,7 @@ from .detect import macro_pivot, results_table, run_detection
 from .localize import localize_stage
 from .vision import image_encoder_for_run
 from .embed import embed_dataset, pick_device
+from .matching import UNSUPERVISED_TYPES, run_unsupervised_stage
 from .scoring import ScoreSummary, summarise
 from .store import TokenStore, atomic_write_bytes
 
@@ -114,6 +115,11 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
         for ctype in cfg.concepts.types:
             key = stable_hash([sdir.name, ctype, cfg.concepts.__dict__, cfg.seed, "global" in cfg.detect.methods])
             stage = run_dir / "stages" / f"L{layer:02d}_{ctype}_{key}"
+            if ctype in UNSUPERVISED_TYPES:  # clusters / SAE units, matched to concepts on cal
+                table = run_unsupervised_stage(store, layer, ctype, cfg, stage, device)
+                if table is not None:
+                    tables.append(table)
+                continue
             summ_path = stage / "summary.npz"
             if summ_path.exists():
                 summary = ScoreSummary.load(summ_path)
