@@ -13,6 +13,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REFERENCE_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "reference-data"
 
+from .report_run import tiny_report_run  # noqa: E402,F401  one tiny run shared by the report and browser tests
+
 
 def write_small_emotions(path: Path, per_split: dict[str, int] | None = None) -> Path:
     """A stratified head of the built-in emotions dataset, written as a metadata.csv."""

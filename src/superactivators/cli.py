@@ -101,8 +101,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if getattr(args, "images", False):
         from .imagedemo import image_demo_config
 
-        return _run(image_demo_config(args.output_dir, args.set), args)
-    return _run(demo_config(args), args)
+        cfg = image_demo_config(args.output_dir, args.set)
+    else:
+        cfg = demo_config(args)
+    return _run(cfg, args) or _write_report(cfg.run_dir)
+
+
+def _write_report(run_dir: Path, out: Path | None = None, formats: str = "png,svg", examples: int = 3) -> int:
+    from .report import build_report
+
+    t0 = time.time()
+    page = build_report(run_dir, out, tuple(f.strip() for f in formats.split(",") if f.strip()), examples)
+    print(f"\nreport ({time.time() - t0:.0f} s), open in a browser: {page.resolve()}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    return _write_report(args.run_dir, args.out, args.formats, args.examples)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     s.add_argument("--size", type=int, default=224, help="image side in pixels (default 224)")
     s.set_defaults(func=cmd_make_dataset)
+
+    s = sub.add_parser("report", help="one HTML page (figures beside it, no network) for a finished run")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("--out", type=Path, help="folder for index.html and figures/ (default RUN_DIR/report)")
+    s.add_argument("--formats", default="png,svg", help="figure formats, PNG first (default png,svg)")
+    s.add_argument("--examples", type=int, default=3, help="test samples shown per concept (default 3; 0: none)")
+    s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("dataset-info", help="samples, concepts with positives per split, modality")
     s.add_argument("path", help="metadata.csv, its folder, or builtin:NAME")

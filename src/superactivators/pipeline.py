@@ -27,7 +27,8 @@ from .vision import image_encoder_for_run
 from .embed import embed_dataset, pick_device
 from .matching import UNSUPERVISED_TYPES, run_unsupervised_stage
 from .scoring import ScoreSummary, summarise
-from .store import TokenStore, atomic_write_bytes
+from .figdata import CURVES_FILE, HIST_FILE, HistogramAccumulator, save_curves
+from .store import TokenStore, atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
     store = embed_dataset(ds, cfg.embed, sdir, encoder=image_encoder_for_run(cfg, ds, sdir), progress=progress)
     device = pick_device(cfg.score_device)
     loc_tables: list[pd.DataFrame] = []
-    tables = []
+    tables, stage_index = [], []
     for layer in store.layers:
         for ctype in cfg.concepts.types:
             key = stable_hash([sdir.name, ctype, cfg.concepts.__dict__, cfg.seed, "global" in cfg.detect.methods])
@@ -125,15 +126,21 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
                 summary = ScoreSummary.load(summ_path)
             else:
                 cs, gcs = learn_concepts(store, layer, ctype, cfg, stage)
-                summary = summarise(store, cs, gcs, seed=cfg.seed, device=device)
+                hist = HistogramAccumulator.for_store(store, cs, seed=cfg.seed, device=device)  # figures
+                summary = summarise(store, cs, gcs, seed=cfg.seed, device=device, extra=[hist])
+                hist.result().save(stage / HIST_FILE)
                 summary.save(summ_path)
             results = run_detection(summary, store.labels, store.splits, cfg.detect.methods,
                                     cfg.detect.grid, cfg.detect.best_threshold)
+            save_curves(stage / CURVES_FILE, results, cfg.detect.grid)
+            stage_index.append({"layer": layer, "concept_type": ctype, "dir": stage.relative_to(run_dir).as_posix(),
+                                "store": sdir.relative_to(run_dir).as_posix()})
             tables.append(results_table(results, layer=layer, concept_type=ctype))
             if cfg.detect.localize and store.info.token_ground_truth != "sample":
                 loc_tables.append(localize_stage(
                     store, lambda: learn_concepts(store, layer, ctype, cfg, stage)[0], summary, results,
                     cfg.detect.grid, stage, device, layer=layer, concept_type=ctype))
+    atomic_write_json(run_dir / "stages.json", stage_index)  # which stage folders this config used
     table = pd.concat(tables, ignore_index=True)
     atomic_write_bytes(run_dir / "detection_metrics.csv", table.to_csv(index=False).encode())
     macro = macro_pivot(table)

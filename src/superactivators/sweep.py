@@ -1,0 +1,97 @@
+"""Layer sweep: per concept and method, the best layer chosen on ``cal``, reported on ``test``.
+
+Input is a run's ``detection_metrics.csv`` (one row per layer, concept type, method and
+concept, plus ``__macro__`` / ``__weighted__`` rows). The best layer of a (concept type,
+method, concept) is the one with the highest ``cal_f1``; ties go to the shallower layer
+(cheaper to read, and the choice does not depend on row order). Test metrics are then read
+at that layer only, so the choice never sees ``test``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .detect import MACRO, METHODS, WEIGHTED
+
+KEYS = ["concept_type", "method", "concept"]
+REPORTED = ["best_layer", "cal_f1", "n_pct", "threshold", "support", "precision", "recall", "f1"]
+
+
+def load_metrics(run_dir: str | Path) -> pd.DataFrame:
+    """A run's ``detection_metrics.csv``, with a clear error when the run is not finished."""
+    path = Path(run_dir) / "detection_metrics.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a finished run folder?")
+    table = pd.read_csv(path)
+    missing = sorted({"layer", *KEYS, "cal_f1", "f1"} - set(table.columns))
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}")
+    return table
+
+
+def per_concept_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows of real concepts (no macro / weighted aggregates)."""
+    return table[~table["concept"].isin([MACRO, WEIGHTED])]
+
+
+def best_layers(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (concept type, method, concept): best layer on ``cal`` and its test metrics.
+
+    A NaN ``cal_f1`` (uncalibratable at that layer) ranks below every number.
+    """
+    rows = per_concept_rows(table).copy()
+    if rows.empty:
+        raise ValueError("the metrics table has no per-concept rows")
+    rows["_rank"] = rows["cal_f1"].astype(float).fillna(-np.inf)
+    rows = rows.sort_values(KEYS + ["_rank", "layer"], ascending=[True, True, True, False, True], kind="stable")
+    best = rows.groupby(KEYS, sort=False, as_index=False).head(1).rename(columns={"layer": "best_layer"})
+    cols = KEYS + [c for c in REPORTED if c in best.columns]
+    return order_methods(best[cols]).reset_index(drop=True)
+
+
+def order_methods(df: pd.DataFrame) -> pd.DataFrame:
+    """Sort by concept type, then methods in the canonical order (SuperActivator first)."""
+    names = list(dict.fromkeys(df["method"]))
+    rank = {m: i for i, m in enumerate([m for m in METHODS if m in names] + sorted(m for m in names if m not in METHODS))}
+    key = df["method"].map(rank)
+    return df.assign(_m=key).sort_values(["concept_type", "_m"], kind="stable").drop(columns="_m")
+
+
+def sweep_macro(best: pd.DataFrame) -> pd.DataFrame:
+    """Macro test F1 / precision / recall over concepts at their own best layers.
+
+    Concepts without a positive test sample are left out of the average (as in the per-layer
+    macro rows). Columns: concept_type, method, f1, precision, recall, f1_std, n_concepts.
+    """
+    scored = best[best["support"] > 0] if "support" in best.columns else best
+    g = scored.groupby(["concept_type", "method"], sort=False)
+    out = g.agg(f1=("f1", "mean"), precision=("precision", "mean"), recall=("recall", "mean"),
+                f1_std=("f1", "std"), n_concepts=("f1", "size")).reset_index()
+    return order_methods(out).reset_index(drop=True)
+
+
+def layer_curve(table: pd.DataFrame) -> pd.DataFrame:
+    """Macro test F1 per (concept type, method, layer), from the table's ``__macro__`` rows."""
+    macro = table[table["concept"] == MACRO]
+    cols = ["concept_type", "method", "layer", "f1"] + (["cal_f1"] if "cal_f1" in macro.columns else [])
+    return order_methods(macro[cols].sort_values(["concept_type", "method", "layer"])).reset_index(drop=True)
+
+
+def headline(macro: pd.DataFrame, concept_type: str) -> dict[str, float | str]:
+    """SuperActivator's swept macro F1 against the best plain baseline for one concept type.
+
+    Plain baselines are the tail-calibrated ones (not ``METHOD@best_threshold``, whose
+    thresholds are tuned freely on cal and serve as an upper reference).
+    """
+    m = macro[macro["concept_type"] == concept_type].set_index("method")["f1"]
+    if "superactivator" not in m.index:
+        raise ValueError(f"no superactivator rows for concept type {concept_type!r}")
+    base = m[[k for k in m.index if k != "superactivator" and "@" not in k]]
+    out: dict[str, float | str] = {"concept_type": concept_type, "superactivator": float(m["superactivator"])}
+    if len(base):
+        out.update(best_baseline=str(base.idxmax()), baseline_f1=float(base.max()),
+                   margin=float(m["superactivator"] - base.max()))
+    return out
