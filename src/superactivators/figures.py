@@ -338,11 +338,11 @@ def image_samples_figure(panels: Sequence[ImagePanel], threshold: float, title: 
     vals = np.concatenate([p.acts[p.valid] for p in panels])
     top = max(vals.max(), threshold) if vals.size and np.isfinite(threshold) else (vals.max() if vals.size else 1.0)
     vmin, vmax = (float(vals.min()), float(top)) if vals.size else (0.0, 1.0)
-    h = 4.3 * len(panels) + (0.5 if title else 0.1)
+    h = 4.5 * len(panels) + (0.5 if title else 0.1)
     with plt.rc_context(dict(STYLE, **{"figure.constrained_layout.use": False})):
         fig = plt.figure(figsize=(9.4, h))
         gs = fig.add_gridspec(len(panels), 3, width_ratios=[1, 1, 0.045], left=0.01, right=0.91, wspace=0.06,
-                              bottom=0.1 / h, top=1 - (0.55 if title else 0.35) / h, hspace=0.35 / 4.3 * len(panels))
+                              bottom=0.1 / h, top=1 - (0.75 if title else 0.55) / h, hspace=0.2)
         axes = np.array([[fig.add_subplot(gs[i, 0]), fig.add_subplot(gs[i, 1])] for i in range(len(panels))])
         cax = fig.add_subplot(gs[:, 2])
     hm = None
@@ -352,7 +352,7 @@ def image_samples_figure(panels: Sequence[ImagePanel], threshold: float, title: 
         a0.imshow(p.image, extent=extent, interpolation="bilinear")
         hm = a0.imshow(np.where(p.valid, p.acts, np.nan), extent=extent, cmap="magma", alpha=0.6, vmin=vmin,
                        vmax=vmax, interpolation="nearest")
-        a0.set_title(f"{p.label}: raw token activations" if p.label else "raw token activations", loc="left",
+        a0.set_title(f"{p.label}\nraw token activations" if p.label else "raw token activations", loc="left",
                      fontsize=10.5)
         sup = p.valid & (p.acts >= threshold)
         a1.imshow(p.image, extent=extent, interpolation="bilinear")
@@ -366,8 +366,8 @@ def image_samples_figure(panels: Sequence[ImagePanel], threshold: float, title: 
                 a1.add_patch(Rectangle((c + 0.1, r + 0.1), 0.8, 0.8, fill=False, edgecolor=OKABE_ITO["sky"],
                                        linewidth=1.0, linestyle="--"))
         n = int(sup.sum())
-        a1.set_title(f"SuperActivators: {n} patch{'es' if n != 1 else ''} ≥ τ = {threshold:.3g}", loc="left",
-                     fontsize=10.5)
+        a1.set_title(("\n" if p.label else "") + f"SuperActivators: {n} patch{'es' if n != 1 else ''} ≥ τ = {threshold:.3g}",
+                     loc="left", fontsize=10.5)
         for ax in (a0, a1):
             ax.set_xticks([])
             ax.set_yticks([])
