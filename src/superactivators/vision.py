@@ -134,6 +134,7 @@ class ImageEncoder:
             raise ValueError(f"{cfg.model} has no CLS token; use global_token mean")
         self.global_token = gt
         self._padding: dict[str, np.ndarray | None] = {}
+        self._masks: dict[tuple, MaskSource] = {}
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, processor: Any, cfg: EmbedConfig | None = None,
@@ -219,7 +220,10 @@ class ImageEncoder:
             raise DatasetError(f"image {ds.image_path(int(bad))} has no content patch at input size {self.input_size}")
 
         extra: dict = {}
-        src = MaskSource(ds)
+        key = (str(ds.source), tuple(ds.concepts))
+        src = self._masks.get(key)
+        if src is None or src.ds is not ds:
+            src = self._masks[key] = MaskSource(ds)
         if src.has_masks:
             gt = np.zeros((n, P, len(ds.concepts)), dtype=bool)
             for j, (i, pl) in enumerate(zip(ids, placements)):
