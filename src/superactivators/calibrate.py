@@ -26,12 +26,21 @@ def tail_thresholds(populations: Sequence[np.ndarray], grid: Sequence[float] = D
     """Thresholds ``[C, G]``: the ``(1 - N/100)`` quantile of each concept's population.
 
     An empty population gives a row of NaN (that concept cannot be calibrated) and a warning.
+    A population may also be a streamed summary with ``len()`` and ``quantile(q)`` (see
+    :mod:`superactivators.quantiles`: exact when the values fit in memory, otherwise a
+    fixed-memory histogram with a proven error bound).
     """
     q = 1.0 - np.asarray(grid, dtype=np.float64) / 100.0
     if np.any((q < 0) | (q > 1)):
         raise ValueError(f"grid values must lie in [0, 100], got {list(grid)}")
     out = np.full((len(populations), len(q)), np.nan, dtype=np.float64)
     for c, pop in enumerate(populations):
+        if hasattr(pop, "quantile"):  # streamed: already checked finite when counted
+            if len(pop) == 0:
+                warnings.warn(f"concept #{c} has an empty calibration population; no threshold", stacklevel=2)
+            else:
+                out[c] = pop.quantile(q)
+            continue
         pop = np.asarray(pop, dtype=np.float64)
         if pop.size == 0:
             warnings.warn(f"concept #{c} has an empty calibration population; no threshold", stacklevel=2)

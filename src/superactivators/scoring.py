@@ -169,13 +169,22 @@ class SampleReducer:
 
 
 class InConceptCollector:
-    """Activations of in-concept tokens of one split, grouped by concept (for quantiles)."""
+    """Activations of in-concept tokens of one split, grouped by concept (for quantiles).
 
-    def __init__(self, split_mask: np.ndarray, n_concepts: int):
+    Up to ``max_values`` activations are kept (8 bytes each with their concept index) and
+    quantiles are exact; past that, everything is folded into a fixed-memory
+    :class:`~superactivators.quantiles.StreamingQuantiles` histogram and ``per_concept``
+    returns populations whose quantiles carry that module's proven error bound.
+    """
+
+    def __init__(self, split_mask: np.ndarray, n_concepts: int, max_values: int | None = 25_000_000):
         self.split_mask = split_mask  # [N] bool over samples
         self.n_concepts = n_concepts
+        self.max_values = max_values
         self._vals: list[np.ndarray] = []
         self._cols: list[np.ndarray] = []
+        self._n = 0
+        self.hist = None  # StreamingQuantiles once the population outgrew max_values
 
     def add(self, shard: Shard, acts: np.ndarray, ctx: PassContext) -> None:
         tok_split = self.split_mask[ctx.store.sample_of_token[shard.token_start:shard.token_stop]]
@@ -183,10 +192,23 @@ class InConceptCollector:
             return
         m = ctx.token_labels(shard) & tok_split[:, None]
         rows, cols = np.nonzero(m)
+        if self.hist is not None:
+            self.hist.add(acts[rows, cols], cols)
+            return
         self._vals.append(acts[rows, cols])
         self._cols.append(cols.astype(np.int32))
+        self._n += len(rows)
+        if self.max_values is not None and self._n > self.max_values:
+            from .quantiles import StreamingQuantiles  # noqa: PLC0415
 
-    def per_concept(self) -> list[np.ndarray]:
+            self.hist = StreamingQuantiles(self.n_concepts)
+            for v, c in zip(self._vals, self._cols):
+                self.hist.add(v, c)
+            self._vals, self._cols = [], []
+
+    def per_concept(self) -> list:
+        if self.hist is not None:
+            return [self.hist.population(c) for c in range(self.n_concepts)]
         if not self._vals:
             return [np.empty(0, np.float32) for _ in range(self.n_concepts)]
         vals, cols = np.concatenate(self._vals), np.concatenate(self._cols)
@@ -230,29 +252,33 @@ class ScoreSummary:
 
     def save(self, path: Path) -> None:
         arrays = {f"score__{k}": v for k, v in self.sample_scores.items()}
-        lens = np.array([len(v) for v in self.cal_in_concept])
-        arrays["cal_lengths"] = lens
-        arrays["cal_values"] = np.concatenate(self.cal_in_concept) if len(lens) else np.empty(0)
+        from .quantiles import pack_populations  # noqa: PLC0415
+
+        arrays.update(pack_populations(self.cal_in_concept))
         arrays["names"] = np.array(self.names)
         atomic_save_npz(Path(path), **arrays)
 
     @classmethod
     def load(cls, path: Path) -> "ScoreSummary":
+        from .quantiles import unpack_populations  # noqa: PLC0415
+
         z = np.load(path)
-        bounds = np.concatenate([[0], np.cumsum(z["cal_lengths"])])
-        vals = z["cal_values"]
         return cls(
             names=[str(n) for n in z["names"]],
             sample_scores={k[7:]: z[k] for k in z.files if k.startswith("score__")},
-            cal_in_concept=[vals[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)],
+            cal_in_concept=unpack_populations(z),
         )
 
 
 def summarise(store: TokenStore, cs: ConceptSet, global_cs: ConceptSet | None, seed: int = 0,
-              device: str | torch.device = "cpu", extra: Sequence[Accumulator] = ()) -> ScoreSummary:
-    """One pass: per-sample reductions, cal in-concept activations, and global scores."""
+              device: str | torch.device = "cpu", extra: Sequence[Accumulator] = (),
+              max_cal_values: int | None = 25_000_000) -> ScoreSummary:
+    """One pass: per-sample reductions, cal in-concept activations, and global scores.
+
+    Past ``max_cal_values`` in-concept cal activations, their quantiles are streamed (see
+    :class:`InConceptCollector`)."""
     reducer = SampleReducer(store.n_samples, len(cs.names), seed=seed)
-    cal = InConceptCollector(store.splits == "cal", len(cs.names))
+    cal = InConceptCollector(store.splits == "cal", len(cs.names), max_values=max_cal_values)
     score_store(store, cs, [reducer, cal, *extra], device=device)
     scores = reducer.scores()
     if global_cs is not None:
