@@ -102,3 +102,17 @@ def test_aligned_blocks_do_not_depend_on_shard_layout(synth):
     assert len(blocks) == len(want)
     for b, w in zip(blocks, want):
         np.testing.assert_array_equal(b, w)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a GPU")
+def test_gpu_scorer_matches_cpu_through_pinned_copies(synth):
+    import torch
+
+    rng = np.random.default_rng(5)
+    cs = ConceptSet("k", ["a", "b"], rng.normal(size=(2, 16)).astype(np.float32), np.zeros(2, np.float32),
+                    "cosine", 2, rng.normal(size=16).astype(np.float32), 1.0)
+    gpu, cpu = Scorer(cs, "cuda"), Scorer(cs)
+    for _, x in synth.iter_shards(2):  # memmapped fp16 shards, as score_store feeds them
+        np.testing.assert_allclose(gpu(x), cpu(x), rtol=1e-4, atol=1e-5)
+    assert gpu._pinned is not None and gpu._pinned.is_pinned()
+    assert gpu._buf.device.type == "cuda" and torch.cuda.is_available()

@@ -157,10 +157,15 @@ class TextEncoder:
         states = self._layer_states(batch)
         flat = torch.from_numpy(valid.reshape(-1)).to(self.device)
         vmask = torch.from_numpy(valid).to(self.device)
+        # tokens leave the device already in the store dtype (half the bytes of float32 for
+        # fp16 stores; bf16 -> fp16 equals bf16 -> fp32 -> fp16); on a GPU all layers are
+        # copied asynchronously and waited for once
+        store_dtype = getattr(torch, self.cfg.store_dtype)
+        on_gpu = self.device.type == "cuda"
         tokens, globals_ = {}, {}
         for layer in self.layers:
             hs = states[layer]  # [B, L, d]
-            tokens[layer] = hs.reshape(-1, hs.shape[-1])[flat].float().cpu().numpy()
+            tokens[layer] = hs.reshape(-1, hs.shape[-1])[flat].to(store_dtype).to("cpu", non_blocking=on_gpu)
             if self.global_token == "cls":
                 g = hs[:, 0]
             elif self.global_token == "last":
@@ -170,8 +175,11 @@ class TextEncoder:
                 m = vmask.unsqueeze(-1).to(hs.dtype)
                 g = (hs * m).sum(1) / m.sum(1)
             globals_[layer] = g.float().cpu().numpy()
+        if on_gpu:
+            torch.cuda.current_stream(self.device).synchronize()
         return EncodedBatch(
-            tokens=tokens, globals=globals_, lengths=lengths, valid=np.ones(int(lengths.sum()), bool),
+            tokens={l: t.numpy() for l, t in tokens.items()}, globals=globals_, lengths=lengths,
+            valid=np.ones(int(lengths.sum()), bool),
             char_spans=offsets.reshape(-1, 2)[valid.reshape(-1)].astype(np.int32),
         )
 
