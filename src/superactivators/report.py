@@ -380,10 +380,11 @@ class ReportBuilder:
             heads.append(f"<div class='card'><div class='card-t'>{html.escape(ct)} concepts</div>"
                          f"<div class='big'>{h['superactivator']:.3f}</div><div>SuperActivator macro test F1 "
                          f"{base}</div></div>")
-        peak = self._peak_sentence(ctypes)
-        sa_curve = curve[curve["method"] == "superactivator"]
-        default_layer = int(sa_curve.sort_values(["cal_f1" if "cal_f1" in sa_curve else "f1", "layer"],
-                                                 ascending=[False, True])["layer"].iloc[0]) if len(sa_curve) else layers[0]
+        # first view: the first concept type at the layer where SuperActivator's macro F1 on cal peaks
+        sa_curve = curve[(curve["method"] == "superactivator") & (curve["concept_type"] == ctypes[0])]
+        rank = "cal_f1" if "cal_f1" in sa_curve else "f1"
+        default_layer = (int(sa_curve.sort_values([rank, "layer"], ascending=[False, True])["layer"].iloc[0])
+                         if len(sa_curve) else layers[0])
         state = {"ct": ctypes[0], "layer": default_layer, "concept": names[0]}
         stage_tables = {}
         rows = per_concept_rows(table)
@@ -404,7 +405,7 @@ class ReportBuilder:
             name=html.escape(str(name)), model=html.escape(str(model)), dataset=html.escape(store.info.dataset.get("name", "?")),
             n=store.n_samples, ntok=store.n_tokens, splits=", ".join(f"{k} {v}" for k, v in n_split.items()),
             layers=", ".join(map(str, layers)), ctypes=", ".join(map(html.escape, ctypes)), nconcepts=len(names),
-            cards="".join(heads), peak=peak,
+            cards="".join(heads), peak=PEAK_NOTE,
             opt_ct=opts(ctypes), opt_layer=opts(layers, lambda v: f"layer {v}"), opt_concept=opts(names),
             best_table=html_table(best.rename(columns={"best_layer": "best layer"}), table_id="t-best", filter_box=True),
             swept_table=html_table(macro, table_id="t-swept"),
@@ -428,9 +429,6 @@ class ReportBuilder:
 
         return re.sub(r'<img data-view="(\w+)" data-key="(\w+)"', put, page)
 
-    def _peak_sentence(self, ctypes) -> str:
-        return ("Detection F1 as a function of N (the share of in-concept calibration tokens above the threshold) "
-                "shows where the tail separates concept from noise; the paper reports peaks at 5-10 %.")
 
 
 def html_table(df: pd.DataFrame, table_id: str = "", sortable: bool = True, filter_box: bool = False) -> str:
@@ -474,6 +472,10 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, formats
         workers = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
     return ReportBuilder(run_dir, out, tuple(formats), n_examples, device, workers).build()
 
+
+PEAK_NOTE = ("SuperActivator macro F1 on test as a function of N (the share of in-concept calibration tokens kept above "
+             "the threshold), one line per layer: where the tail separates concept from noise. The paper reports "
+             "peaks at 5-10 %.")
 
 IMAGE_FIG = """<figure><img data-view="image_examples" data-key="concept" alt="image samples with token activations">\
 <div class="missing" hidden>no image samples for this selection</div>
