@@ -42,6 +42,7 @@ reads it; when absent, :func:`patch_fractions` computes the same thing.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import warnings
@@ -455,8 +456,6 @@ def save_padding_file(root: Path, input_size: tuple[int, int], valid: np.ndarray
     from .store import atomic_write_bytes
 
     path = Path(root) / padding_file_name(*input_size)
-    import io
-
     buf = io.BytesIO()
     torch.save(torch.from_numpy(np.asarray(valid, dtype=np.int32).reshape(-1)), buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -519,7 +518,8 @@ def check_images(ds: Dataset, skip_bad: bool = False) -> tuple[Dataset, ImageChe
             why = _check_one(p, full=skip_bad, what=what)
             if why is not None:
                 if not skip_bad:
-                    raise DatasetError(f"{why} (row {i + 2} of {ds.source}); set data.skip_bad_images to skip such samples")
+                    raise DatasetError(f"{why} (row {i + 2} of {ds.source}); "
+                                       "set data.skip_bad_images to skip such samples")
                 skipped.append((i, why))
                 break
     bad = {i for i, _ in skipped}

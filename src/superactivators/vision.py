@@ -214,7 +214,8 @@ class ImageEncoder:
         elif self.geometry.always_content():
             valid = np.ones((n, P), dtype=bool)
         else:
-            valid = np.stack([patch_fractions(pl, self.patch_size)[0] for pl in placements]) >= self.options.content - 1e-9
+            content = np.stack([patch_fractions(pl, self.patch_size)[0] for pl in placements])
+            valid = content >= self.options.content - 1e-9
         if not valid.any(axis=1).all():
             bad = ids[~valid.any(axis=1)][0]
             raise DatasetError(f"image {ds.image_path(int(bad))} has no content patch at input size {self.input_size}")
