@@ -130,3 +130,9 @@ def test_concept_without_cal_positives_is_skipped_with_warning(tmp_path):
 def test_missing_metadata_file(tmp_path):
     with pytest.raises(DatasetError, match="metadata file not found"):
         load_dataset(tmp_path / "nothing.csv")
+
+
+def test_concept_subset_keeps_only_their_spans(tmp_path):
+    p = _write(tmp_path, 'c1,c2,text,spans,split\n1,1,abcdef,"{""c1"": [[0, 2]], ""c2"": [[3, 5]]}",train\n')
+    ds = load_dataset(p, concepts=["c2"])
+    assert ds.concepts == ["c2"] and ds.spans == [{"c2": [(3, 5)]}]

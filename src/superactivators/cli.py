@@ -50,6 +50,25 @@ def _run(cfg, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_detect(args: argparse.Namespace) -> int:
+    from .detector import ConceptDetector
+
+    det = ConceptDetector.from_run(args.run_dir, args.concept_type, args.layer)
+    if args.save:
+        det.save(args.save)
+        print(f"saved detector to {args.save}")
+    inputs = list(args.inputs)
+    if not inputs:
+        return 0
+    for text, found in zip(inputs, det.detect(inputs)):
+        print(f"\n{text[:100]!r}")
+        for name in det.concepts:
+            if found.present[name]:
+                ev = ", ".join(f"{e.text or e.index!r} ({e.activation:.2f})" for e in found.evidence[name])
+                print(f"  {name}: present (max {found.max_activation[name]:.3f} >= {det.thresholds[name]:.3f}); tokens: {ev}")
+    return 0
+
+
 def cmd_make_dataset(args: argparse.Namespace) -> int:
     from .datasets import dataset_summary, load_dataset
     from .shapes import generate_shapes
@@ -163,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     s.add_argument("--size", type=int, default=224, help="image side in pixels (default 224)")
     s.set_defaults(func=cmd_make_dataset)
+
+    s = sub.add_parser("detect", help="detect concepts in new texts (or images) with a finished run's detector")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("inputs", nargs="*", help="texts (text runs) or image paths (image runs)")
+    s.add_argument("--concept-type", default="linsep", help="concept type whose vectors to use")
+    s.add_argument("--layer", default="best", help="a layer index, or 'best' per concept on cal")
+    s.add_argument("--save", type=Path, help="also save the fitted detector to this folder")
+    s.set_defaults(func=cmd_detect)
 
     s = sub.add_parser("report", help="one HTML page (figures beside it, no network) for a finished run")
     s.add_argument("run_dir", type=Path)

@@ -147,6 +147,10 @@ def _parse_spans(df: pd.DataFrame, concepts: list[str], source: Path) -> list[di
     return out
 
 
+def _restrict_spans(spans: list[dict[str, list[Span]]], keep: list[str]) -> list[dict[str, list[Span]]]:
+    return [{c: v for c, v in sp.items() if c in keep} for sp in spans]
+
+
 def load_dataset(path: str | Path, concepts: list[str] | None = None, name: str | None = None) -> Dataset:
     """Read a seed-format ``metadata.csv`` (or a folder holding one, or ``builtin:NAME``).
 
@@ -229,7 +233,7 @@ def load_dataset(path: str | Path, concepts: list[str] | None = None, name: str 
         text_paths=_col("text_path") if "text" not in df.columns else None,
         image_paths=_col("image_path"),
         mask_paths=_col("mask_path"),
-        spans=_parse_spans(df, names, path) if "spans" in df.columns else None,
+        spans=_restrict_spans(_parse_spans(df, list(label_cols), path), names) if "spans" in df.columns else None,
         metadata=df[meta_cols].copy(),
     )
     if ds.spans is not None:
