@@ -57,3 +57,22 @@ def test_prompt_scores_cached(tiny_lm, small_emotions, tmp_path):
 def test_prompting_needs_a_model():
     with pytest.raises(ValueError, match="needs detect.prompt.model"):
         TextPrompter(PromptConfig())
+
+
+def test_prompt_method_in_pipeline(tiny_lm, tiny_bert, small_emotions, tmp_path):
+    from superactivators.config import config_from_dict
+    from superactivators.pipeline import run_pipeline
+
+    cfg = config_from_dict({
+        "name": "p", "output_dir": str(tmp_path), "score_device": "cpu",
+        "data": {"path": str(small_emotions), "concepts": ["emotion::joy", "emotion::fear"]},
+        "embed": {"model": str(tiny_bert), "layers": [2]},
+        "concepts": {"types": ["mean"]},
+        "detect": {"methods": ["superactivator", "prompt"], "prompt_model": str(tiny_lm), "grid": [10, 50],
+                   "localize": False},
+    })
+    t = run_pipeline(cfg, progress=False).table
+    assert {"superactivator", "prompt", "prompt@best_threshold"} == set(t.method)
+    assert len(list((tmp_path / "p" / "prompt").glob("prompt_*.npy"))) == 1
+    with pytest.raises(ValueError, match="needs detect.prompt_model"):
+        config_from_dict({"detect": {"methods": ["prompt"]}})

@@ -52,6 +52,8 @@ class DetectConfig:
     grid: list[float] = field(default_factory=lambda: list(DEFAULT_GRID))
     best_threshold: bool = True
     localize: bool = True  # token-level localisation metrics when the data has masks or spans
+    prompt_model: str | None = None  # causal LM / VLM for method 'prompt' (yes/no logit difference)
+    prompt_batch_size: int = 8
 
 
 @dataclass
@@ -75,9 +77,11 @@ class RunConfig:
         bad = [t for t in self.concepts.types if t not in CONCEPT_TYPES]
         if bad:
             raise ValueError(f"unknown concept type(s) {bad}; choose from {list(CONCEPT_TYPES)}")
-        bad = [m for m in self.detect.methods if m not in METHODS]
+        bad = [m for m in self.detect.methods if m not in (*METHODS, "prompt")]
         if bad:
-            raise ValueError(f"unknown detection method(s) {bad}; choose from {list(METHODS)}")
+            raise ValueError(f"unknown detection method(s) {bad}; choose from {[*METHODS, 'prompt']}")
+        if "prompt" in self.detect.methods and not self.detect.prompt_model:
+            raise ValueError("detection method 'prompt' needs detect.prompt_model (a causal LM or VLM id/folder)")
         if "sae" in self.concepts.types and not self.concepts.sae_path:
             raise ValueError("concept type 'sae' needs concepts.sae_path")
         if self.embed.batch_size < 1:

@@ -110,6 +110,13 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
     sdir = store_dir_for(cfg, ds)
     store = embed_dataset(ds, cfg.embed, sdir, encoder=image_encoder_for_run(cfg, ds, sdir), progress=progress)
     device = pick_device(cfg.score_device)
+    prompted = None
+    if "prompt" in cfg.detect.methods:  # baseline: ask a (vision-)language model, once per run
+        from .prompting import PromptConfig, prompt_scores
+
+        pcfg = PromptConfig(model=cfg.detect.prompt_model or "", batch_size=cfg.detect.prompt_batch_size,
+                            device=cfg.embed.device, dtype=cfg.embed.dtype)
+        prompted = prompt_scores(ds, pcfg, run_dir / "prompt", progress=progress)
     loc_tables: list[pd.DataFrame] = []
     tables, stage_index = [], []
     for layer in store.layers:
@@ -130,6 +137,8 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
                 summary = summarise(store, cs, gcs, seed=cfg.seed, device=device, extra=[hist])
                 hist.result().save(stage / HIST_FILE)
                 summary.save(summ_path)
+            if prompted is not None:
+                summary.sample_scores["prompt"] = prompted
             results = run_detection(summary, store.labels, store.splits, cfg.detect.methods,
                                     cfg.detect.grid, cfg.detect.best_threshold)
             save_curves(stage / CURVES_FILE, results, cfg.detect.grid)
