@@ -76,3 +76,32 @@ def tiny_gpt2(tmp_path_factory) -> Path:
     GPT2Model(cfg).eval().save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def image_run(tmp_path_factory):
+    """Synthetic shapes through a tiny random ViT (4 x 4 patches), mean concepts, every layer."""
+    import warnings
+
+    import torch
+    from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
+
+    from superactivators.config import config_from_dict
+    from superactivators.pipeline import run_pipeline
+    from superactivators.shapes import generate_shapes
+
+    root = tmp_path_factory.mktemp("img_report")
+    generate_shapes(root / "shapes", n=48, seed=0, size=64)
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       image_size=32, patch_size=8), add_pooling_layer=False).eval().save_pretrained(root / "vit")
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(root / "vit")
+    cfg = config_from_dict({
+        "name": "img", "output_dir": str(root / "runs"), "score_device": "cpu",
+        "data": {"path": str(root / "shapes"), "concepts": ["color::red", "shape::sphere"]},
+        "embed": {"model": str(root / "vit"), "layers": "all", "batch_size": 16},
+        "concepts": {"types": ["mean"]}, "detect": {"grid": [5, 10, 50]},
+    })
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tiny 4 x 4 grid: some objects cover no patch by half
+        return run_pipeline(cfg, progress=False)

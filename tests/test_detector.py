@@ -68,3 +68,23 @@ def test_detector_errors(run):
     det = ConceptDetector.from_run(run.run_dir, "linsep", layer=1)
     with pytest.raises(TypeError):
         det.detect("a single string")
+
+
+def test_image_detector_matches_store(image_run):
+    run = image_run
+    det = ConceptDetector.from_run(run.run_dir, "mean", layer=2)
+    assert det.modality == "image"
+    ds = load_dataset(run.run_dir.parent.parent / "shapes")
+    ids = ds.split_indices("test")[:4]
+    found = det.detect([ds.image_path(int(i)) for i in ids])
+    store = run.store
+    cs = det.concept_sets[2]
+    for j, sid in enumerate(ids):
+        rows = slice(store.offsets[sid], store.offsets[sid + 1])
+        shard = next(s for s in store.shards if s.start <= sid < s.stop)
+        x = store.tokens(2, shard)[rows.start - shard.token_start:rows.stop - shard.token_start]
+        a = make_scorer(cs)(x)
+        a[~store.valid[rows]] = -np.inf
+        for c, name in enumerate(cs.names):
+            assert found[j].max_activation[name] == pytest.approx(float(a[:, c].max()), abs=1e-3)
+            assert found[j].present[name] == (found[j].max_activation[name] >= det.thresholds[name])

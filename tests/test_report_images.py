@@ -4,37 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 
 import numpy as np
-import pytest
-import torch
 from PIL import Image
-
-
-@pytest.fixture(scope="module")
-def image_run(tmp_path_factory):
-    from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
-
-    from superactivators.config import config_from_dict
-    from superactivators.pipeline import run_pipeline
-    from superactivators.shapes import generate_shapes
-
-    root = tmp_path_factory.mktemp("img_report")
-    generate_shapes(root / "shapes", n=48, seed=0, size=64)
-    torch.manual_seed(0)
-    ViTModel(ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                       image_size=32, patch_size=8), add_pooling_layer=False).eval().save_pretrained(root / "vit")
-    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(root / "vit")
-    cfg = config_from_dict({
-        "name": "img", "output_dir": str(root / "runs"), "score_device": "cpu",
-        "data": {"path": str(root / "shapes"), "concepts": ["color::red", "shape::sphere"]},
-        "embed": {"model": str(root / "vit"), "layers": "all", "batch_size": 16},
-        "concepts": {"types": ["mean"]}, "detect": {"grid": [5, 10, 50]},
-    })
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tiny 4 x 4 grid: some objects cover no patch by half
-        return run_pipeline(cfg, progress=False)
 
 
 def test_image_report_has_heatmap_panels(image_run):

@@ -211,11 +211,8 @@ class ImageEncoder:
         if seed_pad is not None:
             rows = ds.metadata["_source_row"].to_numpy()[ids] if "_source_row" in ds.metadata else ids
             valid = seed_pad[rows]
-        elif self.geometry.always_content():
-            valid = np.ones((n, P), dtype=bool)
         else:
-            content = np.stack([patch_fractions(pl, self.patch_size)[0] for pl in placements])
-            valid = content >= self.options.content - 1e-9
+            valid = self._content_valid(placements)
         if not valid.any(axis=1).all():
             bad = ids[~valid.any(axis=1)][0]
             raise DatasetError(f"image {ds.image_path(int(bad))} has no content patch at input size {self.input_size}")
@@ -232,6 +229,34 @@ class ImageEncoder:
                 gt[j] = g & valid[j][:, None]
             extra["gt_bits"] = np.packbits(gt.reshape(n * P, -1), axis=1)
 
+        return self._batch(hs, valid, extra)
+
+    def _content_valid(self, placements: list) -> np.ndarray:
+        if self.geometry.always_content():
+            return np.ones((len(placements), self.n_patches), dtype=bool)
+        content = np.stack([patch_fractions(pl, self.patch_size)[0] for pl in placements])
+        return content >= self.options.content - 1e-9
+
+    def encode_images(self, images: list) -> EncodedBatch:
+        """Embed new images (PIL images or paths), without ground truth: the fitted detector's input."""
+        from PIL import Image
+
+        ims = []
+        for x in images:
+            if isinstance(x, (str, Path)):
+                try:
+                    with Image.open(x) as im:
+                        ims.append(im.convert("RGB"))
+                except (OSError, ValueError) as err:
+                    raise DatasetError(f"cannot read image {x}: {err}") from None
+            else:
+                ims.append(x.convert("RGB"))
+        valid = self._content_valid([self.geometry.place(im.height, im.width) for im in ims])
+        return self._batch(self.hidden_states(self.pixel_values(ims)), valid, {})
+
+    def _batch(self, hs: tuple[torch.Tensor, ...], valid: np.ndarray, extra: dict) -> EncodedBatch:
+        """Patch tokens (prefix tokens dropped) and globals of the requested layers."""
+        n, P = valid.shape
         vmask = torch.from_numpy(valid).to(self.device)
         tokens, globals_ = {}, {}
         for layer in self.layers:
