@@ -191,7 +191,9 @@ class StoreWriter:
                 fh = self._tok[layer] = open(self._tmp_path(layer), "wb")
                 fh.write(npy_header(np_dtype, (0, self.info.dim)))
             np.ascontiguousarray(t, dtype=np_dtype).tofile(fh)
-            self._glob[layer].append(globals_[layer].astype(np.float32, copy=False))
+            # a copy: an encoder's globals may be a view of the whole batch's hidden states
+            # (h[:, 0] of a CPU float32 tensor), which would keep every batch alive until flush
+            self._glob[layer].append(np.array(globals_[layer], dtype=np.float32, copy=True))
         self._meta["lengths"].append(lengths.astype(np.int32))
         self._meta["valid"].append(valid.astype(bool))
         if char_spans is not None:

@@ -268,7 +268,7 @@ class ImageEncoder:
             else:
                 m = vmask.unsqueeze(-1).to(patches.dtype)
                 g = (patches * m).sum(1) / m.sum(1)
-            globals_[layer] = g.float().cpu().numpy()
+            globals_[layer] = g.float().cpu().numpy().copy()  # not a view of the batch's states
         return EncodedBatch(tokens=tokens, globals=globals_, lengths=np.full(n, P, dtype=np.int64),
                             valid=valid.reshape(-1), extra=extra)
 
