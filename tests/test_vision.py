@@ -143,6 +143,8 @@ def test_letterbox_padding_and_registers(tmp_path: Path) -> None:
     assert enc.n_prefix == 3 and enc.patch_grid == [4, 4] and enc.global_token == "cls"
     ds = load_dataset(_letterbox_dataset(tmp_path))
     b = enc.encode_samples(ds, np.array([0, 1]))
+    # globals own their memory (a view of the CLS row would keep the batch's hidden states alive)
+    assert all(g.base is None and g.shape == (2, 32) for g in b.globals.values())
     content_rows = np.array([0, 1, 1, 0], bool)
     np.testing.assert_array_equal(b.valid.reshape(2, 4, 4), np.broadcast_to(content_rows[None, :, None], (2, 4, 4)))
     gt = _gt(b.extra["gt_bits"], 1).reshape(2, 16)
