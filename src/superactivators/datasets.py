@@ -88,6 +88,19 @@ class Dataset:
             raise DatasetError(f"{self.name} is not an image dataset")
         return self.root / self.image_paths[i]
 
+    def load_image(self, i: int):
+        """Sample ``i`` as an RGB PIL image; a missing or unreadable file is a clear error."""
+        from PIL import Image
+
+        path = self.image_path(i)
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")
+        except FileNotFoundError:
+            raise DatasetError(f"image not found: {path} (row {i + 2} of {self.source})") from None
+        except Exception as err:  # PIL raises several types for corrupt files
+            raise DatasetError(f"cannot read image {path} (row {i + 2} of {self.source}): {err}") from None
+
     def has_token_ground_truth(self) -> bool:
         return self.spans is not None or self.mask_paths is not None
 

@@ -92,26 +92,32 @@ class EncodedBatch:
     extra: dict = field(default_factory=dict)
 
 
+def load_text_tokenizer(path: str, cfg: EmbedConfig):
+    """The model's fast tokenizer (needed for character offsets), padding on the right."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    if not tok.is_fast:
+        raise ValueError(f"{cfg.model}: a fast tokenizer is needed for character offsets")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    tok.padding_side = "right"  # the "last" global token is then the last attended position
+    return tok
+
+
 class TextEncoder:
     """A Hugging Face text model (encoder or decoder) read at chosen layers."""
 
     modality = "text"
 
     def __init__(self, cfg: EmbedConfig):
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
         self.cfg = cfg
         self.path = resolve_model_path(cfg.model)
         self.device = pick_device(cfg.device)
         self.dtype = pick_dtype(cfg.dtype, self.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            self.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-        )
-        if not self.tokenizer.is_fast:
-            raise ValueError(f"{cfg.model}: a fast tokenizer is needed for character offsets")
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
-        self.tokenizer.padding_side = "right"
+        self.tokenizer = load_text_tokenizer(self.path, cfg)
         self.model = AutoModel.from_pretrained(
             self.path, revision=cfg.revision, dtype=self.dtype, trust_remote_code=cfg.trust_remote_code
         ).to(self.device).eval()

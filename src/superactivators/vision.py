@@ -155,21 +155,6 @@ class ImageEncoder:
         }
 
     # ------------------------------------------------------------------ inputs
-    def _load_images(self, ds: Dataset, ids: np.ndarray) -> list:
-        from PIL import Image
-
-        out = []
-        for i in ids:
-            path = ds.image_path(int(i))
-            try:
-                with Image.open(path) as im:
-                    out.append(im.convert("RGB"))
-            except FileNotFoundError:
-                raise DatasetError(f"image not found: {path} (row {int(i) + 2} of {ds.source})") from None
-            except Exception as err:
-                raise DatasetError(f"cannot read image {path} (row {int(i) + 2} of {ds.source}): {err}") from None
-        return out
-
     def _seed_padding(self, ds: Dataset) -> np.ndarray | None:
         """The seed's per-patch padding file for this dataset and input size, if present."""
         key = str(ds.source)
@@ -202,7 +187,7 @@ class ImageEncoder:
     def encode_samples(self, ds: Dataset, ids: np.ndarray) -> EncodedBatch:
         """Embed samples ``ids`` of ``ds``: patch tokens, globals, per-patch validity and truth."""
         ids = np.asarray(ids, dtype=np.int64)
-        images = self._load_images(ds, ids)
+        images = [ds.load_image(int(i)) for i in ids]
         placements = [self.geometry.place(im.height, im.width) for im in images]
         hs = self.hidden_states(self.pixel_values(images))
         P, n = self.n_patches, len(ids)

@@ -255,20 +255,7 @@ class MllamaImageEncoder:
 
     def encode_samples(self, ds: Any, ids: np.ndarray) -> EncodedBatch:
         """Embed dataset samples ``ids``; with masks, ``extra['gt_bits']`` holds packed patch truth."""
-        from PIL import Image
-
-        from ..datasets import DatasetError
-
-        images = []
-        for i in ids:
-            path = ds.image_path(int(i))
-            try:
-                with Image.open(path) as im:
-                    images.append(im.convert("RGB"))
-            except FileNotFoundError:
-                raise DatasetError(f"image not found: {path}") from None
-            except Exception as err:
-                raise DatasetError(f"cannot read image {path}: {err}") from None
+        images = [ds.load_image(int(i)) for i in ids]
         if ds.mask_paths is None and not any(str(c).startswith("mask::") for c in ds.metadata.columns):
             return self.encode_images(images)
         from ..masks import MaskOptions, MaskSource, sample_patch_labels

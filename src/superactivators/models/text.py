@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..embed import EmbedConfig, TextEncoder, pick_device, pick_dtype, resolve_model_path
+from ..embed import EmbedConfig, TextEncoder, load_text_tokenizer, pick_device, pick_dtype, resolve_model_path
 from .capture import LayerTap
 from .registry import ModelFamily, family_for, load_class
 
@@ -74,7 +74,7 @@ class FamilyTextEncoder(TextEncoder):
     modality = "text"
 
     def __init__(self, cfg: EmbedConfig, family: ModelFamily | None = None):
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel
 
         self.cfg = cfg
         self.path = resolve_model_path(cfg.model)
@@ -84,14 +84,7 @@ class FamilyTextEncoder(TextEncoder):
         self.family = family or family_for(config, "text")
         if self.family.modality != "text":
             raise ValueError(f"family {self.family.name} is for {self.family.modality}, not text")
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            self.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-        )
-        if not self.tokenizer.is_fast:
-            raise ValueError(f"{cfg.model}: a fast tokenizer is needed for character offsets")
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
-        self.tokenizer.padding_side = "right"  # "last" global = last attended position
+        self.tokenizer = load_text_tokenizer(self.path, cfg)
         cls = AutoModel if self.family.loader == "AutoModel" else load_class(self.family)
         extra = {"attn_implementation": self.family.attn_implementation} if self.family.attn_implementation else {}
         self.model = load_pretrained(cls, self.path, cfg, self.dtype, device, **extra)
