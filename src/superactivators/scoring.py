@@ -148,13 +148,16 @@ class SampleReducer:
         if (n_valid == 0).any():
             bad = shard.start + int(np.flatnonzero(n_valid == 0)[0])
             raise ValueError(f"sample {bad} has no valid tokens")
+        # segment reductions run along a contiguous axis: one transposed copy of the
+        # activations, then reduceat along rows of [C, t] is ~5x faster than down columns
+        acts_t = np.ascontiguousarray(acts.T)
         if valid.all():  # the common case (text stores keep no padding): no masked copies
-            masked = zeroed = acts
+            masked = zeroed = acts_t
         else:
-            masked = np.where(valid[:, None], acts, -np.inf)
-            zeroed = np.where(valid[:, None], acts, 0.0)
-        self.max[sl] = np.maximum.reduceat(masked, starts, axis=0)
-        self.mean[sl] = np.add.reduceat(zeroed, starts, axis=0) / n_valid[:, None]
+            masked = np.where(valid[None, :], acts_t, -np.inf)
+            zeroed = np.where(valid[None, :], acts_t, 0.0)
+        self.max[sl] = np.maximum.reduceat(masked, starts, axis=1).T
+        self.mean[sl] = (np.add.reduceat(zeroed, starts, axis=1) / n_valid).T
         pos = np.arange(len(valid))
         last_idx = np.maximum.reduceat(np.where(valid, pos, -1), starts)
         self.last[sl] = acts[last_idx]
@@ -190,8 +193,11 @@ class InConceptCollector:
         tok_split = self.split_mask[ctx.store.sample_of_token[shard.token_start:shard.token_stop]]
         if not tok_split.any():
             return
-        m = ctx.token_labels(shard) & tok_split[:, None]
-        rows, cols = np.nonzero(m)
+        rows = np.flatnonzero(tok_split)  # the split's tokens, then their in-concept entries
+        gt = ctx.token_labels(shard)
+        flat = np.flatnonzero(gt[rows] if len(rows) < len(tok_split) else gt)  # flat + divmod beats 2-d nonzero
+        r, cols = np.divmod(flat, gt.shape[1])
+        rows = rows[r]
         if self.hist is not None:
             self.hist.add(acts[rows, cols], cols)
             return

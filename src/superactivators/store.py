@@ -305,11 +305,15 @@ class TokenStore:
     def token_labels(self, shard: Shard, concepts: np.ndarray | None = None) -> np.ndarray:
         """In-concept ground truth ``[t, C]`` bool for the shard's tokens (invalid ones False)."""
         sl = slice(shard.token_start, shard.token_stop)
-        if self._gt_bits is not None:
-            gt = np.unpackbits(self._gt_bits[sl], axis=1, count=len(self.info.concepts)).astype(bool)
+        if concepts is not None and np.array_equal(concepts, np.arange(len(self.info.concepts))):
+            concepts = None  # every column in order: no column gather
+        if self._gt_bits is not None:  # unpackbits gives fresh 0/1 bytes: viewed as bool, no copy
+            gt = np.unpackbits(self._gt_bits[sl], axis=1, count=len(self.info.concepts)).view(bool)
         else:
             gt = self.labels[self.sample_of_token[sl]].astype(bool)
-        gt &= self.valid[sl, None]
+        valid = self.valid[sl]
+        if not valid.all():
+            gt &= valid[:, None]
         return gt if concepts is None else gt[:, concepts]
 
     def iter_shards(self, layer: int) -> Iterator[tuple[Shard, np.ndarray]]:
