@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from superactivators.concepts import ConceptSet
-from superactivators.localize import MACRO, localization_table, localize, topk_sizes
+from superactivators.localize import MACRO, localization_grid, localization_table, localize, topk_sizes
 from superactivators.store import StoreInfo, StoreWriter, TokenStore
 
 # Activation of concept "a" is a token's first coordinate, of "b" its second (signed distance,
@@ -91,6 +91,14 @@ def test_uncalibratable_concept_predicts_nothing(hand_store: TokenStore) -> None
     tail = res[0]
     assert tail.test.tp[1] == 0 and tail.test.fp[1] == 0 and np.isnan(tail.threshold[1])
     assert tail.test.tp[0] > 0
+
+
+def test_localisation_grid_extends_to_the_minimum() -> None:
+    assert localization_grid([2, 5, 95, 50]) == [2.0, 5.0, 50.0, 95.0, 97.5, 99.0, 100.0]
+    # N = 100 is the minimum of the in-concept population: every in-concept cal token is kept
+    from superactivators.calibrate import tail_thresholds
+
+    assert tail_thresholds([np.array([3.0, 1.0, 2.0])], [100])[0, 0] == 1.0
 
 
 def test_topk_sizes_median() -> None:
