@@ -22,3 +22,12 @@ def test_image_report_has_heatmap_panels(image_run):
         with Image.open(page.parent / rel) as im:
             # two samples -> two rows of (heatmap, SuperActivators) panels
             assert im.height > im.width * 0.8 and np.asarray(im.convert("L")).std() > 10
+
+
+def test_report_layers_restrict_per_layer_figures(image_run, tmp_path):
+    from superactivators.report import build_report
+
+    page = build_report(image_run.run_dir, tmp_path / "r", formats=("png",), n_examples=1, workers=1, layers=[2])
+    data = json.loads(re.search(r'<script id="report-data" type="application/json">(.*?)</script>',
+                                page.read_text(), re.S).group(1))
+    assert {k.split("|")[1] for k in data["figs"]["concept"]} == {"2"}

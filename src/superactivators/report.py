@@ -147,6 +147,7 @@ class ReportBuilder:
     n_examples: int = 3
     device: str = "cpu"
     workers: int = 1
+    only_layers: tuple[int, ...] | None = None  # per-layer figures for these layers only
     jobs: list = field(default_factory=list)
     figs: dict[str, dict[str, str]] = field(default_factory=dict)  # view -> key -> relative png
     fragments: dict[str, dict[str, str]] = field(default_factory=dict)  # block -> key -> html
@@ -181,8 +182,10 @@ class ReportBuilder:
         macro = sweep_macro(best)
         curve = layer_curve(table)
         stages = find_stages(run_dir)
+        if self.only_layers is not None:
+            stages = [s for s in stages if s.layer in self.only_layers]
         if not stages:
-            raise FileNotFoundError(f"{run_dir}: no finished stage folders under stages/")
+            raise FileNotFoundError(f"{run_dir}: no finished stage folders under stages/ (for the layers asked)")
         store = find_store(run_dir)
         cfg = run_config(run_dir)
         grid = list(cfg.get("detect", {}).get("grid") or DEFAULT_GRID)
@@ -456,10 +459,13 @@ def html_table(df: pd.DataFrame, table_id: str = "", sortable: bool = True, filt
 
 
 def build_report(run_dir: str | Path, out_dir: str | Path | None = None, formats: Sequence[str] = ("png", "svg"),
-                 n_examples: int = 3, device: str = "cpu", workers: int | None = None) -> Path:
+                 n_examples: int = 3, device: str = "cpu", workers: int | None = None,
+                 layers: Sequence[int] | None = None) -> Path:
     """Write ``out_dir/index.html`` (default ``RUN_DIR/report``) and its figures; returns the page path.
 
     ``workers``: processes drawing figures (default: up to 2, the CPUs this process may use).
+    ``layers``: draw per-layer figures for these layers only (figure count grows with
+    layers x concept types x concepts); tables and the sweep still cover every layer.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -470,7 +476,8 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, formats
     out.mkdir(parents=True, exist_ok=True)
     if workers is None:
         workers = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-    return ReportBuilder(run_dir, out, tuple(formats), n_examples, device, workers).build()
+    return ReportBuilder(run_dir, out, tuple(formats), n_examples, device, workers,
+                         only_layers=None if layers is None else tuple(int(l) for l in layers)).build()
 
 
 PEAK_NOTE = ("SuperActivator macro F1 on test as a function of N (the share of in-concept calibration tokens kept above "
