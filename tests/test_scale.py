@@ -116,3 +116,18 @@ def test_gpu_scorer_matches_cpu_through_pinned_copies(synth):
         np.testing.assert_allclose(gpu(x), cpu(x), rtol=1e-4, atol=1e-5)
     assert gpu._pinned is not None and gpu._pinned.is_pinned()
     assert gpu._buf.device.type == "cuda" and torch.cuda.is_available()
+
+
+def test_folded_centring_stays_accurate_with_a_large_mean():
+    # hidden states far from the origin (||c|| ~ 100x the spread), as in LLM residual streams
+    rng = np.random.default_rng(6)
+    d = 64
+    center = rng.normal(size=d).astype(np.float32) * 100
+    x = (center + rng.normal(size=(500, d))).astype(np.float32)
+    cs = ConceptSet("k", ["a", "b"], rng.normal(size=(2, d)).astype(np.float32), rng.normal(size=2).astype(np.float32),
+                    "signed_distance", 1, center, 8.0)
+    got = Scorer(cs)(x)
+    xc = x.astype(np.float64) - center.astype(np.float64)
+    want = (xc / 8.0 @ cs.vectors.T.astype(np.float64) + cs.bias) / np.linalg.norm(cs.vectors, axis=1)
+    assert np.abs(want).mean() > 0.1  # distances of order 1
+    np.testing.assert_allclose(got, want, atol=1e-4)
