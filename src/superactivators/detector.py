@@ -16,7 +16,6 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import yaml
-from safetensors.numpy import load_file, save_file
 
 from .concepts import ConceptSet
 from .detect import MACRO, WEIGHTED
@@ -84,18 +83,22 @@ class ConceptDetector:
             rows = rows[rows.layer == int(layer)]
             if rows.empty:
                 raise ValueError(f"{run_dir}: layer {layer} not in the run")
+        from .report import find_stages, find_store  # noqa: PLC0415 - the run folder's own index
+
+        stages = {(st.layer, st.concept_type): st.path for st in find_stages(run_dir)}
         concept_sets: dict[int, ConceptSet] = {}
         for lay, grp in rows.groupby("layer"):
-            stage = _stage_dir(run_dir, int(lay), concept_type)
+            stage = stages.get((int(lay), concept_type))
+            if stage is None or not ConceptSet.exists(stage / "concepts"):
+                raise FileNotFoundError(f"{run_dir}: no saved {concept_type} concepts for layer {lay}")
             cs = ConceptSet.load(stage / "concepts")
             idx = [cs.names.index(c) for c in grp.concept]
             concept_sets[int(lay)] = ConceptSet(
                 cs.kind, [cs.names[i] for i in idx], cs.vectors[idx], cs.bias[idx], cs.scoring, cs.layer,
                 cs.center, cs.scale, cs.space)
         embed = EmbedConfig(**{**cfg["embed"], "layers": sorted(concept_sets)})
-        store_info = _store_manifest(run_dir)
         return cls(
-            embed=embed, modality=store_info.get("modality", "text"), concept_sets=concept_sets,
+            embed=embed, modality=find_store(run_dir).info.modality, concept_sets=concept_sets,
             thresholds=dict(zip(rows.concept, rows.threshold.astype(float))),
             n_pct=dict(zip(rows.concept, rows.n_pct.astype(float))),
         )
@@ -166,16 +169,3 @@ class ConceptDetector:
             out.append(det)
         return out
 
-
-def _stage_dir(run_dir: Path, layer: int, concept_type: str) -> Path:
-    hits = sorted((run_dir / "stages").glob(f"L{layer:02d}_{concept_type}_*"))
-    hits = [h for h in hits if (h / "concepts" / "cfg.json").exists()]
-    if not hits:
-        raise FileNotFoundError(f"{run_dir}: no saved {concept_type} concepts for layer {layer}")
-    return max(hits, key=lambda h: h.stat().st_mtime)
-
-
-def _store_manifest(run_dir: Path) -> dict:
-    for m in sorted((run_dir / "stores").glob("*/manifest.json")):
-        return json.loads(m.read_text())
-    return {}
