@@ -124,7 +124,6 @@ def build_synthetic_store(path: str | Path, spec: SynthSpec = SynthSpec(), batch
     )
     dirs_t, offset_t = torch.from_numpy(dirs), torch.from_numpy(offset)
     writer = StoreWriter(path, info, labels, splits, shard_tokens=spec.shard_tokens)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
     from tqdm.auto import tqdm
 
     bar = tqdm(total=n, initial=writer.next_sample, desc="synthetic store", unit="sample", disable=not progress)
