@@ -1,7 +1,7 @@
 """GPU check of the model families at full architecture size (random weights, no download).
 
 For Gemma-2-9B, Qwen3-Embedding-4B and Llama-3.2-11B-Vision's vision tower, built from their
-reference configs (:data:`superactivators.models.registry.REFERENCE_MODELS`) in bf16 on the GPU:
+reference configs (:data:`superactivators.encoders.registry.REFERENCE_MODELS`) in bf16 on the GPU:
 
 - hooks vs ``output_hidden_states``: the states of the seed sweep are bitwise equal;
 - per batch: wall time and peak activation memory (peak allocated minus the weights) for
@@ -22,8 +22,8 @@ from dataclasses import replace
 
 import torch
 
-from superactivators.models.capture import LayerTap
-from superactivators.models.registry import REFERENCE_MODELS, get_family
+from superactivators.encoders.capture import LayerTap
+from superactivators.encoders.registry import REFERENCE_MODELS, get_family
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 CUDA = DEV == "cuda"
@@ -123,7 +123,7 @@ def bench_text(ref, batch: int = 16, length: int = 256) -> dict:
 
 @torch.inference_mode()
 def bench_mllama_vision(ref, batch: int = 8) -> dict:
-    from superactivators.models.mllama import split_tile_tokens, tile_geometry, tiles_to_canvas
+    from superactivators.encoders.mllama import split_tile_tokens, tile_geometry, tiles_to_canvas
 
     fam = get_family("mllama-vision")
     model, sub = build(ref, fam)

@@ -51,7 +51,7 @@ def peak_rss_mb() -> float:
 
 
 def spec_for(quick: bool):
-    from superactivators.synthstore import SynthSpec
+    from superactivators.store.synth import SynthSpec
 
     return SynthSpec(n_tokens=120_000, dim=256, n_concepts=16, shard_tokens=16384) if quick else SynthSpec()
 
@@ -67,7 +67,7 @@ def concept_dir(quick: bool, kind: str, space: str) -> Path:
 # --- phases (run in a child process) ---------------------------------------------------------
 
 def phase_build(args: argparse.Namespace) -> dict:
-    from superactivators.synthstore import build_synthetic_store
+    from superactivators.store.synth import build_synthetic_store
 
     t0 = time.perf_counter()
     store = build_synthetic_store(store_path(args.quick), spec_for(args.quick), progress=not args.quiet)
@@ -77,9 +77,13 @@ def phase_build(args: argparse.Namespace) -> dict:
 
 
 def phase_learn(args: argparse.Namespace) -> dict:
-    from superactivators.concepts import (ConceptSet, learn_global_concepts, learn_linsep_concepts,
-                                          learn_mean_concepts)
-    from superactivators.store import TokenStore
+    from superactivators.concepts.supervised import (
+        ConceptSet,
+        learn_global_concepts,
+        learn_linsep_concepts,
+        learn_mean_concepts,
+    )
+    from superactivators.store.tokens import TokenStore
 
     store = TokenStore(store_path(args.quick))
     layer, idx = store.layers[0], list(range(len(store.concepts)))
@@ -117,11 +121,11 @@ def _best(fn, reps: int, cpu: list[float] | None = None) -> tuple[float, list[fl
 def phase_post(args: argparse.Namespace) -> dict:
     import numpy as np
 
-    from superactivators.concepts import ConceptSet
-    from superactivators.detect import results_table, run_detection
-    from superactivators.embed import pick_device
-    from superactivators.scoring import summarise
-    from superactivators.store import TokenStore
+    from superactivators.concepts.supervised import ConceptSet
+    from superactivators.evaluate.detect import results_table, run_detection
+    from superactivators.evaluate.scoring import summarise
+    from superactivators.store.tokens import TokenStore
+    from superactivators.util.device import pick_device
 
     cs = ConceptSet.load(concept_dir(args.quick, args.kind, "tokens"))
     gcs = ConceptSet.load(concept_dir(args.quick, args.kind, "globals"))
@@ -150,7 +154,7 @@ def phase_bare(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from superactivators.concepts import ConceptSet
+    from superactivators.concepts.supervised import ConceptSet
 
     path = store_path(args.quick)
     manifest = json.loads((path / "manifest.json").read_text())
@@ -188,8 +192,9 @@ def phase_embed(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from superactivators.datasets import load_dataset
-    from superactivators.embed import EmbedConfig, TextEncoder, embed_dataset
+    from superactivators.data.datasets import load_dataset
+    from superactivators.encoders.base import EmbedConfig, TextEncoder
+    from superactivators.store.embed import embed_dataset
 
     ds = load_dataset("builtin:emotions")
     ds_n = 96 if args.quick else min(len(ds), EMBED_TEXTS)

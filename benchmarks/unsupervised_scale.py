@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from superactivators.detect import MACRO, results_table
-from superactivators.kmeans import fit_token_kmeans, kmeans_concepts
-from superactivators.matching import matched_results, summarise_units
-from superactivators.sae import SAEWeights, sae_concept_set
-from superactivators.synthstore import SynthSpec, build_synthetic_store
+from superactivators.concepts.kmeans import fit_token_kmeans, kmeans_concepts
+from superactivators.concepts.sae import SAEWeights, sae_concept_set
+from superactivators.evaluate.detect import MACRO, results_table
+from superactivators.evaluate.matching import matched_results, summarise_units
+from superactivators.store.synth import SynthSpec, build_synthetic_store
 
 METHODS = ["superactivator", "max_token", "mean_token", "last_token", "random_token"]
 GRID = [2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95]

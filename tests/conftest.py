@@ -18,7 +18,7 @@ from .report_run import tiny_report_run  # noqa: E402,F401  one tiny run shared 
 
 def write_small_emotions(path: Path, per_split: dict[str, int] | None = None) -> Path:
     """A stratified head of the built-in emotions dataset, written as a metadata.csv."""
-    from superactivators.builtin import builtin_dataset_path
+    from superactivators.data.builtin import builtin_dataset_path
 
     per_split = per_split or {"train": 60, "cal": 30, "test": 30}
     df = pd.read_csv(builtin_dataset_path("emotions"), dtype=str, keep_default_na=False)
@@ -58,7 +58,7 @@ def tiny_gpt2(tmp_path_factory) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import GPT2Config, GPT2Model, PreTrainedTokenizerFast
 
-    from superactivators.builtin import builtin_dataset_path
+    from superactivators.data.builtin import builtin_dataset_path
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny_gpt2")
@@ -87,8 +87,8 @@ def image_run(tmp_path_factory):
     from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
 
     from superactivators.config import config_from_dict
+    from superactivators.data.shapes import generate_shapes
     from superactivators.pipeline import run_pipeline
-    from superactivators.shapes import generate_shapes
 
     root = tmp_path_factory.mktemp("img_report")
     generate_shapes(root / "shapes", n=48, seed=0, size=64)

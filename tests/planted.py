@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from superactivators.store import StoreInfo, StoreWriter, TokenStore
+from superactivators.store.tokens import StoreInfo, StoreWriter, TokenStore
 
 
 @dataclass

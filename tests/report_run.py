@@ -50,7 +50,7 @@ def make_tiny_run(out: Path, data: Path, model: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_report_run(tmp_path_factory, small_emotions, tiny_bert) -> TinyRun:
     """Two layers x two concept types x two concepts, report with PNG + SVG and 2 examples each."""
-    from superactivators.report import build_report
+    from superactivators.report.html import build_report
 
     run_dir = make_tiny_run(tmp_path_factory.mktemp("report_run"), small_emotions, tiny_bert)
     return TinyRun(run_dir, build_report(run_dir, n_examples=2))

@@ -9,14 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from superactivators.builtin import BUILTIN_DATASETS, builtin_dataset_path
-from superactivators.builtin.textgen import (
-    CONCEPTS,
-    EVIDENCE,
-    FILLERS,
-    generate_emotions,
-    main,
-)
+from superactivators.data.builtin import BUILTIN_DATASETS, builtin_dataset_path
+from superactivators.data.builtin.textgen import CONCEPTS, EVIDENCE, FILLERS, generate_emotions, main
 
 SENT_SPLIT = re.compile(r"(?<=[.?!]) ")
 

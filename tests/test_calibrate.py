@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from superactivators.calibrate import best_f1_thresholds, tail_thresholds
+from superactivators.evaluate.calibrate import best_f1_thresholds, tail_thresholds
 
 
 def test_tail_thresholds_linear_quantile_by_hand():

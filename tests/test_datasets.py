@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from superactivators.datasets import DatasetError, dataset_summary, load_dataset, usable_concepts
+from superactivators.data.datasets import DatasetError, dataset_summary, load_dataset, usable_concepts
 
 from .conftest import REFERENCE_DATA
 

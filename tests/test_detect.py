@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from superactivators.detect import MACRO, WEIGHTED, calibrate_method, results_table, run_detection
-from superactivators.scoring import ScoreSummary
+from superactivators.evaluate.detect import MACRO, WEIGHTED, calibrate_method, results_table, run_detection
+from superactivators.evaluate.scoring import ScoreSummary
 
 
 def _example():

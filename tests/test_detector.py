@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from superactivators.config import config_from_dict
-from superactivators.datasets import load_dataset
+from superactivators.data.datasets import load_dataset
 from superactivators.detector import ConceptDetector
+from superactivators.evaluate.scoring import make_scorer
 from superactivators.pipeline import run_pipeline
-from superactivators.scoring import make_scorer
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import torch
 import yaml
 
 from superactivators.cli import main
-from superactivators.distributed import DistEnv, merge_parts, part_dir, rank_slices
-from superactivators.store import StoreInfo, StoreWriter, TokenStore
+from superactivators.store.distributed import DistEnv, merge_parts, part_dir, rank_slices
+from superactivators.store.tokens import StoreInfo, StoreWriter, TokenStore
 
 from .conftest import write_small_emotions
 

@@ -5,14 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from superactivators.concepts import ConceptSet
-from superactivators.detect import MethodResult
-from superactivators.figdata import (F1Curves, HistogramAccumulator, TokenHistograms, ensure_histograms,
-                                     estimate_range, sample_token_activations, save_curves)
-from superactivators.figures import share_above
-from superactivators.metrics import Confusion
-from superactivators.scoring import PassContext, score_store
-from superactivators.store import Shard, StoreInfo, StoreWriter, TokenStore
+from superactivators.concepts.supervised import ConceptSet
+from superactivators.evaluate.detect import MethodResult
+from superactivators.evaluate.metrics import Confusion
+from superactivators.evaluate.scoring import PassContext, score_store
+from superactivators.report.figdata import (
+    F1Curves,
+    HistogramAccumulator,
+    TokenHistograms,
+    ensure_histograms,
+    estimate_range,
+    sample_token_activations,
+    save_curves,
+)
+from superactivators.report.figures import share_above
+from superactivators.store.tokens import Shard, StoreInfo, StoreWriter, TokenStore
 
 
 class _FakeStore:

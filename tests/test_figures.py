@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from superactivators import figures as F
+from superactivators.report import figures as F
 
 
 def _check_written(paths: dict, min_px: int = 300) -> None:

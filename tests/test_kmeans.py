@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from superactivators.concepts import _split_token_mask
-from superactivators.kmeans import (
+from superactivators.concepts.kmeans import (
     _finish,
     _stratified_pool,
     assign,
@@ -17,7 +16,8 @@ from superactivators.kmeans import (
     kmeans_concepts,
     kmeans_linsep_concepts,
 )
-from superactivators.scoring import make_scorer
+from superactivators.concepts.supervised import _split_token_mask
+from superactivators.evaluate.scoring import make_scorer
 
 from .planted import planted_store
 

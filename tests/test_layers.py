@@ -1,6 +1,6 @@
 import pytest
 
-from superactivators.layers import percent_to_layer, resolve_layers
+from superactivators.encoders.layers import percent_to_layer, resolve_layers
 
 
 def test_percent_mapping_round_half_up_and_clamp():

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from superactivators.concepts import ConceptSet
-from superactivators.localize import MACRO, localization_grid, localization_table, localize, topk_sizes
-from superactivators.store import StoreInfo, StoreWriter, TokenStore
+from superactivators.concepts.supervised import ConceptSet
+from superactivators.evaluate.localize import MACRO, localization_grid, localization_table, localize, topk_sizes
+from superactivators.store.tokens import StoreInfo, StoreWriter, TokenStore
 
 # Activation of concept "a" is a token's first coordinate, of "b" its second (signed distance,
 # centre 0, scale 1, unit vectors). Both concepts see the same activations and ground truth;
@@ -96,7 +96,7 @@ def test_uncalibratable_concept_predicts_nothing(hand_store: TokenStore) -> None
 def test_localisation_grid_extends_to_the_minimum() -> None:
     assert localization_grid([2, 5, 95, 50]) == [2.0, 5.0, 50.0, 95.0, 97.5, 99.0, 100.0]
     # N = 100 is the minimum of the in-concept population: every in-concept cal token is kept
-    from superactivators.calibrate import tail_thresholds
+    from superactivators.evaluate.calibrate import tail_thresholds
 
     assert tail_thresholds([np.array([3.0, 1.0, 2.0])], [100])[0, 0] == 1.0
 

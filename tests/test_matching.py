@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from superactivators.calibrate import tail_thresholds
+from superactivators.concepts.kmeans import fit_token_kmeans, kmeans_concepts
 from superactivators.config import config_from_dict
-from superactivators.detect import MACRO, METHODS, calibrate_method
-from superactivators.kmeans import fit_token_kmeans, kmeans_concepts
-from superactivators.matching import (
+from superactivators.evaluate.calibrate import tail_thresholds
+from superactivators.evaluate.detect import MACRO, METHODS, calibrate_method
+from superactivators.evaluate.matching import (
     UnitSummary,
     match_units,
     matched_results,
@@ -20,9 +20,9 @@ from superactivators.matching import (
     sub_shards,
     summarise_units,
 )
-from superactivators.metrics import Confusion
+from superactivators.evaluate.metrics import Confusion
+from superactivators.evaluate.scoring import SampleReducer
 from superactivators.pipeline import run_pipeline
-from superactivators.scoring import SampleReducer
 
 from .planted import planted_store
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from superactivators.metrics import Confusion, f1_grid
+from superactivators.evaluate.metrics import Confusion, f1_grid
 
 
 def test_confusion_by_hand():

@@ -12,17 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from superactivators.datasets import load_dataset
-from superactivators.embed import EmbedConfig, embed_dataset, make_encoder
-from superactivators.layers import percent_to_layer
-from superactivators.models.capture import LayerTap
-from superactivators.models.mllama import (
-    MllamaImageEncoder,
-    split_tile_tokens,
-    tile_geometry,
-    tiles_to_canvas,
-)
-from superactivators.models.registry import (
+from superactivators.data.datasets import load_dataset
+from superactivators.encoders.base import EmbedConfig
+from superactivators.encoders.capture import LayerTap
+from superactivators.encoders.factory import make_encoder
+from superactivators.encoders.layers import percent_to_layer
+from superactivators.encoders.mllama import MllamaImageEncoder, split_tile_tokens, tile_geometry, tiles_to_canvas
+from superactivators.encoders.registry import (
     FAMILIES,
     GENERIC_TEXT,
     REFERENCE_MODELS,
@@ -32,7 +28,8 @@ from superactivators.models.registry import (
     reference_table,
     store_bytes,
 )
-from superactivators.models.text import FamilyTextEncoder
+from superactivators.encoders.text import TextEncoder
+from superactivators.store.embed import embed_dataset
 
 from .conftest import write_small_emotions
 
@@ -50,7 +47,7 @@ def word_tokenizer(kind: str):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from superactivators.builtin import builtin_dataset_path
+    from superactivators.data.builtin import builtin_dataset_path
 
     specials, template = SPECIALS[kind]
     names = list(dict.fromkeys(specials.values()))
@@ -83,8 +80,14 @@ def tiny_mllama_config(vocab: int, **tok_ids):
 @pytest.fixture(scope="module")
 def twins(tmp_path_factory) -> dict:
     """Saved tiny twins: gemma2, qwen3 and a full Mllama checkpoint (tokenizer + image processor)."""
-    from transformers import (Gemma2Config, Gemma2Model, MllamaForConditionalGeneration,
-                              MllamaImageProcessorPil, Qwen3Config, Qwen3Model)
+    from transformers import (
+        Gemma2Config,
+        Gemma2Model,
+        MllamaForConditionalGeneration,
+        MllamaImageProcessorPil,
+        Qwen3Config,
+        Qwen3Model,
+    )
 
     out = {}
     torch.manual_seed(0)
@@ -262,7 +265,7 @@ def _direct(path, kind):
 
 @pytest.mark.parametrize("kind,family,n_layers", [("gemma2", "gemma2", 4), ("qwen3", "qwen3", 4), ("mllama", "mllama-text", 4)])
 def test_text_twin_hooks_equal_hidden_states_and_stop_early(twins, kind, family, n_layers):
-    enc = FamilyTextEncoder(EmbedConfig(model=str(twins[kind]), layers="all", device="cpu"))
+    enc = TextEncoder(EmbedConfig(model=str(twins[kind]), layers="all", device="cpu"))
     assert enc.family.name == family and enc.n_layers == n_layers and enc.layers == [1, 2, 3, 4]
     ref_model, tok = _direct(twins[kind], kind)
     texts = ["i am so happy today", "what a sad and lonely evening it was"]
@@ -323,7 +326,7 @@ def test_text_twin_into_store_specials_globals_batch_sizes(tmp_path, twins, tiny
 
 def test_existing_text_models_keep_their_behaviour(tiny_bert, tiny_gpt2):
     for path, family, gt in ((tiny_bert, "bert-like", "cls"), (tiny_gpt2, "decoder-lm", "mean")):
-        enc = FamilyTextEncoder(EmbedConfig(model=str(path), layers="all", device="cpu"))
+        enc = TextEncoder(EmbedConfig(model=str(path), layers="all", device="cpu"))
         assert enc.family.name == family and enc.global_token == gt and enc.blocks is not None
         batch = {k: v for k, v in enc.tokenizer(["hello there friend", "ok"], padding=True, return_tensors="pt").items()}
         with torch.no_grad():
@@ -334,8 +337,9 @@ def test_existing_text_models_keep_their_behaviour(tiny_bert, tiny_gpt2):
 
 
 def test_missing_weights_and_device_map_errors(tmp_path, twins):
-    from safetensors.torch import load_file, save_file
     import shutil
+
+    from safetensors.torch import load_file, save_file
 
     broken = tmp_path / "broken"
     shutil.copytree(twins["qwen3"], broken)
@@ -343,15 +347,15 @@ def test_missing_weights_and_device_map_errors(tmp_path, twins):
     sd.pop(next(k for k in sd if "layers.1.mlp" in k))
     save_file(sd, broken / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match="not in the checkpoint"):
-        FamilyTextEncoder(EmbedConfig(model=str(broken), device="cpu"))
+        TextEncoder(EmbedConfig(model=str(broken), device="cpu"))
     import importlib.util
 
     if importlib.util.find_spec("accelerate") is None:
         with pytest.raises(ImportError, match="accelerate"):
-            FamilyTextEncoder(EmbedConfig(model=str(twins["qwen3"]), device_map="auto"))
+            TextEncoder(EmbedConfig(model=str(twins["qwen3"]), device_map="auto"))
     else:
-        enc = FamilyTextEncoder(EmbedConfig(model=str(twins["qwen3"]), device_map="auto", dtype="float32"))
-        ref = FamilyTextEncoder(EmbedConfig(model=str(twins["qwen3"]), device="cpu"))
+        enc = TextEncoder(EmbedConfig(model=str(twins["qwen3"]), device_map="auto", dtype="float32"))
+        ref = TextEncoder(EmbedConfig(model=str(twins["qwen3"]), device="cpu"))
         assert enc.describe()["device_map"] == "auto"
         texts = ["i am so happy today", "what a sad and lonely evening it was"]
         a, b = enc.encode(texts), ref.encode(texts)
@@ -449,7 +453,7 @@ def test_mllama_vision_matches_model_output_and_stops_early(twins):
 def test_mllama_vision_into_store_masks_and_batch_sizes(tmp_path, twins):
     from PIL import Image
 
-    pytest.importorskip("superactivators.masks")  # mask -> patch truth lives there
+    pytest.importorskip("superactivators.data.masks")  # mask -> patch truth lives there
 
     root = tmp_path / "imgs"
     root.mkdir()
@@ -492,8 +496,8 @@ def test_mllama_vision_into_store_masks_and_batch_sizes(tmp_path, twins):
 def test_twins_on_gpu_in_bf16_match_cpu_fp32(twins, tiny_texts):
     """The GPU path: bf16 by default, inputs and kept states on the device, close to fp32 on CPU."""
     for kind in ("gemma2", "qwen3", "mllama"):
-        gpu = FamilyTextEncoder(EmbedConfig(model=str(twins[kind]), layers="sweep", device="cuda"))
-        cpu = FamilyTextEncoder(EmbedConfig(model=str(twins[kind]), layers="sweep", device="cpu"))
+        gpu = TextEncoder(EmbedConfig(model=str(twins[kind]), layers="sweep", device="cuda"))
+        cpu = TextEncoder(EmbedConfig(model=str(twins[kind]), layers="sweep", device="cpu"))
         assert gpu.describe()["compute_dtype"] == "bfloat16" and cpu.describe()["compute_dtype"] == "float32"
         a, b = gpu.encode(tiny_texts.texts()), cpu.encode(tiny_texts.texts())
         np.testing.assert_array_equal(a.lengths, b.lengths)
@@ -552,11 +556,11 @@ def test_seed_models_selectable_by_hub_id(hub_cache, twins, tiny_texts):
 
 def test_clip_by_hub_id_with_sweep_into_store(hub_cache, tmp_path):
     """CLIP ViT-L/14's twin (a full CLIPModel checkpoint, 24 vision blocks) by id, layers: sweep."""
-    pytest.importorskip("superactivators.vision")
+    pytest.importorskip("superactivators.encoders.vision")
     from PIL import Image
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
-    from superactivators.models.registry import expand_sweep
+    from superactivators.encoders.registry import expand_sweep
 
     torch.manual_seed(0)
     cfg = CLIPConfig(
@@ -583,7 +587,7 @@ def test_clip_by_hub_id_with_sweep_into_store(hub_cache, tmp_path):
     assert store.layers == [1, 6, 11, 16, 21, 24] and store.dim == 16
     # the pipeline's own route to the image encoder accepts "sweep" too
     from superactivators.config import config_from_dict
-    from superactivators.vision import image_encoder_for_run
+    from superactivators.encoders.factory import image_encoder_for_run
 
     run = config_from_dict({"data": {"path": str(root)}, "embed": {"model": "openai/clip-vit-large-patch14",
                                                                     "layers": "sweep", "device": "cpu"}})

@@ -6,10 +6,12 @@ import pytest
 
 from superactivators.cli import main
 from superactivators.config import config_from_dict, load_config
-from superactivators.datasets import load_dataset
-from superactivators.detect import MACRO, METHODS
-from superactivators.embed import EmbedConfig, TextEncoder, embed_dataset
+from superactivators.data.datasets import load_dataset
+from superactivators.encoders.base import EmbedConfig
+from superactivators.encoders.text import TextEncoder
+from superactivators.evaluate.detect import MACRO, METHODS
 from superactivators.pipeline import run_pipeline
+from superactivators.store.embed import embed_dataset
 
 
 def _cfg(tmp_path, data, model, **over):
@@ -79,7 +81,7 @@ def test_embedding_identical_across_batch_sizes(tmp_path, small_emotions, tiny_g
 
 def test_rerun_uses_cache_and_resumes_after_interruption(tmp_path, small_emotions, tiny_bert, monkeypatch):
     cfg = _cfg(tmp_path, small_emotions, tiny_bert)
-    import superactivators.embed as embed_mod
+    import superactivators.encoders.text as embed_mod
 
     calls = {"n": 0}
     orig = embed_mod.TextEncoder.encode

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from superactivators.datasets import load_dataset
-from superactivators.prompting import PromptConfig, TextPrompter, concept_phrase, prompt_scores
+from superactivators.data.datasets import load_dataset
+from superactivators.evaluate.prompting import PromptConfig, TextPrompter, concept_phrase, prompt_scores
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from superactivators.calibrate import DEFAULT_GRID, tail_thresholds
-from superactivators.quantiles import StreamingQuantiles, float_keys, keys_to_floats
+from superactivators.evaluate.calibrate import DEFAULT_GRID, tail_thresholds
+from superactivators.evaluate.quantiles import StreamingQuantiles, float_keys, keys_to_floats
 
 Q = 1.0 - np.asarray(DEFAULT_GRID) / 100.0
 
@@ -115,10 +115,10 @@ def test_bad_input_is_named():
 
 @pytest.mark.filterwarnings("ignore:concept #")
 def test_summary_streams_large_cal_populations_and_caches_them(tmp_path):
-    from superactivators.concepts import learn_mean_concepts
-    from superactivators.detect import run_detection
-    from superactivators.scoring import ScoreSummary, summarise
-    from superactivators.synthstore import SynthSpec, build_synthetic_store
+    from superactivators.concepts.supervised import learn_mean_concepts
+    from superactivators.evaluate.detect import run_detection
+    from superactivators.evaluate.scoring import ScoreSummary, summarise
+    from superactivators.store.synth import SynthSpec, build_synthetic_store
 
     spec = SynthSpec(n_tokens=4000, dim=16, n_concepts=4, min_len=20, max_len=60, shard_tokens=600, layer=1)
     store = build_synthetic_store(tmp_path / "s", spec, batch_samples=8)

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from superactivators.cli import main
-from superactivators.report import build_report, choose_examples, find_stages, html_table
+from superactivators.report.html import build_report, choose_examples, html_table
+from superactivators.store.runs import find_stages
 
 from .report_run import CONCEPTS
 

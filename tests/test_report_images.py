@@ -10,7 +10,7 @@ from PIL import Image
 
 
 def test_image_report_has_heatmap_panels(image_run):
-    from superactivators.report import build_report
+    from superactivators.report.html import build_report
 
     page = build_report(image_run.run_dir, formats=("png",), n_examples=2, workers=1)
     html = page.read_text()
@@ -25,7 +25,7 @@ def test_image_report_has_heatmap_panels(image_run):
 
 
 def test_report_layers_restrict_per_layer_figures(image_run, tmp_path):
-    from superactivators.report import build_report
+    from superactivators.report.html import build_report
 
     page = build_report(image_run.run_dir, tmp_path / "r", formats=("png",), n_examples=1, workers=1, layers=[2])
     data = json.loads(re.search(r'<script id="report-data" type="application/json">(.*?)</script>',

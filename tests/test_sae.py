@@ -11,17 +11,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from superactivators.concepts.sae import SAEConceptSet, load_sae, resolve_sae_path, sae_concept_set, sae_store_layer
 from superactivators.config import config_from_dict
-from superactivators.detect import MACRO, METHODS
+from superactivators.evaluate.detect import MACRO, METHODS
+from superactivators.evaluate.scoring import make_scorer
 from superactivators.pipeline import run_pipeline
-from superactivators.sae import (
-    SAEConceptSet,
-    load_sae,
-    resolve_sae_path,
-    sae_concept_set,
-    sae_store_layer,
-)
-from superactivators.scoring import make_scorer
 
 
 def write_sae(path: Path, d_in: int = 8, d_sae: int = 12, arch: str = "standard", seed: int = 0,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from superactivators.concepts import ConceptSet, gather_raw_rows, learn_mean_concepts
-from superactivators.scoring import Scorer
-from superactivators.synthstore import SynthSpec, build_synthetic_store, sample_lengths, token_ground_truth
+from superactivators.concepts.supervised import ConceptSet, gather_raw_rows, learn_mean_concepts
+from superactivators.evaluate.scoring import Scorer
+from superactivators.store.synth import SynthSpec, build_synthetic_store, sample_lengths, token_ground_truth
 
 SMALL = SynthSpec(n_tokens=3000, dim=16, n_concepts=5, min_len=20, max_len=60, shard_tokens=700, layer=2)
 

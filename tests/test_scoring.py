@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from superactivators.concepts import ConceptSet
-from superactivators.scoring import InConceptCollector, PassContext, SampleReducer, Scorer, score_store
-from superactivators.store import StoreInfo, StoreWriter
+from superactivators.concepts.supervised import ConceptSet
+from superactivators.evaluate.scoring import InConceptCollector, PassContext, SampleReducer, Scorer, score_store
+from superactivators.store.tokens import StoreInfo, StoreWriter
 
 
 def _cs(scoring, rng, d=4, c=3):

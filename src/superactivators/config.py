@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .calibrate import DEFAULT_GRID
-from .detect import METHODS
-from .embed import EmbedConfig
+from .encoders.base import EmbedConfig
+from .evaluate.calibrate import DEFAULT_GRID
+from .evaluate.detect import METHODS
 
 CONCEPT_TYPES = ("mean", "linsep", "kmeans", "kmeans-linsep", "sae")
 
@@ -24,7 +22,7 @@ class DataConfig:
 
     path: str = "builtin:emotions"
     concepts: list[str] | None = None  # restrict / order concept columns
-    # images (see superactivators.masks): min fraction of a patch's pixels in a concept's mask
+    # images (see superactivators.data.masks): min fraction of a patch's pixels in a concept's mask
     # for "in concept", and of image (not padding) pixels for "valid"; unreadable images/masks
     # are an error unless skip_bad_images (then skipped and reported)
     mask_coverage: float = 0.5
@@ -139,7 +137,3 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: invalid YAML: {err}") from None
     return config_from_dict(apply_overrides(data, overrides or []))
-
-
-def stable_hash(obj: Any, n: int = 12) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]

@@ -17,11 +17,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .concepts import ConceptSet
-from .detect import MACRO, WEIGHTED
-from .embed import EmbedConfig, make_encoder
-from .scoring import make_scorer
-from .store import atomic_write_json
+from .concepts.supervised import ConceptSet
+from .encoders.base import EmbedConfig
+from .encoders.factory import make_encoder
+from .evaluate.detect import MACRO, WEIGHTED
+from .evaluate.scoring import make_scorer
+from .util.io import atomic_write_json
 
 
 @dataclass
@@ -83,7 +84,7 @@ class ConceptDetector:
             rows = rows[rows.layer == int(layer)]
             if rows.empty:
                 raise ValueError(f"{run_dir}: layer {layer} not in the run")
-        from .report import find_stages, find_store  # noqa: PLC0415 - the run folder's own index
+        from .store.runs import find_stages, find_store  # noqa: PLC0415 - the run folder's own index
 
         stages = {(st.layer, st.concept_type): st.path for st in find_stages(run_dir)}
         concept_sets: dict[int, ConceptSet] = {}

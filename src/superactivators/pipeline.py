@@ -8,6 +8,7 @@ renamed, so a half-written file never looks finished.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import warnings
@@ -18,17 +19,20 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .concepts import ConceptSet, learn_global_concepts, learn_linsep_concepts, learn_mean_concepts
-from .config import RunConfig, stable_hash
-from .datasets import Dataset, load_dataset, usable_concepts
-from .detect import macro_pivot, results_table, run_detection
-from .localize import localize_stage
-from .vision import image_encoder_for_run
-from .embed import embed_dataset, pick_device
-from .matching import UNSUPERVISED_TYPES, run_unsupervised_stage
-from .scoring import ScoreSummary, summarise
-from .figdata import CURVES_FILE, HIST_FILE, HistogramAccumulator, save_curves
-from .store import TokenStore, atomic_write_bytes, atomic_write_json
+from .concepts.supervised import ConceptSet, learn_global_concepts, learn_linsep_concepts, learn_mean_concepts
+from .config import RunConfig
+from .data.datasets import Dataset, load_dataset, usable_concepts
+from .encoders.factory import image_encoder_for_run
+from .evaluate.detect import macro_pivot, results_table, run_detection
+from .evaluate.localize import localize_stage
+from .evaluate.matching import UNSUPERVISED_TYPES, run_unsupervised_stage
+from .evaluate.scoring import ScoreSummary, summarise
+from .report.figdata import CURVES_FILE, HIST_FILE, HistogramAccumulator, save_curves
+from .store.distributed import DistEnv, embed_data_parallel, rank_embed_config
+from .store.embed import embed_dataset
+from .store.tokens import TokenStore
+from .util.device import pick_device
+from .util.io import atomic_write_bytes, atomic_write_json, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +58,7 @@ def prepare_dataset(cfg: RunConfig) -> Dataset:
         raise ValueError(f"{ds.source}: no concept has positives in both train and cal")
     ds = ds.subset_concepts(keep) if len(keep) < len(ds.concepts) else ds
     if ds.modality == "image":  # every image/mask readable before embedding (or skipped and reported)
-        from .masks import check_images
+        from .data.masks import check_images
 
         ds, _ = check_images(ds, skip_bad=cfg.data.skip_bad_images)
     return ds
@@ -112,7 +116,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
     device = pick_device(cfg.score_device)
     prompted = None
     if "prompt" in cfg.detect.methods:  # baseline: ask a (vision-)language model, once per run
-        from .prompting import PromptConfig, prompt_scores
+        from .evaluate.prompting import PromptConfig, prompt_scores
 
         pcfg = PromptConfig(model=cfg.detect.prompt_model or "", batch_size=cfg.detect.prompt_batch_size,
                             device=cfg.embed.device, dtype=cfg.embed.dtype)
@@ -173,3 +177,17 @@ def format_macro(macro: pd.DataFrame) -> str:
 def suppress_noisy_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*TypedStorage.*")
     np.seterr(invalid="ignore", divide="ignore")
+
+
+def embed_command(cfg, progress: bool = True) -> TokenStore:
+    """``superactivators embed CONFIG``: the run's token store, data-parallel under torchrun.
+
+    The store lands where ``superactivators run`` with the same config looks for it, so a
+    later single-process run reuses it and goes straight to the concept stages.
+    """
+    env = DistEnv.from_env()
+    cfg = dataclasses.replace(cfg, embed=rank_embed_config(cfg.embed, env))
+    ds = prepare_dataset(cfg)
+    sdir = store_dir_for(cfg, ds)
+    encoder = image_encoder_for_run(cfg, ds, sdir)  # images: mask options travel with it
+    return embed_data_parallel(ds, cfg.embed, sdir, env, encoder=encoder, progress=progress)

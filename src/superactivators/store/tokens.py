@@ -1,0 +1,360 @@
+"""The token store: per-layer token hidden states as memory-mapped shards.
+
+Layout of a store folder (one dataset x one model, several layers)::
+
+    manifest.json            shapes, layers, model, concepts, completed shards, norm stats
+    labels.npy               [N, C] uint8 sample labels
+    index/SSSSSSSSS.npz      per shard: lengths [n], valid [t], char_spans [t, 2], gt bits [t, C/8]
+    layer_LL/SSSSSSSSS.npy   per shard: token hidden states [t, d] (fp16 by default)
+    layer_LL/globals_SSSSSSSSS.npy  per shard: global embeddings [n, d]
+    layer_LL/mean.npy        train-split token mean [d] (after ``finalize``)
+
+Shards are named by their first sample index, cover contiguous sample ranges, and are
+written to a temporary name then renamed; the manifest lists a shard only once all its files
+are in place, so an interrupted run resumes from the last completed shard and never reads a
+half-written file. Sample ``i`` owns token rows ``offsets[i]:offsets[i+1]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import numpy as np
+
+from ..util.io import atomic_save_npy, atomic_save_npz, atomic_write_json
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+NPY_HEADER_BYTES = 128
+
+
+def npy_header(dtype: np.dtype, shape: tuple[int, int]) -> bytes:
+    """A fixed-length (128-byte) ``.npy`` v1 header, so it can be rewritten in place."""
+    body = repr({"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+                 "shape": tuple(int(v) for v in shape)}).encode("latin1")
+    pad = NPY_HEADER_BYTES - 10 - len(body) - 1
+    if pad < 0:
+        raise ValueError(f"shape {shape} too large for the store's fixed .npy header")
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", NPY_HEADER_BYTES - 10) + body + b" " * pad + b"\n"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A contiguous range of samples and their token rows."""
+
+    start: int  # first sample
+    stop: int  # one past last sample
+    token_start: int
+    token_stop: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.start:09d}"
+
+    @property
+    def n_tokens(self) -> int:
+        return self.token_stop - self.token_start
+
+
+@dataclass
+class StoreInfo:
+    """What ``manifest.json`` records."""
+
+    n_samples: int
+    dim: int
+    layers: list[int]
+    concepts: list[str]
+    modality: str
+    dtype: str = "float16"
+    model: dict = field(default_factory=dict)  # id, revision, family, n_layers, global_token, ...
+    dataset: dict = field(default_factory=dict)  # name, source, config hash
+    token_ground_truth: str = "sample"  # "sample" | "spans" | "masks"
+    patch_grid: list[int] | None = None  # [rows, cols] for image stores
+    shards: list[dict] = field(default_factory=list)
+    norm: dict = field(default_factory=dict)  # layer -> {"scale": float, "n_train_tokens": int}
+    complete: bool = False
+    format_version: int = FORMAT_VERSION
+    sample_range: list[int] | None = None  # [lo, hi): a data-parallel part of a store, see distributed.py
+
+
+class StoreWriter:
+    """Appends embedded samples, in sample order, shard by shard; resumable.
+
+    ``add`` takes one batch: per layer token states ``[t, d]`` for the batch's valid-or-not
+    tokens in sample order, per layer global embeddings ``[n, d]``, the per-sample token
+    counts, and per-token metadata. A shard is flushed once it reaches ``shard_tokens``.
+    """
+
+    def __init__(
+        self, path: Path, info: StoreInfo, labels: np.ndarray, splits: np.ndarray, shard_tokens: int = 65536,
+        first_sample: int = 0,
+    ):
+        """``first_sample > 0`` writes a part of a store (samples from there on, token rows
+        counted from 0 within the part), to be merged by :func:`superactivators.store.distributed.merge_parts`."""
+        self.path = Path(path)
+        self.shard_tokens = shard_tokens
+        self.first_sample = first_sample
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "index").mkdir(exist_ok=True)
+        for layer in info.layers:
+            (self.path / f"layer_{layer:02d}").mkdir(exist_ok=True)
+        existing = self.path / MANIFEST
+        if existing.exists():
+            old = StoreInfo(**json.loads(existing.read_text()))
+            same = (old.n_samples, old.dim, old.layers, old.concepts, old.dtype, old.sample_range) == (
+                info.n_samples, info.dim, info.layers, info.concepts, info.dtype, info.sample_range)
+            if not same or old.model.get("id") != info.model.get("id"):
+                raise ValueError(
+                    f"{self.path} holds a different store (model/layers/shape differ); use a new folder"
+                )
+            info.shards = old.shards
+        else:
+            atomic_save_npy(self.path / "labels.npy", labels.astype(np.uint8))
+            atomic_save_npy(self.path / "splits.npy", np.asarray(splits, dtype="<U8"))
+            atomic_write_json(existing, asdict(info))  # complete=False until close()
+        self.info = info
+        for stale in self.path.glob("layer_*/.shard.tmp*"):  # left by an interrupted writer
+            stale.unlink()
+        self._reset_buffer()
+
+    @property
+    def next_sample(self) -> int:
+        """First sample not yet in a completed shard (where a resumed run starts)."""
+        return self.info.shards[-1]["stop"] if self.info.shards else self.first_sample
+
+    @property
+    def next_token(self) -> int:
+        return self.info.shards[-1]["token_stop"] if self.info.shards else 0
+
+    def _tmp_path(self, layer: int) -> Path:
+        return self.path / f"layer_{layer:02d}" / f".shard.tmp{os.getpid()}.npy"
+
+    def _reset_buffer(self) -> None:
+        # token states stream straight into one temporary .npy per layer (memory: one batch,
+        # whatever the shard size or the number of layers); the header is fixed up at flush
+        self._tok: dict[int, BinaryIO] = {}
+        self._glob: dict[int, list[np.ndarray]] = {l: [] for l in self.info.layers}
+        self._meta: dict[str, list[np.ndarray]] = {"lengths": [], "valid": [], "char_spans": [], "gt": []}
+        self._buffered_tokens = 0
+        self._buffered_samples = 0
+
+    def add(
+        self,
+        tokens: dict[int, np.ndarray],
+        globals_: dict[int, np.ndarray],
+        lengths: np.ndarray,
+        valid: np.ndarray,
+        char_spans: np.ndarray | None = None,
+        gt_bits: np.ndarray | None = None,
+    ) -> None:
+        np_dtype = np.dtype(self.info.dtype)
+        for layer in self.info.layers:
+            t = tokens[layer]
+            if not np.isfinite(t).all():
+                raise FloatingPointError(
+                    f"non-finite hidden states at layer {layer} for samples "
+                    f"{self.next_sample + self._buffered_samples}..{self.next_sample + self._buffered_samples + len(lengths) - 1}"
+                    " (try dtype float32, or a lower-precision-safe layer)"
+                )
+            fh = self._tok.get(layer)
+            if fh is None:
+                fh = self._tok[layer] = open(self._tmp_path(layer), "wb")
+                fh.write(npy_header(np_dtype, (0, self.info.dim)))
+            np.ascontiguousarray(t, dtype=np_dtype).tofile(fh)
+            # a copy: an encoder's globals may be a view of the whole batch's hidden states
+            # (h[:, 0] of a CPU float32 tensor), which would keep every batch alive until flush
+            self._glob[layer].append(np.array(globals_[layer], dtype=np.float32, copy=True))
+        self._meta["lengths"].append(lengths.astype(np.int32))
+        self._meta["valid"].append(valid.astype(bool))
+        if char_spans is not None:
+            self._meta["char_spans"].append(char_spans.astype(np.int32))
+        if gt_bits is not None:
+            self._meta["gt"].append(gt_bits.astype(np.uint8))
+        self._buffered_tokens += int(lengths.sum())
+        self._buffered_samples += len(lengths)
+        if self._buffered_tokens >= self.shard_tokens:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered samples as one shard, then record it in the manifest."""
+        if not self._buffered_samples:
+            return
+        shard = Shard(self.next_sample, self.next_sample + self._buffered_samples,
+                      self.next_token, self.next_token + self._buffered_tokens)
+        meta = {k: np.concatenate(v) for k, v in self._meta.items() if v}
+        atomic_save_npz(self.path / "index" / f"{shard.name}.npz", **meta)
+        for layer in self.info.layers:
+            d = self.path / f"layer_{layer:02d}"
+            fh = self._tok.pop(layer)
+            fh.seek(0)
+            fh.write(npy_header(np.dtype(self.info.dtype), (shard.n_tokens, self.info.dim)))
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
+            os.replace(self._tmp_path(layer), d / f"{shard.name}.npy")
+            atomic_save_npy(d / f"globals_{shard.name}.npy", np.concatenate(self._glob[layer]))
+        self.info.shards.append(asdict(shard))
+        atomic_write_json(self.path / MANIFEST, asdict(self.info))
+        self._reset_buffer()
+
+    def close(self) -> "TokenStore":
+        """Flush, compute train normalisation statistics, mark the store complete."""
+        self.flush()
+        if self.next_sample != self.info.n_samples:
+            raise RuntimeError(f"store has {self.next_sample} of {self.info.n_samples} samples")
+        atomic_write_json(self.path / MANIFEST, asdict(self.info))
+        store = TokenStore(self.path, require_complete=False)
+        for layer in self.info.layers:
+            mean, scale, n = store.compute_norm(layer, store.splits == "train")
+            atomic_save_npy(self.path / f"layer_{layer:02d}" / "mean.npy", mean)
+            self.info.norm[str(layer)] = {"scale": scale, "n_train_tokens": n}
+        self.info.complete = True
+        atomic_write_json(self.path / MANIFEST, asdict(self.info))
+        return TokenStore(self.path)
+
+
+class TokenStore:
+    """Read side of the store: small per-token arrays in memory, hidden states memory-mapped."""
+
+    def __init__(self, path: str | Path, require_complete: bool = True):
+        self.path = Path(path)
+        mpath = self.path / MANIFEST
+        if not mpath.exists():
+            raise FileNotFoundError(f"no token store at {self.path} (missing {MANIFEST})")
+        self.info = StoreInfo(**json.loads(mpath.read_text()))
+        if require_complete and not self.info.complete:
+            raise RuntimeError(f"token store {self.path} is incomplete (interrupted?); re-run embed to resume")
+        self.shards = [Shard(**s) for s in self.info.shards]
+        self.labels = np.load(self.path / "labels.npy")
+        self.splits = np.load(self.path / "splits.npy")
+        idx = [np.load(self.path / "index" / f"{s.name}.npz") for s in self.shards]
+        self.lengths = np.concatenate([z["lengths"] for z in idx]).astype(np.int64)
+        self.offsets = np.zeros(len(self.lengths) + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=self.offsets[1:])
+        self.valid = np.concatenate([z["valid"] for z in idx])
+        self.char_spans = (np.concatenate([z["char_spans"] for z in idx]) if "char_spans" in idx[0] else None) if idx else None
+        self._gt_bits = (np.concatenate([z["gt"] for z in idx]) if "gt" in idx[0] else None) if idx else None
+        self.sample_of_token = np.repeat(np.arange(len(self.lengths)), self.lengths)
+
+    # --- shapes -------------------------------------------------------------------------
+    @property
+    def n_samples(self) -> int:
+        return self.info.n_samples
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def dim(self) -> int:
+        return self.info.dim
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.info.layers)
+
+    @property
+    def concepts(self) -> list[str]:
+        return list(self.info.concepts)
+
+    # --- data ---------------------------------------------------------------------------
+    def tokens(self, layer: int, shard: Shard) -> np.ndarray:
+        """Raw hidden states of one shard, memory-mapped ``[t, d]``."""
+        return np.load(self.path / f"layer_{layer:02d}" / f"{shard.name}.npy", mmap_mode="r")
+
+    def globals(self, layer: int) -> np.ndarray:
+        """Global (CLS / pooled / mean) embeddings ``[N, d]`` float32, raw."""
+        d = self.path / f"layer_{layer:02d}"
+        return np.concatenate([np.load(d / f"globals_{s.name}.npy") for s in self.shards])
+
+    def norm(self, layer: int) -> tuple[np.ndarray, float]:
+        """Train-split token mean ``[d]`` and mean norm of centred train tokens."""
+        mean = np.load(self.path / f"layer_{layer:02d}" / "mean.npy")
+        return mean, float(self.info.norm[str(layer)]["scale"])
+
+    def token_labels(self, shard: Shard, concepts: np.ndarray | None = None) -> np.ndarray:
+        """In-concept ground truth ``[t, C]`` bool for the shard's tokens (invalid ones False)."""
+        sl = slice(shard.token_start, shard.token_stop)
+        if concepts is not None and np.array_equal(concepts, np.arange(len(self.info.concepts))):
+            concepts = None  # every column in order: no column gather
+        if self._gt_bits is not None:  # unpackbits gives fresh 0/1 bytes: viewed as bool, no copy
+            gt = np.unpackbits(self._gt_bits[sl], axis=1, count=len(self.info.concepts)).view(bool)
+        else:
+            gt = self.labels[self.sample_of_token[sl]].astype(bool)
+        valid = self.valid[sl]
+        if not valid.all():
+            gt &= valid[:, None]
+        return gt if concepts is None else gt[:, concepts]
+
+    def iter_shards(self, layer: int) -> Iterator[tuple[Shard, np.ndarray]]:
+        for s in self.shards:
+            yield s, self.tokens(layer, s)
+
+    def compute_norm(self, layer: int, train_mask: np.ndarray) -> tuple[np.ndarray, float, int]:
+        """Two streaming passes over train tokens: mean, then mean norm after centring.
+
+        Rows are converted to float32 block by block (never a float32/float64 copy of a whole
+        shard); block sums accumulate in float64. Blocks are fixed windows of *global* token
+        rows, so the statistics are bit-identical however the store is cut into shards (a
+        data-parallel run writes other shards than a single process).
+        """
+        tok_train = self.valid & train_mask[self.sample_of_token]
+        total = np.zeros(self.dim, dtype=np.float64)
+        n = 0
+        for xb in self.aligned_blocks(layer, tok_train):
+            total += xb.sum(axis=0, dtype=np.float64)
+            n += len(xb)
+        if n == 0:
+            raise ValueError("no train tokens to compute normalisation statistics")
+        mean = (total / n).astype(np.float32)
+        norm_sum = 0.0
+        for xb in self.aligned_blocks(layer, tok_train):
+            xb -= mean
+            norm_sum += float(np.sqrt(np.einsum("ij,ij->i", xb, xb)).sum(dtype=np.float64))
+        return mean, max(norm_sum / n, 1e-12), n
+
+    def aligned_blocks(self, layer: int, mask: np.ndarray, block: int = 4096) -> Iterator[np.ndarray]:
+        """Float32 rows ``mask`` selects, grouped by global windows ``[k * block, (k + 1) * block)``.
+
+        A window that straddles two shards is assembled from both, so the blocks (and any
+        float sums over them) do not depend on where shards begin and end.
+        """
+        carry: list[np.ndarray] = []
+        for s, x in self.iter_shards(layer):
+            m = mask[s.token_start:s.token_stop]
+            w0 = s.token_start - s.token_start % block
+            for w in range(w0, s.token_stop, block):
+                a, b = max(w, s.token_start) - s.token_start, min(w + block, s.token_stop) - s.token_start
+                mb = m[a:b]
+                if mb.any():
+                    carry.append(x[a:b] if mb.all() else x[a:b][mb])
+                if w + block <= s.token_stop and carry:  # window complete
+                    yield np.concatenate(carry).astype(np.float32, copy=False) if len(carry) > 1 \
+                        else carry[0].astype(np.float32)
+                    carry = []
+        if carry:
+            yield np.concatenate(carry).astype(np.float32, copy=False) if len(carry) > 1 else carry[0].astype(np.float32)
+
+
+ROW_BLOCK = 4096
+
+
+def row_blocks(x: np.ndarray, mask: np.ndarray | None = None, block: int = ROW_BLOCK) -> Iterator[np.ndarray]:
+    """Writable float32 copies of the rows of ``x`` (optionally only where ``mask``), ``block`` rows at a time.
+
+    Why: converting a memory-mapped fp16 shard in cache-sized blocks is several times faster
+    than one whole-shard conversion and keeps the extra memory at one block.
+    """
+    for i in range(0, len(x), block):
+        mb = None if mask is None else mask[i:i + block]
+        if mb is None or mb.all():
+            yield x[i:i + block].astype(np.float32)  # always a fresh, writable copy
+        elif mb.any():
+            yield x[i:i + block][mb].astype(np.float32, copy=False)
