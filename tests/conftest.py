@@ -11,7 +11,16 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-REFERENCE_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "reference-data"
+def _reference_data() -> Path:
+    """``shared/reference-data`` beside the checkout or any folder above it (worktrees sit deeper)."""
+    for parent in Path(__file__).resolve().parents[1:]:
+        cand = parent / "shared" / "reference-data"
+        if cand.exists():
+            return cand
+    return Path(__file__).resolve().parents[1].parent / "shared" / "reference-data"
+
+
+REFERENCE_DATA = _reference_data()
 
 from .report_run import tiny_report_run  # noqa: E402,F401  one tiny run shared by the report and browser tests
 

@@ -120,17 +120,17 @@ def tiny_texts(tmp_path_factory):
 
 
 def test_seed_sweeps_map_to_hand_computed_blocks():
-    # layer = floor(p/100 * n + 0.5) clamped to [1, n]; e.g. Gemma 75 % of 42 = 31.5 -> 32
+    # the seed's rule: layer = floor(p n / 100) clamped to [1, n]; e.g. Gemma 75 % of 42 = 31.5 -> 31
     expected = {
         ("openai/clip-vit-large-patch14", "clip-vision"): (24, 1024, (1, 6, 11, 16, 21, 24)),
-        ("meta-llama/Llama-3.2-11B-Vision-Instruct", "mllama-vision"): (40, 1280, (1, 6, 11, 16, 21, 26, 31, 36, 40)),
-        ("meta-llama/Llama-3.2-11B-Vision-Instruct", "mllama-text"): (32, 4096, (1, 6, 11, 16, 21, 26, 31, 32)),
-        ("google/gemma-2-9b", "gemma2"): (42, 3584, (2, 9, 16, 24, 32, 39, 42)),
-        ("Qwen/Qwen3-Embedding-4B", "qwen3"): (36, 2560, (1, 7, 12, 18, 24, 29, 35, 36)),
+        ("meta-llama/Llama-3.2-11B-Vision-Instruct", "mllama-vision"): (40, 1280, (1, 6, 11, 16, 20, 26, 31, 36, 40)),
+        ("meta-llama/Llama-3.2-11B-Vision-Instruct", "mllama-text"): (32, 4096, (1, 6, 10, 16, 21, 25, 31, 32)),
+        ("google/gemma-2-9b", "gemma2"): (42, 3584, (1, 8, 16, 23, 31, 39, 42)),
+        ("Qwen/Qwen3-Embedding-4B", "qwen3"): (36, 2560, (1, 6, 12, 18, 23, 29, 34, 36)),
     }
     got = {(r.hub_id, r.family): (r.n_layers, r.hidden_size, r.layers) for r in reference_table()}
     assert got == expected
-    assert percent_to_layer(75, 42) == 32 and percent_to_layer(4, 42) == 2 and percent_to_layer(2, 40) == 1
+    assert percent_to_layer(75, 42) == 31 and percent_to_layer(4, 42) == 1 and percent_to_layer(2, 40) == 1
     assert get_family("clip-vision").sweep == (4, 25, 46, 67, 88, 100)
     assert get_family("mllama-vision").sweep == (2, 15, 28, 40, 52, 65, 78, 90, 100)
     assert get_family("mllama-text").sweep == get_family("qwen3").sweep == (3, 19, 34, 50, 66, 81, 97, 100)
@@ -180,7 +180,7 @@ def test_models_cli_lists_families_and_sweeps(capsys):
     out = capsys.readouterr().out
     for fam in FAMILIES:
         assert fam.name in out
-    assert "4, 25, 46, 67, 88, 100 %" in out and "2, 9, 16, 24, 32, 39, 42" in out
+    assert "4, 25, 46, 67, 88, 100 %" in out and "1, 8, 16, 23, 31, 39, 42" in out
 
 
 # --------------------------------------------------------------------------- hooks and early stop

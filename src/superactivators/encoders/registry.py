@@ -448,7 +448,7 @@ def format_families() -> str:
         if f.hub_ids:
             lines.append(f"{'':14s} known ids: {', '.join(f.hub_ids)}")
         lines.append(f"{'':14s} {f.notes}")
-    lines += ["", "Seed checkpoints: sweep -> block index (layer = round(p/100 * n), clamped to [1, n]):", ""]
+    lines += ["", "Seed checkpoints: sweep -> layer (the seed's rule: floor(p * n / 100), clamped to [1, n]):", ""]
     lines.append(f"{'model':41s} {'family':13s} {'n':>3s} {'d':>5s} {'tokens':>6s} {'GB':>5s}  sweep layers")
     for r in reference_table():
         lines.append(f"{r.hub_id:41s} {r.family:13s} {r.n_layers:3d} {r.hidden_size:5d} {r.tokens_typical:6d} "
