@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 
 from superactivators.concepts.supervised import ConceptSet
-from superactivators.evaluate.localize import MACRO, localization_grid, localization_table, localize, topk_sizes
+from superactivators.evaluate.localize import (
+    LOC_METHODS,
+    MACRO,
+    localization_grid,
+    localization_table,
+    localize,
+    topk_sizes,
+)
 from superactivators.store.tokens import StoreInfo, StoreWriter, TokenStore
 
 # Activation of concept "a" is a token's first coordinate, of "b" its second (signed distance,
@@ -49,48 +56,166 @@ def _concepts() -> ConceptSet:
                       "signed_distance", 1, np.zeros(2, np.float32), 1.0)
 
 
-def test_hand_computed_localisation(hand_store: TokenStore) -> None:
-    detected = np.zeros((len(SAMPLES), 2), bool)
-    detected[[2, 3, 4, 6], 0] = True  # a: s5 missed, s3 and s6 false detections
-    detected[[2, 4], 1] = True  # b: only s2 (cal) and s4 (test)
-    cal_pop = [np.array([5.0, 4.0]), np.array([5.0, 4.0])]
-    grid = [50, 100]  # thresholds 4.5 (median of 4, 5) and 4.0 (minimum)
-    res = {r.method: r for r in localize(hand_store, _concepts(), detected, cal_pop, grid)}
+# max valid activation per sample (s6's padding token 9.0 does not count)
+SAMPLE_MAX = np.array([[m, m] for m in (1.0, 0.5, 5.0, 2.0, 6.0, 4.5, 4.1)])
 
+
+def _run(store: TokenStore, det_n=(100.0, 50.0), **kw):
+    cal_pop = [np.array([5.0, 4.0]), np.array([5.0, 4.0])]
+    # detection and inversion grids [50, 100]: thresholds 4.5 (median of 4, 5) and 4.0 (minimum)
+    return {r.method: r for r in localize(store, _concepts(), SAMPLE_MAX, cal_pop, [50, 100], np.array(det_n),
+                                          [50, 100], **kw)}
+
+
+def _counts(r) -> tuple[list, list, list]:
+    return r.test.tp.tolist(), r.test.fp.tolist(), r.test.fn.tolist()
+
+
+def test_hand_computed_localisation(hand_store: TokenStore) -> None:
+    res = _run(hand_store)
+    # the detector: a at N = 100 (tau 4.0) flags s2 | s4 s5 s6; b at N = 50 (tau 4.5) flags s2 | s4 s5
     tail = res["superactivator"]
-    # cal, concept a: tau 4.5 -> {5} of s2: F1 2/3; tau 4.0 -> {5, 4}: F1 1 -> N = 100
+    # cal: tau 4.5 -> {5} of s2: F1 2/3; tau 4.0 -> {5, 4}: F1 1 -> N_inv = 100
     np.testing.assert_allclose(tail.n_pct, [100, 100])
+    np.testing.assert_allclose(tail.n_det, [100, 50])
     np.testing.assert_allclose(tail.threshold, [4.0, 4.0])
     np.testing.assert_allclose(tail.cal_f1, [1.0, 1.0])
-    # test a: s4 -> {6 (gt), 4.2}; s5 undetected; s6 -> {4.1} (the padding 9.0 never counts)
-    t = tail.test
-    assert (t.tp.tolist(), t.fp.tolist(), t.fn.tolist()) == ([1, 1], [2, 1], [2, 2])
-    np.testing.assert_allclose(t.precision(), [1 / 3, 1 / 2])
-    np.testing.assert_allclose(t.recall(), [1 / 3, 1 / 3])
-    np.testing.assert_allclose(t.f1(), [1 / 3, 2 / 5])
-    np.testing.assert_allclose(t.iou(), [1 / 5, 1 / 4])
+    # test a: s4 {6 (gt), 4.2}, s5 {4.5 (gt), 4.0}, s6 {4.1}; b: s4 and s5 only
+    assert _counts(tail) == ([2, 2], [3, 2], [1, 1])
+    np.testing.assert_allclose(tail.test.f1(), [1 / 2, 4 / 7])
+    np.testing.assert_allclose(tail.test.iou(), [1 / 3, 2 / 5])
 
-    pos = res["positive"]  # a > 0 in detected samples
-    assert (pos.test.tp.tolist(), pos.test.fp.tolist(), pos.test.fn.tolist()) == ([2, 2], [4, 1], [1, 1])
-    np.testing.assert_allclose(pos.test.f1(), [4 / 9, 4 / 6])
-    np.testing.assert_allclose(pos.test.iou(), [2 / 7, 2 / 4])
-    np.testing.assert_allclose(pos.cal_f1, [4 / 7, 4 / 5])  # a: s2 {5,4,1}, s3 {2,.5}; b: s2 only
+    pos = res["positive"]  # a > 0 in the detector's samples
+    assert _counts(pos) == ([3, 3], [5, 2], [0, 0])
+    np.testing.assert_allclose(pos.test.f1(), [6 / 11, 3 / 4])
+    np.testing.assert_allclose(pos.test.iou(), [3 / 8, 3 / 5])
+    np.testing.assert_allclose(pos.cal_f1, [4 / 5, 4 / 5])  # s2 {5, 4, 1}
 
     top = res["topk"]  # k = median in-concept count of positive cal samples = 2
     assert top.k.tolist() == [2, 2]
-    # a: s4 top-2 {6, 4.2}: 1 tp 1 fp; s6 top-2 of valid tokens {4.1, 1}: 2 fp
-    assert (top.test.tp.tolist(), top.test.fp.tolist(), top.test.fn.tolist()) == ([1, 1], [3, 1], [2, 2])
-    np.testing.assert_allclose(top.test.f1(), [2 / 7, 2 / 5])
-    np.testing.assert_allclose(top.test.iou(), [1 / 6, 1 / 4])
+    # a: s4 {6, 4.2}, s5 {4.5, 4}, s6 top-2 of valid tokens {4.1, 1}
+    assert _counts(top) == ([2, 2], [4, 2], [1, 1])
+    np.testing.assert_allclose(top.test.f1(), [4 / 9, 4 / 7])
+
+    allp, alln = res["always_positive"], res["always_negative"]  # 12 valid test tokens, 3 in-concept
+    assert _counts(allp) == ([3, 3], [9, 9], [0, 0])
+    np.testing.assert_allclose(allp.test.f1(), [0.4, 0.4])
+    np.testing.assert_allclose(allp.test.iou(), [0.25, 0.25])
+    assert _counts(alln) == ([0, 0], [0, 0], [3, 3]) and (alln.test.f1() == 0).all()
+
+
+def test_joint_choice_of_detection_and_inversion(hand_store: TokenStore) -> None:
+    """Pairs with N_inv >= N_det: (50, 50) F1 2/3, (50, 100) F1 1, (100, 100) F1 1 -> (50, 100)."""
+    joint = _run(hand_store)["superactivator_joint"]
+    np.testing.assert_allclose(joint.n_det, [50, 50])  # a: not the detector's own N = 100
+    np.testing.assert_allclose(joint.n_pct, [100, 100])
+    np.testing.assert_allclose(joint.cal_f1, [1.0, 1.0])
+    # both: s4 {6, 4.2} and s5 {4.5, 4.0}: s6 (max 4.1 < 4.5) is no longer detected for a
+    assert _counts(joint) == ([2, 2], [2, 2], [1, 1])
+    np.testing.assert_allclose(joint.test.f1(), [4 / 7, 4 / 7])
+    # the pair must respect N_inv >= N_det: with only (N_det 100, N_inv 50) possible, nothing is chosen
+    cal_pop = [np.array([5.0, 4.0])] * 2
+    none = {r.method: r for r in localize(hand_store, _concepts(), SAMPLE_MAX, cal_pop, [100], np.array([100, 100]),
+                                          [50], twostage=False)}["superactivator_joint"]
+    assert np.isnan(none.n_det).all() and _counts(none) == ([0, 0], [0, 0], [3, 3])
+
+
+def test_random_baseline_is_seeded_and_at_the_in_concept_rate(hand_store: TokenStore) -> None:
+    from superactivators.evaluate.localize import in_concept_rate, token_uniforms
+
+    rate = in_concept_rate(hand_store, np.array([0, 1]))
+    np.testing.assert_allclose(rate, [2 / 8, 2 / 8])  # cal: 2 in-concept of 8 valid tokens
+    rnd = _run(hand_store, seed=3)["random"]
+    np.testing.assert_allclose(rnd.n_pct, [25.0, 25.0])
+    # direct: valid test tokens whose uniform falls below the rate
+    tok = np.arange(hand_store.n_tokens)
+    test = hand_store.valid & (hand_store.splits == "test")[hand_store.sample_of_token]
+    gt = np.concatenate([hand_store.token_labels(s) for s in hand_store.shards])
+    for c in range(2):
+        pick = test & (token_uniforms(tok, c, 3) < 0.25)
+        assert rnd.test.tp[c] == (pick & gt[:, c]).sum() and rnd.test.fp[c] == (pick & ~gt[:, c]).sum()
+    assert _counts(_run(hand_store, seed=3)["random"]) == _counts(rnd)  # seeded
+    u = token_uniforms(np.arange(200_000), 0, 0)
+    assert 0 <= u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.01 and abs((u < 0.1).mean() - 0.1) < 0.005
+    assert not np.array_equal(u[:100], token_uniforms(np.arange(100), 1, 0))
+
+
+def test_twostage_scores_by_hand() -> None:
+    from superactivators.evaluate.localize import twostage_scores
+
+    x = np.array([[1, 0], [0, 1], [1, 1], [2, 0], [0, 3]], np.float32)
+    acts = np.array([[2.0], [1.0], [0.0], [0.5], [0.2]], np.float32)
+    sc = twostage_scores(x, acts, np.array([0, 3]), np.array([0.9]))
+    # sample 0: SuperActivators are tokens 0 (a=2) and 1 (a=1); v = (e^2 x0 + e x1) / (e^2 + e)
+    w0, w1 = np.e / (np.e + 1), 1 / (np.e + 1)
+    nv = np.hypot(w0, w1)
+    np.testing.assert_allclose(sc[:3, 0], [w0 / nv, w1 / nv, (w0 + w1) / (np.sqrt(2) * nv)], rtol=1e-5)
+    assert np.isnan(sc[3:, 0]).all()  # sample 1 has no SuperActivator: never predicted
+    # an invalid token neither builds the vector nor gets a score
+    sc2 = twostage_scores(x, acts, np.array([0, 3]), np.array([0.9]), valid=np.array([1, 0, 1, 1, 1], bool))
+    np.testing.assert_allclose(sc2[[0, 2], 0], [1.0, 1 / np.sqrt(2)], rtol=1e-6)
+    assert np.isnan(sc2[1, 0])
+
+
+def test_twostage_against_a_direct_computation(tmp_path: Path) -> None:
+    """localize_twostage vs a per-sample loop: vectors, cal thresholds, N by cal F1, test counts."""
+    from superactivators.evaluate.localize import localize_twostage
+
+    rng = np.random.default_rng(0)
+    d, splits = 3, ["train"] * 4 + ["cal"] * 5 + ["test"] * 5
+    lens = rng.integers(3, 7, len(splits))
+    xs = [rng.normal(size=(n, d)).astype(np.float32) for n in lens]
+    gts = [rng.random(n) < 0.4 for n in lens]
+    info = StoreInfo(n_samples=len(splits), dim=d, layers=[1], concepts=["a"], modality="text",
+                     token_ground_truth="spans")
+    w = StoreWriter(tmp_path / "s", info, np.ones((len(splits), 1), np.uint8), np.array(splits), shard_tokens=9)
+    for x, g in zip(xs, gts):
+        w.add({1: x}, {1: x[:1]}, np.array([len(x)]), np.ones(len(x), bool), gt_bits=np.packbits(g[:, None], axis=1))
+    store = w.close()
+    allx = np.concatenate([store.tokens(1, sh) for sh in store.shards]).astype(np.float32)  # as stored (fp16)
+    xs = [allx[store.offsets[i]:store.offsets[i + 1]] for i in range(len(splits))]
+    v = rng.normal(size=(1, d)).astype(np.float32)
+    cs = ConceptSet("linsep", ["a"], v, np.zeros(1, np.float32), "signed_distance", 1, np.zeros(d, np.float32), 1.0)
+    mean, scale = store.norm(1)
+    det, grid = 0.5, [20.0, 50.0, 80.0, 100.0]
+    per = []  # (split, gt, score) of tokens of samples with SuperActivators
+    for sp, x, g in zip(splits, xs, gts):
+        a = x @ v[0] / np.linalg.norm(v[0])
+        xn = (x - mean) / scale
+        sup = a >= det
+        if sp == "train" or not sup.any():
+            continue
+        wts = np.exp(a[sup] - a[sup].max())
+        vec = (wts[:, None] * xn[sup]).sum(0)
+        cos = xn @ vec / (np.linalg.norm(xn, axis=1) * np.linalg.norm(vec))
+        per += [(sp, bool(gi), float(ci)) for gi, ci in zip(g, cos)]
+    n_gt = {sp: sum(int(g.sum()) for s2, g in zip(splits, gts) if s2 == sp) for sp in ("cal", "test")}
+    pop = np.array([c for sp, g, c in per if sp == "cal" and g])
+    best, best_f1 = None, -1.0
+    for n in grid:
+        thr = np.quantile(pop, 1 - n / 100)
+        tp = sum(1 for sp, g, c in per if sp == "cal" and g and c >= thr)
+        fp = sum(1 for sp, g, c in per if sp == "cal" and not g and c >= thr)
+        f1 = 2 * tp / (tp + fp + n_gt["cal"])
+        if f1 > best_f1 + 1e-12:
+            best, best_f1 = (n, thr), f1
+    tp = sum(1 for sp, g, c in per if sp == "test" and g and c >= best[1])
+    fp = sum(1 for sp, g, c in per if sp == "test" and not g and c >= best[1])
+    res = localize_twostage(store, cs, np.array([det]), grid)
+    assert res.n_pct[0] == best[0]
+    np.testing.assert_allclose(res.threshold[0], best[1], rtol=1e-5)
+    np.testing.assert_allclose(res.cal_f1[0], best_f1)
+    assert (res.test.tp[0], res.test.fp[0], res.test.fn[0]) == (tp, fp, n_gt["test"] - tp)
 
 
 def test_uncalibratable_concept_predicts_nothing(hand_store: TokenStore) -> None:
-    detected = np.ones((len(SAMPLES), 2), bool)
     with pytest.warns(UserWarning, match="empty calibration population"):
-        res = localize(hand_store, _concepts(), detected, [np.array([5.0, 4.0]), np.array([])], [50, 100])
-    tail = res[0]
-    assert tail.test.tp[1] == 0 and tail.test.fp[1] == 0 and np.isnan(tail.threshold[1])
-    assert tail.test.tp[0] > 0
+        res = {r.method: r for r in localize(hand_store, _concepts(), SAMPLE_MAX, [np.array([5.0, 4.0]), np.array([])],
+                                             [50, 100], np.array([100, 100]), [50, 100])}
+    for m in ("superactivator", "superactivator_joint", "twostage", "positive", "topk"):
+        assert res[m].test.tp[1] == 0 and res[m].test.fp[1] == 0, m
+    assert np.isnan(res["superactivator"].threshold[1])
+    assert res["superactivator"].test.tp[0] > 0
 
 
 def test_localisation_grid_extends_to_the_minimum() -> None:
@@ -111,16 +236,12 @@ def test_topk_sizes_median() -> None:
 
 
 def test_table_macro_row(hand_store: TokenStore) -> None:
-    detected = np.zeros((len(SAMPLES), 2), bool)
-    detected[[2, 3, 4, 6], 0] = True
-    detected[[2, 4], 1] = True
-    res = localize(hand_store, _concepts(), detected, [np.array([5.0, 4.0])] * 2, [50, 100])
-    table = localization_table(res, layer=1, concept_type="linsep")
+    table = localization_table(list(_run(hand_store).values()), layer=1, concept_type="linsep")
     assert list(table.columns[:4]) == ["layer", "concept_type", "method", "concept"]
-    assert set(table["method"]) == {"superactivator", "positive", "topk"}
+    assert set(table["method"]) == set(LOC_METHODS)
     macro = table[(table["concept"] == MACRO) & (table["method"] == "superactivator")].iloc[0]
-    assert macro["f1"] == pytest.approx((1 / 3 + 2 / 5) / 2)
-    assert macro["iou"] == pytest.approx((1 / 5 + 1 / 4) / 2)
+    assert macro["f1"] == pytest.approx((1 / 2 + 4 / 7) / 2)
+    assert macro["iou"] == pytest.approx((1 / 3 + 2 / 5) / 2)
     assert macro["support"] == 6
 
 
@@ -134,8 +255,8 @@ def test_pipeline_writes_localisation_for_text_spans(small_emotions: Path, tiny_
     res = run_pipeline(cfg, progress=False)
     assert res.store.info.token_ground_truth == "spans"
     csv = pd.read_csv(tmp_path / "loc" / "localization_metrics.csv")
-    assert set(csv["method"]) == {"superactivator", "positive", "topk"}
-    assert (csv["concept"] == MACRO).sum() == 3 and set(csv["layer"]) == {2}
+    assert set(csv["method"]) == set(LOC_METHODS)
+    assert (csv["concept"] == MACRO).sum() == len(LOC_METHODS) and set(csv["layer"]) == {2}
     assert csv[["precision", "recall", "f1", "iou"]].dropna().apply(lambda c: c.between(0, 1).all()).all()
     cached = list((tmp_path / "loc" / "stages").glob("*/localization_*.csv"))
     assert len(cached) == 1

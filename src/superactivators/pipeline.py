@@ -152,7 +152,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
             if cfg.detect.localize and store.info.token_ground_truth != "sample":
                 loc_tables.append(localize_stage(
                     store, lambda: learn_concepts(store, layer, ctype, cfg, stage)[0], summary, results,
-                    cfg.detect.grid, stage, device, layer=layer, concept_type=ctype))
+                    cfg.detect.grid, stage, device, cfg.seed, layer=layer, concept_type=ctype))
     atomic_write_json(run_dir / "stages.json", stage_index)  # which stage folders this config used
     table = pd.concat(tables, ignore_index=True)
     atomic_write_bytes(run_dir / "detection_metrics.csv", table.to_csv(index=False).encode())
