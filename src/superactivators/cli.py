@@ -26,7 +26,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_dataset_info(args: argparse.Namespace) -> int:
     from .data.datasets import dataset_summary, load_dataset
 
-    print(dataset_summary(load_dataset(args.path)))
+    ds = load_dataset(args.path, concepts=args.concepts, ground_truth=args.ground_truth)
+    print(dataset_summary(ds, amounts=not args.no_counts))
     return 0
 
 
@@ -205,8 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--layers", help="per-layer figures only for these layers, e.g. 3,6,9,12 (default: all)")
     s.set_defaults(func=cmd_report)
 
-    s = sub.add_parser("dataset-info", help="samples, concepts with positives per split, modality")
+    s = sub.add_parser("dataset-info", help="samples, concepts with positives per split, modality, token-level truth")
     s.add_argument("path", help="metadata.csv, its folder, or builtin:NAME")
+    s.add_argument("--concepts", help="'seed' (the seed's subset for this folder), 'preset:NAME', or one column")
+    s.add_argument("--ground-truth", default="auto",
+                   help="token-level truth source: auto (recognise the seed's files, default), none, or a kind "
+                        "(seed-words, clevr-masks, clevr-images, coco, broden-segmentations, broden-release)")
+    s.add_argument("--no-counts", action="store_true",
+                   help="skip the per-concept in-concept word/pixel counts (they read every mask once)")
     s.set_defaults(func=cmd_dataset_info)
 
     s = sub.add_parser("models", help="supported model families, their default layer sweeps and the seed checkpoints")

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from .data.seed import KINDS as GROUND_TRUTH_KINDS
 from .encoders.base import EmbedConfig
 from .evaluate.calibrate import DEFAULT_GRID
 from .evaluate.detect import METHODS
@@ -21,7 +22,11 @@ class DataConfig:
     """Which dataset: a metadata.csv, a folder holding one, or ``builtin:NAME``."""
 
     path: str = "builtin:emotions"
-    concepts: list[str] | None = None  # restrict / order concept columns
+    # restrict / order concept columns: a list, or 'seed' (the seed's subset for its folder) / 'preset:NAME'
+    concepts: list[str] | str | None = None
+    # token-level truth beside metadata.csv (superactivators.data.seed): auto (recognise the seed's
+    # files), none (sample labels / the metadata's own spans and masks), or one reader's kind
+    ground_truth: str = "auto"
     # images (see superactivators.data.masks): min fraction of a patch's pixels in a concept's mask
     # for "in concept", and of image (not padding) pixels for "valid"; unreadable images/masks
     # are an error unless skip_bad_images (then skipped and reported)
@@ -82,6 +87,9 @@ class RunConfig:
             raise ValueError("detection method 'prompt' needs detect.prompt_model (a causal LM or VLM id/folder)")
         if "sae" in self.concepts.types and not self.concepts.sae_path:
             raise ValueError("concept type 'sae' needs concepts.sae_path")
+        if self.data.ground_truth not in GROUND_TRUTH_KINDS:
+            raise ValueError(f"unknown data.ground_truth {self.data.ground_truth!r}; choose from "
+                             f"{list(GROUND_TRUTH_KINDS)}")
         if self.embed.batch_size < 1:
             raise ValueError("embed.batch_size must be >= 1")
 

@@ -52,7 +52,7 @@ class RunResult:
 
 def prepare_dataset(cfg: RunConfig) -> Dataset:
     """Load the dataset and drop (with a warning each) concepts that cannot be calibrated."""
-    ds = load_dataset(cfg.data.path, concepts=cfg.data.concepts)
+    ds = load_dataset(cfg.data.path, concepts=cfg.data.concepts, ground_truth=cfg.data.ground_truth)
     keep = usable_concepts(ds, need=("train", "cal"))
     if not keep:
         raise ValueError(f"{ds.source}: no concept has positives in both train and cal")
@@ -75,6 +75,8 @@ def store_dir_for(cfg: RunConfig, ds: Dataset) -> Path:
     if ds.modality == "image":  # patch truth depends on these; skipped images change the samples
         extra.update(mask_coverage=cfg.data.mask_coverage, content_coverage=cfg.data.content_coverage,
                      samples=stable_hash(ds.image_paths, 10))
+    if ds.truth is not None:  # the seed's ground-truth files change the token truth in the store
+        extra["truth"] = ds.truth.describe()
     return cfg.run_dir / "stores" / f"{ds.name}-{cfg.embed.key(extra)}"
 
 

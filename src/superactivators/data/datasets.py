@@ -21,15 +21,14 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from .errors import DatasetError
+from .seed import GroundTruth, MetaRows, TextTruth, find_ground_truth, resolve_concepts
+
 SPLITS = ("train", "cal", "test")
 RESERVED = {"image_path", "text_path", "text", "split", "spans", "mask_path", "id"}
 
 Modality = Literal["text", "image"]
 Span = tuple[int, int]
-
-
-class DatasetError(ValueError):
-    """A dataset file is malformed; the message names the file, row and column."""
 
 
 @dataclass
@@ -49,6 +48,7 @@ class Dataset:
     mask_paths: list[str] | None = None
     spans: list[dict[str, list[Span]]] | None = None
     metadata: pd.DataFrame = field(default_factory=pd.DataFrame)
+    truth: GroundTruth | None = None  # a seed ground-truth source (superactivators.data.seed)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -102,7 +102,13 @@ class Dataset:
             raise DatasetError(f"cannot read image {path} (row {i + 2} of {self.source}): {err}") from None
 
     def has_token_ground_truth(self) -> bool:
-        return self.spans is not None or self.mask_paths is not None
+        return self.spans is not None or self.mask_paths is not None or self.truth is not None
+
+    def source_row(self, i: int) -> int:
+        """Row of ``metadata.csv`` behind sample ``i`` (differs once samples were skipped)."""
+        if "_source_row" in self.metadata.columns:
+            return int(self.metadata["_source_row"].iloc[i])
+        return int(i)
 
     def positives_per_split(self) -> pd.DataFrame:
         """Number of positive samples per concept (rows) and split (columns)."""
@@ -120,7 +126,7 @@ class Dataset:
             labels=self.labels[:, idx], splits=self.splits, source=self.source,
             inline_texts=self.inline_texts, text_paths=self.text_paths,
             image_paths=self.image_paths, mask_paths=self.mask_paths, spans=spans,
-            metadata=self.metadata,
+            metadata=self.metadata, truth=self.truth,
         )
 
 
@@ -164,10 +170,16 @@ def _restrict_spans(spans: list[dict[str, list[Span]]], keep: list[str]) -> list
     return [{c: v for c, v in sp.items() if c in keep} for sp in spans]
 
 
-def load_dataset(path: str | Path, concepts: list[str] | None = None, name: str | None = None) -> Dataset:
+def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name: str | None = None,
+                 ground_truth: str = "auto") -> Dataset:
     """Read a seed-format ``metadata.csv`` (or a folder holding one, or ``builtin:NAME``).
 
-    ``concepts`` restricts and orders the concept columns; by default every 0/1 column is one.
+    ``concepts`` restricts and orders the concept columns (a list, or a preset: ``seed`` for the
+    seed's subset of this folder, ``preset:NAME``); by default every 0/1 column is one.
+    ``ground_truth`` picks the token-level truth source beside the metadata (see
+    :mod:`superactivators.data.seed`): ``auto`` recognises the seed's files, ``none`` uses sample
+    labels only (or the metadata's own ``spans`` / ``mask_path`` columns), a kind forces one reader.
+    Every ground-truth file is checked against the metadata here, before any model loads.
     """
     path_str = str(path)
     if path_str.startswith("builtin:"):
@@ -214,6 +226,7 @@ def load_dataset(path: str | Path, concepts: list[str] | None = None, name: str 
             meta_cols.append(col)
         else:
             label_cols[col] = vals
+    concepts = resolve_concepts(concepts, list(label_cols), path.parent.name, path)
     if concepts is not None:
         missing = [c for c in concepts if c not in label_cols]
         if missing:
@@ -249,7 +262,9 @@ def load_dataset(path: str | Path, concepts: list[str] | None = None, name: str 
         spans=_restrict_spans(_parse_spans(df, list(label_cols), path), names) if "spans" in df.columns else None,
         metadata=df[meta_cols].copy(),
     )
-    if ds.spans is not None:
+    if ground_truth != "none" and not (ground_truth == "auto" and (ds.spans is not None or ds.mask_paths is not None)):
+        _attach_truth(ds, df, label_cols, ground_truth)
+    if ds.spans is not None and not isinstance(ds.truth, TextTruth):
         for row, (sp, lab) in enumerate(zip(ds.spans, labels)):
             for c in sp:
                 if not lab[names.index(c)]:
@@ -257,6 +272,34 @@ def load_dataset(path: str | Path, concepts: list[str] | None = None, name: str 
                         f"{path}: row {row + 2}, column 'spans': span for {c!r} but its label is 0"
                     )
     return ds
+
+
+def _attach_truth(ds: Dataset, df: pd.DataFrame, label_cols: dict[str, np.ndarray], kind: str) -> None:
+    """Find (or read the named kind of) the seed's ground truth and put it on ``ds``."""
+    all_names = list(label_cols)
+    rows = MetaRows(
+        root=ds.root, source=Path(ds.source), concepts=all_names,
+        labels=np.stack([label_cols[c] for c in all_names], axis=1), splits=ds.splits,
+        image_paths=ds.image_paths, text=ds.text if ds.modality == "text" else None,
+    )
+    truth = find_ground_truth(rows, ds.modality, kind)
+    if truth is None:
+        return
+    ds.truth = truth
+    if isinstance(truth, TextTruth):
+        if truth.labels is not None and truth.label_concepts:
+            ds.labels = ds.labels.copy()
+            for j, c in enumerate(truth.label_concepts):
+                if c in ds.concepts:
+                    k = ds.concepts.index(c)
+                    diff = np.flatnonzero(ds.labels[:, k] != truth.labels[:, j])
+                    if diff.size:
+                        warnings.warn(
+                            f"{truth.files[-1]}: {diff.size} label(s) of {c!r} differ from {ds.source} "
+                            f"(first: row {int(diff[0]) + 2}); the paragraph-level file's labels are used, "
+                            "as the seed does", stacklevel=3)
+                    ds.labels[:, k] = truth.labels[:, j]
+        ds.spans = _restrict_spans(truth.spans, ds.concepts)
 
 
 def usable_concepts(ds: Dataset, need: tuple[str, ...] = ("train", "cal")) -> list[str]:
@@ -275,7 +318,29 @@ def usable_concepts(ds: Dataset, need: tuple[str, ...] = ("train", "cal")) -> li
     return keep
 
 
-def dataset_summary(ds: Dataset) -> str:
+def truth_label(ds: Dataset) -> str:
+    """Which token-level ground truth ``ds`` carries, in words (names a seed source and its files)."""
+    if ds.truth is not None:
+        return ds.truth.describe()
+    if ds.spans is not None:
+        return "character spans"
+    if ds.mask_paths is not None or any(str(c).startswith("mask::") for c in ds.metadata.columns):
+        return "masks"
+    return "none (sample labels)"
+
+
+def truth_amounts(ds: Dataset) -> pd.DataFrame | None:
+    """Per concept: positives, positives with token-level truth, in-concept words / pixels (seed sources).
+
+    Image sources read every positive sample's masks once, one sample at a time.
+    """
+    if ds.truth is None:
+        return None
+    rows = [ds.source_row(i) for i in range(len(ds))]
+    return ds.truth.amounts(rows, ds.concepts, ds.labels)
+
+
+def dataset_summary(ds: Dataset, amounts: bool = True) -> str:
     """Human-readable summary used by ``superactivators dataset-info``."""
     counts = ds.positives_per_split()
     n_per = {s: int((ds.splits == s).sum()) for s in SPLITS}
@@ -284,12 +349,14 @@ def dataset_summary(ds: Dataset) -> str:
         f"modality: {ds.modality}",
         f"samples: {len(ds)}  (" + ", ".join(f"{s} {n_per[s]}" for s in SPLITS) + ")",
         f"concepts: {len(ds.concepts)}",
-        "token-level ground truth: "
-        + ("character spans" if ds.spans is not None else "masks" if ds.mask_paths is not None else "none (sample labels)"),
+        "token-level ground truth: " + truth_label(ds),
         "",
         "positives per split:",
         counts.to_string(),
     ]
+    table = truth_amounts(ds) if amounts else None
+    if table is not None:
+        lines += ["", f"token-level truth per concept (in-concept {ds.truth.unit}):", table.to_string()]
     if len(ds.metadata.columns):
         lines.insert(5, f"metadata columns: {', '.join(ds.metadata.columns)}")
     return "\n".join(lines)

@@ -53,6 +53,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .datasets import Dataset, DatasetError
+from .seed import MaskTruth, fit_mask
 
 MASK_PREFIX = "mask::"
 LABELS_FILE = "mask_labels.json"
@@ -346,9 +347,11 @@ class MaskSource:
             for col in meta.columns if col.startswith(MASK_PREFIX) and col[len(MASK_PREFIX):] in ds.concepts
         }
 
+        self.truth = ds.truth if isinstance(ds.truth, MaskTruth) else None
+
     @property
     def has_masks(self) -> bool:
-        return self.ds.mask_paths is not None or bool(self.per_concept)
+        return self.ds.mask_paths is not None or bool(self.per_concept) or self.truth is not None
 
     def files(self, i: int) -> list[Path]:
         """Mask files of sample ``i`` (for the up-front readability check)."""
@@ -392,6 +395,17 @@ class MaskSource:
                 self._check_shape(m, shape, path, i)
                 masks[..., where[c]] = m != 0
                 known[where[c]] = True
+        if self.truth is not None:
+            todo = [int(c) for c, k in zip(cols, known) if not k]
+            if todo:
+                row = ds.source_row(i)
+                got = self.truth.masks(row, [ds.concepts[c] for c in todo])
+                for c in todo:
+                    m = got.get(ds.concepts[c])
+                    if m is not None:
+                        where_ = f"{self.truth.describe()}, concept {ds.concepts[c]!r}, row {row + 2} of {ds.source}"
+                        masks[..., where[c]] = fit_mask(m, shape, where_)
+                        known[where[c]] = True
         return masks, cols, known
 
     def _check_shape(self, arr: np.ndarray, shape: tuple[int, int], path: Path, i: int) -> None:
@@ -522,6 +536,8 @@ def check_images(ds: Dataset, skip_bad: bool = False) -> tuple[Dataset, ImageChe
                                        "set data.skip_bad_images to skip such samples")
                 skipped.append((i, why))
                 break
+    if isinstance(ds.truth, MaskTruth):
+        skipped += _check_truth_sizes(ds, skip_bad, {i for i, _ in skipped})
     bad = {i for i, _ in skipped}
     kept = np.array([i for i in range(len(ds)) if i not in bad], dtype=np.int64)
     check = ImageCheck(kept, skipped)
@@ -529,6 +545,28 @@ def check_images(ds: Dataset, skip_bad: bool = False) -> tuple[Dataset, ImageChe
         warnings.warn(check.report(), stacklevel=2)
         ds = subset_samples(ds, kept)
     return ds, check
+
+
+def _check_truth_sizes(ds: Dataset, skip_bad: bool, done: set[int]) -> list[tuple[int, str]]:
+    """Each image's size against the size its seed truth expects (COCO json, Broden index, CLEVR masks)."""
+    from PIL import Image
+
+    out = []
+    for i in range(len(ds)):
+        if i in done:
+            continue
+        want = ds.truth.image_size(ds.source_row(i))
+        if want is None:
+            continue
+        with Image.open(ds.image_path(i)) as im:
+            h, w = im.height, im.width
+        try:
+            fit_mask(np.zeros(want, dtype=bool), (h, w), f"{ds.truth.describe()}, row {ds.source_row(i) + 2} of {ds.source}")
+        except DatasetError as err:
+            if not skip_bad:
+                raise
+            out.append((i, str(err)))
+    return out
 
 
 def subset_samples(ds: Dataset, keep: np.ndarray) -> Dataset:
@@ -549,10 +587,11 @@ def subset_samples(ds: Dataset, keep: np.ndarray) -> Dataset:
         labels=ds.labels[keep], splits=ds.splits[keep], source=ds.source,
         inline_texts=pick(ds.inline_texts), text_paths=pick(ds.text_paths),
         image_paths=pick(ds.image_paths), mask_paths=pick(ds.mask_paths), spans=pick(ds.spans),
-        metadata=meta,
+        metadata=meta, truth=ds.truth,
     )
 
 
 def has_masks(ds: Dataset) -> bool:
-    """Whether ``ds`` carries any segmentation masks (label maps or ``mask::`` columns)."""
-    return ds.mask_paths is not None or any(c.startswith(MASK_PREFIX) for c in ds.metadata.columns)
+    """Whether ``ds`` carries any segmentation masks (label maps, ``mask::`` columns, a seed mask source)."""
+    return (ds.mask_paths is not None or isinstance(ds.truth, MaskTruth)
+            or any(str(c).startswith(MASK_PREFIX) for c in ds.metadata.columns))

@@ -257,9 +257,10 @@ class MllamaImageEncoder:
     def encode_samples(self, ds: Any, ids: np.ndarray) -> EncodedBatch:
         """Embed dataset samples ``ids``; with masks, ``extra['gt_bits']`` holds packed patch truth."""
         images = [ds.load_image(int(i)) for i in ids]
-        if ds.mask_paths is None and not any(str(c).startswith("mask::") for c in ds.metadata.columns):
+        from ..data.masks import MaskOptions, MaskSource, has_masks, sample_patch_labels
+
+        if not has_masks(ds):
             return self.encode_images(images)
-        from ..data.masks import MaskOptions, MaskSource, sample_patch_labels
 
         opts = self.mask_options or MaskOptions()
         src = MaskSource(ds)

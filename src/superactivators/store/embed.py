@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data.datasets import Dataset
+from ..data.datasets import Dataset, truth_label
+from ..data.masks import has_masks
 from ..encoders.base import EmbedConfig
 from ..encoders.factory import make_encoder
 from .tokens import StoreInfo, StoreWriter, TokenStore
@@ -72,12 +73,11 @@ def embed_dataset(
     enc = encoder or make_encoder(cfg, ds.modality)
     if enc.modality != ds.modality:
         raise ValueError(f"dataset is {ds.modality} but the encoder is for {enc.modality}")
-    has_masks = ds.mask_paths is not None or any(str(c).startswith("mask::") for c in ds.metadata.columns)
-    gt_kind = "spans" if ds.spans is not None else ("masks" if has_masks else "sample")
+    gt_kind = "spans" if ds.spans is not None else ("masks" if has_masks(ds) else "sample")
     info = StoreInfo(
         n_samples=len(ds), dim=enc.hidden_size, layers=enc.layers, concepts=ds.concepts,
         modality=ds.modality, dtype=cfg.store_dtype, model=enc.describe(),
-        dataset={"name": ds.name, "source": str(ds.source)}, token_ground_truth=gt_kind,
+        dataset={"name": ds.name, "source": str(ds.source), "truth": truth_label(ds)}, token_ground_truth=gt_kind,
         patch_grid=getattr(enc, "patch_grid", None),
     )
     lo, hi = sample_range or (0, len(ds))
