@@ -80,6 +80,9 @@ def test_paragraph_file_gives_the_labels(tmp_path):
     with pytest.warns(UserWarning, match="differ"):
         ds = load_dataset(root)
     assert ds.labels[:, 0].tolist() == [1, 1]
+    pd.DataFrame(WORDS).to_csv(root / "word_level_sarcasm.csv")  # with pandas' index column 'Unnamed: 0'
+    with pytest.warns(UserWarning, match="differ"):
+        assert load_dataset(root).spans[0] == {"sarcasm": [(3, 9), (18, 25)]}
     assert load_dataset(root, ground_truth="none").labels[:, 0].tolist() == [1, 0]
 
 

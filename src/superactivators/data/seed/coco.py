@@ -20,6 +20,7 @@ Only the annotations of the metadata's images are kept after reading (COCO's tra
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -143,7 +144,9 @@ class CocoTruth(MaskTruth):
             if not keys:
                 continue
             try:
-                m = api.annToMask(ann).astype(bool)
+                with warnings.catch_warnings():  # pycocotools' numpy-2 copy= deprecation notice
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    m = api.annToMask(ann).astype(bool)
             except Exception as err:  # malformed polygon / RLE
                 raise DatasetError(f"{self.files[f]}: annotation {ann.get('id')} (row {row + 2} of "
                                    f"{self.rows.source}): cannot draw its segmentation: {err}") from None

@@ -72,7 +72,7 @@ def read_seed_text(rows: MetaRows, word_file: Path, para_file: Path) -> TextTrut
 
 
 def _concepts_of(df, meta: tuple[str, ...], rows: MetaRows, path: Path) -> list[str]:
-    cols = [c for c in df.columns if c not in meta]
+    cols = [c for c in df.columns if c not in meta and not str(c).startswith("Unnamed:")]  # pandas index columns
     unknown = [c for c in cols if c not in rows.concepts]
     if unknown:
         raise DatasetError(f"{path}: row 1 (header): concept column(s) {unknown} are not columns of "
