@@ -19,6 +19,8 @@ _API = {
     "load_dataset": "data.datasets", "Dataset": "data.datasets", "DatasetError": "data.datasets",
     "TokenStore": "store.tokens", "ConceptSet": "concepts.supervised", "EmbedConfig": "encoders.base",
     "build_report": "report.html",
+    "SuperActivatorDetector": "evaluate.estimator", "tokens_from_padded": "evaluate.estimator",
+    "token_labels_from_spans": "evaluate.estimator", "store_activations": "evaluate.estimator",
 }
 __all__ = sorted(_API) + ["__version__"]
 

@@ -15,9 +15,12 @@ reference that isolates how much of a win is the tail and how much is calibratio
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
+from .metrics import f1_grid
 
 DEFAULT_GRID: tuple[float, ...] = (2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 
@@ -78,3 +81,48 @@ def best_f1_thresholds(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarra
     thr[no_pos] = np.inf
     best_f1[no_pos] = 0.0
     return thr, best_f1
+
+
+@dataclass
+class TailCalibration:
+    """Tail thresholds for every N of the grid and the N chosen per concept by calibration F1."""
+
+    grid: np.ndarray  # [G] percent of the population kept
+    thresholds: np.ndarray  # [C, G]
+    f1_curve: np.ndarray  # [C, G] F1 on the calibration samples for each N
+    best: np.ndarray  # [C] index into the grid (first best in grid order)
+
+    @property
+    def threshold(self) -> np.ndarray:
+        """Chosen threshold per concept; +inf (never fires) where no threshold exists."""
+        chosen = self.thresholds[np.arange(len(self.best)), self.best]
+        return np.where(np.isnan(chosen), np.inf, chosen)
+
+    @property
+    def n_pct(self) -> np.ndarray:
+        return self.grid[self.best]
+
+    @property
+    def f1(self) -> np.ndarray:
+        return self.f1_curve[np.arange(len(self.best)), self.best]
+
+
+def calibrate_tail(scores: np.ndarray, populations: Sequence, labels: np.ndarray,
+                   grid: Sequence[float] = DEFAULT_GRID) -> TailCalibration:
+    """Tail thresholds from ``populations`` and, per concept, the N whose threshold maximises F1
+    of ``scores >= threshold`` against ``labels`` (both ``[n, C]``, the calibration samples).
+
+    The one calibration protocol: the pipeline's :func:`~superactivators.evaluate.detect.calibrate_method`
+    and the estimator both call it.
+    """
+    thr = tail_thresholds(populations, grid)  # [C, G]
+    pred = np.asarray(scores)[None, :, :] >= thr.T[:, None, :]  # [G, n, C]
+    curve = f1_grid(pred, np.asarray(labels, dtype=bool)).T  # [C, G]
+    best = np.argmax(np.nan_to_num(curve, nan=-1.0), axis=1)
+    return TailCalibration(np.asarray(grid, dtype=float), thr, curve, best)
+
+
+def positive_populations(scores: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
+    """Per concept, the scores of its positive samples: the baselines' calibration population."""
+    labels = np.asarray(labels, dtype=bool)
+    return [scores[labels[:, c], c] for c in range(labels.shape[1])]

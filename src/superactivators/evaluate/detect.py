@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .calibrate import DEFAULT_GRID, best_f1_thresholds, tail_thresholds
+from .calibrate import DEFAULT_GRID, best_f1_thresholds, calibrate_tail, positive_populations
 from .metrics import Confusion, f1_grid
 from .scoring import ScoreSummary
 
@@ -58,20 +58,14 @@ def calibrate_method(
 ) -> MethodResult:
     """Thresholds from the tail of ``populations``; N per concept by ``cal`` F1; test metrics."""
     cal, test = splits == "cal", splits == "test"
-    thr = tail_thresholds(populations, grid)  # [C, G]
-    cal_pred = scores[cal][None, :, :] >= thr.T[:, None, :]  # [G, n, C]
-    cal_curve = f1_grid(cal_pred, labels[cal]).T  # [C, G]
-    test_curve = f1_grid(scores[test][None, :, :] >= thr.T[:, None, :], labels[test]).T
-    best = np.argmax(np.nan_to_num(cal_curve, nan=-1.0), axis=1)
-    rows = np.arange(len(names))
-    chosen = thr[rows, best]
-    chosen = np.where(np.isnan(chosen), np.inf, chosen)  # uncalibratable: never fire
-    res = MethodResult(
-        method=method, names=names, threshold=chosen, n_pct=np.asarray(grid, dtype=float)[best],
-        cal_f1=cal_curve[rows, best], test=Confusion.from_predictions(scores[test] >= chosen, labels[test]),
-        cal_f1_curve=cal_curve, test_f1_curve=test_curve,
+    cb = calibrate_tail(scores[cal], populations, labels[cal], grid)
+    test_curve = f1_grid(scores[test][None, :, :] >= cb.thresholds.T[:, None, :], labels[test]).T
+    chosen = cb.threshold
+    return MethodResult(
+        method=method, names=names, threshold=chosen, n_pct=cb.n_pct, cal_f1=cb.f1,
+        test=Confusion.from_predictions(scores[test] >= chosen, labels[test]),
+        cal_f1_curve=cb.f1_curve, test_f1_curve=test_curve,
     )
-    return res
 
 
 def calibrate_best_threshold(method: str, scores: np.ndarray, labels: np.ndarray, splits: np.ndarray,
@@ -103,7 +97,7 @@ def run_detection(
             pops = summary.cal_in_concept
         elif m in summary.sample_scores:
             scores = summary.sample_scores[m]
-            pops = [scores[cal & labels[:, c], c] for c in range(labels.shape[1])]
+            pops = positive_populations(scores[cal], labels[cal])
         else:
             continue
         out.append(calibrate_method(m, scores, pops, labels, splits, summary.names, grid))

@@ -136,6 +136,81 @@ class Accumulator(Protocol):
     def add(self, shard: Shard, acts: np.ndarray, ctx: PassContext) -> None: ...
 
 
+TOKEN_REDUCTIONS = ("max_token", "mean_token", "last_token", "random_token")
+
+
+def segment_scores(acts: np.ndarray, starts: np.ndarray, valid: np.ndarray | None, u: np.ndarray | None = None,
+                   which: Sequence[str] = TOKEN_REDUCTIONS, first_sample: int = 0) -> dict[str, np.ndarray]:
+    """Per-sample reductions of token activations ``acts [t, C]`` over valid tokens.
+
+    Sample ``i`` owns rows ``starts[i]:starts[i+1]`` (the last one runs to the end); ``valid``
+    ``[t]`` marks real tokens (None: all). ``max_token`` / ``mean_token`` / ``last_token`` are
+    the max, mean and last valid activation; ``random_token`` is the valid token at rank
+    ``floor(u_i * n_valid_i)`` for the uniform draws ``u [n]``. The pipeline's scoring pass and
+    the estimator both reduce through this function. ``first_sample`` only names the sample in
+    the error raised when one has no valid token.
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    t = acts.shape[0]
+    all_valid = valid is None or bool(np.all(valid))
+    if all_valid:
+        n_valid = np.diff(np.append(starts, t))
+    else:
+        n_valid = np.add.reduceat(valid.astype(np.int64), starts)
+    if (n_valid <= 0).any():
+        bad = first_sample + int(np.flatnonzero(n_valid <= 0)[0])
+        raise ValueError(f"sample {bad} has no valid tokens")
+    out: dict[str, np.ndarray] = {}
+    if "max_token" in which or "mean_token" in which:
+        # segment reductions run along a contiguous axis: one transposed copy of the
+        # activations, then reduceat along rows of [C, t] is ~5x faster than down columns
+        acts_t = np.ascontiguousarray(acts.T)
+        if all_valid:  # the common case (text stores keep no padding): no masked copies
+            masked = zeroed = acts_t
+        else:
+            masked = np.where(valid[None, :], acts_t, -np.inf)
+            zeroed = np.where(valid[None, :], acts_t, 0.0)
+        if "max_token" in which:
+            out["max_token"] = np.maximum.reduceat(masked, starts, axis=1).T
+        if "mean_token" in which:
+            # in the activations' dtype (float32 from the scorer): the pipeline stores it so
+            out["mean_token"] = (np.add.reduceat(zeroed, starts, axis=1) / n_valid).T.astype(acts.dtype, copy=False)
+    if "last_token" in which:
+        if all_valid:
+            last_idx = starts + n_valid - 1
+        else:
+            last_idx = np.maximum.reduceat(np.where(valid, np.arange(t), -1), starts)
+        out["last_token"] = acts[last_idx]
+    if "random_token" in which:
+        if u is None:
+            raise ValueError("random_token needs one uniform draw per sample (u)")
+        valid_pos = np.arange(t) if all_valid else np.flatnonzero(valid)
+        first_rank = np.concatenate([[0], np.cumsum(n_valid)[:-1]])
+        k = np.minimum((np.asarray(u) * n_valid).astype(np.int64), n_valid - 1)
+        out["random_token"] = acts[valid_pos[first_rank + k]]
+    return out
+
+
+def in_concept_values(acts: np.ndarray, token_labels: np.ndarray, rows: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Activations of in-concept tokens and their concept column: ``(values, columns)``.
+
+    ``token_labels [t, C]`` (bool); ``rows`` restricts to some token rows (a split's)."""
+    gt = token_labels if rows is None else token_labels[rows]
+    flat = np.flatnonzero(gt)  # flat + divmod beats 2-d nonzero
+    r, cols = np.divmod(flat, gt.shape[1])
+    r = r if rows is None else rows[r]
+    return acts[r, cols], cols.astype(np.int32)
+
+
+def group_by_concept(vals: np.ndarray, cols: np.ndarray, n_concepts: int) -> list[np.ndarray]:
+    """Split ``vals`` into one array per concept column (stable order within each)."""
+    order = np.argsort(cols, kind="stable")
+    bounds = np.searchsorted(cols[order], np.arange(n_concepts + 1))
+    v = vals[order]
+    return [v[bounds[c]:bounds[c + 1]] for c in range(n_concepts)]
+
+
 class SampleReducer:
     """Per-sample max, mean, last and random valid-token activation, ``[N, C]`` each."""
 
@@ -149,29 +224,9 @@ class SampleReducer:
 
     def add(self, shard: Shard, acts: np.ndarray, ctx: PassContext) -> None:
         sl = slice(shard.start, shard.stop)
-        starts = ctx.local_starts(shard)
-        valid = ctx.valid(shard)
-        n_valid = np.add.reduceat(valid.astype(np.int64), starts)
-        if (n_valid == 0).any():
-            bad = shard.start + int(np.flatnonzero(n_valid == 0)[0])
-            raise ValueError(f"sample {bad} has no valid tokens")
-        # segment reductions run along a contiguous axis: one transposed copy of the
-        # activations, then reduceat along rows of [C, t] is ~5x faster than down columns
-        acts_t = np.ascontiguousarray(acts.T)
-        if valid.all():  # the common case (text stores keep no padding): no masked copies
-            masked = zeroed = acts_t
-        else:
-            masked = np.where(valid[None, :], acts_t, -np.inf)
-            zeroed = np.where(valid[None, :], acts_t, 0.0)
-        self.max[sl] = np.maximum.reduceat(masked, starts, axis=1).T
-        self.mean[sl] = (np.add.reduceat(zeroed, starts, axis=1) / n_valid).T
-        pos = np.arange(len(valid))
-        last_idx = np.maximum.reduceat(np.where(valid, pos, -1), starts)
-        self.last[sl] = acts[last_idx]
-        valid_pos = np.flatnonzero(valid)
-        first_rank = np.concatenate([[0], np.cumsum(n_valid)[:-1]])
-        k = np.minimum((self._u[sl] * n_valid).astype(np.int64), n_valid - 1)
-        self.random[sl] = acts[valid_pos[first_rank + k]]
+        red = segment_scores(acts, ctx.local_starts(shard), ctx.valid(shard), self._u[sl], first_sample=shard.start)
+        self.max[sl], self.mean[sl] = red["max_token"], red["mean_token"]
+        self.last[sl], self.random[sl] = red["last_token"], red["random_token"]
 
     def scores(self) -> dict[str, np.ndarray]:
         return {"max_token": self.max, "mean_token": self.mean, "last_token": self.last,
@@ -202,15 +257,13 @@ class InConceptCollector:
             return
         rows = np.flatnonzero(tok_split)  # the split's tokens, then their in-concept entries
         gt = ctx.token_labels(shard)
-        flat = np.flatnonzero(gt[rows] if len(rows) < len(tok_split) else gt)  # flat + divmod beats 2-d nonzero
-        r, cols = np.divmod(flat, gt.shape[1])
-        rows = rows[r]
+        vals, cols = in_concept_values(acts, gt, rows if len(rows) < len(tok_split) else None)
         if self.hist is not None:
-            self.hist.add(acts[rows, cols], cols)
+            self.hist.add(vals, cols)
             return
-        self._vals.append(acts[rows, cols])
-        self._cols.append(cols.astype(np.int32))
-        self._n += len(rows)
+        self._vals.append(vals)
+        self._cols.append(cols)
+        self._n += len(vals)
         if self.max_values is not None and self._n > self.max_values:
             from .quantiles import StreamingQuantiles  # noqa: PLC0415
 
@@ -224,11 +277,7 @@ class InConceptCollector:
             return [self.hist.population(c) for c in range(self.n_concepts)]
         if not self._vals:
             return [np.empty(0, np.float32) for _ in range(self.n_concepts)]
-        vals, cols = np.concatenate(self._vals), np.concatenate(self._cols)
-        order = np.argsort(cols, kind="stable")
-        bounds = np.searchsorted(cols[order], np.arange(self.n_concepts + 1))
-        v = vals[order]
-        return [v[bounds[c]:bounds[c + 1]] for c in range(self.n_concepts)]
+        return group_by_concept(np.concatenate(self._vals), np.concatenate(self._cols), self.n_concepts)
 
 
 def score_store(
