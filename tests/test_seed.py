@@ -211,6 +211,7 @@ def test_coco_polygons_rle_and_supercategories(tmp_path):
     # cat 12 + 2 = 14; dog 5 (column 2); animal = union: column 2 overlaps the box in 3 pixels -> 14 + 5 - 3
     assert {k: int(v.sum()) for k, v in m.items()} == {"cat": 14, "dog": 5, "animal": 16}
     assert m["dog"][:, 2].all() and m["dog"].sum(axis=0).tolist() == [0, 0, 5, 0, 0, 0]
+    assert truth_amounts(ds)["pixels"].tolist() == [14, 5, 16]  # the same from the RLEs, no mask drawn
     src = MaskSource(ds)
     masks, cols, known = src.concept_masks(0, (5, 6))
     assert known.all() and masks.sum(axis=(0, 1)).tolist() == [14, 5, 16]

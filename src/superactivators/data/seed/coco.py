@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ..errors import DatasetError
 from .base import MaskTruth, MetaRows
@@ -133,26 +134,57 @@ class CocoTruth(MaskTruth):
     def image_size(self, row: int) -> tuple[int, int]:
         return self.size[row]
 
-    def masks(self, row: int, names: Sequence[str]) -> dict[str, np.ndarray]:
+    def _rles(self, row: int, names: Sequence[str]) -> dict[str, dict]:
+        """Per requested name present in the row's image: the union of its annotations as one RLE."""
+        from pycocotools import mask as mask_utils
+
         f, iid = self.where[row]
         api = self.apis[f]
         want = set(names)
-        out: dict[str, np.ndarray] = {}
+        parts: dict[str, list] = {}
         for ann in api.imgToAnns.get(iid, []):
             name, sup = self.cat_of[int(ann["category_id"])]
-            keys = [k for k in (name, sup) if k in want]
+            keys = [k for k in dict.fromkeys((name, sup)) if k in want]
             if not keys:
                 continue
             try:
-                with warnings.catch_warnings():  # pycocotools' numpy-2 copy= deprecation notice
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    m = api.annToMask(ann).astype(bool)
+                rle = _call(api.annToRLE, ann)  # polygons merged, uncompressed (crowd) RLE compressed
             except Exception as err:  # malformed polygon / RLE
                 raise DatasetError(f"{self.files[f]}: annotation {ann.get('id')} (row {row + 2} of "
-                                   f"{self.rows.source}): cannot draw its segmentation: {err}") from None
+                                   f"{self.rows.source}): cannot read its segmentation: {err}") from None
             for k in keys:
-                out[k] = out[k] | m if k in out else m
-        return out
+                parts.setdefault(k, []).append(rle)
+        return {k: (v[0] if len(v) == 1 else _call(mask_utils.merge, v, intersect=False)) for k, v in parts.items()}
+
+    def masks(self, row: int, names: Sequence[str]) -> dict[str, np.ndarray]:
+        from pycocotools import mask as mask_utils
+
+        return {k: _call(mask_utils.decode, r).astype(bool) for k, r in self._rles(row, names).items()}
+
+    def amounts(self, rows: Sequence[int], concepts: Sequence[str], labels: np.ndarray) -> pd.DataFrame:
+        """As :meth:`MaskTruth.amounts`, from the run-length encodings (no mask is drawn)."""
+        from pycocotools import mask as mask_utils
+
+        n_known = np.zeros(len(concepts), dtype=np.int64)
+        pixels = np.zeros(len(concepts), dtype=np.int64)
+        for r, lab in zip(rows, labels):
+            cols = np.flatnonzero(lab)
+            if not cols.size:
+                continue
+            got = self._rles(int(r), [concepts[c] for c in cols])
+            for c in cols:
+                if concepts[c] in got:
+                    n_known[c] += 1
+                    pixels[c] += int(_call(mask_utils.area, got[concepts[c]]))
+        return pd.DataFrame({"positives": labels.sum(axis=0).astype(np.int64), "with_truth": n_known,
+                             self.unit: pixels}, index=pd.Index(list(concepts), name="concept"))
+
+
+def _call(fn, *args, **kwargs):
+    """A pycocotools call without its numpy-2 ``copy=`` deprecation notice (one per mask otherwise)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return fn(*args, **kwargs)
 
 
 def _quiet(fn) -> None:
