@@ -9,7 +9,7 @@ from superactivators.config import config_from_dict, load_config
 from superactivators.data.datasets import load_dataset
 from superactivators.encoders.base import EmbedConfig
 from superactivators.encoders.text import TextEncoder
-from superactivators.evaluate.detect import MACRO, METHODS
+from superactivators.evaluate.detect import MACRO, METHODS, TAIL_METHODS
 from superactivators.pipeline import run_pipeline
 from superactivators.store.embed import embed_dataset
 
@@ -35,7 +35,7 @@ def test_whole_pipeline_tiny_models(tmp_path, small_emotions, model_fixture, req
     assert sorted(t.layer.unique()) == list(range(1, n_layers + 1))
     assert set(t.concept_type) == {"mean", "linsep"}
     assert set(METHODS) <= set(t.method)
-    assert {f"{m}@best_threshold" for m in METHODS if m != "superactivator"} <= set(t.method)
+    assert {f"{m}@best_threshold" for m in METHODS if m not in TAIL_METHODS} <= set(t.method)
     macro = t[t.concept == MACRO]
     assert macro.f1.between(0, 1).all()
     csv = pd.read_csv(res.run_dir / "detection_metrics.csv")

@@ -15,6 +15,9 @@ from .evaluate.calibrate import DEFAULT_GRID
 from .evaluate.detect import METHODS
 
 CONCEPT_TYPES = ("mean", "linsep", "kmeans", "kmeans-linsep", "sae")
+#: ``protocol``: "ours" (the project's defaults) or "seed" (the seed study's choices where ours
+#: deliberately differ; docs/protocol.md lists each one and why)
+PROTOCOLS = ("ours", "seed")
 
 
 @dataclass
@@ -33,6 +36,9 @@ class DataConfig:
     mask_coverage: float = 0.5
     content_coverage: float = 0.5
     skip_bad_images: bool = False
+    # withhold the token-level truth (spans, masks): the run sees sample labels only, as for data
+    # that has none (every valid token of a positive sample then counts as in-concept)
+    sample_labels_only: bool = False
 
 
 @dataclass
@@ -67,10 +73,17 @@ class RunConfig:
     output_dir: str = "runs"
     seed: int = 0
     score_device: str = "auto"
+    protocol: str = "ours"  # ours | seed (docs/protocol.md)
     data: DataConfig = field(default_factory=DataConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     concepts: ConceptConfig = field(default_factory=ConceptConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {self.protocol!r}")
+        if self.embed.protocol != self.protocol:  # the embed stage needs it (text specials, Mllama tiles)
+            self.embed = dataclasses.replace(self.embed, protocol=self.protocol)
 
     @property
     def run_dir(self) -> Path:
@@ -80,6 +93,7 @@ class RunConfig:
         bad = [t for t in self.concepts.types if t not in CONCEPT_TYPES]
         if bad:
             raise ValueError(f"unknown concept type(s) {bad}; choose from {list(CONCEPT_TYPES)}")
+        self.__post_init__()
         bad = [m for m in self.detect.methods if m not in (*METHODS, "prompt")]
         if bad:
             raise ValueError(f"unknown detection method(s) {bad}; choose from {[*METHODS, 'prompt']}")
@@ -101,6 +115,9 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     if not isinstance(data, dict):
         raise ValueError(f"config section {where or 'top level'} must be a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    if cls is RunConfig and isinstance(data.get("embed"), dict) and \
+            data["embed"].get("protocol", data.get("protocol", "ours")) != data.get("protocol", "ours"):
+        raise ValueError("embed.protocol is derived from the top-level key 'protocol'; set that one")
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(f"unknown config key(s) {unknown} in {where or 'top level'}; valid: {sorted(fields)}")

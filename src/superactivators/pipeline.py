@@ -21,9 +21,9 @@ import yaml
 
 from .concepts.supervised import ConceptSet, learn_global_concepts, learn_linsep_concepts, learn_mean_concepts
 from .config import RunConfig
-from .data.datasets import Dataset, load_dataset, usable_concepts
+from .data.datasets import SAMPLE_LABELS_NOTE, Dataset, load_dataset, usable_concepts, withhold_token_truth
 from .encoders.factory import image_encoder_for_run
-from .evaluate.detect import macro_pivot, results_table, run_detection
+from .evaluate.detect import is_baseline, macro_pivot, results_table, run_detection
 from .evaluate.localize import localize_stage
 from .evaluate.matching import UNSUPERVISED_TYPES, run_unsupervised_stage
 from .evaluate.scoring import ScoreSummary, summarise
@@ -53,6 +53,8 @@ class RunResult:
 def prepare_dataset(cfg: RunConfig) -> Dataset:
     """Load the dataset and drop (with a warning each) concepts that cannot be calibrated."""
     ds = load_dataset(cfg.data.path, concepts=cfg.data.concepts, ground_truth=cfg.data.ground_truth)
+    if cfg.data.sample_labels_only:  # withhold spans / masks: the run sees sample labels only
+        ds = withhold_token_truth(ds)
     keep = usable_concepts(ds, need=("train", "cal"))
     if not keep:
         raise ValueError(f"{ds.source}: no concept has positives in both train and cal")
@@ -72,12 +74,21 @@ def dataset_key(ds: Dataset) -> str:
 
 def store_dir_for(cfg: RunConfig, ds: Dataset) -> Path:
     extra = {"dataset": dataset_key(ds)}
+    if cfg.data.sample_labels_only:
+        extra["sample_labels_only"] = True
+    if cfg.protocol == "seed" and ds.modality == "image":
+        extra["patch_truth"] = "any pixel"
     if ds.modality == "image":  # patch truth depends on these; skipped images change the samples
         extra.update(mask_coverage=cfg.data.mask_coverage, content_coverage=cfg.data.content_coverage,
                      samples=stable_hash(ds.image_paths, 10))
     if ds.truth is not None:  # the seed's ground-truth files change the token truth in the store
         extra["truth"] = ds.truth.describe()
     return cfg.run_dir / "stores" / f"{ds.name}-{cfg.embed.key(extra)}"
+
+
+def linsep_solver(cfg: RunConfig) -> str:
+    """Separator training: logistic regression with bias (ours) or the seed's bias-free Adam."""
+    return "seed" if cfg.protocol == "seed" else "logreg"
 
 
 def learn_concepts(store: TokenStore, layer: int, ctype: str, cfg: RunConfig, out: Path) -> tuple[ConceptSet, ConceptSet | None]:
@@ -91,7 +102,7 @@ def learn_concepts(store: TokenStore, layer: int, ctype: str, cfg: RunConfig, ou
             cs = learn_mean_concepts(store, layer, idx)
         elif ctype == "linsep":
             cs = learn_linsep_concepts(store, layer, idx, cfg.concepts.linsep_max_tokens_per_class,
-                                       cfg.concepts.linsep_c, cfg.seed)
+                                       cfg.concepts.linsep_c, cfg.seed, solver=linsep_solver(cfg))
         else:
             raise ValueError(f"concept type {ctype!r} is not handled by the supervised pipeline")
         cs.save(tok_dir)
@@ -100,7 +111,8 @@ def learn_concepts(store: TokenStore, layer: int, ctype: str, cfg: RunConfig, ou
         if ConceptSet.exists(glob_dir):
             gcs = ConceptSet.load(glob_dir)
         else:
-            gcs = learn_global_concepts(store, layer, idx, ctype, cfg.concepts.linsep_c, cfg.seed)
+            gcs = learn_global_concepts(store, layer, idx, ctype, cfg.concepts.linsep_c, cfg.seed,
+                                        solver=linsep_solver(cfg))
             gcs.save(glob_dir)
     return cs, gcs
 
@@ -115,6 +127,8 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
     ds = prepare_dataset(cfg)
     sdir = store_dir_for(cfg, ds)
     store = embed_dataset(ds, cfg.embed, sdir, encoder=image_encoder_for_run(cfg, ds, sdir), progress=progress)
+    if store.info.token_ground_truth == "sample":
+        log.warning("%s: %s", ds.name, SAMPLE_LABELS_NOTE)
     device = pick_device(cfg.score_device)
     prompted = None
     if "prompt" in cfg.detect.methods:  # baseline: ask a (vision-)language model, once per run
@@ -127,7 +141,8 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
     tables, stage_index = [], []
     for layer in store.layers:
         for ctype in cfg.concepts.types:
-            key = stable_hash([sdir.name, ctype, cfg.concepts.__dict__, cfg.seed, "global" in cfg.detect.methods])
+            key = stable_hash([sdir.name, ctype, cfg.concepts.__dict__, cfg.seed, "global" in cfg.detect.methods]
+                              + (["protocol=seed"] if cfg.protocol == "seed" else []))
             stage = run_dir / "stages" / f"L{layer:02d}_{ctype}_{key}"
             if ctype in UNSUPERVISED_TYPES:  # clusters / SAE units, matched to concepts on cal
                 table = run_unsupervised_stage(store, layer, ctype, cfg, stage, device)
@@ -140,7 +155,8 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
             else:
                 cs, gcs = learn_concepts(store, layer, ctype, cfg, stage)
                 hist = HistogramAccumulator.for_store(store, cs, seed=cfg.seed, device=device)  # figures
-                summary = summarise(store, cs, gcs, seed=cfg.seed, device=device, extra=[hist])
+                summary = summarise(store, cs, gcs, seed=cfg.seed, device=device, extra=[hist],
+                                    independent_random=cfg.protocol == "seed")
                 hist.result().save(stage / HIST_FILE)
                 summary.save(summ_path)
             if prompted is not None:
@@ -169,7 +185,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
 def format_macro(macro: pd.DataFrame) -> str:
     """Macro-F1 table with the SuperActivator margin over the best baseline."""
     df = macro.copy()
-    plain = [c for c in df.columns if c != "superactivator" and "@" not in c]
+    plain = [c for c in df.columns if is_baseline(c)]
     if "superactivator" in df.columns and plain:
         df.insert(1, "margin_vs_best_baseline", df["superactivator"] - df[plain].max(axis=1))
     with pd.option_context("display.width", 200, "display.max_columns", 50):

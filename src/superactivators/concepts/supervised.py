@@ -131,14 +131,88 @@ def _fit_separators(x: np.ndarray, y: np.ndarray, c_reg: float, seed: int) -> tu
     return W, b
 
 
+@dataclass(frozen=True)
+class SeedAdam:
+    """The seed study's separator training (``utils/compute_concepts_utils.py``, ``train_model``,
+    with the settings of ``scripts/compute_all_concepts.py``): a bias-free ``nn.Linear(d, 1)``,
+    BCE-with-logits, Adam, step-decayed learning rate, early stop on train F1 or a stalled loss."""
+
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    max_epochs: int = 1000
+    patience: int = 20
+    tolerance: float = 1e-3
+    lr_step: int = 5
+    lr_gamma: float = 0.8
+
+
+def fit_separators_seed(x: np.ndarray, y: np.ndarray, seed: int = 0, opts: SeedAdam = SeedAdam()) -> np.ndarray:
+    """``protocol: seed``: one bias-free separator ``w`` per column of ``y``, scored ``x . w``.
+
+    Each concept's rows are balanced first, as the seed does (``balance_dataset``: as many
+    out-of-concept rows as in-concept ones, drawn without replacement). Returns ``W [C, d]``.
+    """
+    import torch
+
+    x_t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    W = np.zeros((y.shape[1], x.shape[1]), dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    for c in range(y.shape[1]):
+        pos, neg = np.flatnonzero(y[:, c] > 0), np.flatnonzero(y[:, c] <= 0)
+        k = min(len(pos), len(neg))
+        if k == 0:
+            raise ValueError(f"separator #{c}: needs in- and out-of-concept rows, got {len(pos)} and {len(neg)}")
+        rows = np.concatenate([rng.choice(pos, k, replace=False), rng.choice(neg, k, replace=False)])
+        xb, yb = x_t[rows], torch.from_numpy(np.r_[np.ones(k), np.zeros(k)].astype(np.float32))
+        gen = torch.Generator().manual_seed(seed + c)
+        model = torch.nn.Linear(x.shape[1], 1, bias=False)
+        with torch.no_grad():  # nn.Linear's default init, from our own generator
+            bound = 1.0 / np.sqrt(x.shape[1])
+            model.weight.uniform_(-bound, bound, generator=gen)
+        optim = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+        sched = torch.optim.lr_scheduler.StepLR(optim, step_size=opts.lr_step, gamma=opts.lr_gamma)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        best, stall = float("inf"), 0
+        for epoch in range(opts.max_epochs):
+            for idx in torch.randperm(len(rows), generator=gen).split(opts.batch_size):
+                optim.zero_grad()
+                loss_fn(model(xb[idx]).view(-1), yb[idx]).backward()
+                optim.step()
+            with torch.no_grad():
+                logits = model(xb).view(-1)
+                loss = float(loss_fn(logits, yb))
+                pred = logits > 0
+                tp = float((pred & (yb > 0)).sum())
+                f1 = 2 * tp / max(float(pred.sum()) + k, 1.0)
+            if f1 >= 0.99:
+                break
+            if epoch > 0 and best - loss < opts.tolerance:
+                stall += 1
+                if stall >= opts.patience:
+                    break
+            else:
+                stall = 0
+            best = min(best, loss)
+            sched.step()
+        W[c] = model.weight.detach().numpy()[0]
+    return W
+
+
 def learn_linsep_concepts(
-    store: TokenStore, layer: int, concepts: list[int], max_per_class: int = 4000, c_reg: float = 1.0, seed: int = 0
+    store: TokenStore, layer: int, concepts: list[int], max_per_class: int = 4000, c_reg: float = 1.0, seed: int = 0,
+    solver: str = "logreg",
 ) -> ConceptSet:
     """Linear separator per concept on a balanced sample of train tokens.
 
     For each concept, up to ``max_per_class`` in-concept and as many out-of-concept train
     tokens are drawn (seeded); the union of drawn rows is gathered in one pass over the store.
+    ``solver``: ``"logreg"`` (ours: logistic regression with bias, scored ``(w.h + b)/||w||``)
+    or ``"seed"`` (:func:`fit_separators_seed`: bias-free, Adam; scored ``w.h/||w||``, which
+    ranks every token exactly as the seed's ``x . w`` does).
     """
+    if solver not in ("logreg", "seed"):
+        raise ValueError(f"linsep solver must be 'logreg' or 'seed', got {solver!r}")
     rng = np.random.default_rng(seed)
     mean, scale = store.norm(layer)
     train_idx = np.flatnonzero(_split_token_mask(store, "train"))
@@ -162,6 +236,9 @@ def learn_linsep_concepts(
     for c, (p, n) in enumerate(picks):
         sel = np.searchsorted(rows, np.concatenate([p, n]))
         y = np.concatenate([np.ones(len(p)), np.zeros(len(n))])[:, None]
+        if solver == "seed":
+            W[c] = fit_separators_seed(normalise(x[sel], mean, scale), y, seed + c)[0]
+            continue
         Wc, bc = _fit_separators(normalise(x[sel], mean, scale), y, c_reg, seed)
         W[c], b[c] = Wc[0], bc[0]
     return ConceptSet("linsep", [store.concepts[c] for c in concepts], W, b, "signed_distance", layer, mean, scale)
@@ -188,8 +265,10 @@ def gather_rows(store: TokenStore, layer: int, token_rows: np.ndarray, mean: np.
 
 
 def learn_global_concepts(store: TokenStore, layer: int, concepts: list[int], kind: str, c_reg: float = 1.0,
-                          seed: int = 0) -> ConceptSet:
-    """Concept vectors on global embeddings (one per sample) with sample labels."""
+                          seed: int = 0, solver: str = "logreg") -> ConceptSet:
+    """Concept vectors on global embeddings (one per sample) with sample labels.
+
+    ``solver`` as in :func:`learn_linsep_concepts` (``"seed"``: bias-free, Adam)."""
     g = store.globals(layer)
     train = store.splits == "train"
     gmean = g[train].mean(axis=0)
@@ -203,7 +282,10 @@ def learn_global_concepts(store: TokenStore, layer: int, concepts: list[int], ki
         return ConceptSet("mean", names, vec.astype(np.float32), np.zeros(len(concepts), np.float32), "cosine",
                           layer, gmean.astype(np.float32), gscale, space="globals")
     if kind == "linsep":
-        W, b = _fit_separators(x, y, c_reg, seed)
+        if solver == "seed":
+            W, b = fit_separators_seed(x, y, seed), np.zeros(len(concepts), np.float32)
+        else:
+            W, b = _fit_separators(x, y, c_reg, seed)
         return ConceptSet("linsep", names, W, b, "signed_distance", layer, gmean.astype(np.float32), gscale,
                           space="globals")
     raise ValueError(f"no global variant for concept kind {kind!r}")

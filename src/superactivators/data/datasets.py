@@ -302,6 +302,24 @@ def _attach_truth(ds: Dataset, df: pd.DataFrame, label_cols: dict[str, np.ndarra
         ds.spans = _restrict_spans(truth.spans, ds.concepts)
 
 
+#: what a run on data with sample labels only has to say (dataset-info, run log, report)
+SAMPLE_LABELS_NOTE = (
+    "no token-level ground truth (sample labels only): every valid token of a positive sample counts "
+    "as in-concept, so SuperActivator's calibration population is mostly tokens that do not carry the "
+    "concept, its tail thresholds are set by that noise, and localisation cannot be scored. The "
+    "sample-label variant 'superactivator_sample' (top 10 % tokens of each positive cal sample) is "
+    "reported beside it; see docs/protocol.md."
+)
+
+
+def withhold_token_truth(ds: Dataset) -> Dataset:
+    """``ds`` without its spans, masks, ``mask::`` columns and seed truth (``data.sample_labels_only``)."""
+    import dataclasses
+
+    meta = ds.metadata[[c for c in ds.metadata.columns if not str(c).startswith("mask::")]]
+    return dataclasses.replace(ds, spans=None, mask_paths=None, metadata=meta, truth=None)
+
+
 def usable_concepts(ds: Dataset, need: tuple[str, ...] = ("train", "cal")) -> list[str]:
     """Concepts with positives in every split of ``need``; warns about each one dropped."""
     counts = ds.positives_per_split()
@@ -357,6 +375,8 @@ def dataset_summary(ds: Dataset, amounts: bool = True) -> str:
     table = truth_amounts(ds) if amounts else None
     if table is not None:
         lines += ["", f"token-level truth per concept (in-concept {ds.truth.unit}):", table.to_string()]
+    if not ds.has_token_ground_truth():
+        lines[5:5] = ["note: " + SAMPLE_LABELS_NOTE]
     if len(ds.metadata.columns):
         lines.insert(5, f"metadata columns: {', '.join(ds.metadata.columns)}")
     return "\n".join(lines)

@@ -71,12 +71,23 @@ class MaskOptions:
     coverage: float = 0.5  # min fraction of a patch's pixels inside the mask for "in concept"
     content: float = 0.5  # min fraction of a patch's pixels that are image (not padding) for "valid"
     skip_bad_images: bool = False  # drop (and report) samples whose image/mask cannot be read
+    # the seed's rule (protocol: seed): a patch is in-concept / valid when *any* of its pixels
+    # is in the mask / the image; coverage and content are then not used
+    any_pixel: bool = False
 
     def __post_init__(self) -> None:
         for name in ("coverage", "content"):
             v = getattr(self, name)
             if not 0.0 < v <= 1.0:
                 raise ValueError(f"MaskOptions.{name} must be in (0, 1], got {v}")
+
+    def in_concept(self, cover: np.ndarray) -> np.ndarray:
+        """Patches in-concept given the fraction of their pixels in the mask."""
+        return cover > 1e-9 if self.any_pixel else cover >= self.coverage - 1e-9
+
+    def is_content(self, content: np.ndarray) -> np.ndarray:
+        """Patches valid (image, not padding) given the fraction of their pixels that are image."""
+        return content > 1e-9 if self.any_pixel else content >= self.content - 1e-9
 
 
 # --------------------------------------------------------------------------- geometry
@@ -425,9 +436,9 @@ def sample_patch_labels(
     """
     masks, cols, known = src.concept_masks(i, (pl.orig_h, pl.orig_w))
     content, cover = patch_fractions(pl, patch, masks)
-    valid = content >= opts.content - 1e-9
+    valid = opts.is_content(content)
     gt = np.zeros((len(content), len(src.ds.concepts)), dtype=bool)
-    gt[:, cols] = cover >= opts.coverage - 1e-9
+    gt[:, cols] = opts.in_concept(cover)
     gt[:, cols[~known]] = True  # positives without any mask: sample-level truth
     gt &= valid[:, None]
     return valid, gt

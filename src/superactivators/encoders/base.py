@@ -34,10 +34,14 @@ class EmbedConfig:
     shard_tokens: int = 65536
     revision: str | None = None
     trust_remote_code: bool = False
+    # set from the run's top-level ``protocol`` (docs/protocol.md): "seed" embeds texts without
+    # special tokens or truncation (mean global) and pre-resizes Llama-3.2-Vision images to one tile
+    protocol: str = "ours"
 
     def key(self, extra: dict | None = None) -> str:
         """Hash of everything that changes the stored values (not batch size or device)."""
-        d = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "device", "device_map", "shard_tokens")}
+        skip = ("batch_size", "device", "device_map", "shard_tokens") + (("protocol",) if self.protocol == "ours" else ())
+        d = {k: v for k, v in asdict(self).items() if k not in skip}
         d.update(extra or {})
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

@@ -42,5 +42,5 @@ def image_encoder_for_run(cfg: Any, ds: Dataset, store_dir: Path) -> Encoder | N
     if manifest.exists() and json.loads(manifest.read_text()).get("complete"):
         return None
     opts = MaskOptions(coverage=cfg.data.mask_coverage, content=cfg.data.content_coverage,
-                       skip_bad_images=cfg.data.skip_bad_images)
+                       skip_bad_images=cfg.data.skip_bad_images, any_pixel=cfg.protocol == "seed")
     return make_encoder(cfg.embed, "image", opts)

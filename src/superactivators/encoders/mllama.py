@@ -28,6 +28,8 @@ The canvas depends on the image size, so an Mllama store has no single ``patch_g
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -214,11 +216,34 @@ class MllamaImageEncoder:
     def geometry(self, h: int, w: int) -> TileGeometry:
         return tile_geometry(h, w, self.tile_size, self.max_tiles, self.patch_size)
 
+    def seed_fit(self, im: Any) -> Any:
+        """``protocol: seed``: the image resized, aspect kept, so its longer side is one tile (LANCZOS).
+
+        As the seed's ``load_images`` (``get_resized_dims_w_same_ar``): the new short side is
+        truncated to an int, and small images are enlarged too; the processor then places it
+        on a single tile, padded right and below.
+        """
+        from PIL import Image
+
+        w, h = im.size
+        t = self.tile_size
+        nw, nh = (t, max(1, int(t / (w / h)))) if w > h else (max(1, int(t * (w / h))), t)
+        return im.resize((nw, nh), Image.LANCZOS)
+
+    def _prepare(self, images: Sequence[Any]) -> tuple[list[Any], list[TileGeometry]]:
+        """RGB images as fed to the processor and their geometry (orig = the image as given)."""
+        images = [im.convert("RGB") for im in images]
+        if self.cfg.protocol != "seed":
+            return images, [self.geometry(im.height, im.width) for im in images]
+        fitted = [self.seed_fit(im) for im in images]
+        geos = [dataclasses.replace(self.geometry(f.height, f.width), orig_h=im.height, orig_w=im.width)
+                for im, f in zip(images, fitted)]
+        return fitted, geos
+
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Any], valid: Sequence[np.ndarray] | None = None) -> EncodedBatch:
         """Embed PIL images; ``valid`` overrides the geometric validity per image (same length)."""
-        images = [im.convert("RGB") for im in images]
-        geos = [self.geometry(im.height, im.width) for im in images]
+        images, geos = self._prepare(images)
         inputs = self.processor(images=[[im] for im in images], return_tensors="pt")
         want = [self.aspect_ids[(g.tiles_h, g.tiles_w)] for g in geos]
         got = inputs["aspect_ratio_ids"].reshape(-1).tolist()
@@ -248,7 +273,9 @@ class MllamaImageEncoder:
 
     def _valid(self, geo: TileGeometry, valid: Sequence[np.ndarray] | None, i: int) -> np.ndarray:
         if valid is None:
-            return geo.valid(CONTENT if self.mask_options is None else self.mask_options.content)
+            if self.mask_options is None:
+                return geo.valid(CONTENT)
+            return self.mask_options.is_content(geo.content_fraction())
         v = np.asarray(valid[i], dtype=bool)
         if v.shape != (geo.n_patches,):
             raise ValueError(f"validity of image {i} has {v.shape} entries, its canvas {geo.n_patches} patches")
@@ -265,8 +292,7 @@ class MllamaImageEncoder:
         opts = self.mask_options or MaskOptions()
         src = MaskSource(ds)
         valids, gts = [], []
-        for i, im in zip(ids, images):
-            geo = self.geometry(im.height, im.width)
+        for i, geo in zip(ids, self._prepare(images)[1]):
             v, gt = sample_patch_labels(src, int(i), geo.placement(), self.patch_size, opts)
             valids.append(v)
             gts.append(gt)

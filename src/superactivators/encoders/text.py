@@ -106,6 +106,8 @@ class TextEncoder:
         self._drop_inputs = {"token_type_ids"} if "token_type_ids" not in params else set()
 
     def _pick_global(self, requested: str) -> str:
+        if requested == "auto" and self.cfg.protocol == "seed":
+            return "mean"  # the seed mean-pools every text model's tokens (Qwen3 too)
         gt = requested if requested != "auto" else self.family.global_token
         if gt == "auto":
             gt = "cls" if self.tokenizer.cls_token_id is not None else "mean"
@@ -120,6 +122,7 @@ class TextEncoder:
             "hidden_size": self.hidden_size, "global_token": self.global_token,
             "compute_dtype": str(self.dtype).replace("torch.", ""),
             "stop_early": self.blocks is not None, "device_map": self.cfg.device_map,
+            "special_tokens": self.cfg.protocol != "seed", "truncation": None if self.cfg.protocol == "seed" else self.cfg.max_length,
         }
 
     def _layer_states(self, batch: dict) -> dict[int, torch.Tensor]:
@@ -136,8 +139,12 @@ class TextEncoder:
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str]) -> EncodedBatch:
+        # protocol "seed": as the seed study, no special tokens (no BOS / appended EOS) and no
+        # truncation; ours: the tokenizer's own specials in the forward pass (never stored)
+        seed = self.cfg.protocol == "seed"
         enc = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.cfg.max_length,
+            list(texts), padding=True, truncation=not seed, max_length=None if seed else self.cfg.max_length,
+            add_special_tokens=not seed,
             return_offsets_mapping=True, return_special_tokens_mask=True, return_tensors="pt",
         )
         offsets = enc.pop("offset_mapping").numpy()

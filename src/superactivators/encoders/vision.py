@@ -159,7 +159,8 @@ class ImageEncoder:
             "compute_dtype": str(self.dtype).replace("torch.", ""), "patch_size": self.patch_size,
             "input_size": list(self.input_size), "n_prefix_tokens": self.n_prefix,
             "geometry": self.geometry.resize, "crop": self.geometry.crop,
-            "mask_coverage": self.options.coverage, "content_coverage": self.options.content,
+            "mask_coverage": "any pixel" if self.options.any_pixel else self.options.coverage,
+            "content_coverage": "any pixel" if self.options.any_pixel else self.options.content,
         }
 
     # ------------------------------------------------------------------ inputs
@@ -228,7 +229,7 @@ class ImageEncoder:
         if self.geometry.always_content():
             return np.ones((len(placements), self.n_patches), dtype=bool)
         content = np.stack([patch_fractions(pl, self.patch_size)[0] for pl in placements])
-        return content >= self.options.content - 1e-9
+        return self.options.is_content(content)
 
     def encode_images(self, images: list) -> EncodedBatch:
         """Embed new images (PIL images or paths), without ground truth: the fitted detector's input."""

@@ -4,8 +4,13 @@ A method is a per-sample score ``[N, C]`` plus a calibration population per conc
 
 - ``superactivator``: score = max token activation; population = in-concept *token*
   activations on ``cal``. A sample is positive iff some token reaches the tail threshold.
+- ``superactivator_sample``: the sample-label variant, for data without token-level truth:
+  score = max token activation; population = the top ``SAMPLE_DELTA`` (10) % tokens of each
+  positive ``cal`` sample (:class:`~superactivators.evaluate.scoring.TopTokenCollector`), so
+  its threshold is fitted on sample labels alone.
 - baselines ``global``, ``max_token``, ``mean_token``, ``last_token``, ``random_token``:
-  population = the score of the concept's positive ``cal`` samples.
+  population = the score of the concept's positive ``cal`` samples (``random_token`` under
+  ``protocol: seed``: of an independent second draw, see ``ScoreSummary.populations``).
 
 Both use the same protocol: thresholds at the ``(1 - N/100)`` quantile for every N of the
 grid, N picked per concept by ``cal`` F1 (first best in grid order). ``METHOD@best_threshold``
@@ -25,7 +30,14 @@ from .metrics import Confusion, f1_grid
 from .scoring import ScoreSummary
 
 BASELINES = ("global", "max_token", "mean_token", "last_token", "random_token")
-METHODS = ("superactivator", *BASELINES)
+METHODS = ("superactivator", "superactivator_sample", *BASELINES)
+#: methods that threshold the max token against a token-level tail (not baselines)
+TAIL_METHODS = ("superactivator", "superactivator_sample")
+
+
+def is_baseline(method: str) -> bool:
+    """A plain (tail-calibrated) baseline: not a SuperActivator variant, not ``@best_threshold``."""
+    return method not in TAIL_METHODS and "@" not in method
 MACRO = "__macro__"
 WEIGHTED = "__weighted__"
 
@@ -95,13 +107,18 @@ def run_detection(
         if m == "superactivator":
             scores = summary.sample_scores["max_token"]
             pops = summary.cal_in_concept
+        elif m == "superactivator_sample":
+            if m not in summary.populations:  # a summary cached before the variant existed
+                continue
+            scores = summary.sample_scores["max_token"]
+            pops = summary.populations[m]
         elif m in summary.sample_scores:
             scores = summary.sample_scores[m]
-            pops = positive_populations(scores[cal], labels[cal])
+            pops = summary.populations.get(m) or positive_populations(scores[cal], labels[cal])
         else:
             continue
         out.append(calibrate_method(m, scores, pops, labels, splits, summary.names, grid))
-        if best_threshold and m != "superactivator":
+        if best_threshold and m not in TAIL_METHODS:
             out.append(calibrate_best_threshold(m, scores, labels, splits, summary.names))
     return out
 

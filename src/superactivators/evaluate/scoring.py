@@ -280,6 +280,73 @@ class InConceptCollector:
         return group_by_concept(np.concatenate(self._vals), np.concatenate(self._cols), self.n_concepts)
 
 
+#: the sample-label variant's share of each positive sample's tokens taken as its top tokens
+SAMPLE_DELTA: float = 10.0
+
+
+class TopTokenCollector:
+    """Per concept, the top ``delta`` % valid token activations of each positive sample of a split.
+
+    The population of the sample-label SuperActivator variant (``superactivator_sample``): with
+    sample labels only, which tokens of a positive sample carry the concept is unknown, so the
+    ``ceil(delta / 100 * n_valid)`` (at least one) highest-activating tokens of every positive
+    ``cal`` sample stand in for its in-concept tokens. Sorting is one ``lexsort`` per concept
+    over the shard's split tokens (sample, then activation descending); no per-token Python.
+    """
+
+    def __init__(self, split_mask: np.ndarray, labels: np.ndarray, delta: float = SAMPLE_DELTA):
+        if not 0 < delta <= 100:
+            raise ValueError(f"delta must be in (0, 100], got {delta}")
+        self.split_mask = split_mask
+        self.labels = np.asarray(labels, dtype=bool)  # [N, C] sample labels, columns = activation columns
+        self.delta = float(delta)
+        self._vals: list[list[np.ndarray]] = [[] for _ in range(self.labels.shape[1])]
+
+    def add(self, shard: Shard, acts: np.ndarray, ctx: PassContext) -> None:
+        sid = ctx.store.sample_of_token[shard.token_start:shard.token_stop]
+        keep = self.split_mask[sid] & ctx.valid(shard)
+        if not keep.any():
+            return
+        rows = np.flatnonzero(keep)
+        sid = sid[rows]
+        n_valid = np.bincount(sid - shard.start, minlength=shard.stop - shard.start)
+        k = np.maximum(1, np.ceil(self.delta / 100.0 * n_valid - 1e-9).astype(np.int64))  # per sample
+        for c in range(self.labels.shape[1]):
+            pos = self.labels[sid, c]
+            if not pos.any():
+                continue
+            r, s_c = rows[pos], sid[pos]
+            a = acts[r, c]
+            order = np.lexsort((-a, s_c))  # by sample, then activation high to low
+            s_sorted = s_c[order]
+            first = np.searchsorted(s_sorted, s_sorted, side="left")  # start of each sample's run
+            rank = np.arange(len(order)) - first
+            self._vals[c].append(a[order][rank < k[s_sorted - shard.start]])
+
+    def per_concept(self) -> list[np.ndarray]:
+        return [np.concatenate(v).astype(np.float32) if v else np.empty(0, np.float32) for v in self._vals]
+
+
+class RandomTokenDraw:
+    """One more random valid token per sample, drawn independently of :class:`SampleReducer`'s.
+
+    The seed study draws the random token anew in each pass (once for the calibration
+    population, again when scoring samples; ``protocol: seed``); this is that second draw.
+    """
+
+    def __init__(self, n_samples: int, n_concepts: int, seed: int = 0):
+        self.random = np.zeros((n_samples, n_concepts), dtype=np.float32)
+        self._u = np.random.default_rng([seed, 1]).random(n_samples)
+
+    def add(self, shard: Shard, acts: np.ndarray, ctx: PassContext) -> None:
+        sl = slice(shard.start, shard.stop)
+        valid = ctx.valid(shard)
+        n_valid = np.add.reduceat(valid.astype(np.int64), ctx.local_starts(shard))
+        first_rank = np.concatenate([[0], np.cumsum(n_valid)[:-1]])
+        k = np.minimum((self._u[sl] * n_valid).astype(np.int64), n_valid - 1)
+        self.random[sl] = acts[np.flatnonzero(valid)[first_rank + k]]
+
+
 def score_store(
     store: TokenStore,
     cs: ConceptSet,
@@ -311,12 +378,19 @@ class ScoreSummary:
     names: list[str]
     sample_scores: dict[str, np.ndarray]  # method -> [N, C]
     cal_in_concept: list[np.ndarray]  # per concept, in-concept token activations on cal
+    # method -> per concept cal population replacing the method's default one
+    # ("superactivator_sample": top tokens of positive samples; "random_token" under protocol seed)
+    populations: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
         arrays = {f"score__{k}": v for k, v in self.sample_scores.items()}
         from .quantiles import pack_populations  # noqa: PLC0415
 
         arrays.update(pack_populations(self.cal_in_concept))
+        for m, pops in self.populations.items():
+            arrays[f"pop__{m}__lengths"] = np.array([len(v) for v in pops], dtype=np.int64)
+            arrays[f"pop__{m}__values"] = (np.concatenate([np.asarray(v, np.float32) for v in pops])
+                                           if pops else np.empty(0, np.float32))
         arrays["names"] = np.array(self.names)
         atomic_save_npz(Path(path), **arrays)
 
@@ -325,24 +399,45 @@ class ScoreSummary:
         from .quantiles import unpack_populations  # noqa: PLC0415
 
         z = np.load(path)
+        pops = {}
+        for k in z.files:
+            if k.startswith("pop__") and k.endswith("__lengths"):
+                m = k[5:-9]
+                bounds = np.concatenate([[0], np.cumsum(z[k])]).astype(np.int64)
+                vals = z[f"pop__{m}__values"]
+                pops[m] = [vals[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
         return cls(
             names=[str(n) for n in z["names"]],
             sample_scores={k[7:]: z[k] for k in z.files if k.startswith("score__")},
             cal_in_concept=unpack_populations(z),
+            populations=pops,
         )
 
 
 def summarise(store: TokenStore, cs: ConceptSet, global_cs: ConceptSet | None, seed: int = 0,
               device: str | torch.device = "cpu", extra: Sequence[Accumulator] = (),
-              max_cal_values: int | None = 25_000_000) -> ScoreSummary:
+              max_cal_values: int | None = 25_000_000, sample_delta: float | None = SAMPLE_DELTA,
+              independent_random: bool = False) -> ScoreSummary:
     """One pass: per-sample reductions, cal in-concept activations, and global scores.
 
     Past ``max_cal_values`` in-concept cal activations, their quantiles are streamed (see
-    :class:`InConceptCollector`)."""
+    :class:`InConceptCollector`). ``sample_delta`` (percent; None: off) also collects the
+    sample-label variant's population (:class:`TopTokenCollector`); ``independent_random``
+    (``protocol: seed``) calibrates ``random_token`` on a second, independent draw."""
     reducer = SampleReducer(store.n_samples, len(cs.names), seed=seed)
-    cal = InConceptCollector(store.splits == "cal", len(cs.names), max_values=max_cal_values)
-    score_store(store, cs, [reducer, cal, *extra], device=device)
+    cal_mask = store.splits == "cal"
+    cal = InConceptCollector(cal_mask, len(cs.names), max_values=max_cal_values)
+    concept_idx = [store.concepts.index(n) for n in cs.names]
+    top = TopTokenCollector(cal_mask, store.labels[:, concept_idx], sample_delta) if sample_delta else None
+    draw = RandomTokenDraw(store.n_samples, len(cs.names), seed) if independent_random else None
+    score_store(store, cs, [reducer, cal, *[a for a in (top, draw) if a is not None], *extra], device=device)
     scores = reducer.scores()
     if global_cs is not None:
         scores["global"] = score_globals(store, global_cs)
-    return ScoreSummary(list(cs.names), scores, cal.per_concept())
+    pops: dict[str, list[np.ndarray]] = {}
+    if top is not None:
+        pops["superactivator_sample"] = top.per_concept()
+    if draw is not None:
+        pos = store.labels[:, concept_idx].astype(bool) & cal_mask[:, None]
+        pops["random_token"] = [draw.random[pos[:, c], c] for c in range(len(cs.names))]
+    return ScoreSummary(list(cs.names), scores, cal.per_concept(), pops)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .detect import MACRO, METHODS, WEIGHTED
+from .detect import MACRO, METHODS, WEIGHTED, is_baseline
 
 KEYS = ["concept_type", "method", "concept"]
 REPORTED = ["best_layer", "cal_f1", "n_pct", "threshold", "support", "precision", "recall", "f1"]
@@ -89,7 +89,7 @@ def headline(macro: pd.DataFrame, concept_type: str) -> dict[str, float | str]:
     m = macro[macro["concept_type"] == concept_type].set_index("method")["f1"]
     if "superactivator" not in m.index:
         raise ValueError(f"no superactivator rows for concept type {concept_type!r}")
-    base = m[[k for k in m.index if k != "superactivator" and "@" not in k]]
+    base = m[[k for k in m.index if is_baseline(k)]]
     out: dict[str, float | str] = {"concept_type": concept_type, "superactivator": float(m["superactivator"])}
     if len(base):
         out.update(best_baseline=str(base.idxmax()), baseline_f1=float(base.max()),

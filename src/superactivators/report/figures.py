@@ -33,12 +33,14 @@ OUT_C = OKABE_ITO["sky"]
 METHOD_COLORS = {
     "superactivator": SUPER, "global": OKABE_ITO["blue"], "max_token": OKABE_ITO["green"],
     "mean_token": OKABE_ITO["purple"], "last_token": OKABE_ITO["orange"], "random_token": "#7f7f7f",
+    "superactivator_sample": OKABE_ITO["black"],
 }
 # lines next to a vermillion SuperActivator line (vermillion left out; yellow last, it is faint on white)
 LINE_COLORS = [OKABE_ITO[k] for k in ("blue", "orange", "green", "purple", "sky", "black", "yellow")]
 METHOD_LABELS = {
     "superactivator": "SuperActivator", "global": "global (CLS/pooled)", "max_token": "max token",
     "mean_token": "mean token", "last_token": "last token", "random_token": "random token",
+    "superactivator_sample": "SuperActivator (sample labels)",
 }
 STYLE = {
     "font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9.5,

@@ -32,6 +32,7 @@ import yaml
 
 from ..concepts.supervised import ConceptSet
 from ..evaluate.calibrate import DEFAULT_GRID
+from ..data.datasets import SAMPLE_LABELS_NOTE
 from ..evaluate.detect import MACRO, METHODS, run_detection
 from ..evaluate.scoring import ScoreSummary
 from ..evaluate.sweep import best_layers, headline, layer_curve, load_metrics, per_concept_rows, sweep_macro
@@ -333,6 +334,9 @@ class ReportBuilder:
             heads.append(f"<div class='card'><div class='card-t'>{html.escape(ct)} concepts</div>"
                          f"<div class='big'>{h['superactivator']:.3f}</div><div>SuperActivator macro test F1 "
                          f"{base}</div></div>")
+        if store.info.token_ground_truth == "sample":  # say it where the headline numbers are
+            heads.insert(0, "<div class='card' id='sample-labels-note'><div class='card-t'>sample labels only</div>"
+                            f"<div>{html.escape(SAMPLE_LABELS_NOTE[0].upper() + SAMPLE_LABELS_NOTE[1:])}</div></div>")
         # first view: the first concept type at the layer where SuperActivator's macro F1 on cal peaks
         sa_curve = curve[(curve["method"] == "superactivator") & (curve["concept_type"] == ctypes[0])]
         rank = "cal_f1" if "cal_f1" in sa_curve else "f1"
