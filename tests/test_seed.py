@@ -170,7 +170,7 @@ def test_clevr_bad_mask_file(tmp_path):
     masks[2] = torch.zeros(5, 7)
     torch.save(masks, root / "object_segmentations.pt")
     ds = load_dataset(root)
-    with pytest.raises(DatasetError, match=r"clevr-masks .*row 4 of .*mask is 7x5 but the image is 32x24"):
+    with pytest.raises(DatasetError, match=r"object_segmentations.pt, entry 2 \(row 4 of .*mask is 7x5 but the image is 32x24"):
         check_images(ds)
     (root / "object_segmentations.pt").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(DatasetError, match="cannot read object mask file"):
@@ -229,7 +229,7 @@ def test_coco_cal_rows_read_the_cal_file(tmp_path):
 @pytest.mark.parametrize("case, match", [
     ("unknown_sample", r"row 2: image '000000000007.jpg' is in none of the COCO annotation files"),
     ("truncated", r"instances_val2017.json: not a valid COCO instances file"),
-    ("size", r"row 2 of .*mask is 6x4 but the image is 6x5"),
+    ("size", r"instances_val2017.json: image 7 is 6x4 but row 2 of .*000000000007.jpg is 6x5 \(mask size mismatch"),
     ("unknown_concept", r"concept column\(s\) \['cow'\] are neither a category nor a supercategory"),
 ])
 def test_coco_bad_input(tmp_path, case, match):
@@ -307,8 +307,11 @@ def test_broden_release_bad_input(tmp_path, case, match):
         else:
             df.insert(0, "object::cow", 0)
         df.to_csv(root / "metadata.csv", index=False)
-    with pytest.raises(DatasetError, match=match):
-        truth_amounts(load_dataset(root))
+    with pytest.raises(DatasetError, match=match):  # before any model: the up-front image check
+        check_images(load_dataset(root))
+    if case in ("plane_missing", "size"):
+        with pytest.raises(DatasetError, match=match):  # and when the masks are read
+            truth_amounts(load_dataset(root))
 
 
 def test_broden_segmentations_pt(tmp_path):
@@ -319,6 +322,11 @@ def test_broden_segmentations_pt(tmp_path):
     raw = load_dataset(root, ground_truth="broden-release")
     assert truth_amounts(raw)["pixels"].to_dict() == expected
     segs = torch.load(root / "segmentations.pt")
+    c = next(iter(segs[1]))
+    torch.save([*segs[:1], {**segs[1], c: torch.ones(5, 5)}, *segs[2:]], root / "segmentations.pt")
+    with pytest.raises(DatasetError, match=rf"segmentations.pt, entry 1 \(row 3 .*concept '{c}'.*mask is 5x5 but "
+                                          r"the image is 32x32"):
+        check_images(load_dataset(root))
     segs[1] = {**segs[1], "material::unobtainium": torch.ones(16, 16)}
     torch.save(segs, root / "segmentations.pt")
     with pytest.raises(DatasetError, match=r"segmentations.pt: entry 1 \(row 3 .*\['material::unobtainium'\]"):

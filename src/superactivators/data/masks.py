@@ -559,20 +559,18 @@ def check_images(ds: Dataset, skip_bad: bool = False) -> tuple[Dataset, ImageChe
 
 
 def _check_truth_sizes(ds: Dataset, skip_bad: bool, done: set[int]) -> list[tuple[int, str]]:
-    """Each image's size against the size its seed truth expects (COCO json, Broden index, CLEVR masks)."""
+    """Each sample's seed masks against its image (sizes, segmentation file headers), before any model."""
     from PIL import Image
 
     out = []
     for i in range(len(ds)):
         if i in done:
             continue
-        want = ds.truth.image_size(ds.source_row(i))
-        if want is None:
-            continue
+        row = ds.source_row(i)
         with Image.open(ds.image_path(i)) as im:
-            h, w = im.height, im.width
+            hw = (im.height, im.width)
         try:
-            fit_mask(np.zeros(want, dtype=bool), (h, w), f"{ds.truth.describe()}, row {ds.source_row(i) + 2} of {ds.source}")
+            ds.truth.check_row(row, hw, f"row {row + 2} of {ds.source}, image {ds.image_path(i)}")
         except DatasetError as err:
             if not skip_bad:
                 raise

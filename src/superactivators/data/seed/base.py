@@ -82,9 +82,11 @@ class MaskTruth(GroundTruth):
         """Boolean masks (native resolution) of those ``names`` this source has for ``row``."""
         raise NotImplementedError
 
-    def image_size(self, row: int) -> tuple[int, int] | None:
-        """``(height, width)`` the truth expects the row's image to have, if it says."""
-        return None
+    def check_row(self, row: int, image_hw: tuple[int, int], where: str) -> None:
+        """Cheap check (sizes, file headers) that the row's masks fit its ``image_hw`` image.
+
+        Called for every sample before any model loads; an error names the file and row.
+        """
 
     def amounts(self, rows: Sequence[int], concepts: Sequence[str], labels: np.ndarray) -> pd.DataFrame:
         n_pos = labels.sum(axis=0).astype(np.int64)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError
-from .base import MaskTruth, MetaRows, read_csv
+from .base import MaskTruth, MetaRows, fit_mask, read_csv
 from .torchfile import load_row_list
 
 SEGMENTATIONS = "segmentations.pt"
@@ -60,6 +60,14 @@ class BrodenSegmentations(MaskTruth):
             if bad:
                 raise DatasetError(f"{path}: entry {r} (row {r + 2} of {rows.source}): concept(s) {bad[:5]} "
                                    "are not columns of metadata.csv (unknown concept)")
+
+    def check_row(self, row: int, image_hw: tuple[int, int], where: str) -> None:
+        for n, m in self.items[row].items():
+            shape = tuple(int(v) for v in m.shape)
+            if len(shape) != 2:
+                raise DatasetError(f"{self.path}: entry {row} ({where}), concept {n!r}: mask of shape {shape}; "
+                                   "expected 2-D")
+            fit_mask(np.zeros(shape, dtype=bool), image_hw, f"{self.path}, entry {row} ({where}), concept {n!r}")
 
     def masks(self, row: int, names: Sequence[str]) -> dict[str, np.ndarray]:
         d = self.items[row]
@@ -137,9 +145,25 @@ class BrodenRelease(MaskTruth):
             raise DatasetError(f"{self.rows.source}: concept '{cat}::{name}': label {name!r} is not in "
                                f"{table} (unknown concept)")
 
-    def image_size(self, row: int) -> tuple[int, int]:
+    def check_row(self, row: int, image_hw: tuple[int, int], where: str) -> None:
+        from PIL import Image
+
         r = self.index_row[row]
-        return int(self.index["ih"].iloc[r]), int(self.index["iw"].iloc[r])
+        seg = (int(self.index["sh"].iloc[r]), int(self.index["sw"].iloc[r]))
+        fit_mask(np.zeros(seg, dtype=bool), image_hw, f"{self.folder / 'index.csv'}, row {r + 2} ({where})")
+        for cat in sorted({c for c, _ in self.concept_label.values()}):
+            for plane in filter(None, (p.strip() for p in str(self.index[cat].iloc[r]).split(";"))):
+                path = self.images / plane
+                try:
+                    with Image.open(path) as im:
+                        hw = (im.height, im.width)
+                except FileNotFoundError:
+                    raise DatasetError(f"Broden segmentation not found: {path} ({where})") from None
+                except (OSError, ValueError) as err:
+                    raise DatasetError(f"cannot read Broden segmentation {path} ({where}): {err}") from None
+                if hw != seg:
+                    raise DatasetError(f"{path}: {hw[1]}x{hw[0]} but {self.folder / 'index.csv'} says "
+                                       f"{seg[1]}x{seg[0]} ({where}; mask size mismatch)")
 
     def _plane(self, name: str, row: int, shape: tuple[int, int]) -> np.ndarray:
         from PIL import Image

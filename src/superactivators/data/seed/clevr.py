@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError
-from .base import MaskTruth, MetaRows
+from .base import MaskTruth, MetaRows, fit_mask
 from .torchfile import load_row_list
 
 SEGMENTATIONS = "object_segmentations.pt"
@@ -46,9 +46,11 @@ class ClevrMaskFile(MaskTruth):
                                f"{tuple(arr.shape)}; expected a 2-D mask")
         return arr != 0
 
-    def image_size(self, row: int) -> tuple[int, int]:
-        shape = tuple(self.items[row].shape)
-        return (int(shape[0]), int(shape[1])) if len(shape) == 2 else (-1, -1)
+    def check_row(self, row: int, image_hw: tuple[int, int], where: str) -> None:
+        shape = tuple(int(v) for v in self.items[row].shape)
+        if len(shape) != 2:
+            raise DatasetError(f"{self.path}: entry {row} ({where}) has shape {shape}; expected a 2-D mask")
+        fit_mask(np.zeros(shape, dtype=bool), image_hw, f"{self.path}, entry {row} ({where})")
 
     def masks(self, row: int, names: Sequence[str]) -> dict[str, np.ndarray]:
         m = self._mask(row)

@@ -131,8 +131,12 @@ class CocoTruth(MaskTruth):
             self.apis.append(api)
         del raw
 
-    def image_size(self, row: int) -> tuple[int, int]:
-        return self.size[row]
+    def check_row(self, row: int, image_hw: tuple[int, int], where: str) -> None:
+        if tuple(image_hw) != self.size[row]:
+            h, w = self.size[row]
+            f, iid = self.where[row]
+            raise DatasetError(f"{self.files[f]}: image {iid} is {w}x{h} but {where} is {image_hw[1]}x{image_hw[0]} "
+                               "(mask size mismatch)")
 
     def _rles(self, row: int, names: Sequence[str]) -> dict[str, dict]:
         """Per requested name present in the row's image: the union of its annotations as one RLE."""
