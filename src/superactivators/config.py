@@ -11,6 +11,7 @@ import yaml
 
 from .data.seed import KINDS as GROUND_TRUTH_KINDS
 from .encoders.base import EmbedConfig
+from .evaluate.attribution import ATTRIBUTIONS
 from .evaluate.calibrate import DEFAULT_GRID
 from .evaluate.detect import METHODS
 
@@ -66,6 +67,28 @@ class DetectConfig:
 
 
 @dataclass
+class LocalizeConfig:
+    """Attribution baselines for localisation (opt-in: they run the model again).
+
+    ``attributions``: any of :data:`~superactivators.evaluate.attribution.ATTRIBUTIONS`
+    (empty: none); ``attribution_budget``: perturbed samples per (sample, concept) for lime /
+    kernel_shap / rise; ``attribution_samples``: detected samples per concept and split;
+    ``attribution_layer``: ``best`` (per concept type, the layer of the best SuperActivator
+    localisation F1 on ``cal``) or a layer index; ``attribution_types``: concept types (default
+    every supervised one).
+    """
+
+    attributions: list[str] = field(default_factory=list)
+    attribution_budget: int = 64
+    attribution_samples: int = 16
+    attribution_layer: str | int = "best"
+    attribution_types: list[str] | None = None
+    ig_steps: int = 16
+    occlusion_window: int = 1
+    batch_size: int = 16
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs; every stage's cache key derives from the relevant part."""
 
@@ -78,6 +101,7 @@ class RunConfig:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     concepts: ConceptConfig = field(default_factory=ConceptConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
+    localize: LocalizeConfig = field(default_factory=LocalizeConfig)
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -104,6 +128,16 @@ class RunConfig:
         if self.data.ground_truth not in GROUND_TRUTH_KINDS:
             raise ValueError(f"unknown data.ground_truth {self.data.ground_truth!r}; choose from "
                              f"{list(GROUND_TRUTH_KINDS)}")
+        if self.localize.attributions:
+            bad = [m for m in self.localize.attributions if m not in ATTRIBUTIONS]
+            if bad:
+                raise ValueError(f"unknown localize.attributions {bad}; choose from {list(ATTRIBUTIONS)}")
+            for k in ("attribution_budget", "attribution_samples", "ig_steps", "occlusion_window", "batch_size"):
+                if int(getattr(self.localize, k)) < 1:
+                    raise ValueError(f"localize.{k} must be >= 1, got {getattr(self.localize, k)}")
+            lay = self.localize.attribution_layer
+            if not (lay == "best" or isinstance(lay, int)):
+                raise ValueError(f"localize.attribution_layer must be 'best' or a layer index, got {lay!r}")
         if self.embed.batch_size < 1:
             raise ValueError("embed.batch_size must be >= 1")
 
@@ -124,7 +158,8 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     kwargs = {}
     for k, v in data.items():
         ftype = fields[k].type
-        sub = {"data": DataConfig, "embed": EmbedConfig, "concepts": ConceptConfig, "detect": DetectConfig}
+        sub = {"data": DataConfig, "embed": EmbedConfig, "concepts": ConceptConfig, "detect": DetectConfig,
+               "localize": LocalizeConfig}
         if cls is RunConfig and k in sub:
             kwargs[k] = _build(sub[k], v or {}, k)
         else:

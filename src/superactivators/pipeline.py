@@ -22,7 +22,9 @@ import yaml
 from .concepts.supervised import ConceptSet, learn_global_concepts, learn_linsep_concepts, learn_mean_concepts
 from .config import RunConfig
 from .data.datasets import SAMPLE_LABELS_NOTE, Dataset, load_dataset, usable_concepts, withhold_token_truth
-from .encoders.factory import image_encoder_for_run
+from .data.masks import MaskOptions
+from .encoders.factory import image_encoder_for_run, make_encoder
+from .evaluate.attribution import AttributionOptions, run_attributions
 from .evaluate.detect import is_baseline, macro_pivot, results_table, run_detection
 from .evaluate.localize import localize_stage
 from .evaluate.matching import UNSUPERVISED_TYPES, run_unsupervised_stage
@@ -48,6 +50,7 @@ class RunResult:
     seconds: float
     stage_dirs: dict[str, Path] = field(default_factory=dict)
     localization: pd.DataFrame | None = None  # token-level localisation (data with masks/spans)
+    attribution: pd.DataFrame | None = None  # localisation on the attributed test samples, every method
 
 
 def prepare_dataset(cfg: RunConfig) -> Dataset:
@@ -89,6 +92,11 @@ def store_dir_for(cfg: RunConfig, ds: Dataset) -> Path:
 def linsep_solver(cfg: RunConfig) -> str:
     """Separator training: logistic regression with bias (ours) or the seed's bias-free Adam."""
     return "seed" if cfg.protocol == "seed" else "logreg"
+
+
+def _mask_options(cfg: RunConfig) -> MaskOptions:
+    return MaskOptions(coverage=cfg.data.mask_coverage, content=cfg.data.content_coverage,
+                       skip_bad_images=cfg.data.skip_bad_images)
 
 
 def learn_concepts(store: TokenStore, layer: int, ctype: str, cfg: RunConfig, out: Path) -> tuple[ConceptSet, ConceptSet | None]:
@@ -138,6 +146,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
                             device=cfg.embed.device, dtype=cfg.embed.dtype)
         prompted = prompt_scores(ds, pcfg, run_dir / "prompt", progress=progress)
     loc_tables: list[pd.DataFrame] = []
+    attr_jobs: list[dict] = []
     tables, stage_index = [], []
     for layer in store.layers:
         for ctype in cfg.concepts.types:
@@ -171,6 +180,8 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
                 loc_tables.append(localize_stage(
                     store, lambda: learn_concepts(store, layer, ctype, cfg, stage)[0], summary, results,
                     cfg.detect.grid, stage, device, cfg.seed, layer=layer, concept_type=ctype))
+                attr_jobs.append({"layer": layer, "ctype": ctype, "stage": stage, "summary": summary,
+                                  "results": results, "loc": loc_tables[-1]})
     atomic_write_json(run_dir / "stages.json", stage_index)  # which stage folders this config used
     table = pd.concat(tables, ignore_index=True)
     atomic_write_bytes(run_dir / "detection_metrics.csv", table.to_csv(index=False).encode())
@@ -179,7 +190,19 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
     loc = pd.concat(loc_tables, ignore_index=True) if loc_tables else None
     if loc is not None:
         atomic_write_bytes(run_dir / "localization_metrics.csv", loc.to_csv(index=False).encode())
-    return RunResult(run_dir, store, table, macro, time.time() - t0, {"store": sdir}, localization=loc)
+    attr = None
+    if cfg.localize.attributions and attr_jobs:
+        lc = cfg.localize
+        opts = AttributionOptions(methods=list(lc.attributions), budget=lc.attribution_budget, ig_steps=lc.ig_steps,
+                                  max_samples=lc.attribution_samples, batch_size=lc.batch_size,
+                                  occlusion_window=lc.occlusion_window, seed=cfg.seed)
+        attr = run_attributions(lambda: make_encoder(cfg.embed, ds.modality, _mask_options(cfg)), ds, store,
+                                attr_jobs, lambda job: learn_concepts(store, job["layer"], job["ctype"], cfg,
+                                                                      job["stage"])[0],
+                                opts, cfg.detect.grid, lc.attribution_layer, lc.attribution_types, progress)
+        atomic_write_bytes(run_dir / "attribution_metrics.csv", attr.to_csv(index=False).encode())
+    return RunResult(run_dir, store, table, macro, time.time() - t0, {"store": sdir}, localization=loc,
+                     attribution=attr)
 
 
 def format_macro(macro: pd.DataFrame) -> str:

@@ -1,0 +1,203 @@
+"""Attribution maps on a tiny linear "ViT" against exact values, and the pipeline hook on a tiny BERT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("captum")
+
+from superactivators.concepts.supervised import ConceptSet  # noqa: E402
+from superactivators.evaluate.attribution import (  # noqa: E402
+    ATTRIBUTIONS,
+    AttributionOptions,
+    ImageAdapter,
+    _rise_masks,
+    attribute,
+    calibrate_maps,
+    make_adapter,
+    SubsetTruth,
+)
+
+D = 2  # hidden size
+P = 4  # 2 x 2 patches of 2 x 2 pixels on a 3 x 4 x 4 image
+
+
+class MixBlock(nn.Module):
+    """h + the token mean: CLS at layer 1 sees every patch entering the block (Grad-CAM needs that)."""
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor]:
+        return (h + h.mean(1, keepdim=True),)
+
+
+class TinyLinearViT(nn.Module):
+    """Layer 0: CLS = A . pixels, patch t = Pm . (its 12 pixels); layer 1 = MixBlock. Linear in pixels."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.A = nn.Parameter(torch.randn(48, D, generator=g))
+        self.Pm = nn.Parameter(torch.randn(12, D, generator=g))
+        self.layers = nn.ModuleList([MixBlock()])
+
+    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = True):
+        B = pixel_values.shape[0]
+        cls = pixel_values.reshape(B, -1) @ self.A
+        patches = pixel_values.reshape(B, 3, 2, 2, 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(B, P, 12) @ self.Pm
+        h0 = torch.cat([cls[:, None], patches], 1)
+        h1 = self.layers[0](h0)[0]
+        return SimpleNamespace(hidden_states=(h0, h1))
+
+
+@pytest.fixture()
+def linear_setup():
+    model = TinyLinearViT().eval()
+    enc = SimpleNamespace(model=model, n_layers=1, global_token="cls", device=torch.device("cpu"), n_prefix=1,
+                          patch_grid=[2, 2], patch_size=2, dtype=torch.float32, modality="image")
+    w = np.array([[0.6, -0.8]], np.float32)  # unit vector: score = w . CLS_1
+    cs = ConceptSet("linsep", ["c"], w, np.zeros(1, np.float32), "signed_distance", 1, np.zeros(D, np.float32), 1.0)
+    adapter = make_adapter(enc, 1, cs)
+    assert isinstance(adapter, ImageAdapter)
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    # direct: the score is linear in the pixels, y = sum_i g_i x_i; its gradient g by autograd
+    xg = x.clone().requires_grad_(True)
+    adapter.forward(xg)[:, 0].sum().backward()
+    g = xg.grad.detach()
+    contrib = (g * x).sum(1).reshape(2, 2, 2, 2, 2).sum((2, 4)).reshape(2, P)  # per patch sum of g_i x_i
+    return adapter, x, g, contrib, w, model
+
+
+def test_integrated_gradients_and_occlusion_are_exact_on_a_linear_model(linear_setup) -> None:
+    adapter, x, g, contrib, _, _ = linear_setup
+    opts = AttributionOptions(ig_steps=8, batch_size=4)
+    ig = attribute(adapter, "integrated_gradients", x, (), 0, opts)
+    np.testing.assert_allclose(ig.detach().numpy(), contrib.numpy(), rtol=1e-4, atol=1e-5)
+    occ = attribute(adapter, "occlusion", x, (), 0, opts)  # zeroing a patch removes its contribution
+    np.testing.assert_allclose(occ.detach().numpy(), contrib.numpy(), rtol=1e-4, atol=1e-5)
+    sal = attribute(adapter, "saliency", x, (), 0, opts)
+    expect = g.abs().sum(1).reshape(2, 2, 2, 2, 2).sum((2, 4)).reshape(2, P)
+    np.testing.assert_allclose(sal.detach().numpy(), expect.numpy(), rtol=1e-5)
+    # completeness: the contributions add up to the score (the baseline scores 0)
+    np.testing.assert_allclose(ig.sum(1).detach().numpy(), adapter.forward(x)[:, 0].detach().numpy(), rtol=1e-4)
+
+
+def test_kernel_shap_recovers_the_linear_contributions(linear_setup) -> None:
+    adapter, x, _, contrib, _, _ = linear_setup
+    ks = attribute(adapter, "kernel_shap", x, (), 0, AttributionOptions(budget=200, batch_size=50))
+    np.testing.assert_allclose(ks.detach().numpy(), contrib.numpy(), rtol=1e-3, atol=1e-3)
+    lime = attribute(adapter, "lime", x, (), 0, AttributionOptions(budget=200, batch_size=50))
+    assert lime.shape == (2, P) and torch.isfinite(lime).all()
+    # LIME's lasso surrogate keeps the sign of the strongest contribution
+    top = contrib.abs().argmax(1)
+    assert (torch.sign(lime[torch.arange(2), top]) == torch.sign(contrib[torch.arange(2), top])).all()
+
+
+def test_gradcam_on_token_grid_by_hand(linear_setup) -> None:
+    adapter, x, _, _, w, model = linear_setup
+    cam = attribute(adapter, "gradcam", x, (), 0, AttributionOptions())
+    # dy/dA_t = w / (P + 1) for every patch token A_t entering the block: alpha = w / 5
+    with torch.no_grad():
+        A = model(x).hidden_states[0][:, 1:]  # [B, P, D]
+    expect = torch.relu(A @ torch.from_numpy(w[0]) / (P + 1))
+    np.testing.assert_allclose(cam.detach().numpy(), expect.numpy(), rtol=1e-5, atol=1e-6)
+    assert adapter.grid is None  # the hook is removed afterwards
+    assert torch.allclose(adapter.forward(x), adapter.forward(x))
+
+
+def test_rise_against_a_direct_computation(linear_setup) -> None:
+    adapter, x, _, contrib, _, _ = linear_setup
+    opts = AttributionOptions(budget=40, batch_size=16, seed=5)
+    r = attribute(adapter, "rise", x, (), 0, opts).detach().numpy()
+    m = _rise_masks(40, 2, 2, np.random.default_rng(5))  # [n, P] in [0, 1]
+    assert m.shape == (40, P) and (m >= 0).all() and (m <= 1).all() and m.std() > 0
+    scores = m @ contrib.numpy().T  # linear: masked score = sum_t m_t contribution_t
+    expect = (scores.T @ m) / m.sum(0)
+    np.testing.assert_allclose(r, expect, rtol=1e-4, atol=1e-5)
+
+
+def test_calibrate_maps_by_hand() -> None:
+    # cal: one sample, maps [1, .8, .2], in-concept [T, T, F]; test: maps [.9, .5, .85], gt [T, F, F]
+    cal_t = SubsetTruth([[np.array([1, 1, 0], bool)]], [[np.ones(3, bool)]])
+    test_t = SubsetTruth([[np.array([1, 0, 0], bool)]], [[np.ones(3, bool)]])
+    r = calibrate_maps([[np.array([1.0, 0.8, 0.2])]], cal_t, [[np.array([0.9, 0.5, 0.85])]], test_t, [50, 100],
+                       "attr:x", ["c"])
+    # N = 50: thr 0.9 -> {1.0}: F1 2/3; N = 100: thr 0.8 -> {1, .8}: F1 1
+    assert r.n_pct[0] == 100 and r.threshold[0] == pytest.approx(0.8) and r.cal_f1[0] == pytest.approx(1.0)
+    assert (r.test.tp[0], r.test.fp[0], r.test.fn[0]) == (1, 1, 0)
+
+
+def test_unknown_method_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown attribution"):
+        AttributionOptions(methods=["gradcam", "deeplift"])
+    from superactivators.config import config_from_dict
+
+    with pytest.raises(ValueError, match="localize.attributions"):
+        config_from_dict({"localize": {"attributions": ["nope"]}})
+
+
+def test_pipeline_attributions_on_text(small_emotions: Path, tiny_bert: Path, tmp_path: Path) -> None:
+    from superactivators.config import config_from_dict
+    from superactivators.evaluate.attribution import MAPS_FILE, load_maps
+    from superactivators.pipeline import run_pipeline
+
+    cfg = config_from_dict({
+        "name": "attr", "output_dir": str(tmp_path), "data": {"path": str(small_emotions)},
+        "embed": {"model": str(tiny_bert), "layers": [1, 2], "batch_size": 32}, "concepts": {"types": ["linsep"]},
+        "localize": {"attributions": list(ATTRIBUTIONS), "attribution_budget": 8, "attribution_samples": 3,
+                     "ig_steps": 4, "batch_size": 4},
+    })
+    res = run_pipeline(cfg, progress=False)
+    t = pd.read_csv(tmp_path / "attr" / "attribution_metrics.csv")
+    assert {f"attr:{m}" for m in ATTRIBUTIONS} | {"superactivator", "twostage"} <= set(t["method"])
+    assert len(set(t["layer"])) == 1  # one layer: the best SuperActivator cal localisation F1
+    assert t[["precision", "recall", "f1", "iou"]].dropna().apply(lambda c: c.between(0, 1).all()).all()
+    assert (t["seconds"].dropna() >= 0).all() and t["n_test_samples"].max() <= 3
+    stage = next((tmp_path / "attr" / "stages").glob(f"L{int(t['layer'].iloc[0]):02d}_linsep_*"))
+    maps = load_maps(stage / MAPS_FILE)
+    store = res.store
+    for (meth, c, i), m in maps["maps"].items():
+        assert len(m) == store.lengths[maps["ids"][c][i]]  # one value per stored token
+        if meth not in ("superactivator", "twostage"):
+            assert np.nanmax(np.abs(m)) <= 1 + 1e-6  # normalised per sample
+    again = run_pipeline(cfg, progress=False)  # cached: no model run, same table
+    pd.testing.assert_frame_equal(again.attribution, res.attribution, check_dtype=False)
+
+
+def test_pipeline_attributions_on_images_with_a_tiny_dinov2(tmp_path: Path) -> None:
+    import warnings
+
+    from transformers import Dinov2Config, Dinov2Model, ViTImageProcessorPil
+
+    from superactivators.config import config_from_dict
+    from superactivators.data.shapes import generate_shapes
+    from superactivators.pipeline import run_pipeline
+
+    generate_shapes(tmp_path / "shapes", n=40, seed=0, size=64)
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             image_size=32, patch_size=8)).eval().save_pretrained(tmp_path / "dino")
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "dino")
+    cfg = config_from_dict({
+        "name": "img", "output_dir": str(tmp_path / "runs"), "score_device": "cpu",
+        "data": {"path": str(tmp_path / "shapes"), "concepts": ["color::red", "shape::sphere"]},
+        "embed": {"model": str(tmp_path / "dino"), "layers": [2], "batch_size": 16},
+        "concepts": {"types": ["mean"]}, "detect": {"grid": [5, 10, 50]},
+        "localize": {"attributions": list(ATTRIBUTIONS), "attribution_budget": 8, "attribution_samples": 2,
+                     "ig_steps": 4, "batch_size": 4, "occlusion_window": 2},
+    })
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = run_pipeline(cfg, progress=False)
+    t = res.attribution
+    assert {f"attr:{m}" for m in ATTRIBUTIONS} <= set(t["method"]) and set(t["layer"]) == {2}
+    assert t[["f1", "iou"]].dropna().apply(lambda c: c.between(0, 1).all()).all()
+    from superactivators.evaluate.attribution import MAPS_FILE, load_maps
+
+    maps = load_maps(next((tmp_path / "runs" / "img" / "stages").glob("L02_mean_*")) / MAPS_FILE)
+    assert maps["maps"] and all(len(m) == 16 for m in maps["maps"].values())  # 4 x 4 patches
