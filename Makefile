@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[demo,images,attribution,test]"
+	$(PY) -m pip install -q -e ".[demo,images,attribution,test,hf]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -40,6 +40,20 @@ class DataConfig:
     # withhold the token-level truth (spans, masks): the run sees sample labels only, as for data
     # that has none (every valid token of a positive sample then counts as in-concept)
     sample_labels_only: bool = False
+    # Parquet / Arrow / datasets folders / hf:ID (superactivators.data.hf): which column is what
+    text_column: str | None = None  # default 'text'
+    image_column: str | None = None  # default 'image'
+    mask_column: str | None = None
+    concept_columns: list[str] | str | None = None  # 0/1 columns, or one list-of-labels column
+    span_column: str | None = None  # default 'spans'
+    split_column: str | None = None  # default 'split' (a DatasetDict's splits give it)
+    split_map: dict[str, str] | None = None  # e.g. {validation: cal}; validation -> cal by default
+
+    def columns(self) -> dict:
+        """The column options that are set (for :func:`superactivators.data.datasets.load_dataset`)."""
+        keys = ("text_column", "image_column", "mask_column", "concept_columns", "span_column", "split_column",
+                "split_map")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
 @dataclass

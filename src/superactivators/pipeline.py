@@ -55,7 +55,8 @@ class RunResult:
 
 def prepare_dataset(cfg: RunConfig) -> Dataset:
     """Load the dataset and drop (with a warning each) concepts that cannot be calibrated."""
-    ds = load_dataset(cfg.data.path, concepts=cfg.data.concepts, ground_truth=cfg.data.ground_truth)
+    ds = load_dataset(cfg.data.path, concepts=cfg.data.concepts, ground_truth=cfg.data.ground_truth,
+                      columns=cfg.data.columns())
     if cfg.data.sample_labels_only:  # withhold spans / masks: the run sees sample labels only
         ds = withhold_token_truth(ds)
     keep = usable_concepts(ds, need=("train", "cal"))

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DatasetError
+from .hf import is_hf_source, load_hf_dataset
 from .seed import GroundTruth, MetaRows, TextTruth, find_ground_truth, resolve_concepts
 
 SPLITS = ("train", "cal", "test")
@@ -171,7 +172,7 @@ def _restrict_spans(spans: list[dict[str, list[Span]]], keep: list[str]) -> list
 
 
 def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name: str | None = None,
-                 ground_truth: str = "auto") -> Dataset:
+                 ground_truth: str = "auto", columns: dict | None = None) -> Dataset:
     """Read a seed-format ``metadata.csv`` (or a folder holding one, or ``builtin:NAME``).
 
     ``concepts`` restricts and orders the concept columns (a list, or a preset: ``seed`` for the
@@ -180,7 +181,15 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
     :mod:`superactivators.data.seed`): ``auto`` recognises the seed's files, ``none`` uses sample
     labels only (or the metadata's own ``spans`` / ``mask_path`` columns), a kind forces one reader.
     Every ground-truth file is checked against the metadata here, before any model loads.
+    Parquet / Arrow files, ``datasets`` folders and ``hf:ID`` go to :mod:`superactivators.data.hf`,
+    with ``columns`` mapping their columns (``text_column``, ``concept_columns``, ...).
     """
+    if is_hf_source(path):
+        return load_hf_dataset(path, concepts=[concepts] if isinstance(concepts, str) else concepts, name=name,
+                               columns=columns)
+    if columns:
+        raise DatasetError(f"{path}: column options {sorted(columns)} apply to Parquet / Arrow / datasets "
+                           "sources, not to a metadata.csv")
     path_str = str(path)
     if path_str.startswith("builtin:"):
         from .builtin import builtin_dataset_path
