@@ -122,7 +122,7 @@ def test_bad_columns_are_named(tmp_path):
         load_dataset(p, columns={"txt_column": "text"})
     assert load_dataset(write(text=["a", "b", "c"], split=["train", "dev", "test"], c=[0, 1, 1])).splits[1] == "cal"
     spans = [json.dumps({"c": [[0, 1]]}), "", ""]
-    with pytest.raises(DatasetError, match=r"row 0, column 'spans': span for 'c' but its label is 0"):
+    with pytest.raises(DatasetError, match=r"row 0, span column: span for .c. but its label is 0"):
         load_dataset(write(**base, c=[0, 1, 1], spans=spans))
 
 

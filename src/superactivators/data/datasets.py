@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DatasetError
-from .hf import is_hf_source, load_hf_dataset
+from .hf import HFParts, is_hf_source, read_hf
 from .seed import GroundTruth, MetaRows, TextTruth, find_ground_truth, resolve_concepts
 
 SPLITS = ("train", "cal", "test")
@@ -185,8 +185,8 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
     with ``columns`` mapping their columns (``text_column``, ``concept_columns``, ...).
     """
     if is_hf_source(path):
-        return load_hf_dataset(path, concepts=[concepts] if isinstance(concepts, str) else concepts, name=name,
-                               columns=columns)
+        return _from_hf(read_hf(path, concepts=[concepts] if isinstance(concepts, str) else concepts, name=name,
+                                columns=columns))
     if columns:
         raise DatasetError(f"{path}: column options {sorted(columns)} apply to Parquet / Arrow / datasets "
                            "sources, not to a metadata.csv")
@@ -281,6 +281,21 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
                         f"{path}: row {row + 2}, column 'spans': span for {c!r} but its label is 0"
                     )
     return ds
+
+
+def _from_hf(p: HFParts) -> Dataset:
+    """A Dataset over a Parquet / Arrow / datasets table (texts and images stay lazy)."""
+    spans = None
+    if p.span_cells is not None:
+        where = Path(f"{p.where} (span column)")
+        spans = _restrict_spans(_parse_spans(pd.DataFrame({"spans": p.span_cells}), p.label_names, where), p.concepts)
+        for row, (sp, lab) in enumerate(zip(spans, p.labels)):
+            for c in sp:
+                if not lab[p.concepts.index(c)]:
+                    raise DatasetError(f"{p.where}: row {row}, span column: span for {c!r} but its label is 0")
+    return Dataset(name=p.name, root=p.root, modality=p.modality, concepts=p.concepts, labels=p.labels,
+                   splits=p.splits, source=p.source, inline_texts=p.texts, image_paths=p.images,
+                   mask_paths=p.masks, spans=spans)
 
 
 def _attach_truth(ds: Dataset, df: pd.DataFrame, label_cols: dict[str, np.ndarray], kind: str) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -295,9 +296,8 @@ def _multi_label(table: _Table, name: str, where: str) -> tuple[list[str], np.nd
     return [str(c) for c in class_names], labels
 
 
-def _spans_cells(col, concepts: list[str], where: str, name: str) -> list[dict]:
-    from .datasets import _parse_spans  # noqa: PLC0415 - the CSV loader's own validation
-
+def _spans_cells(col, where: str, name: str) -> list[str]:
+    """Span cells as the CSV loader's JSON text (parsed and checked there)."""
     cells = []
     for v in col.to_pylist():
         if v is None or isinstance(v, str):
@@ -306,7 +306,7 @@ def _spans_cells(col, concepts: list[str], where: str, name: str) -> list[dict]:
             cells.append(json.dumps({k: s for k, s in v.items() if s}))
         else:
             raise DatasetError(f"{where}: column {name!r}: spans must be JSON text or a mapping, got {type(v).__name__}")
-    return _parse_spans(pd.DataFrame({"spans": cells}), concepts, Path(f"{where} (column {name!r})"))
+    return cells
 
 
 def _split_values(table: _Table, name: str, split_map: Mapping[str, str], where: str) -> np.ndarray:
@@ -325,11 +325,29 @@ def _split_values(table: _Table, name: str, split_map: Mapping[str, str], where:
     return mapped.to_numpy(dtype=object)
 
 
-def load_hf_dataset(path: str | Path, concepts: Sequence[str] | None = None, name: str | None = None,
-                    columns: Mapping[str, Any] | None = None) -> "Dataset":  # noqa: F821
+@dataclass
+class HFParts:
+    """What :func:`superactivators.data.datasets.load_dataset` builds its Dataset from."""
+
+    name: str
+    root: Path
+    modality: str
+    concepts: list[str]
+    labels: np.ndarray  # [N, C] uint8
+    splits: np.ndarray  # [N] object
+    source: Path  # the descriptor JSON
+    label_names: list[str]  # every concept column (spans may name any of them)
+    texts: LazyTexts | None = None
+    images: LazyImageFiles | None = None
+    masks: LazyImageFiles | None = None
+    span_cells: list[str] | None = None  # JSON per row
+    where: str = ""
+
+
+def read_hf(path: str | Path, concepts: Sequence[str] | None = None, name: str | None = None,
+            columns: Mapping[str, Any] | None = None) -> HFParts:
     """Read a Parquet / Arrow file, a ``datasets`` folder or ``hf:ID`` (see the module docstring)."""
     from .builtin import cache_root
-    from .datasets import Dataset, _restrict_spans  # noqa: PLC0415
 
     spec, cols = str(path), dict(columns or {})
     if spec.endswith(DESCRIPTOR_SUFFIX):  # a dataset this loader described before (store / report)
@@ -393,13 +411,7 @@ def load_hf_dataset(path: str | Path, concepts: Sequence[str] | None = None, nam
     if not names:
         raise DatasetError(f"{where}: no 0/1 concept columns found (set data.concept_columns)")
     labels = np.stack([label_cols[c] for c in names], axis=1)
-    spans = None
-    if span_col is not None:
-        spans = _restrict_spans(_spans_cells(table.column(span_col), list(label_cols), where, span_col), names)
-        for row, (sp, lab) in enumerate(zip(spans, labels)):
-            for c in sp:
-                if not lab[names.index(c)]:
-                    raise DatasetError(f"{where}: row {row}, column {span_col!r}: span for {c!r} but its label is 0")
+    span_cells = _spans_cells(table.column(span_col), where, span_col) if span_col is not None else None
 
     key = stable_hash([spec, {k: cols[k] for k in sorted(cols)}], 16)
     cache = cache_root() / "hf" / key
@@ -411,9 +423,8 @@ def load_hf_dataset(path: str | Path, concepts: Sequence[str] | None = None, nam
     ds_name = name or (spec[3:].replace("/", "_") if spec.startswith("hf:") else Path(spec).stem or Path(spec).name)
     images = LazyImageFiles(table, image_col, cache, data_root, where) if image_col else None
     masks = LazyImageFiles(table, mask_col, cache, data_root, where) if mask_col else None
-    return Dataset(
+    return HFParts(
         name=ds_name, root=cache, modality="image" if image_col else "text", concepts=names, labels=labels,
-        splits=splits, source=descriptor, inline_texts=LazyTexts(table, text_col, where) if text_col else None,
-        image_paths=images, mask_paths=masks, spans=spans,
-    )
-
+        splits=splits, source=descriptor, label_names=list(label_cols),
+        texts=LazyTexts(table, text_col, where) if text_col else None, images=images, masks=masks,
+        span_cells=span_cells, where=where)
