@@ -449,3 +449,29 @@ def test_image_run_stores_mask_truth(tmp_path):
     pos = st.labels > 0
     # a 6 x 10 object spans at most 2 x 3 of the 8x8 patches and puts >= 3 x 5 = 15 px (> 20 % of 64) in one
     assert (per_sample[pos] >= 1).all() and (per_sample[pos] <= 6).all() and (per_sample[~pos] == 0).all()
+
+
+def test_seed_protocol_gives_whitespace_tokens_to_the_previous_word(tmp_path, tiny_gpt2):
+    from transformers import AutoTokenizer
+
+    from superactivators.store.embed import span_token_bits
+
+    ds = load_dataset(_text_set(tmp_path / "Sarcasm", TEXTS, WORDS, [1, 1]))
+    tok = AutoTokenizer.from_pretrained(tiny_gpt2)
+    enc = tok(TEXTS[0], add_special_tokens=False, return_offsets_mapping=True)
+    offs = np.array(enc["offset_mapping"])
+    pieces = tok.convert_ids_to_tokens(enc["input_ids"])
+
+    def marked(texts):
+        bits = np.unpackbits(span_token_bits(ds, np.array([0]), np.array([len(offs)]), offs, texts), axis=1)[:, 0]
+        return [(p, tuple(o)) for p, o, b in zip(pieces, offs.tolist(), bits) if b]
+
+    ours, seed = marked(None), marked([TEXTS[0]])
+    # ours: tokens overlapping 'great,' [3, 9) or 'Monday.' [18, 25) with a non-empty range
+    assert ours == [(p, tuple(o)) for p, o in zip(pieces, offs.tolist()) if o[1] > o[0] and
+                    ((o[0] < 9 and o[1] > 3) or (o[0] < 25 and o[1] > 18))]
+    # seed: plus the trailing newline tokens, which follow 'Monday.'; nothing else changes
+    extra = [t for t in seed if t not in ours]
+    assert extra and all(o[0] >= 25 and TEXTS[0][o[0]:o[1]].isspace() for _, o in extra)
+    assert set(ours) <= set(seed) and len(seed) == len(ours) + len(extra)
+    assert sum(1 for o in offs.tolist() if o[0] >= 25) == len(extra)  # every token after 'Monday.'

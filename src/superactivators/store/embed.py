@@ -23,12 +23,16 @@ from .tokens import StoreInfo, StoreWriter, TokenStore
 log = logging.getLogger(__name__)
 
 def span_token_bits(
-    ds: Dataset, sample_ids: np.ndarray, lengths: np.ndarray, char_spans: np.ndarray
+    ds: Dataset, sample_ids: np.ndarray, lengths: np.ndarray, char_spans: np.ndarray,
+    texts: list[str] | None = None,
 ) -> np.ndarray:
     """Packed in-concept bits ``[t, ceil(C/8)]`` from character spans.
 
     A token is in-concept when its character range overlaps an annotated span. A positive
     sample without any span for that concept counts all its tokens (sample-level fallback).
+    With ``texts`` (protocol ``seed``), a token that covers no non-space character (``\n\n``,
+    a bare ``Ġ``) takes the bits of the nearest earlier token that does (the first such token
+    when none precedes it), as the seed's word -> token map does.
     The loop runs over annotated spans (a few per sample), never over tokens.
     """
     assert ds.spans is not None
@@ -48,7 +52,23 @@ def span_token_bits(
                 continue
             for s, e in spans[name]:
                 gt[a0:a1, c] |= (ta < e) & (tb > s) & (tb > ta)
+        if texts is not None and a1 > a0:
+            _orphans_follow_previous(gt[a0:a1], ta, tb, texts[j])
     return np.packbits(gt, axis=1)
+
+
+def _orphans_follow_previous(gt: np.ndarray, ta: np.ndarray, tb: np.ndarray, text: str) -> None:
+    """In place: tokens without a non-space character copy the previous word token's bits."""
+    chars = np.array(list(text), dtype="U1")
+    solid = np.concatenate([[0], np.cumsum(~np.char.isspace(chars))])  # non-space characters before i
+    lo, hi = np.clip(ta, 0, len(text)), np.clip(tb, 0, len(text))
+    word = (hi > lo) & (solid[hi] > solid[lo])
+    if word.all() or not word.any():
+        return
+    idx = np.where(word, np.arange(len(word)), -1)
+    prev = np.maximum.accumulate(idx)
+    prev[prev < 0] = int(np.flatnonzero(word)[0])
+    gt[:] = gt[prev]
 
 
 def embed_dataset(
@@ -93,8 +113,11 @@ def embed_dataset(
     for b0 in range(start, hi, cfg.batch_size):
         ids = np.arange(b0, min(hi, b0 + cfg.batch_size))
         if ds.modality == "text":
-            batch = enc.encode(ds.texts(ids))
-            gt_bits = span_token_bits(ds, ids, batch.lengths, batch.char_spans) if ds.spans is not None else None
+            texts = ds.texts(ids)
+            batch = enc.encode(texts)
+            gt_bits = (span_token_bits(ds, ids, batch.lengths, batch.char_spans,
+                                       texts if cfg.protocol == "seed" else None)
+                       if ds.spans is not None else None)
         else:
             batch = enc.encode_samples(ds, ids)
             gt_bits = batch.extra.get("gt_bits")
