@@ -361,7 +361,7 @@ def test_dataset_info_on_seed_folders(tmp_path, capsys, name):
     ds = load_dataset(root, concepts="seed")
     table = truth_amounts(ds)
     unit = "words" if ds.modality == "text" else "pixels"
-    assert f"token-level truth per concept (in-concept {unit})" in out
+    assert f"token-level truth per concept (in-concept {unit}" in out
     assert table[unit].to_dict() == {c: expected[c] for c in ds.concepts}
     assert (table["with_truth"] == table["positives"]).all()
     assert table[unit].sum() > 0

@@ -398,7 +398,9 @@ def dataset_summary(ds: Dataset, amounts: bool = True) -> str:
     ]
     table = truth_amounts(ds) if amounts else None
     if table is not None:
-        lines += ["", f"token-level truth per concept (in-concept {ds.truth.unit}):", table.to_string()]
+        res = ", at mask resolution" if ds.truth.unit == "pixels" else ""
+        lines += ["", f"token-level truth per concept (in-concept {ds.truth.unit}{res}; with_truth: positives "
+                  "that have it, the others count every token):", table.to_string()]
     if not ds.has_token_ground_truth():
         lines[5:5] = ["note: " + SAMPLE_LABELS_NOTE]
     if len(ds.metadata.columns):

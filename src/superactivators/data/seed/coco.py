@@ -60,7 +60,11 @@ class CocoTruth(MaskTruth):
     """Masks per category and supercategory name, drawn lazily per metadata row."""
 
     def __init__(self, rows: MetaRows, main: list[Path], cal: list[Path] | None = None):
-        from pycocotools.coco import COCO
+        try:
+            from pycocotools.coco import COCO
+        except ImportError:
+            raise DatasetError(f"{rows.root} holds COCO annotations; reading them needs pycocotools "
+                               "(pip install 'superactivators[images]'), or set data.ground_truth: none") from None
 
         cal = list(cal or [])
         files = main + [p for p in cal if p not in main]
