@@ -118,13 +118,13 @@ def test_missing_requested_concept(tmp_path):
 
 
 def test_concept_without_cal_positives_is_skipped_with_warning(tmp_path):
-    p = _write(tmp_path, "c1,c2,text,split\n1,1,a,train\n1,0,b,cal\n0,1,c,test\n")
+    p = _write(tmp_path, "c1,c2,text,split\n1,1,a,train\n0,0,d,train\n1,0,b,cal\n0,1,c,test\n")
     ds = load_dataset(p)
     with pytest.warns(UserWarning, match=r"concept 'c2' skipped: no positive samples in split\(s\) cal"):
         keep = usable_concepts(ds)
     assert keep == ["c1"]
     sub = ds.subset_concepts(keep)
-    assert sub.labels.shape == (3, 1)
+    assert sub.labels.shape == (4, 1)
 
 
 def test_missing_metadata_file(tmp_path):

@@ -88,3 +88,48 @@ def test_image_detector_matches_store(image_run):
         for c, name in enumerate(cs.names):
             assert found[j].max_activation[name] == pytest.approx(float(a[:, c].max()), abs=1e-3)
             assert found[j].present[name] == (found[j].max_activation[name] >= det.thresholds[name])
+
+
+def _crafted_model(tiny_bert, root):
+    """A copy of the tiny BERT whose config asks to run its own module (which leaves a marker file)."""
+    import json
+    import shutil
+
+    model = root / "crafted"
+    shutil.copytree(tiny_bert, model)
+    marker = root / "code-ran"
+    (model / "custom.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "from transformers import BertConfig, BertModel\n"
+        "class EvilConfig(BertConfig):\n    model_type = 'bert'\n"
+        "class EvilModel(BertModel):\n    config_class = EvilConfig\n")
+    conf = json.loads((model / "config.json").read_text())
+    conf["auto_map"] = {"AutoConfig": "custom.EvilConfig", "AutoModel": "custom.EvilModel"}
+    (model / "config.json").write_text(json.dumps(conf))
+    return model, marker
+
+
+def test_saved_detector_or_run_config_cannot_switch_on_remote_code(run, tiny_bert, tmp_path, monkeypatch):
+    import json
+
+    import yaml
+
+    monkeypatch.setattr("transformers.dynamic_module_utils.HF_MODULES_CACHE", str(tmp_path / "modules"))
+    model, marker = _crafted_model(tiny_bert, tmp_path)
+    det = ConceptDetector.from_run(run.run_dir, "linsep", layer=2)
+    det.save(tmp_path / "det")
+    d = json.loads((tmp_path / "det" / "detector.json").read_text())
+    assert d["embed"]["trust_remote_code"] is False
+    d["embed"].update(model=str(model), trust_remote_code=True)  # what a crafted detector would carry
+    (tmp_path / "det" / "detector.json").write_text(json.dumps(d))
+    loaded = ConceptDetector.load(tmp_path / "det")
+    assert loaded.embed.trust_remote_code is False
+    loaded.detect(["Thank you so much."])
+    assert not marker.exists()
+    # the same through a run folder's config.yaml
+    cfg = yaml.safe_load((run.run_dir / "config.yaml").read_text())
+    assert cfg["embed"]["trust_remote_code"] is False
+    cfg["embed"]["trust_remote_code"] = True
+    with pytest.raises(ValueError, match="embed.trust_remote_code: cannot be switched on from a config file"):
+        config_from_dict(cfg)
+    assert ConceptDetector.load(tmp_path / "det", trust_remote_code=True).embed.trust_remote_code is True

@@ -11,7 +11,7 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "superactivators"
 # data flows left to right; a module may import its own rank or lower ranks only
 RANKS = {
     "util": 0, "data": 1, "encoders": 2, "store": 3, "concepts": 4, "evaluate": 5, "report": 6,
-    "config": 7, "pipeline": 8, "detector": 8, "demo": 9, "estimator": 5, "cli": 10,
+    "config": 7, "preflight": 8, "pipeline": 8, "detector": 8, "demo": 9, "estimator": 5, "cli": 10,
     "__init__": 11, "__main__": 11,
 }
 

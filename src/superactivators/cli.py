@@ -7,9 +7,10 @@ import logging
 import resource
 import sys
 import time
+import warnings
 from pathlib import Path
 
-from .data.datasets import DatasetError
+from .util.errors import ValidationError
 
 
 def _peak_rss_mb() -> float:
@@ -54,7 +55,8 @@ def _run(cfg, args: argparse.Namespace) -> int:
 def cmd_detect(args: argparse.Namespace) -> int:
     from .detector import ConceptDetector
 
-    det = ConceptDetector.from_run(args.run_dir, args.concept_type, args.layer)
+    det = ConceptDetector.from_run(args.run_dir, args.concept_type, args.layer,
+                                   trust_remote_code=args.trust_remote_code)
     if args.save:
         det.save(args.save)
         print(f"saved detector to {args.save}")
@@ -74,24 +76,34 @@ def cmd_make_dataset(args: argparse.Namespace) -> int:
     from .data.datasets import dataset_summary, load_dataset
     from .data.shapes import generate_shapes
 
+    taken = [p.name for p in (args.out_dir / "metadata.csv", args.out_dir / "images", args.out_dir / "masks")
+             if p.exists()]
+    if taken and not args.force:
+        raise ValidationError([f"{args.out_dir} already holds {', '.join(taken)}; pass --force to overwrite"])
     meta = generate_shapes(args.out_dir, n=args.n, seed=args.seed, size=args.size)
     print(dataset_summary(load_dataset(meta)))
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _load(args: argparse.Namespace):
+    """The run config, with remote model code allowed only by this command's own flag."""
     from .config import load_config
 
-    return _run(load_config(args.config, args.set), args)
+    cfg = load_config(args.config, args.set)
+    cfg.embed.trust_remote_code = bool(getattr(args, "trust_remote_code", False))
+    return cfg
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _run(_load(args), args)
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from .config import load_config
     from .pipeline import embed_command
     from .store.distributed import DistEnv
 
     t0 = time.time()
-    store = embed_command(load_config(args.config, args.set), progress=not args.quiet)
+    store = embed_command(_load(args), progress=not args.quiet)
     if DistEnv.from_env().rank == 0:
         print(f"token store: {store.path} ({store.n_samples} samples, {store.n_tokens} tokens, layers {store.layers})")
         print(f"wall time {time.time() - t0:.1f} s, peak RSS {_peak_rss_mb():.0f} MB (this process)")
@@ -152,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Find where concepts live in a transformer and detect them from the tail of token activations.",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("run", help="run the whole pipeline from a YAML config (cached, resumable)")
@@ -159,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set embed.batch_size=8 (repeatable)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the model's own Python code (auto_map) to run; never taken from a config file")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("embed", help="only the embed stage of a run config; data-parallel under torchrun",
@@ -168,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", type=Path)
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the model's own Python code (auto_map) to run; never taken from a config file")
     s.set_defaults(func=cmd_embed)
 
     s = sub.add_parser("demo", help="built-in emotions dataset through the packaged all-MiniLM-L6-v2, every layer")
@@ -188,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=600, help="number of scenes (default 600)")
     s.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     s.add_argument("--size", type=int, default=224, help="image side in pixels (default 224)")
+    s.add_argument("--force", action="store_true", help="overwrite a dataset already in OUT_DIR")
     s.set_defaults(func=cmd_make_dataset)
 
     s = sub.add_parser("detect", help="detect concepts in new texts (or images) with a finished run's detector")
@@ -196,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--concept-type", default="linsep", help="concept type whose vectors to use")
     s.add_argument("--layer", default="best", help="a layer index, or 'best' per concept on cal")
     s.add_argument("--save", type=Path, help="also save the fitted detector to this folder")
+    s.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the model's own Python code (auto_map) to run; never taken from a config file")
     s.set_defaults(func=cmd_detect)
 
     s = sub.add_parser("report", help="one HTML page (figures beside it, no network) for a finished run")
@@ -221,18 +241,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.debug:
+        warnings.formatwarning = _warning_line  # one line per warning, no source line
     try:
         return int(args.func(args) or 0)
-    except (DatasetError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept; re-run the same command to resume", file=sys.stderr)
         return 130
+    except ValidationError as err:
+        if args.debug:
+            raise
+        n = len(err.problems)
+        print(f"error: {n} problem{'s' if n != 1 else ''} found" if n > 1 else "error:", file=sys.stderr,
+              end="\n" if n > 1 else " ")
+        for line in err.problems:
+            print(f"  {line}" if n > 1 else line, file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - every error is one line; --debug shows the traceback
+        if args.debug:
+            raise
+        known = isinstance(err, (ValueError, OSError, RuntimeError, ImportError, LookupError))
+        msg = str(err).strip() or type(err).__name__
+        print(f"error: {msg}" if known else f"error: {type(err).__name__}: {msg}", file=sys.stderr)
+        print("(run again with --debug for the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

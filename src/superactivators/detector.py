@@ -63,8 +63,12 @@ class ConceptDetector:
     # --- construction -----------------------------------------------------------------------
     @classmethod
     def from_run(cls, run_dir: str | Path, concept_type: str = "linsep", layer: int | str = "best",
-                 concepts: Sequence[str] | None = None) -> "ConceptDetector":
-        """Build from a finished run: ``layer='best'`` picks each concept's best layer by cal F1."""
+                 concepts: Sequence[str] | None = None, trust_remote_code: bool = False) -> "ConceptDetector":
+        """Build from a finished run: ``layer='best'`` picks each concept's best layer by cal F1.
+
+        The model may run its own code only if ``trust_remote_code`` is passed here: the run
+        folder's ``config.yaml`` cannot switch it on (a shared folder must not run code).
+        """
         run_dir = Path(run_dir)
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
         table = pd.read_csv(run_dir / "detection_metrics.csv")
@@ -97,7 +101,7 @@ class ConceptDetector:
             concept_sets[int(lay)] = ConceptSet(
                 cs.kind, [cs.names[i] for i in idx], cs.vectors[idx], cs.bias[idx], cs.scoring, cs.layer,
                 cs.center, cs.scale, cs.space)
-        embed = EmbedConfig(**{**cfg["embed"], "layers": sorted(concept_sets)})
+        embed = EmbedConfig(**{**cfg["embed"], "layers": sorted(concept_sets), "trust_remote_code": trust_remote_code})
         return cls(
             embed=embed, modality=find_store(run_dir).info.modality, concept_sets=concept_sets,
             thresholds=dict(zip(rows.concept, rows.threshold.astype(float))),
@@ -110,17 +114,19 @@ class ConceptDetector:
         for layer, cs in self.concept_sets.items():
             cs.save(path / f"layer_{layer:02d}")
         atomic_write_json(path / "detector.json", {
-            "embed": asdict(self.embed), "modality": self.modality, "layers": sorted(self.concept_sets),
+            "embed": {**asdict(self.embed), "trust_remote_code": False},  # only ever a load-time choice
+            "modality": self.modality, "layers": sorted(self.concept_sets),
             "thresholds": self.thresholds, "n_pct": self.n_pct,
             "localization_thresholds": self.localization_thresholds,
         })
 
     @classmethod
-    def load(cls, path: str | Path) -> "ConceptDetector":
+    def load(cls, path: str | Path, trust_remote_code: bool = False) -> "ConceptDetector":
+        """A saved detector; its model runs its own code only if ``trust_remote_code`` is passed here."""
         path = Path(path)
         d = json.loads((path / "detector.json").read_text())
         return cls(
-            embed=EmbedConfig(**d["embed"]), modality=d["modality"],
+            embed=EmbedConfig(**{**d["embed"], "trust_remote_code": trust_remote_code}), modality=d["modality"],
             concept_sets={l: ConceptSet.load(path / f"layer_{l:02d}") for l in d["layers"]},
             thresholds=d["thresholds"], n_pct=d["n_pct"], localization_thresholds=d["localization_thresholds"],
         )

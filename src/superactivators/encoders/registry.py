@@ -473,7 +473,7 @@ def expand_sweep(cfg: Any, modality: Modality) -> Any:
     from .base import resolve_model_path
 
     try:
-        fam = family_for(resolve_model_path(cfg.model), modality, revision=cfg.revision)
+        fam = family_for(resolve_model_path(cfg.model, cfg.revision), modality, revision=cfg.revision)
     except (UnknownModelFamily, OSError, ValueError) as err:
         raise ValueError(f"layers: sweep needs a known model family ({err}); give the layers explicitly") from None
     return dataclasses.replace(cfg, layers=fam.sweep_spec())

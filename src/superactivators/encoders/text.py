@@ -80,7 +80,7 @@ class TextEncoder:
         from transformers import AutoConfig, AutoModel
 
         self.cfg = cfg
-        self.path = resolve_model_path(cfg.model)
+        self.path = resolve_model_path(cfg.model, cfg.revision)
         device = pick_device(cfg.device)
         self.dtype = compute_dtype(cfg, device)
         config = AutoConfig.from_pretrained(self.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
@@ -178,8 +178,13 @@ class TextEncoder:
             globals_[layer] = g.float().cpu().numpy()
         if on_gpu:
             torch.cuda.current_stream(self.device).synchronize()
+        # a text was cut when its sequence is full and its last kept token ends before its last character
+        ends = np.where(valid, offsets[..., 1], 0).max(axis=1)
+        full = attn.sum(axis=1) >= self.cfg.max_length
+        truncated = full & (ends < np.array([len(t.rstrip()) for t in texts]))
         return EncodedBatch(
             tokens={l: t.numpy() for l, t in tokens.items()}, globals=globals_, lengths=lengths,
             valid=np.ones(int(lengths.sum()), bool),
             char_spans=offsets.reshape(-1, 2)[valid.reshape(-1)].astype(np.int32),
+            extra={"truncated": truncated},
         )

@@ -72,7 +72,7 @@ def load_vision_model(cfg: EmbedConfig) -> tuple[torch.nn.Module, Any, str]:
     import transformers
     from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
-    path = resolve_model_path(cfg.model)
+    path = resolve_model_path(cfg.model, cfg.revision)
     kw = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     try:
         conf = AutoConfig.from_pretrained(path, **kw)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..data.checks import positives_without_spans
 from ..data.datasets import Dataset, truth_label
 from ..data.masks import has_masks
 from ..encoders.base import EmbedConfig
@@ -97,7 +98,10 @@ def embed_dataset(
     info = StoreInfo(
         n_samples=len(ds), dim=enc.hidden_size, layers=enc.layers, concepts=ds.concepts,
         modality=ds.modality, dtype=cfg.store_dtype, model=enc.describe(),
-        dataset={"name": ds.name, "source": str(ds.source), "truth": truth_label(ds)}, token_ground_truth=gt_kind,
+        dataset={"name": ds.name, "source": str(ds.source), "truth": truth_label(ds),
+                 "allow_outside_paths": ds.allow_outside_paths,
+                 # positives whose every token counts as in-concept (no span for that concept)
+                 "positives_without_spans": positives_without_spans(ds)}, token_ground_truth=gt_kind,
         patch_grid=getattr(enc, "patch_grid", None),
     )
     lo, hi = sample_range or (0, len(ds))
@@ -118,6 +122,9 @@ def embed_dataset(
             gt_bits = (span_token_bits(ds, ids, batch.lengths, batch.char_spans,
                                        texts if cfg.protocol == "seed" else None)
                        if ds.spans is not None else None)
+            cut = batch.extra.get("truncated")
+            if cut is not None:  # counted before add(): a shard flushed there records it with itself
+                writer.info.dataset["truncated_samples"] = writer.info.dataset.get("truncated_samples", 0) + int(cut.sum())
         else:
             batch = enc.encode_samples(ds, ids)
             gt_bits = batch.extra.get("gt_bits")
@@ -128,6 +135,10 @@ def embed_dataset(
         writer.flush()
         return None  # type: ignore[return-value]
     store = writer.close()
+    n_cut = int(store.info.dataset.get("truncated_samples", 0))
+    if n_cut:
+        warnings.warn(f"{n_cut} of {store.n_samples} texts were cut at embed.max_length={cfg.max_length} tokens; "
+                      "their later tokens (and any spans there) are not in the store", stacklevel=2)
     n_pos_no_tok = _positives_without_tokens(store)
     if n_pos_no_tok:
         warnings.warn(

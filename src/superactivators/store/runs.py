@@ -2,14 +2,47 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
+
+from filelock import FileLock, Timeout
 
 from .tokens import TokenStore
 
 STAGES_FILE = "stages.json"
+LOCK_FILE = ".run.lock"
+
+
+class RunLockedError(RuntimeError):
+    """Another process holds the run folder."""
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, timeout: float = 0) -> Iterator[None]:
+    """Hold ``run_dir`` for one run; another run on it (any process) refuses with a clear message.
+
+    Why: two runs on one folder delete each other's temporary shards and mix their results.
+    ``timeout`` > 0 waits that many seconds first. The lock is an OS file lock (``filelock``),
+    released when the process ends, however it ends.
+    """
+    path = Path(run_dir) / LOCK_FILE
+    lock = FileLock(str(path), timeout=timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunLockedError(
+            f"run folder {run_dir} is in use by another run (lock {path}); wait for it to finish, "
+            "or give this run another name or output_dir"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 _STAGE_RE = re.compile(r"^L(\d+)_(.+)_([0-9a-f]{12})$")
 

@@ -84,6 +84,20 @@ class StoreInfo:
     sample_range: list[int] | None = None  # [lo, hi): a data-parallel part of a store, see distributed.py
 
 
+def _pid_alive(tmp_name: str) -> bool:
+    """Whether the process that named temporary file ``.shard.tmpPID.npy`` still runs (this one counts as dead)."""
+    digits = "".join(ch for ch in tmp_name.split("tmp", 1)[-1] if ch.isdigit())
+    if not digits or int(digits) == os.getpid():
+        return False
+    try:
+        os.kill(int(digits), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class StoreWriter:
     """Appends embedded samples, in sample order, shard by shard; resumable.
 
@@ -115,13 +129,15 @@ class StoreWriter:
                     f"{self.path} holds a different store (model/layers/shape differ); use a new folder"
                 )
             info.shards = old.shards
+            info.dataset = {**info.dataset, **{k: v for k, v in old.dataset.items() if k == "truncated_samples"}}
         else:
             atomic_save_npy(self.path / "labels.npy", labels.astype(np.uint8))
             atomic_save_npy(self.path / "splits.npy", np.asarray(splits, dtype="<U8"))
             atomic_write_json(existing, asdict(info))  # complete=False until close()
         self.info = info
         for stale in self.path.glob("layer_*/.shard.tmp*"):  # left by an interrupted writer
-            stale.unlink()
+            if not _pid_alive(stale.name):  # never another live writer's file
+                stale.unlink(missing_ok=True)
         self._reset_buffer()
 
     @property

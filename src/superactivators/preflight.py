@@ -1,0 +1,60 @@
+"""Everything a run can check before any model loads, reported at once, one line per problem.
+
+The config's types and ranges, the dataset (columns, splits, paths inside its folder, text
+files readable as UTF-8, image and mask headers and sizes, concepts that can be learnt and
+calibrated), the model (resolves offline, its config reads, the layers exist) and the devices.
+Why up front: a bad file found after minutes of embedding, or a traceback from deep inside a
+library, costs the user far more than a list of lines naming the key, column or file.
+"""
+
+from __future__ import annotations
+
+from .config import RunConfig
+from .data.checks import check_dataset, warn_positives_without_spans
+from .data.datasets import Dataset, DatasetError, load_dataset, usable_concepts, withhold_token_truth
+from .encoders.base import resolve_model_path
+from .encoders.checks import model_problems
+from .util.device import device_problem
+from .util.errors import ValidationError
+
+
+def check_run(cfg: RunConfig) -> Dataset:
+    """The run's dataset, restricted to usable concepts; raises :class:`ValidationError` listing every problem."""
+    problems: list[str] = []
+    try:
+        cfg.validate()
+    except ValidationError as err:
+        problems += err.problems
+    why = device_problem(cfg.score_device)
+    if why:
+        problems.append(f"score_device: {why}")
+    ds = None
+    n_other = len(problems)  # config / device problems so far; dataset problems follow
+    try:
+        ds = load_dataset(cfg.data.path, concepts=cfg.data.concepts, ground_truth=cfg.data.ground_truth,
+                          columns=cfg.data.columns(), allow_outside_paths=cfg.data.allow_outside_paths)
+    except DatasetError as err:
+        problems += str(err).splitlines()
+    if ds is not None and cfg.data.sample_labels_only:  # withhold spans / masks: sample labels only
+        ds = withhold_token_truth(ds)
+    if ds is not None:
+        ds, found = check_dataset(ds, skip_bad_images=cfg.data.skip_bad_images)
+        problems += found
+        keep = usable_concepts(ds, need=("train", "cal"))
+        if not keep:
+            problems.append(f"{ds.source}: no concept has positives in both train and cal (and negatives in train)")
+        elif len(keep) < len(ds.concepts):
+            ds = ds.subset_concepts(keep)
+    n_data = len(problems) - n_other
+    if ds is not None:
+        problems += model_problems(cfg.embed, ds.modality)
+    if "prompt" in cfg.detect.methods and cfg.detect.prompt_model:
+        try:
+            resolve_model_path(cfg.detect.prompt_model)
+        except (OSError, ImportError) as err:
+            problems.append(f"detect.prompt_model: {err}")
+    if problems:  # only dataset problems: the more specific DatasetError (also a ValidationError)
+        raise DatasetError(problems) if n_data == len(problems) else ValidationError(problems)
+    assert ds is not None
+    warn_positives_without_spans(ds)
+    return ds

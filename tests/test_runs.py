@@ -1,0 +1,72 @@
+"""The run folder: written only by a run that passed its checks, held by one run at a time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from superactivators.config import config_from_dict
+from superactivators.pipeline import run_pipeline
+from superactivators.store.runs import LOCK_FILE, RunLockedError
+from superactivators.store.tokens import StoreInfo, StoreWriter
+from superactivators.util.errors import ValidationError
+
+
+def _cfg(tmp_path, data, model, **data_over):
+    return config_from_dict({
+        "name": "r", "output_dir": str(tmp_path / "runs"), "score_device": "cpu",
+        "data": {"path": str(data), **data_over}, "embed": {"model": str(model), "layers": [1], "max_length": 64},
+        "concepts": {"types": ["mean"]}, "detect": {"methods": ["superactivator"], "grid": [10, 50]},
+    })
+
+
+def test_failing_run_leaves_the_finished_run_untouched(tmp_path, small_emotions, tiny_bert):
+    res = run_pipeline(_cfg(tmp_path, small_emotions, tiny_bert), progress=False)
+    before = {p.name: p.read_bytes() for p in res.run_dir.iterdir() if p.is_file()}
+    bad = _cfg(tmp_path, tmp_path / "nowhere" / "metadata.csv", tiny_bert)
+    bad.embed.max_length = 8
+    with pytest.raises(ValidationError, match="metadata file not found"):
+        run_pipeline(bad, progress=False)
+    after = {p.name: p.read_bytes() for p in res.run_dir.iterdir() if p.is_file()}
+    assert after == before  # config.yaml still describes the results beside it
+
+
+def test_never_validated_run_creates_no_folder(tmp_path, tiny_bert):
+    bad = _cfg(tmp_path, tmp_path / "nowhere.csv", tiny_bert)
+    with pytest.raises(ValidationError):
+        run_pipeline(bad, progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_second_run_on_a_held_folder_refuses(tmp_path, small_emotions, tiny_bert):
+    cfg = _cfg(tmp_path, small_emotions, tiny_bert)
+    cfg.run_dir.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from filelock import FileLock; "
+         f"l = FileLock({str(cfg.run_dir / LOCK_FILE)!r}); l.acquire(); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match=r"run folder .* is in use by another run"):
+            run_pipeline(cfg, progress=False)
+        assert not (cfg.run_dir / "stores").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_pipeline(cfg, progress=False).table is not None  # free again once the holder is gone
+
+
+def test_writer_keeps_live_writers_temp_shards(tmp_path):
+    info = StoreInfo(n_samples=2, dim=4, layers=[1], concepts=["a"], modality="text")
+    (tmp_path / "layer_01").mkdir(parents=True)
+    live = tmp_path / "layer_01" / f".shard.tmp{os.getppid()}.npy"  # our parent: alive
+    dead = tmp_path / "layer_01" / ".shard.tmp999999999.npy"
+    live.write_bytes(b"x")
+    dead.write_bytes(b"x")
+    StoreWriter(tmp_path, info, np.zeros((2, 1), np.uint8), np.array(["train", "cal"]))
+    assert live.exists() and not dead.exists()
