@@ -168,7 +168,7 @@ class RunConfig:
             out.append(f"data.mask_coverage: must be in (0, 1], got {d.mask_coverage}")
         if not 0 <= d.content_coverage <= 1:
             out.append(f"data.content_coverage: must be in [0, 1], got {d.content_coverage}")
-        if d.concepts is not None:
+        if isinstance(d.concepts, list):
             dup = sorted({x for x in d.concepts if d.concepts.count(x) > 1})
             if dup:
                 out.append(f"data.concepts: listed twice: {dup}")
@@ -250,23 +250,24 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
-def _coerce(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
-    """``value`` checked against the type ``hint`` (a lone string becomes a one-item list)."""
+def _coerce(value: Any, hint: Any, where: str, problems: list[str], lenient: bool = True) -> Any:
+    """``value`` checked against the type ``hint`` (a lone string becomes a one-item list if ``lenient``)."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
         if value is None and type(None) in args:
             return None
-        for arg in [a for a in args if a is not type(None)]:
-            trial: list[str] = []
-            out = _coerce(value, arg, where, trial)
-            if not trial:
-                return out
+        for strict in (True, False):  # an exact match (str for ``list[str] | str``) before any coercion
+            for arg in [a for a in args if a is not type(None)]:
+                trial: list[str] = []
+                out = _coerce(value, arg, where, trial, lenient=not strict)
+                if not trial:
+                    return out
         problems.append(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
         return value
     if origin is list:
         (arg,) = typing.get_args(hint) or (Any,)
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if lenient and isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]  # "types: mean" means [mean]
         if not isinstance(value, list):
             problems.append(f"{where}: expected a list, got {value!r}")
