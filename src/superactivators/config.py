@@ -312,7 +312,7 @@ def _build(cls: type, data: Any, where: str, problems: list[str]) -> Any:
         problems.append("embed.protocol: derived from the top-level key 'protocol'; set that one")
         data = {**data, "embed": {k: v for k, v in data["embed"].items() if k != "protocol"}}
     if cls is RunConfig and data.get("protocol", "ours") not in PROTOCOLS:
-        problems.append(f"protocol: must be one of {list(PROTOCOLS)}, got {data['protocol']!r}")
+        problems.append(f"protocol: protocol must be one of {list(PROTOCOLS)}, got {data['protocol']!r}")
         data = {k: v for k, v in data.items() if k != "protocol"}
     unknown = sorted(set(data) - fields)
     if unknown:
