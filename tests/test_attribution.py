@@ -168,6 +168,13 @@ def test_pipeline_attributions_on_text(small_emotions: Path, tiny_bert: Path, tm
     again = run_pipeline(cfg, progress=False)  # cached: no model run, same table
     pd.testing.assert_frame_equal(again.attribution, res.attribution, check_dtype=False)
 
+    from superactivators.report.html import build_report
+
+    page = build_report(tmp_path / "attr", formats=("png",), n_examples=1, workers=1).read_text()
+    assert "id='localization'" in page and "attr:integrated_gradients" in page and "twostage" in page
+    assert page.count("<details") == len(maps["names"])  # one block of shaded-token maps per concept
+    assert (tmp_path / "attr" / "report" / "figures" / "loc_bars_linsep.png").exists()
+
 
 def test_pipeline_attributions_on_images_with_a_tiny_dinov2(tmp_path: Path) -> None:
     import warnings
@@ -201,3 +208,10 @@ def test_pipeline_attributions_on_images_with_a_tiny_dinov2(tmp_path: Path) -> N
 
     maps = load_maps(next((tmp_path / "runs" / "img" / "stages").glob("L02_mean_*")) / MAPS_FILE)
     assert maps["maps"] and all(len(m) == 16 for m in maps["maps"].values())  # 4 x 4 patches
+
+    from superactivators.report.html import build_report
+
+    page = build_report(tmp_path / "runs" / "img", formats=("png",), n_examples=1, workers=1).read_text()
+    assert "id='localization'" in page
+    figs = tmp_path / "runs" / "img" / "report" / "figures"
+    assert (figs / "loc_bars_mean.png").exists() and list(figs.glob("loc_maps_mean_*.png"))

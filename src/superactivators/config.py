@@ -101,7 +101,7 @@ class LocalizeConfig:
     kernel_shap / rise; ``attribution_samples``: detected samples per concept and split;
     ``attribution_layer``: ``best`` (per concept type, the layer of the best SuperActivator
     localisation F1 on ``cal``) or a layer index; ``attribution_types``: concept types (default
-    every supervised one).
+    every one with cosine or signed-distance scores; SAE units are skipped).
     """
 
     attributions: list[str] = field(default_factory=list)

@@ -205,7 +205,8 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
                                 attr_jobs, lambda job: learn_concepts(store, job["layer"], job["ctype"], cfg,
                                                                       job["stage"])[0],
                                 opts, cfg.detect.grid, lc.attribution_layer, lc.attribution_types, progress)
-        atomic_write_bytes(run_dir / "attribution_metrics.csv", attr.to_csv(index=False).encode())
+        if attr is not None:
+            atomic_write_bytes(run_dir / "attribution_metrics.csv", attr.to_csv(index=False).encode())
     return RunResult(run_dir, store, table, macro, time.time() - t0, {"store": sdir}, localization=loc,
                      attribution=attr)
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -41,6 +42,7 @@ import torch
 from torch import nn
 
 from ..concepts.supervised import ConceptSet
+from ..encoders.capture import LayerTap
 from ..store.tokens import TokenStore
 from .calibrate import tail_thresholds
 from .localize import LocMethodResult, _f1, localization_table, twostage_scores
@@ -159,6 +161,10 @@ class _Adapter:
         self._tap = self.blocks[self.layer - 1].register_forward_pre_hook(pre, with_kwargs=True)
         return self.grid
 
+    def states(self, call: Callable[[], Any]) -> torch.Tensor:
+        """Hidden states at ``layer`` of one forward call, stopped after that block (gradients flow)."""
+        return LayerTap(self.blocks, [self.layer], stop_early=True).run(call).states[self.layer]
+
     def close(self) -> None:
         if self._tap is not None:
             self._tap.remove()
@@ -179,8 +185,8 @@ class ImageAdapter(_Adapter):
         self.ps = encoder.patch_size
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        out = self.model(pixel_values=pixel_values.to(self.encoder.dtype), output_hidden_states=True)
-        return self.score(self._global(out.hidden_states[self.layer], None))
+        h = self.states(lambda: self.model(pixel_values=pixel_values.to(self.encoder.dtype)))
+        return self.score(self._global(h, None))
 
     def inputs(self, images: list) -> tuple[torch.Tensor, tuple]:
         return self.encoder.pixel_values(images).to(self.device), ()
@@ -227,9 +233,15 @@ class TextAdapter(_Adapter):
         self.emb = encoder.model.get_input_embeddings()
 
     def forward(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        out = self.model(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True,
-                         **self.encoder._forward_kwargs)
-        return self.score(self._global(out.hidden_states[self.layer], mask))
+        def call() -> Any:
+            return self.model(inputs_embeds=embeds, attention_mask=mask, **self.encoder._forward_kwargs)
+
+        fam = getattr(self.encoder, "family", None)
+        if self.layer == self.encoder.n_layers and getattr(fam, "last_layer", None) == "model_output":
+            h = call().last_hidden_state  # the store's last layer is the output after the final norm
+        else:
+            h = self.states(call)
+        return self.score(self._global(h, mask))
 
     def inputs(self, texts: list[str]) -> tuple[torch.Tensor, tuple]:
         tok = self.encoder.tokenizer
@@ -622,7 +634,7 @@ def load_maps(path: Any) -> dict:
 def run_attributions(make_encoder: Callable[[], Any], ds: Any, store: TokenStore, jobs: Sequence[dict],
                      load_concepts: Callable[[dict], ConceptSet], opts: AttributionOptions, grid: Sequence[float],
                      layer: str | int = "best", types: Sequence[str] | None = None,
-                     progress: bool = True) -> pd.DataFrame:
+                     progress: bool = True) -> pd.DataFrame | None:
     """Attribution localisation for the chosen stage of each concept type, cached per stage.
 
     ``jobs``: per (layer, concept type) stage ``{"layer", "ctype", "stage", "summary", "results",
@@ -644,9 +656,13 @@ def run_attributions(make_encoder: Callable[[], Any], ds: Any, store: TokenStore
         if path.exists() and (stage / MAPS_FILE).exists():
             tables.append(pd.read_csv(path))
             continue
+        cs = load_concepts(job)
+        if cs.scoring not in ("cosine", "signed_distance"):
+            warnings.warn(f"attributions skip {job['ctype']} concepts: no differentiable score for scoring "
+                          f"{cs.scoring!r}", stacklevel=2)
+            continue
         if encoder is None:
             encoder = make_encoder()
-        cs = load_concepts(job)
         sa = next(r for r in job["results"] if r.method == "superactivator")
         detected = job["summary"].sample_scores["max_token"] >= sa.threshold[None, :]
         if ds.modality == "image":
@@ -661,7 +677,7 @@ def run_attributions(make_encoder: Callable[[], Any], ds: Any, store: TokenStore
         save_maps(stage / MAPS_FILE, res, list(cs.names))
         atomic_write_bytes(path, res.table.to_csv(index=False).encode())
         tables.append(res.table)
-    return pd.concat(tables, ignore_index=True)
+    return pd.concat(tables, ignore_index=True) if tables else None
 
 
 def format_attribution(table: pd.DataFrame) -> str:

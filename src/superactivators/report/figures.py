@@ -429,3 +429,65 @@ def text_tokens_html(text: str, spans: np.ndarray, acts: np.ndarray, threshold: 
     if rest:
         out.append(f'<span class="trunc">{html.escape(rest)}</span>' if pos < len(text) and rest.strip() else html.escape(rest))
     return '<p class="tok-text">' + "".join(out) + "</p>"
+
+
+# --- localisation ---------------------------------------------------------------------------
+def localization_bars_figure(macro: pd.DataFrame, title: str) -> Figure:
+    """Macro token-level F1 and IoU per localisation method as paired horizontal bars.
+
+    ``macro`` has columns method, f1, iou (one row per method, in display order).
+    """
+    methods = list(macro["method"])
+    fig, axes = new_figure(7.6, 0.42 * len(methods) + 1.5)
+    ax = axes[0]
+    ax.grid(axis="y", visible=False)
+    y = np.arange(len(methods))[::-1]
+    for off, col, color in ((0.2, "f1", SUPER), (-0.2, "iou", OKABE_ITO["blue"])):
+        vals = macro[col].to_numpy(float)
+        ax.barh(y + off, np.nan_to_num(vals), height=0.38, color=color, alpha=0.8, label=col.upper() if col == "iou" else "F1")
+        for yy, v in zip(y + off, vals):
+            if np.isfinite(v):
+                ax.text(v + 0.01, yy, f"{v:.3f}", va="center", ha="left", fontsize=9)
+    ax.set_yticks(y, [m.replace("attr:", "") + (" (attribution)" if m.startswith("attr:") else "") for m in methods])
+    ax.set_xlim(0, 1.05)
+    ax.set_xlabel("test token-level score (macro over concepts)")
+    ax.legend(loc="lower right")
+    ax.set_title(title, loc="left")
+    return fig
+
+
+def localization_maps_figure(images: Sequence[np.ndarray], maps: Sequence[Sequence[np.ndarray]],
+                             thresholds: Sequence[float], methods: Sequence[str], in_concept: Sequence[np.ndarray],
+                             labels: Sequence[str], title: str = "") -> Figure:
+    """Rows = samples, columns = methods: each method's map ``[rows, cols]`` as a heatmap over the
+    image (own colour scale per panel), its predicted patches (map >= threshold) outlined in
+    vermillion, ground-truth patches dashed sky blue."""
+    n, m = len(images), len(methods)
+    with plt.rc_context(dict(STYLE, **{"figure.constrained_layout.use": True})):
+        fig = plt.figure(figsize=(2.6 * m, 2.75 * n + 0.5))
+        axes = fig.subplots(n, m, squeeze=False)
+    for i in range(n):
+        gt = np.asarray(in_concept[i], bool)
+        rows, cols = gt.shape
+        for j, meth in enumerate(methods):
+            ax = axes[i, j]
+            a = np.asarray(maps[i][j], float).reshape(rows, cols)
+            extent = (0, cols, rows, 0)
+            ax.imshow(images[i], extent=extent, interpolation="bilinear")
+            ax.imshow(a, extent=extent, cmap="magma", alpha=0.6, interpolation="nearest")
+            pred = a >= thresholds[j] if np.isfinite(thresholds[j]) else np.zeros_like(gt)
+            for r, c in zip(*np.nonzero(pred)):
+                ax.add_patch(Rectangle((c, r), 1, 1, fill=False, edgecolor=SUPER, linewidth=1.6))
+            for r, c in zip(*np.nonzero(gt)):
+                ax.add_patch(Rectangle((c + 0.15, r + 0.15), 0.7, 0.7, fill=False, edgecolor=OKABE_ITO["sky"],
+                                       linewidth=0.9, linestyle="--"))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            ax.set_xlim(0, cols)
+            ax.set_ylim(rows, 0)
+            head = meth.replace("attr:", "")
+            ax.set_title(f"{labels[i]}\n{head}" if j == 0 else f"\n{head}", loc="left", fontsize=9.5)
+    if title:
+        fig.suptitle(title, fontweight="bold", x=0.01, ha="left")
+    return fig

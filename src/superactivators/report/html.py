@@ -40,6 +40,7 @@ from ..store.runs import StageRef, find_stages, find_store
 from ..store.tokens import Shard, TokenStore
 from ..util.io import atomic_write_bytes
 from . import figures as F
+from .localization import localization_section
 from .figdata import CURVES_FILE, F1Curves, TokenHistograms, ensure_histograms, sample_token_activations, save_curves
 
 log = logging.getLogger(__name__)
@@ -171,8 +172,12 @@ class ReportBuilder:
         for ct in ctypes:
             self._overview_f1n(ct, layers, by_stage, store, grid, methods)
         self._examples(ctypes, layers, by_stage, best, sa, store, names, slugs)
+        loc_html = self._localization(store, stages, ctypes, slugs)
         self.render()
         page = self._page(table, best, macro, curve, ctypes, layers, names, slugs, store, cfg)
+        if loc_html:  # the localisation section sits before the tables
+            page = page.replace('<section id="tables">', loc_html + '<section id="tables">', 1).replace(
+                '<a href="#tables">tables</a>', '<a href="#localization">localisation</a><a href="#tables">tables</a>', 1)
         path = self.out_dir / "index.html"
         atomic_write_bytes(path, page.encode("utf-8"))
         return path
@@ -264,6 +269,15 @@ class ReportBuilder:
                                 if name in hist.names else None)
                         self.fragments.setdefault("examples", {})[key] = self._text_examples(
                             ds, store, chosen[name], acts, j, c, thr, base)
+
+    def _localization(self, store: TokenStore, stages, ctypes, slugs) -> str:
+        """The localisation section (:mod:`superactivators.report.localization`), figures queued here."""
+        def add(view: str, key: str, make: partial, name: str) -> str:
+            self.fig(view, key, make, name)
+            return self.figs[view][key]
+
+        ds = self._dataset(store) if self.n_examples > 0 else None
+        return localization_section(self.run_dir, store, ds, stages, ctypes, add, html_table, slugs)
 
     def _dataset(self, store: TokenStore):
         from ..data.datasets import load_dataset  # noqa: PLC0415
