@@ -128,8 +128,8 @@ def demo_config(args: argparse.Namespace):
         "embed": {"model": "minilm", "layers": "all", "batch_size": 32, "max_length": 256},
         "concepts": {"types": ["mean", "linsep"]},
         # attribution baselines at the linsep concepts' best layer, sized for 2 CPU cores
-        "localize": {"attributions": list(ATTRIBUTIONS), "attribution_types": ["linsep"], "attribution_samples": 6,
-                     "attribution_budget": 32, "ig_steps": 8},
+        "localize": {"attributions": list(ATTRIBUTIONS), "attribution_types": ["linsep"], "attribution_samples": 4,
+                     "attribution_budget": 24, "ig_steps": 8},
     }
     if getattr(args, "kmeans", False):
         # k sized for this dataset (~40k train tokens, 540 train samples, 8 concepts): 256 token

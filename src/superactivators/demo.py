@@ -39,7 +39,7 @@ def image_demo_config(output_dir: str | Path, overrides: list[str] | None = None
         "concepts": {"types": ["mean", "linsep"]},
         # attribution baselines at the linsep concepts' best layer; a 4 x 4-patch occlusion window
         # and 16 perturbations keep them to minutes on 2 CPU cores (DINOv2-small: ~0.2 s a forward)
-        "localize": {"attributions": list(ATTRIBUTIONS), "attribution_types": ["linsep"], "attribution_samples": 4,
+        "localize": {"attributions": list(ATTRIBUTIONS), "attribution_types": ["linsep"], "attribution_samples": 2,
                      "attribution_budget": 16, "ig_steps": 4, "occlusion_window": 4},
     }
     cfg = config_from_dict(apply_overrides(data, list(overrides or [])))
