@@ -99,3 +99,76 @@ def test_non_finite_states_rejected(tmp_path):
     w = StoreWriter(tmp_path, _info(1, 2, [1]), np.zeros((1, 2)), np.array(["train"]))
     with pytest.raises(FloatingPointError, match="non-finite hidden states at layer 1"):
         w.add({1: np.array([[np.nan, 0.0]])}, {1: np.zeros((1, 2))}, np.array([1]), np.array([True]))
+
+
+# --------------------------------------------------------------------------- checksums and damaged files
+
+
+def _small_store(path):
+    rng = np.random.default_rng(3)
+    lengths = [5, 1, 9, 3, 7, 2, 4, 8]
+    w = StoreWriter(path, _info(8, 4, [1]), rng.integers(0, 2, size=(8, 2)),
+                    np.array(["train", "cal", "test", "train", "train", "cal", "test", "train"]), shard_tokens=10)
+    for b in _batches(rng, lengths, 4, [1]):
+        w.add(**b)
+    return w.close()
+
+
+def test_checksums_recorded_match_an_independent_hash(tmp_path):
+    import hashlib
+
+    from superactivators.store.tokens import NPY_HEADER_BYTES
+
+    store = _small_store(tmp_path)
+    sums = store.info.checksums
+    shard = store.shards[0]
+    raw = (tmp_path / "layer_01" / f"{shard.name}.npy").read_bytes()
+    rec = sums[f"layer_01/{shard.name}.npy"]
+    assert rec["size"] == len(raw) and rec["skip"] == NPY_HEADER_BYTES
+    assert rec["blocks"] == [hashlib.blake2b(raw[NPY_HEADER_BYTES:], digest_size=16).hexdigest()]
+    idx = (tmp_path / "index" / f"{shard.name}.npz").read_bytes()
+    assert sums[f"index/{shard.name}.npz"]["blocks"] == [hashlib.blake2b(idx, digest_size=16).hexdigest()]
+    assert {"labels.npy", "splits.npy", "layer_01/mean.npy"} <= set(sums)
+    assert TokenStore(tmp_path, verify="full").verify(full=True) == []
+
+
+def test_shard_overwritten_in_place_is_refused_naming_it(tmp_path):
+    from superactivators.store.tokens import NPY_HEADER_BYTES, StoreError
+
+    store = _small_store(tmp_path)
+    f = tmp_path / "layer_01" / f"{store.shards[1].name}.npy"
+    raw = bytearray(f.read_bytes())
+    raw[NPY_HEADER_BYTES:] = np.random.default_rng(9).normal(size=(len(raw) - NPY_HEADER_BYTES) // 4).astype(
+        np.float32).tobytes()  # same size, same header, other values
+    f.write_bytes(bytes(raw))
+    with pytest.raises(StoreError, match=rf"{f.name}: content differs from what was written"):
+        TokenStore(tmp_path)
+    from superactivators.cli import main
+
+    assert main(["verify", str(tmp_path)]) == 1
+
+
+@pytest.mark.parametrize("victim", ["token", "index", "manifest", "globals"])
+def test_truncated_files_are_errors_naming_them(tmp_path, victim):
+    from superactivators.store.tokens import StoreError
+
+    store = _small_store(tmp_path)
+    name = store.shards[0].name
+    f = {"token": tmp_path / "layer_01" / f"{name}.npy", "index": tmp_path / "index" / f"{name}.npz",
+         "manifest": tmp_path / "manifest.json", "globals": tmp_path / "layer_01" / f"globals_{name}.npy"}[victim]
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(StoreError, match=str(f.name).replace(".", r"\.")):
+        TokenStore(tmp_path)
+    if victim != "manifest":  # also without checksums (sampling off): np.load errors name the file
+        with pytest.raises(StoreError, match=str(f.name).replace(".", r"\.")):
+            st = TokenStore(tmp_path, verify="none")
+            st.tokens(1, st.shards[0]), st.globals(1)
+
+
+def test_verify_command_passes_a_sound_store(tmp_path, capsys):
+    from superactivators.cli import main
+
+    _small_store(tmp_path / "run" / "stores" / "s")
+    assert main(["verify", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "all files match" in out and "store" in out

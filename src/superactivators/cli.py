@@ -165,6 +165,24 @@ def _write_report(run_dir: Path, out: Path | None = None, formats: str = "png,sv
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .store.runs import verify_run
+
+    checked, bad = verify_run(args.run_dir)
+    for line in checked:
+        print(f"checked {line}")
+    if not checked and not bad:
+        print(f"error: no token store or stage files under {args.run_dir}", file=sys.stderr)
+        return 2
+    if bad:
+        print(f"{len(bad)} problem(s):", file=sys.stderr)
+        for line in bad:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    print("all files match what was written")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     return _write_report(args.run_dir, args.out, args.formats, args.examples, args.layers)
 
@@ -236,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--examples", type=int, default=3, help="test samples shown per concept (default 3; 0: none)")
     s.add_argument("--layers", help="per-layer figures only for these layers, e.g. 3,6,9,12 (default: all)")
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("verify", help="check every store file of a run against its recorded checksums",
+                       description="Reads every block of every token store file of RUN_DIR (or of one store "
+                                   "folder) and compares it with the checksum recorded when it was written; "
+                                   "stage files are checked for being readable. Exit status 1 if any differs.")
+    s.add_argument("run_dir", type=Path)
+    s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("dataset-info", help="samples, concepts with positives per split, modality, token-level truth")
     s.add_argument("path", help="metadata.csv, its folder, or builtin:NAME")

@@ -126,7 +126,9 @@ def merge_parts(store_dir: str | Path, parts: list[Path]) -> TokenStore:
             shards.append(asdict(Shard(shard.start, shard.stop, shard.token_start + tokens_before,
                                        shard.token_stop + tokens_before)))
         tokens_before += info.shards[-1]["token_stop"] if info.shards else 0
-    merged = StoreInfo(**{**asdict(first), "shards": shards, "sample_range": None, "complete": False, "norm": {}})
+    sums = {k: v for info in infos for k, v in info.checksums.items()}  # file names are global
+    merged = StoreInfo(**{**asdict(first), "shards": shards, "sample_range": None, "complete": False, "norm": {},
+                          "checksums": sums})
     for name in ("labels.npy", "splits.npy"):
         shutil.copyfile(parts[0] / name, store_dir / f".{name}.tmp")
         os.replace(store_dir / f".{name}.tmp", store_dir / name)

@@ -93,3 +93,41 @@ def find_store(run_dir: Path) -> TokenStore:
         except RuntimeError:
             continue
     raise FileNotFoundError(f"no complete token store under {run_dir / 'stores'}")
+
+
+def verify_run(run_dir: Path) -> tuple[list[str], list[str]]:
+    """Full check of a run folder (or one store folder): ``(what was checked, problems)``.
+
+    Every token store file against the checksums recorded when it was written (every block),
+    and every stage file (``.npz`` / ``.json``) for being readable.
+    """
+    import numpy as np
+
+    from .tokens import MANIFEST, StoreError
+
+    run_dir = Path(run_dir)
+    stores = [run_dir] if (run_dir / MANIFEST).exists() else sorted(p.parent for p in run_dir.glob(f"stores/*/{MANIFEST}"))
+    checked, bad = [], []
+    for sd in stores:
+        try:
+            st = TokenStore(sd, require_complete=False, verify="full")
+            n = len(st.info.checksums)
+            checked.append(f"store {sd}: {n} files" + ("" if n else " (written before checksums were recorded: not verifiable)"))
+        except StoreError as err:
+            bad += str(err).splitlines()
+    for f in sorted(run_dir.glob("stages/**/*")):
+        if f.suffix not in (".npz", ".json") or f.name.startswith("."):
+            continue
+        try:
+            if f.suffix == ".npz":
+                with np.load(f) as z:
+                    for k in z.files:
+                        z[k]
+            else:
+                json.loads(f.read_text())
+        except Exception as err:  # BadZipFile, EOFError, ValueError, ...
+            bad.append(f"{f}: damaged ({type(err).__name__}: {err})")
+    n_stage = sum(1 for f in run_dir.glob("stages/**/*") if f.suffix in (".npz", ".json"))
+    if n_stage:
+        checked.append(f"stage files: {n_stage}")
+    return checked, bad

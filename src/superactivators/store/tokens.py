@@ -17,6 +17,7 @@ half-written file. Sample ``i`` owns token rows ``offsets[i]:offsets[i+1]``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -33,6 +34,64 @@ FORMAT_VERSION = 1
 
 
 NPY_HEADER_BYTES = 128
+CHECK_BLOCK = 1 << 22  # 4 MiB: checksums are per block, so a sampled check reads only a few
+SAMPLE_BLOCKS = 16  # blocks of hidden states a store's default check on open reads (plus every small file)
+
+
+class StoreError(ValueError):
+    """A store file is missing, truncated or does not match the checksum recorded when it was written."""
+
+
+class BlockHasher:
+    """BLAKE2b digests of consecutive ``CHECK_BLOCK``-byte blocks of a byte stream."""
+
+    def __init__(self) -> None:
+        self.digests: list[str] = []
+        self.size = 0
+        self._h = hashlib.blake2b(digest_size=16)
+        self._fill = 0
+
+    def update(self, buf) -> None:
+        mv = memoryview(buf).cast("B")
+        while len(mv):
+            take = min(CHECK_BLOCK - self._fill, len(mv))
+            self._h.update(mv[:take])
+            self._fill += take
+            self.size += take
+            mv = mv[take:]
+            if self._fill == CHECK_BLOCK:
+                self.digests.append(self._h.hexdigest())
+                self._h, self._fill = hashlib.blake2b(digest_size=16), 0
+
+    def blocks(self) -> list[str]:
+        return self.digests + ([self._h.hexdigest()] if self._fill or not self.digests else [])
+
+
+def file_checksum(path: Path, skip: int = 0) -> dict:
+    """``{"size", "skip", "blocks"}`` of a file: its size and the block digests of its bytes after ``skip``."""
+    h = BlockHasher()
+    with open(path, "rb") as f:
+        f.seek(skip)
+        while chunk := f.read(CHECK_BLOCK):
+            h.update(chunk)
+    return {"size": skip + h.size, "skip": skip, "blocks": h.blocks()}
+
+
+def check_file(path: Path, rec: dict, blocks: list[int] | None = None) -> str | None:
+    """Why ``path`` does not match its checksum record (only ``blocks`` of it, or all), or None."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return f"{path}: missing"
+    if size != rec["size"]:
+        return f"{path}: {size} bytes, {rec['size']} were written (truncated or replaced)"
+    todo = range(len(rec["blocks"])) if blocks is None else blocks
+    with open(path, "rb") as f:
+        for k in todo:
+            f.seek(rec["skip"] + k * CHECK_BLOCK)
+            if hashlib.blake2b(f.read(CHECK_BLOCK), digest_size=16).hexdigest() != rec["blocks"][k]:
+                return f"{path}: content differs from what was written (block {k}, bytes from {rec['skip'] + k * CHECK_BLOCK})"
+    return None
 
 
 def npy_header(dtype: np.dtype, shape: tuple[int, int]) -> bytes:
@@ -82,6 +141,7 @@ class StoreInfo:
     complete: bool = False
     format_version: int = FORMAT_VERSION
     sample_range: list[int] | None = None  # [lo, hi): a data-parallel part of a store, see distributed.py
+    checksums: dict = field(default_factory=dict)  # file (relative) -> {"size", "skip", "blocks"}, see check_file
 
 
 def _pid_alive(tmp_name: str) -> bool:
@@ -121,7 +181,10 @@ class StoreWriter:
             (self.path / f"layer_{layer:02d}").mkdir(exist_ok=True)
         existing = self.path / MANIFEST
         if existing.exists():
-            old = StoreInfo(**json.loads(existing.read_text()))
+            try:
+                old = StoreInfo(**json.loads(existing.read_text()))
+            except (ValueError, TypeError) as err:
+                raise StoreError(f"{existing}: damaged store manifest ({err}); delete {self.path} to rebuild the store") from None
             same = (old.n_samples, old.dim, old.layers, old.concepts, old.dtype, old.sample_range) == (
                 info.n_samples, info.dim, info.layers, info.concepts, info.dtype, info.sample_range)
             if not same or old.model.get("id") != info.model.get("id"):
@@ -129,10 +192,13 @@ class StoreWriter:
                     f"{self.path} holds a different store (model/layers/shape differ); use a new folder"
                 )
             info.shards = old.shards
+            info.checksums = old.checksums
             info.dataset = {**info.dataset, **{k: v for k, v in old.dataset.items() if k == "truncated_samples"}}
         else:
             atomic_save_npy(self.path / "labels.npy", labels.astype(np.uint8))
             atomic_save_npy(self.path / "splits.npy", np.asarray(splits, dtype="<U8"))
+            for name in ("labels.npy", "splits.npy"):
+                info.checksums[name] = file_checksum(self.path / name)
             atomic_write_json(existing, asdict(info))  # complete=False until close()
         self.info = info
         for stale in self.path.glob("layer_*/.shard.tmp*"):  # left by an interrupted writer
@@ -156,6 +222,7 @@ class StoreWriter:
         # token states stream straight into one temporary .npy per layer (memory: one batch,
         # whatever the shard size or the number of layers); the header is fixed up at flush
         self._tok: dict[int, BinaryIO] = {}
+        self._hash: dict[int, BlockHasher] = {}  # token bytes after the header, hashed as written
         self._glob: dict[int, list[np.ndarray]] = {l: [] for l in self.info.layers}
         self._meta: dict[str, list[np.ndarray]] = {"lengths": [], "valid": [], "char_spans": [], "gt": []}
         self._buffered_tokens = 0
@@ -183,7 +250,10 @@ class StoreWriter:
             if fh is None:
                 fh = self._tok[layer] = open(self._tmp_path(layer), "wb")
                 fh.write(npy_header(np_dtype, (0, self.info.dim)))
-            np.ascontiguousarray(t, dtype=np_dtype).tofile(fh)
+                self._hash[layer] = BlockHasher()
+            rows = np.ascontiguousarray(t, dtype=np_dtype)
+            rows.tofile(fh)
+            self._hash[layer].update(rows.reshape(-1).view(np.uint8))
             # a copy: an encoder's globals may be a view of the whole batch's hidden states
             # (h[:, 0] of a CPU float32 tensor), which would keep every batch alive until flush
             self._glob[layer].append(np.array(globals_[layer], dtype=np.float32, copy=True))
@@ -205,7 +275,9 @@ class StoreWriter:
         shard = Shard(self.next_sample, self.next_sample + self._buffered_samples,
                       self.next_token, self.next_token + self._buffered_tokens)
         meta = {k: np.concatenate(v) for k, v in self._meta.items() if v}
+        sums = self.info.checksums
         atomic_save_npz(self.path / "index" / f"{shard.name}.npz", **meta)
+        sums[f"index/{shard.name}.npz"] = file_checksum(self.path / "index" / f"{shard.name}.npz")
         for layer in self.info.layers:
             d = self.path / f"layer_{layer:02d}"
             fh = self._tok.pop(layer)
@@ -215,7 +287,11 @@ class StoreWriter:
             os.fsync(fh.fileno())
             fh.close()
             os.replace(self._tmp_path(layer), d / f"{shard.name}.npy")
+            h = self._hash.pop(layer)
+            sums[f"{d.name}/{shard.name}.npy"] = {"size": NPY_HEADER_BYTES + h.size, "skip": NPY_HEADER_BYTES,
+                                                  "blocks": h.blocks()}
             atomic_save_npy(d / f"globals_{shard.name}.npy", np.concatenate(self._glob[layer]))
+            sums[f"{d.name}/globals_{shard.name}.npy"] = file_checksum(d / f"globals_{shard.name}.npy")
         self.info.shards.append(asdict(shard))
         atomic_write_json(self.path / MANIFEST, asdict(self.info))
         self._reset_buffer()
@@ -226,31 +302,43 @@ class StoreWriter:
         if self.next_sample != self.info.n_samples:
             raise RuntimeError(f"store has {self.next_sample} of {self.info.n_samples} samples")
         atomic_write_json(self.path / MANIFEST, asdict(self.info))
-        store = TokenStore(self.path, require_complete=False)
+        store = TokenStore(self.path, require_complete=False, verify="none")
         for layer in self.info.layers:
             mean, scale, n = store.compute_norm(layer, store.splits == "train")
             atomic_save_npy(self.path / f"layer_{layer:02d}" / "mean.npy", mean)
+            self.info.checksums[f"layer_{layer:02d}/mean.npy"] = file_checksum(self.path / f"layer_{layer:02d}" / "mean.npy")
             self.info.norm[str(layer)] = {"scale": scale, "n_train_tokens": n}
         self.info.complete = True
         atomic_write_json(self.path / MANIFEST, asdict(self.info))
-        return TokenStore(self.path)
+        return TokenStore(self.path, verify="none")  # just written and checksummed
 
 
 class TokenStore:
     """Read side of the store: small per-token arrays in memory, hidden states memory-mapped."""
 
-    def __init__(self, path: str | Path, require_complete: bool = True):
+    def __init__(self, path: str | Path, require_complete: bool = True, verify: str = "sample"):
+        """Open the store at ``path``; ``verify`` checks files against the checksums recorded when
+        they were written: ``"sample"`` (default: sizes of all files, every small file, and
+        :data:`SAMPLE_BLOCKS` random blocks of hidden states), ``"full"`` or ``"none"``. A missing,
+        truncated or altered file is a :class:`StoreError` naming it."""
         self.path = Path(path)
         mpath = self.path / MANIFEST
         if not mpath.exists():
             raise FileNotFoundError(f"no token store at {self.path} (missing {MANIFEST})")
-        self.info = StoreInfo(**json.loads(mpath.read_text()))
+        try:
+            self.info = StoreInfo(**json.loads(mpath.read_text()))
+        except (ValueError, TypeError) as err:  # JSONDecodeError is a ValueError
+            raise StoreError(f"{mpath}: damaged store manifest ({err}); delete {self.path} to rebuild the store") from None
         if require_complete and not self.info.complete:
             raise RuntimeError(f"token store {self.path} is incomplete (interrupted?); re-run embed to resume")
         self.shards = [Shard(**s) for s in self.info.shards]
-        self.labels = np.load(self.path / "labels.npy")
-        self.splits = np.load(self.path / "splits.npy")
-        idx = [np.load(self.path / "index" / f"{s.name}.npz") for s in self.shards]
+        if verify != "none":
+            bad = self.verify(full=verify == "full")
+            if bad:
+                raise StoreError("\n".join([*bad, f"(delete {self.path} to rebuild the store)"]))
+        self.labels = self._load(self.path / "labels.npy")
+        self.splits = self._load(self.path / "splits.npy")
+        idx = [self._load(self.path / "index" / f"{s.name}.npz") for s in self.shards]
         self.lengths = np.concatenate([z["lengths"] for z in idx]).astype(np.int64)
         self.offsets = np.zeros(len(self.lengths) + 1, dtype=np.int64)
         np.cumsum(self.lengths, out=self.offsets[1:])
@@ -258,6 +346,48 @@ class TokenStore:
         self.char_spans = (np.concatenate([z["char_spans"] for z in idx]) if "char_spans" in idx[0] else None) if idx else None
         self._gt_bits = (np.concatenate([z["gt"] for z in idx]) if "gt" in idx[0] else None) if idx else None
         self.sample_of_token = np.repeat(np.arange(len(self.lengths)), self.lengths)
+
+    @staticmethod
+    def _load(path: Path, mmap_mode: str | None = None):
+        """``np.load`` whose failures (truncated file, bad zip) name the file."""
+        try:
+            out = np.load(path, mmap_mode=mmap_mode)
+            if isinstance(out, np.lib.npyio.NpzFile):  # read now: a damaged member fails here, named
+                out = {k: out[k] for k in out.files}
+            return out
+        except FileNotFoundError:
+            raise StoreError(f"{path}: missing store file") from None
+        except Exception as err:  # ValueError (mmap length), BadZipFile, EOFError, OSError, ...
+            raise StoreError(f"{path}: damaged store file ({type(err).__name__}: {err})") from None
+
+    def verify(self, full: bool = False, rng: np.random.Generator | None = None) -> list[str]:
+        """One line per file that differs from its recorded checksum (empty: all good).
+
+        Without ``full``: every file's size, every small file in full, and :data:`SAMPLE_BLOCKS`
+        blocks of the large ones picked at random (``rng``), so opening a store stays cheap.
+        """
+        sums = self.info.checksums
+        if not sums:
+            return []  # a store written before checksums were recorded
+        bad: list[str] = []
+        big: list[tuple[str, int]] = []
+        for rel, rec in sums.items():
+            n = len(rec["blocks"])
+            if full or n <= 1 or not rel.startswith("layer_"):
+                why = check_file(self.path / rel, rec)
+            else:
+                why = check_file(self.path / rel, rec, blocks=[])  # size now, sampled blocks below
+                big += [(rel, k) for k in range(n)]
+            if why:
+                bad.append(why)
+        if big and not bad:
+            rng = rng or np.random.default_rng()
+            for j in rng.choice(len(big), size=min(SAMPLE_BLOCKS, len(big)), replace=False):
+                rel, k = big[int(j)]
+                why = check_file(self.path / rel, sums[rel], blocks=[k])
+                if why:
+                    bad.append(why)
+        return bad
 
     # --- shapes -------------------------------------------------------------------------
     @property
@@ -283,16 +413,20 @@ class TokenStore:
     # --- data ---------------------------------------------------------------------------
     def tokens(self, layer: int, shard: Shard) -> np.ndarray:
         """Raw hidden states of one shard, memory-mapped ``[t, d]``."""
-        return np.load(self.path / f"layer_{layer:02d}" / f"{shard.name}.npy", mmap_mode="r")
+        path = self.path / f"layer_{layer:02d}" / f"{shard.name}.npy"
+        x = self._load(path, mmap_mode="r")
+        if x.shape != (shard.n_tokens, self.dim):
+            raise StoreError(f"{path}: holds {x.shape}, expected ({shard.n_tokens}, {self.dim})")
+        return x
 
     def globals(self, layer: int) -> np.ndarray:
         """Global (CLS / pooled / mean) embeddings ``[N, d]`` float32, raw."""
         d = self.path / f"layer_{layer:02d}"
-        return np.concatenate([np.load(d / f"globals_{s.name}.npy") for s in self.shards])
+        return np.concatenate([self._load(d / f"globals_{s.name}.npy") for s in self.shards])
 
     def norm(self, layer: int) -> tuple[np.ndarray, float]:
         """Train-split token mean ``[d]`` and mean norm of centred train tokens."""
-        mean = np.load(self.path / f"layer_{layer:02d}" / "mean.npy")
+        mean = self._load(self.path / f"layer_{layer:02d}" / "mean.npy")
         return mean, float(self.info.norm[str(layer)]["scale"])
 
     def token_labels(self, shard: Shard, concepts: np.ndarray | None = None) -> np.ndarray:
