@@ -161,15 +161,18 @@ def fit_separators_seed(x: np.ndarray, y: np.ndarray, seed: int = 0, opts: SeedA
     for c in range(y.shape[1]):
         pos, neg = np.flatnonzero(y[:, c] > 0), np.flatnonzero(y[:, c] <= 0)
         k = min(len(pos), len(neg))
-        if k == 0:
-            raise ValueError(f"separator #{c}: needs in- and out-of-concept rows, got {len(pos)} and {len(neg)}")
-        rows = np.concatenate([rng.choice(pos, k, replace=False), rng.choice(neg, k, replace=False)])
-        xb, yb = x_t[rows], torch.from_numpy(np.r_[np.ones(k), np.zeros(k)].astype(np.float32))
         gen = torch.Generator().manual_seed(seed + c)
         model = torch.nn.Linear(x.shape[1], 1, bias=False)
         with torch.no_grad():  # nn.Linear's default init, from our own generator
             bound = 1.0 / np.sqrt(x.shape[1])
             model.weight.uniform_(-bound, bound, generator=gen)
+        if k == 0:  # as the seed (compute_a_linear_separator): an untrained random vector
+            warnings.warn(f"separator #{c}: {len(pos)} in- and {len(neg)} out-of-concept rows; "
+                          "keeping its random initial vector, as the seed does", stacklevel=2)
+            W[c] = model.weight.detach().numpy()[0]
+            continue
+        rows = np.concatenate([rng.choice(pos, k, replace=False), rng.choice(neg, k, replace=False)])
+        xb, yb = x_t[rows], torch.from_numpy(np.r_[np.ones(k), np.zeros(k)].astype(np.float32))
         optim = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
         sched = torch.optim.lr_scheduler.StepLR(optim, step_size=opts.lr_step, gamma=opts.lr_gamma)
         loss_fn = torch.nn.BCEWithLogitsLoss()
