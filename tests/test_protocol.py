@@ -186,3 +186,32 @@ def test_mllama_seed_protocol_one_tile(tmp_path):
     assert b.lengths.tolist() == [16] and int(b.valid.sum()) == 8
     ours = MllamaImageEncoder(EmbedConfig(model=str(tmp_path), layers=[1], device="cpu"))
     assert ours.encode_images([im]).lengths.tolist() != [16]  # the processor tiles the 100 x 30 image itself
+
+
+def test_sample_labels_only_run_says_so(tmp_path, small_emotions, tiny_bert, caplog):
+    """Spans withheld: the store, dataset-info, the run log and the report all say there is no token truth."""
+    import logging
+
+    from superactivators.data.datasets import SAMPLE_LABELS_NOTE, dataset_summary, load_dataset, withhold_token_truth
+    from superactivators.pipeline import run_pipeline
+    from superactivators.report.html import build_report
+
+    ds = load_dataset(small_emotions)
+    assert ds.spans is not None and SAMPLE_LABELS_NOTE not in dataset_summary(ds)
+    assert SAMPLE_LABELS_NOTE in dataset_summary(withhold_token_truth(ds))
+    cfg = config_from_dict({"name": "nospans", "output_dir": str(tmp_path), "score_device": "cpu",
+                            "data": {"path": str(small_emotions), "sample_labels_only": True},
+                            "embed": {"model": str(tiny_bert), "layers": [2], "batch_size": 32},
+                            "concepts": {"types": ["mean"]}, "detect": {"grid": [10, 50]}})
+    with caplog.at_level(logging.WARNING, logger="superactivators.pipeline"):
+        res = run_pipeline(cfg, progress=False)
+    assert res.store.info.token_ground_truth == "sample" and res.localization is None
+    assert any(SAMPLE_LABELS_NOTE in r.getMessage() for r in caplog.records)
+    assert {"superactivator", "superactivator_sample"} <= set(res.table["method"])
+    page = build_report(res.run_dir, tmp_path / "report", formats=("png",), n_examples=1, workers=1)
+    assert "sample-labels-note" in page.read_text()
+    # the same data with its spans: another store, token truth from the spans
+    res2 = run_pipeline(config_from_dict({**cfg.to_dict(), "name": "spans",
+                                          "data": {**cfg.to_dict()["data"], "sample_labels_only": False}}),
+                        progress=False)
+    assert res2.store.info.token_ground_truth == "spans" and res2.store.path != res.store.path
