@@ -19,9 +19,10 @@ def _example():
 def test_superactivator_calibration_by_hand():
     splits, score, labels, tokens = _example()
     r = calibrate_method("superactivator", score, tokens, labels.astype(bool), splits, ["c"], grid=[20, 60])
-    # N=20 -> q=.8 -> 0.82: cal preds [1,0,0,0] -> F1 2/3 ; N=60 -> q=.4 -> 0.66: [1,0,1,0] -> F1 1
+    # N=20 keeps ceil(1.0) = 1 token -> 0.9: cal preds [1,0,0,0] -> F1 2/3 ;
+    # N=60 keeps ceil(3.0) = 3 tokens -> 0.7: [1,0,1,0] -> F1 1
     np.testing.assert_allclose(r.cal_f1_curve[0], [2 / 3, 1.0])
-    assert r.n_pct[0] == 60 and r.threshold[0] == pytest.approx(0.66)
+    assert r.n_pct[0] == 60 and r.threshold[0] == 0.7
     # test: .95 yes, .5 no, .2 no -> tp1 fn1 tn1
     assert (r.test.tp[0], r.test.fp[0], r.test.fn[0], r.test.tn[0]) == (1, 0, 1, 1)
     assert r.test.f1()[0] == pytest.approx(2 / 3)
@@ -30,7 +31,7 @@ def test_superactivator_calibration_by_hand():
 def test_ties_in_cal_f1_pick_smallest_n():
     splits, score, labels, tokens = _example()
     r = calibrate_method("x", score, tokens, labels.astype(bool), splits, ["c"], grid=[60, 70])
-    # N=60 -> .66, N=70 -> q=.3 -> pos 1.2 -> .62: same cal predictions; first in grid order wins
+    # N=60 -> 0.7, N=70 keeps ceil(3.5) = 4 -> 0.6: same cal predictions; first in grid order wins
     assert r.n_pct[0] == 60
 
 
@@ -39,8 +40,8 @@ def test_baseline_population_is_positive_cal_scores_and_table():
     summary = ScoreSummary(["c"], {"max_token": score, "mean_token": score * 0.5}, tokens)
     res = run_detection(summary, labels, splits, methods=["superactivator", "mean_token"], grid=[50])
     mean = next(r for r in res if r.method == "mean_token")
-    # positive cal mean scores: .45 and .4 -> median .425
-    assert mean.threshold[0] == pytest.approx(0.425)
+    # positive cal mean scores: .45 and .4; N=50 keeps ceil(1.0) = 1 -> .45
+    assert mean.threshold[0] == pytest.approx(0.45)
     names = [r.method for r in res]
     assert names == ["superactivator", "mean_token", "mean_token@best_threshold"]
     best = res[-1]

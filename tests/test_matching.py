@@ -45,8 +45,8 @@ def test_pair_thresholds_equal_tail_thresholds_per_column():
     got = pair_tail_thresholds(rows, GRID)
     want = tail_thresholds([rows[:, k] for k in range(6)], GRID)  # [K, G]
     np.testing.assert_allclose(got, want.T)
-    # by hand: 5 values 1..5, top 50% -> the median 3, top 90% -> 10% quantile 1.4
-    np.testing.assert_allclose(pair_tail_thresholds(np.arange(1.0, 6)[:, None], (50, 90))[:, 0], [3.0, 1.4])
+    # by hand: 5 values 1..5, N=50 keeps ceil(2.5) = 3 values -> 3; N=90 keeps ceil(4.5) = 5 -> 1
+    np.testing.assert_allclose(pair_tail_thresholds(np.arange(1.0, 6)[:, None], (50, 90))[:, 0], [3.0, 1.0])
     assert np.isnan(pair_tail_thresholds(np.empty((0, 3)), GRID)).all()
     with pytest.raises(FloatingPointError):
         pair_tail_thresholds(np.array([[np.inf]]), GRID)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from superactivators.evaluate.calibrate import DEFAULT_GRID, tail_thresholds
+from superactivators.evaluate.calibrate import DEFAULT_GRID, tail_counts, tail_thresholds
 from superactivators.evaluate.quantiles import StreamingQuantiles, float_keys, keys_to_floats
 
 Q = 1.0 - np.asarray(DEFAULT_GRID) / 100.0
@@ -93,8 +93,10 @@ def test_tail_thresholds_accept_histogram_populations():
     h.add(p, np.zeros(len(p), int))
     exact = tail_thresholds([p], DEFAULT_GRID)[0]
     streamed = tail_thresholds([h.population(0)], DEFAULT_GRID)[0]
-    _, lo, hi = h.bounds(Q)
-    assert np.all((lo[0] <= streamed) & (streamed <= hi[0]))
+    ranks = len(p) - tail_counts(len(p), DEFAULT_GRID)
+    _, lo, hi = h.population(0).order_stat_bounds(ranks)
+    assert np.all((lo <= exact) & (exact <= hi)) and np.all((lo <= streamed) & (streamed <= hi))
+    np.testing.assert_array_equal(exact, np.sort(p.astype(np.float64))[ranks])
     np.testing.assert_allclose(streamed, exact, atol=2 ** -7 * np.abs(exact).max())
     assert len(h.population(0)) == 100_000 and len(h.population(1)) == 0
     with pytest.warns(UserWarning, match="empty"):
@@ -129,11 +131,12 @@ def test_summary_streams_large_cal_populations_and_caches_them(tmp_path):
     assert [len(p) for p in streamed.cal_in_concept] == [len(p) for p in exact.cal_in_concept]
     t_exact = tail_thresholds(exact.cal_in_concept, DEFAULT_GRID)
     t_stream = tail_thresholds(streamed.cal_in_concept, DEFAULT_GRID)
-    hist = streamed.cal_in_concept[0].hist
-    _, lo, hi = hist.bounds(Q)
     has = np.array([len(p) > 0 for p in exact.cal_in_concept])
     assert has.sum() >= 2 and np.isnan(t_stream[~has]).all()  # a concept without cal tokens: no threshold
-    t_exact, t_stream, lo, hi = t_exact[has], t_stream[has], lo[has], hi[has]
+    bounds = [streamed.cal_in_concept[c].order_stat_bounds(len(p) - tail_counts(len(p), DEFAULT_GRID))
+              for c, p in enumerate(exact.cal_in_concept) if len(p)]
+    lo, hi = np.stack([b[1] for b in bounds]), np.stack([b[2] for b in bounds])
+    t_exact, t_stream = t_exact[has], t_stream[has]
     tol = 1e-12 * np.abs(t_exact)
     assert np.all((lo - tol <= t_exact) & (t_exact <= hi + tol))
     assert np.all(np.abs(t_stream - t_exact) <= hi - lo + tol)

@@ -2,11 +2,14 @@
 
 Every calibrator is a pure function ``(populations or scores, ...) -> thresholds``.
 
-``tail_thresholds``: for a grid of N (percent of the population kept), the threshold is the
-``1 - N/100`` quantile with linear interpolation (numpy's default ``linear`` method), so that
-the top N % of the population reach it. For SuperActivator detection the population is the
-in-concept token activations on ``cal``; for the per-sample baselines it is the score of the
-concept's positive ``cal`` samples.
+``tail_thresholds``: for a grid of N (percent of the population kept), the threshold of a
+population of ``n`` values is its ``k``-th largest value with ``k = max(1, ceil(N * n / 100))``
+(:func:`tail_counts`), so that exactly the top ``k`` values reach it (ties at the threshold
+aside: tied values all reach it). ``k`` comes from whole-number arithmetic on the decimal value
+of N (``Fraction(str(N))``), never from ``1 - N/100`` in floating point, which rounds up for
+N = 10, 20, 60, 70, 95 and drops the boundary value whenever the rank lands on a whole number.
+For SuperActivator detection the population is the in-concept token activations on ``cal``;
+for the per-sample baselines it is the score of the concept's positive ``cal`` samples.
 
 ``best_f1_thresholds``: the threshold chosen freely to maximise F1 on ``cal`` (an upper
 reference that isolates how much of a win is the tail and how much is calibration).
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Sequence
 
 import numpy as np
@@ -23,35 +27,74 @@ import numpy as np
 from .metrics import f1_grid
 
 DEFAULT_GRID: tuple[float, ...] = (2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
+#: names the threshold rule in cache keys of results that depend on it (a rule change must not
+#: reuse tables computed under the old one)
+TAIL_RULE = "kth-largest-ceil"
+
+
+def grid_fractions(grid: Sequence[float]) -> list[Fraction]:
+    """Each N of the grid as an exact fraction of its decimal value (``2.5`` -> 5/2, ``0.1`` -> 1/10)."""
+    out = []
+    for g in grid:
+        f = Fraction(str(float(g)))
+        if not 0 <= f <= 100:
+            raise ValueError(f"grid values must lie in [0, 100], got {list(grid)}")
+        out.append(f)
+    return out
+
+
+def tail_counts(n: int | np.ndarray, grid: Sequence[float] = DEFAULT_GRID) -> np.ndarray:
+    """How many values of a population of ``n`` reach the threshold for each N: ``[..., G]`` int64.
+
+    ``k = ceil(N * n / 100)``, at least 1 (N = 0 keeps the maximum) and at most ``n``; 0 when
+    ``n = 0``. Whole-number arithmetic: ``ceil(a / b) = -(-a // b)`` with ``N = p / q``.
+    """
+    n = np.asarray(n, dtype=np.int64)
+    fr = grid_fractions(grid)
+    p = np.array([f.numerator for f in fr], dtype=np.int64)
+    q = np.array([f.denominator for f in fr], dtype=np.int64)
+    k = -((-(n[..., None] * p)) // (100 * q))
+    return np.where(n[..., None] > 0, np.clip(k, 1, n[..., None]), 0)
 
 
 def tail_thresholds(populations: Sequence[np.ndarray], grid: Sequence[float] = DEFAULT_GRID) -> np.ndarray:
-    """Thresholds ``[C, G]``: the ``(1 - N/100)`` quantile of each concept's population.
+    """Thresholds ``[C, G]``: the ``k``-th largest value of each concept's population (:func:`tail_counts`).
 
     An empty population gives a row of NaN (that concept cannot be calibrated) and a warning.
-    A population may also be a streamed summary with ``len()`` and ``quantile(q)`` (see
-    :mod:`superactivators.evaluate.quantiles`: exact when the values fit in memory, otherwise a
-    fixed-memory histogram with a proven error bound).
+    A population may also be a streamed summary with ``len()`` and ``order_stats(ranks)``
+    (0-based ascending ranks; see :mod:`superactivators.evaluate.quantiles`: exact when the
+    values fit in memory, otherwise a fixed-memory histogram with a proven error bound).
     """
-    q = 1.0 - np.asarray(grid, dtype=np.float64) / 100.0
-    if np.any((q < 0) | (q > 1)):
-        raise ValueError(f"grid values must lie in [0, 100], got {list(grid)}")
-    out = np.full((len(populations), len(q)), np.nan, dtype=np.float64)
-    for c, pop in enumerate(populations):
-        if hasattr(pop, "quantile"):  # streamed: already checked finite when counted
-            if len(pop) == 0:
-                warnings.warn(f"concept #{c} has an empty calibration population; no threshold", stacklevel=2)
-            else:
-                out[c] = pop.quantile(q)
-            continue
-        pop = np.asarray(pop, dtype=np.float64)
-        if pop.size == 0:
+    grid_fractions(grid)  # validates
+    out = np.full((len(populations), len(grid)), np.nan, dtype=np.float64)
+    for c, pop in enumerate(populations):  # one partition per concept
+        streamed = hasattr(pop, "order_stats")
+        n = len(pop) if streamed else np.asarray(pop).size
+        if n == 0:
             warnings.warn(f"concept #{c} has an empty calibration population; no threshold", stacklevel=2)
             continue
+        ranks = n - tail_counts(n, grid)  # ascending 0-based rank of the k-th largest
+        if streamed:  # already checked finite when counted
+            out[c] = pop.order_stats(ranks)
+            continue
+        pop = np.asarray(pop, dtype=np.float64).ravel()
         if not np.isfinite(pop).all():
             raise FloatingPointError(f"concept #{c}: non-finite activations in the calibration population")
-        out[c] = np.quantile(pop, q, method="linear")
+        out[c] = np.partition(pop, np.unique(ranks))[ranks]
     return out
+
+
+def column_tail_thresholds(rows: np.ndarray, grid: Sequence[float] = DEFAULT_GRID) -> np.ndarray:
+    """Thresholds ``[G, K]`` of every column of ``rows [t, K]`` at once (as :func:`tail_thresholds`
+    per column); no rows gives NaN."""
+    rows = np.asarray(rows, dtype=np.float64)
+    grid_fractions(grid)
+    if len(rows) == 0:
+        return np.full((len(grid), rows.shape[1]), np.nan)
+    if not np.isfinite(rows).all():
+        raise FloatingPointError("non-finite activations in a calibration population")
+    ranks = len(rows) - tail_counts(len(rows), grid)
+    return np.partition(rows, np.unique(ranks), axis=0)[ranks]
 
 
 def best_f1_thresholds(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ Detect-then-invert methods (tokens of samples not detected are predicted negativ
 - ``twostage``: per detected sample a concept vector ``v_s`` = the softmax(activation)-weighted
   mean of the sample's SuperActivator tokens (``a >= tau_c(N_det)``, normalised hidden states),
   as the seed builds it; every token of the sample is scored by ``cos(h_t, v_s)`` and kept when
-  the score reaches a threshold: the ``(1 - N/100)`` quantile of the in-concept ``cal`` tokens'
+  the score reaches a threshold: the ``k``-th largest (``k = ceil(N n / 100)``) of the in-concept ``cal`` tokens'
   two-stage scores, N chosen on ``cal``;
 - ``positive``: tokens with ``a(t, c) > 0`` in detected samples (no tail threshold);
 - ``topk``: the ``k`` highest-scoring tokens of each detected sample, ``k`` = the median number
@@ -46,7 +46,7 @@ import pandas as pd
 from ..concepts.supervised import ConceptSet
 from ..store.tokens import Shard, TokenStore
 from ..util.io import atomic_write_bytes
-from .calibrate import DEFAULT_GRID, tail_thresholds
+from .calibrate import DEFAULT_GRID, TAIL_RULE, tail_thresholds
 from .metrics import Confusion
 from .scoring import PassContext, ScoreSummary, make_scorer, score_store
 
@@ -502,7 +502,7 @@ def localize_stage(
     from ..util.io import stable_hash
 
     loc_grid = localization_grid(grid)
-    path = Path(stage_dir) / f"localization_{stable_hash([list(grid), loc_grid, LOC_METHODS, seed], 8)}.csv"
+    path = Path(stage_dir) / f"localization_{stable_hash([list(grid), loc_grid, LOC_METHODS, seed, TAIL_RULE], 8)}.csv"
     if path.exists():
         return pd.read_csv(path)
     sa = next((r for r in detection if r.method == "superactivator"), None)

@@ -7,8 +7,8 @@ in-concept for at least one labelled concept (each token once, with its ``[T, C]
 truth), plus the global-embedding scores of the global twin set.
 
 Matching (:func:`match_units`) follows the supervised protocol of :mod:`superactivators.evaluate.detect`
-for every (concept, unit) pair at once: the tail thresholds are the ``(1 - N/100)``
-quantiles (numpy ``linear``, as :func:`superactivators.evaluate.calibrate.tail_thresholds`) of the
+for every (concept, unit) pair at once: the tail thresholds are the ``k``-th largest
+values, ``k = ceil(N n / 100)`` (as :func:`superactivators.evaluate.calibrate.tail_thresholds`), of the
 pair's calibration population, taken along axis 0 of the ``[t_c, K]`` rows of concept c;
 ``cal`` F1 is computed for every (N, unit) in one broadcast; N is picked per unit as the
 first best on the grid, and the concept is matched to the unit with the best ``cal`` F1
@@ -41,8 +41,8 @@ import torch
 from ..concepts.supervised import ConceptSet
 from ..store.tokens import Shard, TokenStore
 from ..util.io import atomic_save_npz, atomic_write_bytes
-from .calibrate import DEFAULT_GRID, best_f1_thresholds
-from .detect import METHODS, MethodResult, results_table, run_detection
+from .calibrate import DEFAULT_GRID, best_f1_thresholds, column_tail_thresholds
+from .detect import METHODS, PREDICTIONS_FILE, MethodResult, results_table, run_detection, save_predictions
 from .scoring import PassContext, SampleReducer, ScoreSummary, make_scorer
 
 UNSUPERVISED_TYPES = ("kmeans", "kmeans-linsep", "sae")
@@ -201,20 +201,10 @@ def summarise_units(
 
 # --- matching --------------------------------------------------------------------------
 def pair_tail_thresholds(rows: np.ndarray, grid: Sequence[float] = DEFAULT_GRID) -> np.ndarray:
-    """Thresholds ``[G, K]``: the ``(1 - N/100)`` quantile of each column of ``rows [t, K]``.
-
-    Column-wise the same as :func:`superactivators.evaluate.calibrate.tail_thresholds` (linear
-    interpolation); no rows gives NaN (that pair never fires).
-    """
-    q = 1.0 - np.asarray(grid, dtype=np.float64) / 100.0
-    if np.any((q < 0) | (q > 1)):
-        raise ValueError(f"grid values must lie in [0, 100], got {list(grid)}")
-    if len(rows) == 0:
-        return np.full((len(q), rows.shape[1]), np.nan)
-    rows = np.asarray(rows, dtype=np.float64)
-    if not np.isfinite(rows).all():
-        raise FloatingPointError("non-finite unit activations in a calibration population")
-    return np.quantile(rows, q, axis=0, method="linear")
+    """Thresholds ``[G, K]``: per column of ``rows [t, K]``, the ``k``-th largest value with
+    ``k = ceil(N t / 100)`` (:func:`superactivators.evaluate.calibrate.column_tail_thresholds`,
+    the same rule as ``tail_thresholds``); no rows gives NaN (that pair never fires)."""
+    return column_tail_thresholds(rows, grid)
 
 
 def pair_f1(scores: np.ndarray, truth: np.ndarray, thr: np.ndarray) -> np.ndarray:
@@ -414,4 +404,5 @@ def run_unsupervised_stage(store: TokenStore, layer: int, ctype: str, cfg, stage
     results, matches = matched_results(summary, store.labels, store.splits, store.concepts, cfg.detect.methods,
                                        cfg.detect.grid, cfg.detect.best_threshold)
     atomic_write_bytes(stage / "matches.csv", matches.to_csv(index=False).encode())
+    save_predictions(stage / PREDICTIONS_FILE, results, store.splits)
     return results_table(results, layer=layer, concept_type=ctype)

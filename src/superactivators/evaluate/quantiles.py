@@ -1,8 +1,9 @@
 """Quantiles of in-concept activation populations too large to hold: streamed, bounded memory.
 
-Calibration needs, per concept, the ``(1 - N)`` quantiles of its in-concept ``cal`` token
-activations. Up to a few tens of millions of values they are kept and the quantile is exact
-(``np.quantile``, linear). Beyond that, :class:`StreamingQuantiles` keeps a fixed-size
+Calibration needs, per concept, order statistics (the ``k``-th largest value, see
+:func:`superactivators.evaluate.calibrate.tail_counts`) of its in-concept ``cal`` token
+activations; linear quantiles are offered too. Up to a few tens of millions of values they are
+kept and the order statistic is exact. Beyond that, :class:`StreamingQuantiles` keeps a fixed-size
 histogram instead.
 
 **Method.** A float32 value ``x`` maps to a 32-bit key that sorts like ``x`` (sign bit flipped
@@ -173,6 +174,18 @@ class HistogramPopulation:
     def quantile(self, q: Sequence[float]) -> np.ndarray:
         """Estimated linear quantiles ``[G]`` (within the bound of the module docstring)."""
         return self.hist.concept_bounds(self.concept, q)[0]
+
+    def order_stats(self, ranks: Sequence[int]) -> np.ndarray:
+        """Estimated order statistics ``x_(k)`` (0-based ascending ranks), each within its bucket."""
+        return self.order_stat_bounds(ranks)[0]
+
+    def order_stat_bounds(self, ranks: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(estimate, lower, upper)``: the exact ``x_(k)`` lies in ``[lower, upper]``."""
+        ranks = np.asarray(ranks, dtype=np.int64)
+        n = len(self)
+        if ranks.size and (ranks.min() < 0 or ranks.max() >= n):
+            raise ValueError(f"ranks must lie in [0, {n}), got {ranks.min()}..{ranks.max()}")
+        return self.hist._order_stat(self.concept, ranks)
 
 
 class BucketCollector:
