@@ -22,7 +22,7 @@ def _reference_data() -> Path:
 
 REFERENCE_DATA = _reference_data()
 
-from .report_run import tiny_report_run  # noqa: E402,F401  one tiny run shared by the report and browser tests
+from .report_run import tiny_report_run, tiny_run_pair  # noqa: E402,F401  tiny runs shared by report, stats and compare tests
 
 
 def write_small_emotions(path: Path, per_split: dict[str, int] | None = None) -> Path:

@@ -54,3 +54,12 @@ def tiny_report_run(tmp_path_factory, small_emotions, tiny_bert) -> TinyRun:
 
     run_dir = make_tiny_run(tmp_path_factory.mktemp("report_run"), small_emotions, tiny_bert)
     return TinyRun(run_dir, build_report(run_dir, n_examples=2))
+
+
+@pytest.fixture(scope="session")
+def tiny_run_pair(tmp_path_factory, small_emotions, tiny_bert, tiny_gpt2) -> tuple[Path, Path]:
+    """Two finished tiny runs (BERT-style and GPT-2-style, mean and linsep), no report: for
+    best_layers.csv and ``compare``."""
+    root = tmp_path_factory.mktemp("run_pair")
+    return (make_tiny_run(root / "bert", small_emotions, tiny_bert),
+            make_tiny_run(root / "gpt2", small_emotions, tiny_gpt2))

@@ -37,3 +37,15 @@ def test_confusion_add():
     s = a + a
     assert s.tp[0] == 2 and s.tn[0] == 8 and s.support[0] == 8
     assert s.f1()[0] == pytest.approx(4 / (4 + 4 + 6))
+
+
+def test_accuracy_and_error_rates_by_hand():
+    pred = np.array([[1, 0], [1, 0], [0, 0], [0, 1], [1, 0]], bool)
+    truth = np.array([[1, 0], [0, 0], [1, 0], [0, 0], [1, 0]], bool)
+    r = Confusion.from_predictions(pred, truth).rates()
+    # column 0: tp 2, fp 1, fn 1, tn 1; column 1: tp 0, fp 1, fn 0, tn 4 (no positives)
+    np.testing.assert_allclose(r["accuracy"], [3 / 5, 4 / 5])
+    np.testing.assert_allclose(r["fpr"], [1 / 2, 1 / 5])
+    np.testing.assert_allclose(r["tnr"], [1 / 2, 4 / 5])
+    np.testing.assert_allclose(r["fnr"], [1 / 3, 0.0])  # no positives: 0, not NaN
+    np.testing.assert_allclose(r["fpr"] + r["tnr"], 1.0)

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from superactivators.evaluate.detect import MACRO
-from superactivators.evaluate.sweep import best_layers, headline, layer_curve, load_metrics, sweep_macro
+from superactivators.evaluate.detect import MACRO, MICRO, WEIGHTED
+from superactivators.evaluate.sweep import aggregate_rows, best_layers, headline, layer_curve, load_metrics, sweep_macro
 
 
 def _table() -> pd.DataFrame:
@@ -86,3 +86,27 @@ def test_load_metrics_errors(tmp_path):
         load_metrics(tmp_path)
     with pytest.raises(ValueError, match="no per-concept rows"):
         best_layers(_table().query("concept == @MACRO"))
+
+
+def test_aggregate_rows_weighted_and_micro_by_hand():
+    """Weighted by test positives and micro (pooled counts) at the per-concept best layers."""
+    rows = []
+    # concept, tp, fp, fn, tn (one layer, one method); supports 4, 1, 0
+    for c, tp, fp, fn, tn in (("a", 3, 1, 1, 5), ("b", 0, 2, 1, 7), ("z", 0, 3, 0, 7)):
+        f1 = 2 * tp / (2 * tp + fp + fn)
+        rows.append({"layer": 1, "concept_type": "mean", "method": "superactivator", "concept": c, "cal_f1": 0.5,
+                     "n_pct": 5.0, "threshold": 0.1, "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+                     "support": tp + fn, "precision": tp / (tp + fp), "recall": tp / max(tp + fn, 1), "f1": f1})
+    agg = aggregate_rows(best_layers(pd.DataFrame(rows))).set_index("concept")
+    f1_a, f1_b = 6 / 8, 0.0  # a: 2*3/(6+1+1); b: 0
+    assert agg.loc[MACRO, "f1"] == pytest.approx((f1_a + f1_b) / 2)  # z has no test positive: left out
+    assert agg.loc[WEIGHTED, "f1"] == pytest.approx((4 * f1_a + 1 * f1_b) / 5)
+    # micro pools every concept: tp 3, fp 6, fn 2, tn 19 -> F1 6 / 14, accuracy 22 / 30, FPR 6 / 25
+    assert agg.loc[MICRO, "f1"] == pytest.approx(6 / 14)
+    assert agg.loc[MICRO, "accuracy"] == pytest.approx(22 / 30)
+    assert agg.loc[MICRO, "fpr"] == pytest.approx(6 / 25) and agg.loc[MICRO, "tnr"] == pytest.approx(19 / 25)
+    assert agg.loc[MICRO, "fnr"] == pytest.approx(2 / 5)
+    assert agg.loc[WEIGHTED, "support"] == 5 and agg.loc[MACRO, "n_concepts"] == 2
+    # rates filled from the counts for tables written before the rate columns existed
+    best = best_layers(pd.DataFrame(rows)).set_index("concept")
+    assert best.loc["a", "accuracy"] == pytest.approx(0.8) and best.loc["b", "fnr"] == 1.0

@@ -41,6 +41,11 @@ def _run(cfg, args: argparse.Namespace) -> int:
     print(f"\nMacro F1 on test (rows: layer, concept type; columns: detection method) -- {res.run_dir}")
     print(format_macro(res.macro))
     print(f"\nwrote {res.run_dir / 'detection_metrics.csv'}")
+    if res.best is not None:
+        from .evaluate.bestlayers import format_headline
+
+        print("\n" + format_headline(res.best))
+        print(f"wrote {res.run_dir / 'best_layers.csv'}")
     if res.localization is not None:
         from .evaluate.localize import format_localization
 
@@ -183,6 +188,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report.compare import compare_runs
+
+    cmp = compare_runs(args.run_dirs, n_resamples=args.resamples, seed=args.seed, all_methods=args.all_methods)
+    print("Test F1, each concept at its best layer (chosen on cal), weighted by test positives ± bootstrap error "
+          f"({args.resamples} resamples, seed {args.seed})")
+    print(cmp.text())
+    if args.out:
+        for path in cmp.write(args.out).values():
+            print(f"wrote {path}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     return _write_report(args.run_dir, args.out, args.formats, args.examples, args.layers)
 
@@ -261,6 +279,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "stage files are checked for being readable. Exit status 1 if any differs.")
     s.add_argument("run_dir", type=Path)
     s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("compare", help="the paper's table over finished runs: weighted F1 ± error, best per row "
+                                       "marked, non-significant gaps flagged (CSV, Markdown, LaTeX)")
+    s.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    s.add_argument("--out", type=Path, help="also write compare.csv, compare.md and compare.tex into this folder")
+    s.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the test samples (default 1000)")
+    s.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    s.add_argument("--all-methods", action="store_true",
+                   help="also the METHOD@best_threshold references (thresholds tuned freely on cal)")
+    s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("dataset-info", help="samples, concepts with positives per split, modality, token-level truth")
     s.add_argument("path", help="metadata.csv, its folder, or builtin:NAME")

@@ -26,7 +26,15 @@ from .data.fingerprint import content_key
 from .data.masks import MaskOptions
 from .encoders.factory import image_encoder_for_run, make_encoder
 from .evaluate.attribution import AttributionOptions, run_attributions
-from .evaluate.detect import is_baseline, macro_pivot, results_table, run_detection
+from .evaluate.bestlayers import BestLayers, write_best_layers
+from .evaluate.detect import (
+    PREDICTIONS_FILE,
+    is_baseline,
+    macro_pivot,
+    results_table,
+    run_detection,
+    save_predictions,
+)
 from .evaluate.localize import localize_stage
 from .evaluate.matching import UNSUPERVISED_TYPES, run_unsupervised_stage
 from .evaluate.scoring import ScoreSummary, summarise
@@ -56,6 +64,7 @@ class RunResult:
     stage_dirs: dict[str, Path] = field(default_factory=dict)
     localization: pd.DataFrame | None = None  # token-level localisation (data with masks/spans)
     attribution: pd.DataFrame | None = None  # localisation on the attributed test samples, every method
+    best: BestLayers | None = None  # best_layers.csv: each concept at its best layer, with bootstrap errors
 
 
 def prepare_dataset(cfg: RunConfig) -> Dataset:
@@ -177,6 +186,7 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
             results = run_detection(summary, store.labels, store.splits, cfg.detect.methods,
                                     cfg.detect.grid, cfg.detect.best_threshold)
             save_curves(stage / CURVES_FILE, results, cfg.detect.grid)
+            save_predictions(stage / PREDICTIONS_FILE, results, store.splits)
             stage_index.append({"layer": layer, "concept_type": ctype, "dir": stage.relative_to(run_dir).as_posix(),
                                 "store": sdir.relative_to(run_dir).as_posix()})
             tables.append(results_table(results, layer=layer, concept_type=ctype))
@@ -207,8 +217,9 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
                                 opts, cfg.detect.grid, lc.attribution_layer, lc.attribution_types, progress)
         if attr is not None:
             atomic_write_bytes(run_dir / "attribution_metrics.csv", attr.to_csv(index=False).encode())
+    best = write_best_layers(run_dir, seed=cfg.seed)  # per-concept best layers, weighted F1 +- bootstrap error
     return RunResult(run_dir, store, table, macro, time.time() - t0, {"store": sdir}, localization=loc,
-                     attribution=attr)
+                     attribution=attr, best=best)
 
 
 def format_macro(macro: pd.DataFrame) -> str:

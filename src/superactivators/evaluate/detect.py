@@ -12,14 +12,16 @@ A method is a per-sample score ``[N, C]`` plus a calibration population per conc
   population = the score of the concept's positive ``cal`` samples (``random_token`` under
   ``protocol: seed``: of an independent second draw, see ``ScoreSummary.populations``).
 
-Both use the same protocol: thresholds at the ``(1 - N/100)`` quantile for every N of the
-grid, N picked per concept by ``cal`` F1 (first best in grid order). ``METHOD@best_threshold``
-picks the threshold freely on ``cal`` instead.
+Both use the same protocol: for every N of the grid the threshold is the ``k``-th largest of
+the ``n`` population values, ``k = ceil(N n / 100)`` (:func:`~.calibrate.tail_counts`); N is picked
+per concept by ``cal`` F1 (first best in grid order). ``METHOD@best_threshold`` picks the
+threshold freely on ``cal`` instead.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -27,6 +29,7 @@ import pandas as pd
 
 from .calibrate import DEFAULT_GRID, best_f1_thresholds, calibrate_tail, positive_populations
 from .metrics import Confusion, f1_grid
+from ..util.io import atomic_save_npz
 from .scoring import ScoreSummary
 
 BASELINES = ("global", "max_token", "mean_token", "last_token", "random_token")
@@ -40,6 +43,10 @@ def is_baseline(method: str) -> bool:
     return method not in TAIL_METHODS and "@" not in method
 MACRO = "__macro__"
 WEIGHTED = "__weighted__"
+MICRO = "__micro__"  # pooled counts over concepts (best_layers.csv)
+AGGREGATES = (MACRO, WEIGHTED, MICRO)
+PREDICTIONS_FILE = "predictions.npz"  # per stage: every method's test predictions (bootstrap)
+RATES = ("precision", "recall", "f1", "accuracy", "fpr", "tnr", "fnr")
 
 
 @dataclass
@@ -54,6 +61,7 @@ class MethodResult:
     test: Confusion
     cal_f1_curve: np.ndarray | None = None  # [C, G] F1 on cal for each N of the grid
     test_f1_curve: np.ndarray | None = None  # [C, G] F1 on test for each N (figures)
+    test_pred: np.ndarray | None = None  # [n_test, C] bool, test samples in sample order (bootstrap)
 
     def predict(self, scores: np.ndarray) -> np.ndarray:
         return scores >= self.threshold[None, :]
@@ -73,10 +81,11 @@ def calibrate_method(
     cb = calibrate_tail(scores[cal], populations, labels[cal], grid)
     test_curve = f1_grid(scores[test][None, :, :] >= cb.thresholds.T[:, None, :], labels[test]).T
     chosen = cb.threshold
+    pred = scores[test] >= chosen
     return MethodResult(
         method=method, names=names, threshold=chosen, n_pct=cb.n_pct, cal_f1=cb.f1,
-        test=Confusion.from_predictions(scores[test] >= chosen, labels[test]),
-        cal_f1_curve=cb.f1_curve, test_f1_curve=test_curve,
+        test=Confusion.from_predictions(pred, labels[test]),
+        cal_f1_curve=cb.f1_curve, test_f1_curve=test_curve, test_pred=pred,
     )
 
 
@@ -85,9 +94,10 @@ def calibrate_best_threshold(method: str, scores: np.ndarray, labels: np.ndarray
     """Upper reference: the threshold maximising ``cal`` F1, applied to ``test``."""
     cal, test = splits == "cal", splits == "test"
     thr, f1 = best_f1_thresholds(scores[cal], labels[cal])
+    pred = scores[test] >= thr
     return MethodResult(
         method=f"{method}@best_threshold", names=names, threshold=thr, n_pct=np.full(len(names), np.nan),
-        cal_f1=f1, test=Confusion.from_predictions(scores[test] >= thr, labels[test]),
+        cal_f1=f1, test=Confusion.from_predictions(pred, labels[test]), test_pred=pred,
     )
 
 
@@ -126,7 +136,9 @@ def run_detection(
 def results_table(results: Sequence[MethodResult], **keys: object) -> pd.DataFrame:
     """Long table: one row per (method, concept), plus macro and support-weighted rows.
 
-    Macro and weighted averages run over concepts with at least one positive test sample.
+    Columns: threshold, chosen N, cal F1, test counts, support (test positives) and the rates
+    of :meth:`Confusion.rates` (precision, recall, F1, accuracy, FPR, TNR, FNR). Macro and
+    weighted averages run over concepts with at least one positive test sample.
     """
     frames = []
     for r in results:
@@ -134,14 +146,14 @@ def results_table(results: Sequence[MethodResult], **keys: object) -> pd.DataFra
         df = pd.DataFrame({
             "method": r.method, "concept": r.names, "n_pct": r.n_pct, "threshold": r.threshold,
             "cal_f1": r.cal_f1, "tp": t.tp, "fp": t.fp, "fn": t.fn, "tn": t.tn, "support": t.support,
-            "precision": t.precision(), "recall": t.recall(), "f1": t.f1(),
+            **t.rates(),
         })
         scored = df[df["support"] > 0]
         w = scored["support"] / max(scored["support"].sum(), 1)
         agg = {}
         for name, weights in ((MACRO, None), (WEIGHTED, w)):
             row = {"method": r.method, "concept": name, "support": int(scored["support"].sum())}
-            for col in ("precision", "recall", "f1", "cal_f1"):
+            for col in (*RATES, "cal_f1"):
                 row[col] = float(np.average(scored[col], weights=weights)) if len(scored) else float("nan")
             agg[name] = row
         frames.append(pd.concat([df, pd.DataFrame(list(agg.values()))], ignore_index=True))
@@ -157,3 +169,37 @@ def macro_pivot(table: pd.DataFrame, index: Sequence[str] = ("layer", "concept_t
     pv = macro.pivot_table(index=list(index), columns="method", values="f1")
     cols = [c for c in METHODS if c in pv.columns] + sorted(c for c in pv.columns if c not in METHODS)
     return pv[cols]
+
+
+def save_predictions(path: Path, results: Sequence[MethodResult], splits: np.ndarray) -> None:
+    """Every method's test predictions of one stage (bits packed along samples), for the bootstrap.
+
+    ``test_ids``: the test samples' indices in the store, in the order of the prediction rows.
+    """
+    test_ids = np.flatnonzero(np.asarray(splits) == "test")
+    arrays: dict[str, np.ndarray] = {"test_ids": test_ids}
+    for r in results:
+        if r.test_pred is None:
+            continue
+        if r.test_pred.shape != (len(test_ids), len(r.names)):
+            raise ValueError(f"{r.method}: test predictions {r.test_pred.shape}, expected {(len(test_ids), len(r.names))}")
+        arrays["names"] = np.array(r.names)
+        arrays[f"pred__{r.method}"] = np.packbits(r.test_pred.astype(bool), axis=0)
+    atomic_save_npz(Path(path), **arrays)
+
+
+@dataclass
+class StagePredictions:
+    """A stage's ``predictions.npz``: per method, test predictions ``[n_test, C]`` bool."""
+
+    test_ids: np.ndarray
+    names: list[str]
+    pred: dict[str, np.ndarray]
+
+    @classmethod
+    def load(cls, path: Path) -> "StagePredictions":
+        z = np.load(path)
+        n = len(z["test_ids"])
+        names = [str(v) for v in z["names"]] if "names" in z.files else []
+        pred = {k[6:]: np.unpackbits(z[k], axis=0, count=n).astype(bool) for k in z.files if k.startswith("pred__")}
+        return cls(np.asarray(z["test_ids"]), names, pred)

@@ -1,7 +1,9 @@
 """Detection and localisation metrics: confusion counts, precision, recall, F1, IoU.
 
 Conventions (as scikit-learn's ``zero_division=0``): precision is 0 when nothing is
-predicted positive, recall is 0 when there are no positives, F1 is 0 when both are 0.
+predicted positive, recall is 0 when there are no positives, F1 is 0 when both are 0; a rate
+whose denominator is empty (FPR and TNR without negatives, FNR without positives) is 0 too, as
+in the seed's ``bootstrap_metrics``.
 """
 
 from __future__ import annotations
@@ -47,6 +49,26 @@ class Confusion:
 
     def iou(self) -> np.ndarray:
         return _safe_div(self.tp, self.tp + self.fp + self.fn)
+
+    def accuracy(self) -> np.ndarray:
+        return _safe_div(self.tp + self.tn, self.tp + self.fp + self.fn + self.tn)
+
+    def fpr(self) -> np.ndarray:
+        """False positive rate ``fp / (fp + tn)``."""
+        return _safe_div(self.fp, self.fp + self.tn)
+
+    def tnr(self) -> np.ndarray:
+        """True negative rate (specificity) ``tn / (tn + fp)``."""
+        return _safe_div(self.tn, self.tn + self.fp)
+
+    def fnr(self) -> np.ndarray:
+        """False negative rate (miss rate) ``fn / (fn + tp)``."""
+        return _safe_div(self.fn, self.fn + self.tp)
+
+    def rates(self) -> dict[str, np.ndarray]:
+        """The table columns: precision, recall, F1, accuracy, FPR, TNR, FNR."""
+        return {"precision": self.precision(), "recall": self.recall(), "f1": self.f1(),
+                "accuracy": self.accuracy(), "fpr": self.fpr(), "tnr": self.tnr(), "fnr": self.fnr()}
 
 
 def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:

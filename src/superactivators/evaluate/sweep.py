@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .detect import MACRO, METHODS, WEIGHTED, is_baseline
+from .detect import AGGREGATES, MACRO, METHODS, MICRO, RATES, WEIGHTED, is_baseline
+from .metrics import Confusion
 
 KEYS = ["concept_type", "method", "concept"]
-REPORTED = ["best_layer", "cal_f1", "n_pct", "threshold", "support", "precision", "recall", "f1"]
+COUNTS = ["tp", "fp", "fn", "tn"]
+REPORTED = ["best_layer", "cal_f1", "n_pct", "threshold", *COUNTS, "support", *RATES]
 
 
 def load_metrics(run_dir: str | Path) -> pd.DataFrame:
@@ -33,8 +35,19 @@ def load_metrics(run_dir: str | Path) -> pd.DataFrame:
 
 
 def per_concept_rows(table: pd.DataFrame) -> pd.DataFrame:
-    """Rows of real concepts (no macro / weighted aggregates)."""
-    return table[~table["concept"].isin([MACRO, WEIGHTED])]
+    """Rows of real concepts (no macro / weighted / micro aggregates)."""
+    return table[~table["concept"].isin(AGGREGATES)]
+
+
+def with_rates(df: pd.DataFrame) -> pd.DataFrame:
+    """Fill the rate columns of :data:`~.detect.RATES` from the counts where a table lacks them
+    (tables written before accuracy, FPR, TNR and FNR were added)."""
+    missing = [r for r in RATES if r not in df.columns]
+    if not missing or not set(COUNTS) <= set(df.columns):
+        return df
+    conf = Confusion(*(df[c].to_numpy(float) for c in COUNTS))
+    rates = conf.rates()
+    return df.assign(**{r: rates[r] for r in missing})
 
 
 def best_layers(table: pd.DataFrame) -> pd.DataFrame:
@@ -42,7 +55,7 @@ def best_layers(table: pd.DataFrame) -> pd.DataFrame:
 
     A NaN ``cal_f1`` (uncalibratable at that layer) ranks below every number.
     """
-    rows = per_concept_rows(table).copy()
+    rows = with_rates(per_concept_rows(table).copy())
     if rows.empty:
         raise ValueError("the metrics table has no per-concept rows")
     rows["_rank"] = rows["cal_f1"].astype(float).fillna(-np.inf)
@@ -71,6 +84,33 @@ def sweep_macro(best: pd.DataFrame) -> pd.DataFrame:
     out = g.agg(f1=("f1", "mean"), precision=("precision", "mean"), recall=("recall", "mean"),
                 f1_std=("f1", "std"), n_concepts=("f1", "size")).reset_index()
     return order_methods(out).reset_index(drop=True)
+
+
+def aggregate_rows(best: pd.DataFrame) -> pd.DataFrame:
+    """Per (concept type, method): ``__macro__``, ``__weighted__`` (by test positives, the
+    paper's headline) and ``__micro__`` (rates of the counts pooled over concepts) rows.
+
+    Macro and weighted run over concepts with at least one positive test sample (as the
+    per-layer rows); micro pools every concept's counts (a false alarm on a concept without
+    test positives is still an error). ``support`` is the total of test positives.
+    """
+    best = with_rates(best)
+    rows = []
+    for (ct, m), g in best.groupby(["concept_type", "method"], sort=False):
+        scored = g[g["support"] > 0]
+        base = {"concept_type": ct, "method": m, "support": int(scored["support"].sum()),
+                "n_concepts": int(len(scored))}
+        for name, w in ((MACRO, None), (WEIGHTED, scored["support"].to_numpy(float))):
+            row = dict(base, concept=name)
+            for col in (*RATES, "cal_f1"):
+                ok = len(scored) and (w is None or w.sum() > 0)
+                row[col] = float(np.average(scored[col], weights=w)) if ok else float("nan")
+            rows.append(row)
+        if set(COUNTS) <= set(g.columns):
+            pooled = {c: float(g[c].sum()) for c in COUNTS}
+            conf = Confusion(*(np.array([pooled[c]]) for c in COUNTS))
+            rows.append(dict(base, concept=MICRO, **pooled, **{k: float(v[0]) for k, v in conf.rates().items()}))
+    return pd.DataFrame(rows)
 
 
 def layer_curve(table: pd.DataFrame) -> pd.DataFrame:

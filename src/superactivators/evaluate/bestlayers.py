@@ -1,0 +1,240 @@
+"""``best_layers.csv``: each concept at its own best layer (chosen on ``cal``), with uncertainty.
+
+One row per (concept type, method, concept): the layer with the best ``cal`` F1
+(:func:`~.sweep.best_layers`), its chosen N and threshold, test counts, support and rates;
+then per (concept type, method) the ``__macro__``, ``__weighted__`` (by test positives: the
+paper's headline) and ``__micro__`` rows (:func:`~.sweep.aggregate_rows`).
+
+Uncertainty (:mod:`~.stats`): each method's test predictions at each concept's own best layer
+are read from the stage folders' ``predictions.npz`` (or, for runs written before that file,
+recomputed from ``summary.npz`` and the table's thresholds); the recomputed confusion counts
+must equal the table's, else that concept type gets no intervals and a note says why. Added
+columns: ``f1_lo``, ``f1_hi``, ``f1_err`` (see :mod:`~.stats` for the seed's error), and for
+every method but SuperActivator the paired comparison ``sa_diff`` = F1(SuperActivator) - F1(method),
+``sa_diff_lo``, ``sa_diff_hi``, ``sa_p`` (one-sided p of "SuperActivator is not better") and
+``sa_better`` (``sa_p < 0.05``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..store.runs import find_stages, find_store
+from ..util.io import atomic_write_bytes
+from .detect import MACRO, MICRO, PREDICTIONS_FILE, WEIGHTED, StagePredictions
+from .scoring import ScoreSummary
+from .stats import ALPHA, DEFAULT_RESAMPLES, Bootstrap
+from .sweep import KEYS, aggregate_rows, best_layers, load_metrics, order_methods
+
+log = logging.getLogger(__name__)
+
+BEST_LAYERS_FILE = "best_layers.csv"
+AGG_OF = {MACRO: "macro", WEIGHTED: "weighted", MICRO: "micro"}
+SA = "superactivator"
+
+
+@dataclass
+class BestLayers:
+    """The best-layer table of a run and, per concept type, the bootstrap behind its intervals."""
+
+    table: pd.DataFrame
+    boot: dict[str, Bootstrap] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    n_resamples: int = DEFAULT_RESAMPLES
+    seed: int = 0
+
+    def headline(self, concept_type: str) -> pd.DataFrame:
+        """Weighted and macro F1 (with error) per method for one concept type, methods as rows."""
+        t = self.table[(self.table["concept_type"] == concept_type) & self.table["concept"].isin([WEIGHTED, MACRO])]
+        cols = ["f1", "f1_err", "f1_lo", "f1_hi", "sa_diff", "sa_p", "sa_better"]
+        wide = t.pivot_table(index="method", columns="concept", values=[c for c in cols if c in t.columns],
+                             aggfunc="first", sort=False)
+        return wide
+
+
+def _stage_dirs(run_dir: Path) -> dict[tuple[int, str], list[Path]]:
+    """Candidate stage folders per (layer, concept type): the run index first, then by name (newest first)."""
+    out: dict[tuple[int, str], list[Path]] = {}
+    for s in find_stages(run_dir):
+        out.setdefault((s.layer, s.concept_type), []).append(s.path)
+    extra = sorted((run_dir / "stages").glob("L*_*"), key=lambda p: -p.stat().st_mtime) \
+        if (run_dir / "stages").is_dir() else []
+    for d in extra:  # unsupervised stages are not in stages.json on older runs
+        parts = d.name.split("_")
+        if len(parts) < 3 or not parts[0][1:].isdigit():
+            continue
+        key = (int(parts[0][1:]), "_".join(parts[1:-1]))
+        if d not in out.get(key, []):
+            out.setdefault(key, []).append(d)
+    return out
+
+
+def _stage_predictions(stage: Path, rows: pd.DataFrame, test_ids: np.ndarray) -> dict[str, np.ndarray] | None:
+    """Per method ``[n_test, C_stage]`` predictions of one stage, from ``predictions.npz`` or
+    recomputed from ``summary.npz`` + thresholds; ``None`` when neither is there."""
+    if (stage / PREDICTIONS_FILE).exists():
+        p = StagePredictions.load(stage / PREDICTIONS_FILE)
+        if not np.array_equal(p.test_ids, test_ids):
+            return None
+        return {m: pd.DataFrame(v, columns=p.names) for m, v in p.pred.items()}
+    if not (stage / "summary.npz").exists():
+        return None
+    summ = ScoreSummary.load(stage / "summary.npz")
+    out = {}
+    for m, g in rows.groupby("method"):
+        key = "max_token" if m == SA else m.split("@")[0]
+        if key not in summ.sample_scores:
+            continue
+        thr = g.set_index("concept")["threshold"].reindex(summ.names).to_numpy(float)
+        scores = summ.sample_scores[key][test_ids]
+        out[m] = pd.DataFrame(scores >= np.where(np.isnan(thr), np.inf, thr)[None, :], columns=summ.names)
+    return out
+
+
+def collect_predictions(run_dir: Path, best: pd.DataFrame, concept_type: str, table: pd.DataFrame,
+                        test_ids: np.ndarray, truth: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], str | None]:
+    """Test predictions ``{method: [n_test, concepts]}`` of each (method, concept) at its best layer.
+
+    A stage's predictions must give the table's tp / fp / fn / tn at that layer (``truth``:
+    test labels, one column per concept); a folder that disagrees (a stale stage of another
+    config) is skipped for the next candidate. Returns the predictions, or a note saying what
+    is missing.
+    """
+    dirs = _stage_dirs(run_dir)
+    sub = best[best["concept_type"] == concept_type]
+    methods = list(dict.fromkeys(sub["method"]))
+    concepts = list(dict.fromkeys(sub["concept"]))
+    pred = {m: pd.DataFrame(np.zeros((len(test_ids), len(concepts)), bool), columns=concepts) for m in methods}
+    for layer, g in sub.groupby("best_layer"):
+        rows = table[(table["concept_type"] == concept_type) & (table["layer"] == layer)]
+        found = None
+        for d in dirs.get((int(layer), concept_type), []):
+            cand = _stage_predictions(d, rows, test_ids)
+            if cand is not None and _counts_match(cand, g, truth):
+                found = cand
+                break
+        if found is None:
+            return {}, (f"{concept_type}: no stage folder of layer {int(layer)} has test predictions that "
+                        f"reproduce the table's counts (run written before predictions.npz, or a stale stage)")
+        for m, c in zip(g["method"], g["concept"]):
+            pred[m][c] = found[m][c].to_numpy()
+    return pred, None
+
+
+def _counts_match(cand: dict[str, pd.DataFrame], wanted: pd.DataFrame, truth: pd.DataFrame) -> bool:
+    """Do the candidate predictions give the table's tp / fp / fn / tn for every wanted (method, concept)?"""
+    for m, c, tp, fp, fn, tn in wanted[["method", "concept", "tp", "fp", "fn", "tn"]].itertuples(index=False):
+        if m not in cand or c not in cand[m].columns or c not in truth.columns:
+            return False
+        p, t = cand[m][c].to_numpy(bool), truth[c].to_numpy(bool)
+        if ((p & t).sum(), (p & ~t).sum(), (~p & t).sum(), (~p & ~t).sum()) != (tp, fp, fn, tn):
+            return False
+    return True
+
+
+def best_layer_table(run_dir: str | Path, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+                     alpha: float = ALPHA) -> BestLayers:
+    """The best-layer table of a finished run, with bootstrap intervals and paired tests."""
+    run_dir = Path(run_dir)
+    table = load_metrics(run_dir)
+    best = best_layers(table)
+    agg = aggregate_rows(best)
+    result = BestLayers(pd.DataFrame(), n_resamples=n_resamples, seed=seed)
+    try:
+        store = find_store(run_dir)
+    except (FileNotFoundError, RuntimeError) as err:
+        store = None
+        result.notes.append(f"no intervals: {err}")
+    frames = []
+    for ct in dict.fromkeys(best["concept_type"]):
+        b = best[best["concept_type"] == ct].copy()
+        a = agg[agg["concept_type"] == ct].copy()
+        if store is not None:
+            test_ids = np.flatnonzero(store.splits == "test")
+            truth = pd.DataFrame(store.labels[test_ids].astype(bool), columns=list(store.concepts))
+            pred, note = collect_predictions(run_dir, best, ct, table, test_ids, truth)
+            if note:
+                result.notes.append(note)
+            else:
+                b, a, boot = _with_intervals(b, a, pred, store, test_ids, n_resamples, seed, alpha)
+                result.boot[ct] = boot
+        frames += [b, a]
+    out = pd.concat(frames, ignore_index=True)
+    result.table = order_methods(out).reset_index(drop=True)
+    for note in result.notes:
+        log.warning("best_layers: %s", note)
+    return result
+
+
+def _with_intervals(b: pd.DataFrame, a: pd.DataFrame, pred: dict[str, pd.DataFrame], store, test_ids: np.ndarray,
+                    n_resamples: int, seed: int, alpha: float):
+    methods = list(pred)
+    concepts = list(pred[methods[0]].columns)
+    ci = [store.concepts.index(c) for c in concepts]
+    truth = store.labels[test_ids][:, ci].astype(bool)
+    P = np.stack([pred[m][concepts].to_numpy(bool) for m in methods])  # [M, n, C]
+    boot = Bootstrap.run(P, truth, methods, concepts, n_resamples, seed)
+    pc = boot.per_concept()
+    idx = pd.MultiIndex.from_product([methods, concepts], names=["method", "concept"])
+    per = pd.DataFrame({"f1_lo": pc.lo.ravel(), "f1_hi": pc.hi.ravel(), "f1_err": pc.err.ravel()}, index=idx)
+    if SA in methods:
+        cols = {"sa_diff": [], "sa_diff_lo": [], "sa_diff_hi": [], "sa_p": []}
+        for m in methods:
+            pr = boot.paired(SA, m)
+            vals = (pr.diff, pr.lo, pr.hi, pr.p) if m != SA else (np.full(len(concepts), np.nan),) * 4
+            for key, v in zip(cols, vals):
+                cols[key].append(np.asarray(v, dtype=float))
+        for key, v in cols.items():
+            per[key] = np.concatenate(v)
+    b = b.join(per, on=["method", "concept"])
+    rows = []
+    for kind_row, kind in AGG_OF.items():
+        iv = boot.aggregate(kind)
+        for i, m in enumerate(methods):
+            r = {"method": m, "concept": kind_row, "f1_lo": iv.lo[i], "f1_hi": iv.hi[i], "f1_err": iv.err[i]}
+            if SA in methods and m != SA:
+                pr = boot.paired(SA, m, kind)
+                r.update(sa_diff=float(pr.diff), sa_diff_lo=float(pr.lo), sa_diff_hi=float(pr.hi), sa_p=float(pr.p))
+            rows.append(r)
+    a = a.merge(pd.DataFrame(rows), on=["method", "concept"], how="left")
+    for df in (b, a):
+        if "sa_p" in df.columns:
+            df["sa_better"] = np.where(df["sa_p"].notna(), df["sa_p"] < alpha, None)
+    return b, a, boot
+
+
+def write_best_layers(run_dir: str | Path, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> BestLayers:
+    """Compute :func:`best_layer_table` and write ``RUN_DIR/best_layers.csv``."""
+    res = best_layer_table(run_dir, n_resamples, seed)
+    atomic_write_bytes(Path(run_dir) / BEST_LAYERS_FILE, res.table.to_csv(index=False).encode())
+    return res
+
+
+def format_headline(res: BestLayers) -> str:
+    """Weighted (the paper's) and macro F1 at the per-concept best layers, one line per method."""
+    lines = []
+    t = res.table
+    for ct in dict.fromkeys(t["concept_type"]):
+        lines.append(f"{ct}: test F1 with each concept at its best layer (chosen on cal); "
+                     f"weighted by test positives ± error [95% interval], macro; * = SuperActivator better (p < 0.05)")
+        sub = t[t["concept_type"] == ct]
+        w = sub[sub["concept"] == WEIGHTED].set_index("method")
+        m = sub[sub["concept"] == MACRO].set_index("method")
+        for meth in w.index:
+            r = w.loc[meth]
+            err = f" ± {r['f1_err']:.3f} [{r['f1_lo']:.3f}, {r['f1_hi']:.3f}]" if "f1_err" in r and pd.notna(r.get("f1_err")) else ""
+            sig = ""
+            if "sa_p" in r and pd.notna(r.get("sa_p")):
+                sig = f"  SA-this {r['sa_diff']:+.3f} (p={r['sa_p']:.3f}){' *' if r['sa_p'] < ALPHA else ''}"
+            lines.append(f"  {meth:<28} weighted {r['f1']:.3f}{err}  macro {m.loc[meth, 'f1']:.3f}{sig}")
+    if res.notes:
+        lines += [f"  note: {n}" for n in res.notes]
+    return "\n".join(lines)
+
+
+__all__ = ["BEST_LAYERS_FILE", "BestLayers", "best_layer_table", "write_best_layers", "format_headline", "KEYS"]

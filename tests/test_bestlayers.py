@@ -1,0 +1,98 @@
+"""best_layers.csv on a tiny finished run: best layer on cal, counts from the table, bootstrap columns."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from superactivators.evaluate.bestlayers import BEST_LAYERS_FILE, best_layer_table, format_headline
+from superactivators.evaluate.detect import AGGREGATES, MACRO, MICRO, PREDICTIONS_FILE, WEIGHTED, StagePredictions
+from superactivators.evaluate.sweep import best_layers, load_metrics
+from superactivators.store.runs import find_stages, find_store
+
+
+def test_pipeline_writes_best_layers_with_intervals(tiny_run_pair):
+    run = tiny_run_pair[0]
+    csv = pd.read_csv(run / BEST_LAYERS_FILE)
+    for col in ("best_layer", "n_pct", "threshold", "tp", "fp", "fn", "tn", "support", "precision", "recall", "f1",
+                "accuracy", "fpr", "tnr", "fnr", "f1_lo", "f1_hi", "f1_err", "sa_diff", "sa_p", "sa_better"):
+        assert col in csv.columns, col
+    per = csv[~csv["concept"].isin(AGGREGATES)]
+    # the per-concept rows are the sweep's choice on cal, with the table's counts at that layer
+    want = best_layers(load_metrics(run)).set_index(["concept_type", "method", "concept"])
+    got = per.set_index(["concept_type", "method", "concept"])
+    pd.testing.assert_series_equal(got["best_layer"].astype(int), want.loc[got.index, "best_layer"].astype(int),
+                                   check_names=False)
+    np.testing.assert_array_equal(got["tp"], want.loc[got.index, "tp"])
+    # every (concept type, method) has its three aggregates, each with an interval
+    agg = csv[csv["concept"].isin(AGGREGATES)]
+    assert (agg.groupby(["concept_type", "method"]).size() == 3).all()
+    assert (csv["f1_lo"] <= csv["f1_hi"] + 1e-12).all() and csv["f1_lo"].notna().all()
+    np.testing.assert_allclose(per["f1_err"], (per["f1_hi"] - per["f1_lo"]) / 2)
+    sa = csv["method"] == "superactivator"
+    assert csv.loc[sa, "sa_p"].isna().all() and csv.loc[~sa, "sa_p"].between(0, 1).all()
+    # the paired difference on the whole test split is SuperActivator's F1 minus the method's
+    sa_f1 = per[per["method"] == "superactivator"].set_index(["concept_type", "concept"])["f1"]
+    other = per[per["method"] != "superactivator"]
+    np.testing.assert_allclose(other["sa_diff"], sa_f1.loc[list(zip(other["concept_type"], other["concept"]))].to_numpy()
+                               - other["f1"].to_numpy(), atol=1e-12)
+    # micro = F1 of the pooled counts
+    m = agg[agg["concept"] == MICRO].iloc[0]
+    assert m["f1"] == pytest.approx(2 * m["tp"] / (2 * m["tp"] + m["fp"] + m["fn"]))
+
+
+def test_stage_predictions_reproduce_the_counts(tiny_run_pair):
+    run = tiny_run_pair[0]
+    store = find_store(run)
+    table = load_metrics(run)
+    st = find_stages(run)[0]
+    p = StagePredictions.load(st.path / PREDICTIONS_FILE)
+    np.testing.assert_array_equal(p.test_ids, np.flatnonzero(store.splits == "test"))
+    rows = table[(table["layer"] == st.layer) & (table["concept_type"] == st.concept_type)
+                 & ~table["concept"].isin(AGGREGATES)].set_index(["method", "concept"])
+    truth = store.labels[p.test_ids].astype(bool)
+    for m, pred in p.pred.items():
+        for j, c in enumerate(p.names):
+            t = truth[:, store.concepts.index(c)]
+            assert (pred[:, j] & t).sum() == rows.loc[(m, c), "tp"]
+            assert (pred[:, j] & ~t).sum() == rows.loc[(m, c), "fp"]
+
+
+def test_old_runs_recompute_predictions_and_stale_stages_are_refused(tiny_run_pair, tmp_path):
+    run = tiny_run_pair[0]
+    ref = best_layer_table(run, n_resamples=200, seed=1).table
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    for f in old.glob(f"stages/*/{PREDICTIONS_FILE}"):  # a run from before predictions.npz
+        f.unlink()
+    back = best_layer_table(old, n_resamples=200, seed=1)
+    assert not back.notes
+    pd.testing.assert_frame_equal(back.table, ref)  # recomputed from summary.npz: the same numbers
+    # a stage whose predictions disagree with the table: no intervals for its concept type, and a note
+    bad = tmp_path / "bad"
+    shutil.copytree(run, bad)
+    ct = ref["concept_type"].iloc[0]
+    for f in bad.glob(f"stages/*_{ct}_*/{PREDICTIONS_FILE}"):
+        z = dict(np.load(f))
+        for k in z:
+            if k.startswith("pred__"):
+                z[k] = ~z[k]
+        np.savez(f, **z)
+    for f in bad.glob(f"stages/*_{ct}_*/summary.npz"):
+        f.unlink()
+    res = best_layer_table(bad, n_resamples=50)
+    assert any(ct in n and "reproduce" in n for n in res.notes)
+    assert res.table.loc[res.table["concept_type"] == ct, "f1_lo"].isna().all()
+    assert ct not in res.boot
+
+
+def test_headline_names_weighted_and_macro(tiny_run_pair):
+    res = best_layer_table(tiny_run_pair[0], n_resamples=100)
+    text = format_headline(res)
+    assert "weighted" in text and "macro" in text and "superactivator" in text
+    w = res.table[(res.table["concept"] == WEIGHTED) & (res.table["method"] == "superactivator")]
+    assert f"{w['f1'].iloc[0]:.3f}" in text
+    assert (res.table["concept"] == MACRO).sum() == (res.table["concept"] == WEIGHTED).sum()

@@ -1,0 +1,53 @@
+"""``superactivators compare`` on two tiny runs: the table, its marks and its three file formats."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from superactivators.cli import main
+from superactivators.evaluate.bestlayers import BEST_LAYERS_FILE
+from superactivators.evaluate.detect import WEIGHTED
+from superactivators.report.compare import BEST, TIED, compare_runs
+
+
+def test_compare_two_runs_table_and_marks(tiny_run_pair):
+    cmp = compare_runs(tiny_run_pair, n_resamples=200, seed=0)
+    long = cmp.long
+    # rows: dataset · model · concept type, for each run; plain methods only by default
+    assert long["row"].nunique() == 4 and not long["method"].str.contains("@").any()
+    assert (long.groupby("row")["best"].sum() == 1).all()
+    for _, g in long.groupby("row"):
+        assert g.loc[g["best"], "f1"].iloc[0] == g["f1"].max()
+        assert g.loc[g["best"], "p_vs_best"].isna().all()
+        other = g[~g["best"]]
+        assert ((other["p_vs_best"] >= 0.05) == other["tied"]).all()
+    # cells are the runs' weighted F1 at the per-concept best layers
+    bl = pd.read_csv(tiny_run_pair[0] / BEST_LAYERS_FILE)
+    w = bl[(bl["concept"] == WEIGHTED) & (bl["method"] == "superactivator")].set_index("concept_type")["f1"]
+    mine = long[(long["run"] == str(tiny_run_pair[0])) & (long["method"] == "superactivator")]
+    for ct, f1 in zip(mine["concept_type"], mine["f1"]):
+        assert f1 == pytest.approx(w[ct])
+    text = cmp.text()
+    assert BEST in text and "superactivator" in text and f"{mine['f1'].iloc[0]:.3f}" in text
+    rows = [ln for ln in cmp.markdown().splitlines() if ln.startswith("| ")][1:]
+    assert len(rows) == 4 and all(ln.count("**") == 2 for ln in rows)  # one bold best per row
+    tex = cmp.latex()
+    assert tex.count("\\textbf{") == 4 and "\\begin{tabular}" in tex and "max\\_token" in tex
+    if long["tied"].any():
+        assert TIED in text and "$^\\dagger$" in tex
+
+
+def test_compare_cli_writes_csv_markdown_latex(tiny_run_pair, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", *map(str, tiny_run_pair), "--out", str(out), "--resamples", "100"]) == 0
+    printed = capsys.readouterr().out
+    assert "weighted by test positives" in printed and "superactivator" in printed
+    for name in ("compare.csv", "compare.md", "compare.tex"):
+        assert (out / name).stat().st_size > 0
+    assert set(pd.read_csv(out / "compare.csv")["concept_type"]) == {"mean", "linsep"}
+
+
+def test_compare_names_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["compare", str(tmp_path)]) == 2
+    assert "config.yaml" in capsys.readouterr().err
