@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +62,9 @@ SAMPLE_MAX = np.array([[m, m] for m in (1.0, 0.5, 5.0, 2.0, 6.0, 4.5, 4.1)])
 
 
 def _run(store: TokenStore, det_n=(100.0, 50.0), **kw):
-    cal_pop = [np.array([5.0, 4.0]), np.array([5.0, 4.0])]
-    # detection and inversion grids [50, 100]: thresholds 4.5 (median of 4, 5) and 4.0 (minimum)
+    cal_pop = [np.array([5.0, 4.5, 4.0]), np.array([5.0, 4.5, 4.0])]
+    # detection and inversion grids [50, 100]: N = 50 keeps ceil(1.5) = 2 values -> tau 4.5,
+    # N = 100 keeps all 3 -> 4.0 (the minimum)
     return {r.method: r for r in localize(store, _concepts(), SAMPLE_MAX, cal_pop, [50, 100], np.array(det_n),
                                           [50, 100], **kw)}
 
@@ -193,7 +195,7 @@ def test_twostage_against_a_direct_computation(tmp_path: Path) -> None:
     pop = np.array([c for sp, g, c in per if sp == "cal" and g])
     best, best_f1 = None, -1.0
     for n in grid:
-        thr = np.quantile(pop, 1 - n / 100)
+        thr = np.sort(pop)[len(pop) - max(1, math.ceil(n * len(pop) / 100))]  # the ceil(N n / 100)-th largest
         tp = sum(1 for sp, g, c in per if sp == "cal" and g and c >= thr)
         fp = sum(1 for sp, g, c in per if sp == "cal" and not g and c >= thr)
         f1 = 2 * tp / (tp + fp + n_gt["cal"])
