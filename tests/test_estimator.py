@@ -27,34 +27,34 @@ GT = np.array([0, 1, 1, 0, 0, 1, 0, 0], dtype=bool)[:, None]
 
 def test_superactivator_thresholds_by_hand():
     det = SuperActivatorDetector(grid=[20, 60]).fit(ACTS, IDS, LABELS, GT)
-    # in-concept population [0.3, 0.8, 0.9]: N=20 -> q=.8, h=1.6 -> 0.86; N=60 -> q=.4, h=.8 -> 0.7
-    np.testing.assert_allclose(det.threshold_grid_[0], [0.86, 0.70], rtol=1e-6)
-    # max per sample [.9, .4, .8, .1]: tau .86 -> [1,0,0,0] F1 2/3; tau .7 -> [1,0,1,0] F1 1
+    # in-concept population [0.3, 0.8, 0.9]: N=20 keeps ceil(0.6) = 1 -> 0.9; N=60 keeps ceil(1.8) = 2 -> 0.8
+    np.testing.assert_allclose(det.threshold_grid_[0], [0.9, 0.8], rtol=1e-6)
+    # max per sample [.9, .4, .8, .1]: tau .9 -> [1,0,0,0] F1 2/3; tau .8 -> [1,0,1,0] F1 1
     np.testing.assert_allclose(det.cal_f1_curve_[0], [2 / 3, 1.0])
-    assert det.n_pct_[0] == 60 and det.thresholds_[0] == pytest.approx(0.7) and det.cal_f1_[0] == 1.0
+    assert det.n_pct_[0] == 60 and det.thresholds_[0] == pytest.approx(0.8) and det.cal_f1_[0] == 1.0
     np.testing.assert_array_equal(det.predict(ACTS, IDS)[:, 0], [True, False, True, False])
-    np.testing.assert_allclose(det.decision_function(ACTS, IDS)[:, 0], np.array([0.9, 0.4, 0.8, 0.1]) - 0.7, atol=1e-6)
-    # SuperActivators: tokens reaching 0.7 are rows 1 (0.9) and 5 (0.8)
+    np.testing.assert_allclose(det.decision_function(ACTS, IDS)[:, 0], np.array([0.9, 0.4, 0.8, 0.1]) - 0.8, atol=1e-6)
+    # SuperActivators: tokens reaching 0.8 are rows 1 (0.9) and 5 (0.8)
     np.testing.assert_array_equal(np.flatnonzero(det.predict_tokens(ACTS)[:, 0]), [1, 5])
     assert det.score(ACTS, IDS, LABELS) == 1.0
-    # new samples: [0.75, 0.2] yes, [0.69] no (label 1: a false negative), [0.71] yes (label 0: false positive)
-    new = np.array([0.75, 0.2, 0.69, 0.71], np.float32)[:, None]
+    # new samples: [0.85, 0.2] yes, [0.79] no (label 1: a false negative), [0.81] yes (label 0: false positive)
+    new = np.array([0.85, 0.2, 0.79, 0.81], np.float32)[:, None]
     conf = det.confusion(new, [0, 0, 1, 2], [[1], [1], [0]])
     assert (conf.tp[0], conf.fn[0], conf.fp[0], conf.tn[0]) == (1, 1, 1, 0)
     assert det.score(new, [0, 0, 1, 2], [[1], [1], [0]]) == pytest.approx(0.5)
 
 
 def test_baselines_by_hand():
-    # mean per sample [1.3/3, .3, .65, .1]; positives' means [.4333, .65] -> median .541667
+    # mean per sample [1.3/3, .3, .65, .1]; positives' means [.4333, .65]: N=50 keeps ceil(1.0) = 1 -> .65
     det = SuperActivatorDetector(grid=[50], method="mean_token").fit(ACTS, IDS, LABELS)
-    assert det.thresholds_[0] == pytest.approx((1.3 / 3 + 0.65) / 2, rel=1e-6)
+    assert det.thresholds_[0] == pytest.approx(0.65, rel=1e-6)
     last = SuperActivatorDetector(grid=[50], method="last_token").fit(ACTS, IDS, LABELS)
     np.testing.assert_allclose(last.sample_scores(ACTS, IDS)[:, 0], [0.3, 0.2, 0.5, 0.1])
-    assert last.thresholds_[0] == pytest.approx(0.4)  # median of positives' last tokens .3, .5
+    assert last.thresholds_[0] == pytest.approx(0.5)  # the larger of positives' last tokens .3, .5
     free = SuperActivatorDetector(method="max_token@best_threshold").fit(ACTS, IDS, LABELS)
     assert free.thresholds_[0] == pytest.approx(0.8) and free.cal_f1_[0] == 1.0 and np.isnan(free.n_pct_[0])
     glob = SuperActivatorDetector(grid=[50], method="global").fit(np.array([[0.2], [0.9], [0.6], [0.1]]), None, LABELS)
-    assert glob.thresholds_[0] == pytest.approx(0.4)  # positives' global scores .2, .6
+    assert glob.thresholds_[0] == pytest.approx(0.6)  # positives' global scores .2, .6: the top 1
     rnd = SuperActivatorDetector(method="random_token", random_state=3).fit(ACTS, IDS, LABELS)
     s = rnd.sample_scores(ACTS, IDS)[:, 0]
     for i in range(4):  # each sample's score is one of its own tokens
@@ -73,7 +73,7 @@ def test_padding_tokens_never_count():
     valid = np.ones(len(ACTS), bool)
     valid[1] = False  # the 0.9 of sample 0 is padding
     det = SuperActivatorDetector(grid=[50]).fit(ACTS, IDS, LABELS, GT, valid=valid)
-    assert det.thresholds_[0] == pytest.approx(0.55)  # population [.3, .8]
+    assert det.thresholds_[0] == pytest.approx(0.8)  # population [.3, .8]: N=50 keeps the top 1
     np.testing.assert_allclose(det.sample_scores(ACTS, IDS, valid=valid)[:, 0], [0.3, 0.4, 0.8, 0.1])
     assert not det.predict_tokens(ACTS, valid=valid)[1, 0]
 
@@ -122,7 +122,7 @@ def test_clone_round_trip_and_params():
     assert twin.get_params() == params and not hasattr(twin, "thresholds_")
     np.testing.assert_array_equal(twin.fit(ACTS, IDS, LABELS).thresholds_, det.thresholds_)
     assert twin.set_params(method="superactivator", grid=[20, 60]) is twin
-    assert twin.fit(ACTS, IDS, LABELS, GT).thresholds_[0] == pytest.approx(0.7)
+    assert twin.fit(ACTS, IDS, LABELS, GT).thresholds_[0] == pytest.approx(0.8)
     back = pickle.loads(pickle.dumps(det))
     np.testing.assert_array_equal(back.predict(ACTS, IDS), det.predict(ACTS, IDS))
     assert det.concept_names_ == ["c"] and "last_token" in repr(det)

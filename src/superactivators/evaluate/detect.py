@@ -27,9 +27,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..util.io import atomic_save_npz
 from .calibrate import DEFAULT_GRID, best_f1_thresholds, calibrate_tail, positive_populations
 from .metrics import Confusion, f1_grid
-from ..util.io import atomic_save_npz
 from .scoring import ScoreSummary
 
 BASELINES = ("global", "max_token", "mean_token", "last_token", "random_token")
