@@ -37,11 +37,31 @@ class TokenEvidence:
 
 @dataclass
 class Detection:
-    """The verdict for one sample."""
+    """The verdict for one sample; in Jupyter it renders as the text with its SuperActivator
+    tokens framed, or the image with its SuperActivator patches (``_repr_html_``)."""
 
     present: dict[str, bool]
     max_activation: dict[str, float]
     evidence: dict[str, list[TokenEvidence]] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict, repr=False)
+    activations: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # concept -> [t]
+    text: str | None = field(default=None, repr=False)
+    token_spans: np.ndarray | None = field(default=None, repr=False)  # [t, 2] character spans
+    image: np.ndarray | None = field(default=None, repr=False)  # [H, W, 3]
+    patch_grid: tuple[int, int] | None = field(default=None, repr=False)
+    valid: np.ndarray | None = field(default=None, repr=False)  # [t] False = padding patch
+
+    def shown_concepts(self) -> list[str]:
+        """The concepts found, or else the one closest to its threshold."""
+        found = [c for c, p in self.present.items() if p]
+        if found or not self.max_activation:
+            return found
+        return [max(self.max_activation, key=lambda c: self.max_activation[c] - self.thresholds.get(c, 0.0))]
+
+    def _repr_html_(self) -> str:
+        from .report.notebook import detection_html  # noqa: PLC0415 - matplotlib only when rendered
+
+        return detection_html(self)
 
 
 @dataclass
@@ -59,6 +79,11 @@ class ConceptDetector:
     @property
     def concepts(self) -> list[str]:
         return [n for cs in self.concept_sets.values() for n in cs.names]
+
+    def _repr_html_(self) -> str:
+        from .report.notebook import detector_html  # noqa: PLC0415
+
+        return detector_html(self)
 
     # --- construction -----------------------------------------------------------------------
     @classmethod
@@ -156,8 +181,16 @@ class ConceptDetector:
         acts, lengths, batch = self.activations(inputs)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         out = []
+        grid = getattr(self._enc(), "patch_grid", None)
         for i, (a0, n) in enumerate(zip(starts, lengths)):
-            det = Detection(present={}, max_activation={})
+            det = Detection(present={}, max_activation={}, thresholds=dict(self.thresholds),
+                            activations={name: a[a0:a0 + n] for name, a in acts.items()},
+                            valid=np.asarray(batch.valid[a0:a0 + n]))
+            if self.modality == "text":
+                det.text = inputs[i] if isinstance(inputs[i], str) else None
+                det.token_spans = None if batch.char_spans is None else np.asarray(batch.char_spans[a0:a0 + n])
+            else:
+                det.image, det.patch_grid = _as_rgb(inputs[i]), (tuple(grid) if grid is not None else None)
             for name, a in acts.items():
                 seg = a[a0:a0 + n]
                 mx = float(seg.max())
@@ -176,3 +209,16 @@ class ConceptDetector:
             out.append(det)
         return out
 
+
+
+def _as_rgb(x) -> np.ndarray | None:
+    """An input image (path or PIL image) as an RGB array, for display."""
+    from PIL import Image
+
+    try:
+        if isinstance(x, (str, Path)):
+            with Image.open(x) as im:
+                return np.asarray(im.convert("RGB"))
+        return np.asarray(x.convert("RGB"))
+    except Exception:  # display only: the encoder already read it
+        return None

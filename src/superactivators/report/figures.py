@@ -3,20 +3,26 @@
 Colours follow the Okabe-Ito palette, which stays distinguishable under the common forms of
 colour blindness; SuperActivator evidence is always vermillion, out-of-concept tokens sky
 blue, in-concept tokens orange. Every function takes plain arrays (no run folder), so the
-report and tests can call them on anything.
+report and tests can call them on anything. Figures are built without pyplot's figure manager,
+so in Jupyter a returned figure displays once, inline, and nothing else is drawn.
 """
 
 from __future__ import annotations
 
 import html
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules:  # in Jupyter the inline backend stays: figures display there
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+if "ipykernel" in sys.modules:  # load the inline backend now (pyplot loads it lazily), which
+    plt.switch_backend(matplotlib.get_backend())  # registers the display of returned figures
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -64,7 +70,7 @@ def new_figure(w: float, h: float, ncols: int = 1, margins: dict | None = None, 
     """
     style = dict(STYLE, **({"figure.constrained_layout.use": False} if margins else {}))
     with plt.rc_context(style):
-        fig = plt.figure(figsize=(w, h))
+        fig = Figure(figsize=(w, h))
         axes = fig.subplots(1, ncols, squeeze=False, **kw)[0]
         if margins:
             fig.subplots_adjust(**margins)
@@ -342,7 +348,7 @@ def image_samples_figure(panels: Sequence[ImagePanel], threshold: float, title: 
     vmin, vmax = (float(vals.min()), float(top)) if vals.size else (0.0, 1.0)
     h = 4.5 * len(panels) + (0.5 if title else 0.1)
     with plt.rc_context(dict(STYLE, **{"figure.constrained_layout.use": False})):
-        fig = plt.figure(figsize=(9.4, h))
+        fig = Figure(figsize=(9.4, h))
         gs = fig.add_gridspec(len(panels), 3, width_ratios=[1, 1, 0.045], left=0.01, right=0.91, wspace=0.06,
                               bottom=0.1 / h, top=1 - (0.75 if title else 0.55) / h, hspace=0.2)
         axes = np.array([[fig.add_subplot(gs[i, 0]), fig.add_subplot(gs[i, 1])] for i in range(len(panels))])
