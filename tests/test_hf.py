@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-datasets = pytest.importorskip("datasets")  # the 'hf' extra, installed by `make test`
+import datasets  # the 'hf' extra, installed by `make test`
 
-from superactivators.cli import main  # noqa: E402
-from superactivators.data.datasets import DatasetError, load_dataset  # noqa: E402
-from superactivators.data.hf import _Table  # noqa: E402
+from superactivators.cli import main
+from superactivators.data.datasets import DatasetError, load_dataset
+from superactivators.data.hf import _Table
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from superactivators.detector import ConceptDetector
 
@@ -47,7 +46,7 @@ def test_image_detection_html_shows_the_patches(image_run):
 
 
 def test_quickstart_notebook_executes(tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
+    import nbformat
     from nbclient import NotebookClient
 
     import superactivators
