@@ -70,3 +70,26 @@ def test_writer_keeps_live_writers_temp_shards(tmp_path):
     dead.write_bytes(b"x")
     StoreWriter(tmp_path, info, np.zeros((2, 1), np.uint8), np.array(["train", "cal"]))
     assert live.exists() and not dead.exists()
+
+
+def test_progress_bars_on_every_long_stage_and_quiet_silences_them(tmp_path, small_emotions, tiny_bert, capsys):
+    import yaml
+
+    from superactivators.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "name": "p", "output_dir": str(tmp_path / "runs"), "score_device": "cpu", "data": {"path": str(small_emotions)},
+        "embed": {"model": str(tiny_bert), "layers": [1, 2], "max_length": 64},
+        "concepts": {"types": ["mean"]}, "detect": {"methods": ["superactivator"], "grid": [10, 50]}}))
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "%|" not in err  # no tqdm bar at all
+    assert main(["run", str(cfg)]) == 0  # cached store and stages: the stage bar still reports
+    err = capsys.readouterr().err
+    assert "stages: 100%" in err and "2/2" in err  # one step per (layer, concept type)
+    run = str(tmp_path / "runs" / "p")
+    assert main(["report", run, "--formats", "png", "--examples", "0", "--layers", "1", "--quiet"]) == 0
+    assert "%|" not in capsys.readouterr().err
+    assert main(["report", run, "--formats", "png", "--examples", "0", "--layers", "1"]) == 0
+    assert "report figures: 100%" in capsys.readouterr().err

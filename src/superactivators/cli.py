@@ -149,23 +149,23 @@ def demo_config(args: argparse.Namespace):
 def cmd_demo(args: argparse.Namespace) -> int:
     if not getattr(args, "images", False):
         cfg = demo_config(args)
-        return _run(cfg, args) or _write_report(cfg.run_dir)
+        return _run(cfg, args) or _write_report(cfg.run_dir, progress=not args.quiet)
     from .demo import image_demo_config
 
     cfg = image_demo_config(args.output_dir, args.set)
     # 12 layers x 2 types x 7 concepts of figures take long on 2 cores: draw every third layer
     layers = ",".join(str(l) for l in range(3, 13, 3))
-    return _run(cfg, args) or _write_report(cfg.run_dir, formats="png", layers=layers)
+    return _run(cfg, args) or _write_report(cfg.run_dir, formats="png", layers=layers, progress=not args.quiet)
 
 
 def _write_report(run_dir: Path, out: Path | None = None, formats: str = "png,svg", examples: int = 3,
-                  layers: str | None = None) -> int:
+                  layers: str | None = None, progress: bool = True) -> int:
     from .report.html import build_report
 
     t0 = time.time()
     only = [int(v) for v in layers.split(",") if v.strip()] if layers else None
     page = build_report(run_dir, out, tuple(f.strip() for f in formats.split(",") if f.strip()), examples,
-                        layers=only)
+                        layers=only, progress=progress)
     print(f"\nreport ({time.time() - t0:.0f} s), open in a browser: {page.resolve()}")
     return 0
 
@@ -202,7 +202,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    return _write_report(args.run_dir, args.out, args.formats, args.examples, args.layers)
+    return _write_report(args.run_dir, args.out, args.formats, args.examples, args.layers, progress=not args.quiet)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--formats", default="png,svg", help="figure formats, PNG first (default png,svg)")
     s.add_argument("--examples", type=int, default=3, help="test samples shown per concept (default 3; 0: none)")
     s.add_argument("--layers", help="per-layer figures only for these layers, e.g. 3,6,9,12 (default: all)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("verify", help="check every store file of a run against its recorded checksums",

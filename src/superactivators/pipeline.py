@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from tqdm.auto import tqdm
 
 from .concepts.supervised import ConceptSet, learn_global_concepts, learn_linsep_concepts, learn_mean_concepts
 from .config import RunConfig
@@ -161,8 +162,10 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
     loc_tables: list[pd.DataFrame] = []
     attr_jobs: list[dict] = []
     tables, stage_index = [], []
+    bar = tqdm(total=len(store.layers) * len(cfg.concepts.types), desc="stages", unit="stage", disable=not progress)
     for layer in store.layers:
         for ctype in cfg.concepts.types:
+            bar.set_postfix_str(f"L{layer} {ctype}")  # concepts, scoring pass, calibration, localisation
             key = stable_hash([sdir.name, ctype, cfg.concepts.__dict__, cfg.seed, "global" in cfg.detect.methods]
                               + (["protocol=seed"] if cfg.protocol == "seed" else []))
             stage = run_dir / "stages" / f"L{layer:02d}_{ctype}_{key}"
@@ -170,6 +173,7 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
                 table = run_unsupervised_stage(store, layer, ctype, cfg, stage, device)
                 if table is not None:
                     tables.append(table)
+                bar.update()
                 continue
             summ_path = stage / "summary.npz"
             if summ_path.exists():
@@ -196,6 +200,8 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
                     cfg.detect.grid, stage, device, cfg.seed, layer=layer, concept_type=ctype))
                 attr_jobs.append({"layer": layer, "ctype": ctype, "stage": stage, "summary": summary,
                                   "results": results, "loc": loc_tables[-1]})
+            bar.update()
+    bar.close()
     atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
     atomic_write_json(run_dir / "stages.json", stage_index)  # which stage folders this config used
     table = pd.concat(tables, ignore_index=True)

@@ -100,6 +100,7 @@ class ReportBuilder:
     device: str = "cpu"
     workers: int = 1
     only_layers: tuple[int, ...] | None = None  # per-layer figures for these layers only
+    progress: bool = False  # a progress bar while the figures are drawn
     jobs: list = field(default_factory=list)
     figs: dict[str, dict[str, str]] = field(default_factory=dict)  # view -> key -> relative png
     fragments: dict[str, dict[str, str]] = field(default_factory=dict)  # block -> key -> html
@@ -115,17 +116,24 @@ class ReportBuilder:
         """Draw every queued figure, in ``workers`` processes when there are many (drawing text
         dominates: ~0.3-0.7 s of CPU per figure); workers are spawned, never forked, so that no
         thread state of the parent (torch, BLAS) is copied into them."""
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
         jobs = [(make, base, tuple(self.formats)) for make, base in self.jobs]
         self.jobs.clear()
+        bar = tqdm(total=len(jobs), desc="report figures", unit="fig", disable=not self.progress)
         if self.workers <= 1 or len(jobs) < 8:
             for job in jobs:
                 F.render_job(job)
+                bar.update()
+            bar.close()
             return
         import multiprocessing as mp  # noqa: PLC0415
         from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
 
         with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn")) as pool:
-            list(pool.map(F.render_job, jobs, chunksize=4))
+            for _ in pool.map(F.render_job, jobs, chunksize=4):
+                bar.update()
+        bar.close()
 
     def build(self) -> Path:
         run_dir = self.run_dir
@@ -429,7 +437,7 @@ def html_table(df: pd.DataFrame, table_id: str = "", sortable: bool = True, filt
 
 def build_report(run_dir: str | Path, out_dir: str | Path | None = None, formats: Sequence[str] = ("png", "svg"),
                  n_examples: int = 3, device: str = "cpu", workers: int | None = None,
-                 layers: Sequence[int] | None = None) -> Path:
+                 layers: Sequence[int] | None = None, progress: bool = False) -> Path:
     """Write ``out_dir/index.html`` (default ``RUN_DIR/report``) and its figures; returns the page path.
 
     ``workers``: processes drawing figures (default: up to 2, the CPUs this process may use).
@@ -446,7 +454,8 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, formats
     if workers is None:
         workers = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
     return ReportBuilder(run_dir, out, tuple(formats), n_examples, device, workers,
-                         only_layers=None if layers is None else tuple(int(l) for l in layers)).build()
+                         only_layers=None if layers is None else tuple(int(l) for l in layers),
+                         progress=progress).build()
 
 
 PEAK_NOTE = ("SuperActivator macro F1 on test as a function of N (the share of in-concept calibration tokens kept above "
