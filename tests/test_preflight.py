@@ -231,3 +231,19 @@ def test_make_dataset_refuses_to_overwrite(tmp_path, capsys):
     assert (out / "metadata.csv").read_text() == "mine"
     assert main(["make-dataset", "shapes", str(out), "--n", "12", "--size", "32", "--force"]) == 0
     assert (out / "metadata.csv").read_text().startswith("image_path")
+
+
+def test_disk_full_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import superactivators.pipeline as pipeline_mod
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "runs" / "r" / "manifest.json"))
+
+    monkeypatch.setattr(pipeline_mod, "run_pipeline", full)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: r\n")
+    assert main(["run", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "manifest.json" in err and "Traceback" not in err
