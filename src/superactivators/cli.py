@@ -324,11 +324,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as err:
         if args.debug:
             raise
-        n = len(err.problems)
-        print(f"error: {n} problem{'s' if n != 1 else ''} found" if n > 1 else "error:", file=sys.stderr,
-              end="\n" if n > 1 else " ")
-        for line in err.problems:
-            print(f"  {line}" if n > 1 else line, file=sys.stderr)
+        n = sum(1 for line in err.problems if not line.startswith(("(", "... and")))  # hints are not problems
+        if len(err.problems) == 1:
+            print(f"error: {err.problems[0]}", file=sys.stderr)
+        else:
+            print(f"error: {n} problem{'s' if n != 1 else ''} found", file=sys.stderr)
+            for line in err.problems:
+                print(f"  {line}", file=sys.stderr)
         return 2
     except Exception as err:  # noqa: BLE001 - every error is one line; --debug shows the traceback
         if args.debug:

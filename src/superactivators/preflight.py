@@ -46,8 +46,7 @@ def check_run(cfg: RunConfig) -> Dataset:
         elif len(keep) < len(ds.concepts):
             ds = ds.subset_concepts(keep)
     n_data = len(problems) - n_other
-    if ds is not None:
-        problems += model_problems(cfg.embed, ds.modality)
+    problems += model_problems(cfg.embed, ds.modality if ds is not None else None)
     if "prompt" in cfg.detect.methods and cfg.detect.prompt_model:
         try:
             resolve_model_path(cfg.detect.prompt_model)

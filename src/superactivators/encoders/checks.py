@@ -26,8 +26,9 @@ def _n_layers(config: Any, modality: str) -> tuple[int, Any]:
         return int(conf.num_hidden_layers), None
 
 
-def model_problems(cfg: EmbedConfig, modality: str, key: str = "embed") -> list[str]:
-    """Why the model of ``cfg`` cannot be used for ``modality`` with these layers and device."""
+def model_problems(cfg: EmbedConfig, modality: str | None, key: str = "embed") -> list[str]:
+    """Why the model of ``cfg`` cannot be used for ``modality`` with these layers and device
+    (``modality`` None, when the dataset could not be read: device and model only, no layers)."""
     out = []
     why = device_problem(cfg.device)
     if why:
@@ -46,6 +47,8 @@ def model_problems(cfg: EmbedConfig, modality: str, key: str = "embed") -> list[
         config = AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except Exception as err:  # OSError, ValueError (unknown model type / remote code refused)
         return [*out, f"{key}.model: cannot read the config of {cfg.model!r} ({path}): {str(err).splitlines()[0]}"]
+    if modality is None:
+        return out
     try:
         n, fam = _n_layers(config, modality)
     except (AttributeError, TypeError, ValueError) as err:
