@@ -114,3 +114,18 @@ def image_run(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tiny 4 x 4 grid: some objects cover no patch by half
         return run_pipeline(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory, tiny_gpt2) -> Path:
+    """A 2-layer, 32-dim GPT-2 language model (the prompting baseline's yes/no logits)."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_lm")
+    tok = AutoTokenizer.from_pretrained(tiny_gpt2)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=512,
+                                bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

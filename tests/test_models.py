@@ -593,3 +593,27 @@ def test_clip_by_hub_id_with_sweep_into_store(hub_cache, tmp_path):
                                                                     "layers": "sweep", "device": "cpu"}})
     assert image_encoder_for_run(run, load_dataset(root), tmp_path / "s2").layers == [1, 6, 11, 16, 21, 24]
     np.testing.assert_array_equal(store.lengths, [16] * 6)  # 4 x 4 patches, CLS kept as the global
+
+
+def test_model_shape_from_config_and_encode_inputs(twins, tmp_path):
+    """The shape the concept checks read from a config alone equals the built encoder's; every
+    encoder embeds the detector's inputs through ``encode_inputs`` (images: PIL or paths)."""
+    from superactivators.encoders.base import Encoder
+    from superactivators.encoders.factory import model_shape
+
+    for kind, modality, layers in (("gemma2", "text", [1, 3]), ("qwen3", "text", "sweep"),
+                                   ("mllama", "text", "all"), ("mllama", "image", "sweep")):
+        cfg = EmbedConfig(model=str(twins[kind]), layers=layers, device="cpu")
+        enc = make_encoder(cfg, modality)
+        assert isinstance(enc, Encoder)
+        shape = model_shape(cfg, modality)
+        assert shape.layers == tuple(enc.layers) and shape.hidden_size == enc.hidden_size == 32
+    ims = _images()[:2]
+    paths = [tmp_path / f"im{i}.png" for i in range(2)]
+    for im, p in zip(ims, paths):
+        im.save(p)
+    a, b = enc.encode_inputs(paths), enc.encode_images(ims)
+    for layer in enc.layers:
+        np.testing.assert_array_equal(a.tokens[layer], b.tokens[layer])
+    text = make_encoder(EmbedConfig(model=str(twins["qwen3"]), layers=[2], device="cpu"), "text")
+    np.testing.assert_array_equal(text.encode_inputs(["a b c"]).tokens[2], text.encode(["a b c"]).tokens[2])

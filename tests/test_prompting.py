@@ -8,19 +8,6 @@ from superactivators.data.datasets import load_dataset
 from superactivators.evaluate.prompting import PromptConfig, TextPrompter, concept_phrase, prompt_scores
 
 
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory, tiny_gpt2):
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny_lm")
-    tok = AutoTokenizer.from_pretrained(tiny_gpt2)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=512,
-                                bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 def test_concept_phrase():
     assert concept_phrase("color::black-c") == "black (color)"
     assert concept_phrase("traffic light") == "traffic light"

@@ -14,6 +14,7 @@ from PIL import Image
 from superactivators.data.datasets import DatasetError, load_dataset
 from superactivators.data.masks import MaskOptions, ProcessorGeometry, patch_fractions, save_padding_file
 from superactivators.encoders.base import EmbedConfig
+from superactivators.encoders.factory import model_shape
 from superactivators.encoders.vision import ImageEncoder
 
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
@@ -78,6 +79,8 @@ def test_whole_image_pipeline(which: str, shapes36: Path, tiny_clip: Path, tiny_
 
     # token rows are the patch tokens (CLS dropped), the global is the CLS state
     enc = ImageEncoder(EmbedConfig(model=str(model)))
+    shape = model_shape(EmbedConfig(model=str(model)), "image")  # what concept checks read, without weights
+    assert shape.layers == tuple(enc.layers) and shape.hidden_size == enc.hidden_size
     ds = load_dataset(shapes36)
     img = Image.open(ds.image_path(3)).convert("RGB")
     hs = enc.hidden_states(enc.pixel_values([img]))

@@ -21,6 +21,7 @@ _API = {
     "build_report": "report.html",
     "SuperActivatorDetector": "evaluate.estimator", "tokens_from_padded": "evaluate.estimator",
     "token_labels_from_spans": "evaluate.estimator", "store_activations": "evaluate.estimator",
+    "ConceptType": "concepts.types", "load_concepts": "concepts.types",
 }
 __all__ = sorted(_API) + ["__version__"]
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from .concepts.types import CONCEPT_TYPES
 from .data.seed import KINDS as GROUND_TRUTH_KINDS
 from .encoders.base import EmbedConfig
 from .evaluate.attribution import ATTRIBUTIONS
@@ -19,7 +20,6 @@ from .evaluate.calibrate import DEFAULT_GRID
 from .evaluate.detect import METHODS
 from .util.errors import ValidationError
 
-CONCEPT_TYPES = ("mean", "linsep", "kmeans", "kmeans-linsep", "sae")
 #: ``protocol``: "ours" (the project's defaults) or "seed" (the seed study's choices where ours
 #: deliberately differ; docs/protocol.md lists each one and why)
 PROTOCOLS = ("ours", "seed")

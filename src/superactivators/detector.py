@@ -18,6 +18,7 @@ import pandas as pd
 import yaml
 
 from .concepts.supervised import ConceptSet
+from .concepts.types import load_concepts
 from .encoders.base import EmbedConfig
 from .encoders.factory import make_encoder
 from .evaluate.detect import MACRO, WEIGHTED
@@ -80,6 +81,11 @@ class ConceptDetector:
     def concepts(self) -> list[str]:
         return [n for cs in self.concept_sets.values() for n in cs.names]
 
+    @property
+    def units(self) -> dict[str, str]:
+        """Unlabelled concept types: the unit (cluster, SAE unit) each concept was matched to."""
+        return {n: u for cs in self.concept_sets.values() for n, u in zip(cs.names, cs.units or [])}
+
     def _repr_html_(self) -> str:
         from .report.notebook import detector_html  # noqa: PLC0415
 
@@ -121,11 +127,8 @@ class ConceptDetector:
             stage = stages.get((int(lay), concept_type))
             if stage is None or not ConceptSet.exists(stage / "concepts"):
                 raise FileNotFoundError(f"{run_dir}: no saved {concept_type} concepts for layer {lay}")
-            cs = ConceptSet.load(stage / "concepts")
-            idx = [cs.names.index(c) for c in grp.concept]
-            concept_sets[int(lay)] = ConceptSet(
-                cs.kind, [cs.names[i] for i in idx], cs.vectors[idx], cs.bias[idx], cs.scoring, cs.layer,
-                cs.center, cs.scale, cs.space)
+            cs = load_concepts(stage / "concepts")
+            concept_sets[int(lay)] = cs.subset([cs.names.index(c) for c in grp.concept])
         embed = EmbedConfig(**{**cfg["embed"], "layers": sorted(concept_sets), "trust_remote_code": trust_remote_code})
         return cls(
             embed=embed, modality=find_store(run_dir).info.modality, concept_sets=concept_sets,
@@ -152,7 +155,7 @@ class ConceptDetector:
         d = json.loads((path / "detector.json").read_text())
         return cls(
             embed=EmbedConfig(**{**d["embed"], "trust_remote_code": trust_remote_code}), modality=d["modality"],
-            concept_sets={l: ConceptSet.load(path / f"layer_{l:02d}") for l in d["layers"]},
+            concept_sets={l: load_concepts(path / f"layer_{l:02d}") for l in d["layers"]},
             thresholds=d["thresholds"], n_pct=d["n_pct"], localization_thresholds=d["localization_thresholds"],
         )
 
@@ -165,7 +168,7 @@ class ConceptDetector:
     def activations(self, inputs: Sequence) -> tuple[dict[str, np.ndarray], np.ndarray, object]:
         """Token activations per concept ``{name: [t]}``, per-sample lengths, and the batch."""
         enc = self._enc()
-        batch = enc.encode(list(inputs)) if self.modality == "text" else enc.encode_images(list(inputs))
+        batch = enc.encode_inputs(list(inputs))
         acts: dict[str, np.ndarray] = {}
         for layer, cs in self.concept_sets.items():
             a = make_scorer(cs)(batch.tokens[layer])

@@ -9,23 +9,27 @@ renamed, so a half-written file never looks finished.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from .concepts.supervised import ConceptSet, learn_global_concepts, learn_linsep_concepts, learn_mean_concepts
+from .concepts.supervised import ConceptSet
+from .concepts.types import ConceptType, concept_type, load_concepts
 from .config import RunConfig
 from .data.datasets import SAMPLE_LABELS_NOTE, Dataset
 from .data.fingerprint import content_key
 from .data.masks import MaskOptions
-from .encoders.factory import image_encoder_for_run, make_encoder
+from .encoders.base import ModelShape
+from .encoders.factory import image_encoder_for_run, make_encoder, model_shape
 from .evaluate.attribution import AttributionOptions, run_attributions
 from .evaluate.bestlayers import BestLayers, write_best_layers
 from .evaluate.detect import (
@@ -37,7 +41,7 @@ from .evaluate.detect import (
     save_predictions,
 )
 from .evaluate.localize import localize_stage
-from .evaluate.matching import UNSUPERVISED_TYPES, run_unsupervised_stage
+from .evaluate.matching import UnitSummary, labelled_set, match_to_concepts, summarise_units
 from .evaluate.scoring import ScoreSummary, summarise
 from .preflight import check_run
 from .report.figdata import CURVES_FILE, HIST_FILE, HistogramAccumulator, save_curves
@@ -105,30 +109,88 @@ def _mask_options(cfg: RunConfig) -> MaskOptions:
                        skip_bad_images=cfg.data.skip_bad_images)
 
 
-def learn_concepts(store: TokenStore, layer: int, ctype: str, cfg: RunConfig, out: Path) -> tuple[ConceptSet, ConceptSet | None]:
-    """Token-level concept set and its global-embedding twin, cached under ``out``."""
-    tok_dir, glob_dir = out / "concepts", out / "global_concepts"
-    idx = list(range(len(store.concepts)))
-    if ConceptSet.exists(tok_dir):
-        cs = ConceptSet.load(tok_dir)
+def _fitted(path: Path, fit: Callable[[], ConceptSet]) -> ConceptSet:
+    """The concept set saved at ``path``, fitted and saved first when missing."""
+    if ConceptSet.exists(path):
+        return load_concepts(path)
+    cs = fit()
+    cs.save(path)
+    return cs
+
+
+def concept_stage(store: TokenStore, layer: int, ct: ConceptType, cfg: RunConfig, device: str) -> Path:
+    """Fit and score one (layer, concept type); the stage folder, cached under a key of its inputs.
+
+    Every type goes through the same scoring pass and leaves the same artefacts: ``concepts/``
+    (and ``global_concepts/``) named by the labelled concepts, ``hist.npz`` and ``summary.npz``
+    (written last: the stage is finished). Unlabelled types first score their units (cached
+    under ``stages/units/``, keyed like a labelled stage) and match them to the concepts on
+    ``cal`` (``matches.csv``; the match depends on the grid, so their stage key adds it); the
+    matched set then takes the labelled path, with each baseline scored at its own matched unit
+    (``ScoreSummary.method_scores``).
+    """
+    want_global = "global" in cfg.detect.methods
+    root = cfg.run_dir / "stages"
+    key = stable_hash([store.path.name, ct.name, ct.cache_key(), cfg.seed, want_global]
+                      + (["protocol=seed"] if cfg.protocol == "seed" else []))
+    own: dict[str, np.ndarray] = {}
+    if ct.labelled:
+        stage = root / f"L{layer:02d}_{ct.name}_{key}"
+        if (stage / "summary.npz").exists():
+            return stage
+        cs = _fitted(stage / "concepts", lambda: ct.fit(store, layer, root / "units"))
+        gcs = _fitted(stage / "global_concepts", lambda: ct.fit_global(store, layer, root / "units")) \
+            if want_global else None
     else:
-        if ctype == "mean":
-            cs = learn_mean_concepts(store, layer, idx)
-        elif ctype == "linsep":
-            cs = learn_linsep_concepts(store, layer, idx, cfg.concepts.linsep_max_tokens_per_class,
-                                       cfg.concepts.linsep_c, cfg.seed, solver=linsep_solver(cfg))
+        stage = root / f"L{layer:02d}_{ct.name}_{stable_hash([key, [float(g) for g in cfg.detect.grid]])}"
+        if (stage / "summary.npz").exists():
+            return stage
+        units = root / "units" / f"L{layer:02d}_{ct.name}_{key}"
+        ucs = _fitted(units / "concepts", lambda: ct.fit(store, layer, root / "units"))
+        ugcs = _fitted(units / "global_concepts", lambda: ct.fit_global(store, layer, root / "units")) \
+            if want_global else None
+        if (units / "unit_summary.npz").exists():
+            us = UnitSummary.load(units / "unit_summary.npz")
         else:
-            raise ValueError(f"concept type {ctype!r} is not handled by the supervised pipeline")
-        cs.save(tok_dir)
-    gcs = None
-    if "global" in cfg.detect.methods:
-        if ConceptSet.exists(glob_dir):
-            gcs = ConceptSet.load(glob_dir)
-        else:
-            gcs = learn_global_concepts(store, layer, idx, ctype, cfg.concepts.linsep_c, cfg.seed,
-                                        solver=linsep_solver(cfg))
-            gcs.save(glob_dir)
-    return cs, gcs
+            us = summarise_units(store, ucs, ugcs, seed=cfg.seed, device=device)
+            us.save(units / "unit_summary.npz")
+        m = match_to_concepts(us, store.labels, store.splits, store.concepts, cfg.detect.grid)
+        cs = labelled_set(ucs, m.tokens, store.concepts)
+        cs.save(stage / "concepts")
+        gcs = labelled_set(ugcs, m.globals, store.concepts) if ugcs is not None and m.globals is not None else None
+        if gcs is not None:
+            gcs.save(stage / "global_concepts")
+        atomic_write_bytes(stage / "matches.csv", m.table.to_csv(index=False).encode())
+        own = m.summary.method_scores
+    hist = HistogramAccumulator.for_store(store, cs, seed=cfg.seed, device=device)  # figures
+    summary = summarise(store, cs, gcs, seed=cfg.seed, device=device, extra=[hist],
+                        independent_random=cfg.protocol == "seed")
+    summary.method_scores.update(own)
+    hist.result().save(stage / HIST_FILE)
+    summary.save(stage / "summary.npz")
+    return stage
+
+
+def concept_types(cfg: RunConfig) -> list[ConceptType]:
+    """The run's concept types, built from its ``concepts`` options."""
+    opts = {k: v for k, v in dataclasses.asdict(cfg.concepts).items() if k != "types"}
+    opts["linsep_solver"] = linsep_solver(cfg)
+    return [concept_type(t, opts, cfg.seed) for t in cfg.concepts.types]
+
+
+def check_concept_types(cfg: RunConfig, ds: Dataset, sdir: Path) -> list[ConceptType]:
+    """Every concept type's checks, before anything is embedded (the store's shape when it is
+    already complete, else the model's config; no weights are loaded)."""
+    types = concept_types(cfg)
+    manifest = sdir / "manifest.json"
+    if manifest.exists() and json.loads(manifest.read_text()).get("complete"):
+        st = TokenStore(sdir)
+        shape = ModelShape(tuple(st.layers), st.dim)
+    else:
+        shape = model_shape(cfg.embed, ds.modality) if any(not t.labelled for t in types) else None
+    for t in types:
+        t.check(shape)
+    return types
 
 
 def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
@@ -148,7 +210,10 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
 def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunResult:
     run_dir = cfg.run_dir
     sdir = store_dir_for(cfg, ds)
+    ctypes = check_concept_types(cfg, ds, sdir)
     store = embed_dataset(ds, cfg.embed, sdir, encoder=image_encoder_for_run(cfg, ds, sdir), progress=progress)
+    for ct in ctypes:  # again on the real store: covers models whose shape is only known once built
+        ct.check(ModelShape(tuple(store.layers), store.dim))
     if store.info.token_ground_truth == "sample":
         log.warning("%s: %s", ds.name, SAMPLE_LABELS_NOTE)
     device = pick_device(cfg.score_device)
@@ -164,41 +229,27 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
     tables, stage_index = [], []
     bar = tqdm(total=len(store.layers) * len(cfg.concepts.types), desc="stages", unit="stage", disable=not progress)
     for layer in store.layers:
-        for ctype in cfg.concepts.types:
-            bar.set_postfix_str(f"L{layer} {ctype}")  # concepts, scoring pass, calibration, localisation
-            key = stable_hash([sdir.name, ctype, cfg.concepts.__dict__, cfg.seed, "global" in cfg.detect.methods]
-                              + (["protocol=seed"] if cfg.protocol == "seed" else []))
-            stage = run_dir / "stages" / f"L{layer:02d}_{ctype}_{key}"
-            if ctype in UNSUPERVISED_TYPES:  # clusters / SAE units, matched to concepts on cal
-                table = run_unsupervised_stage(store, layer, ctype, cfg, stage, device)
-                if table is not None:
-                    tables.append(table)
+        for ct in ctypes:
+            bar.set_postfix_str(f"L{layer} {ct.name}")  # concepts, scoring pass, calibration, localisation
+            if not ct.runs_at(layer):  # an SAE reads one layer
                 bar.update()
                 continue
-            summ_path = stage / "summary.npz"
-            if summ_path.exists():
-                summary = ScoreSummary.load(summ_path)
-            else:
-                cs, gcs = learn_concepts(store, layer, ctype, cfg, stage)
-                hist = HistogramAccumulator.for_store(store, cs, seed=cfg.seed, device=device)  # figures
-                summary = summarise(store, cs, gcs, seed=cfg.seed, device=device, extra=[hist],
-                                    independent_random=cfg.protocol == "seed")
-                hist.result().save(stage / HIST_FILE)
-                summary.save(summ_path)
+            stage = concept_stage(store, layer, ct, cfg, device)
+            summary = ScoreSummary.load(stage / "summary.npz")
             if prompted is not None:
                 summary.sample_scores["prompt"] = prompted
             results = run_detection(summary, store.labels, store.splits, cfg.detect.methods,
                                     cfg.detect.grid, cfg.detect.best_threshold)
             save_curves(stage / CURVES_FILE, results, cfg.detect.grid)
             save_predictions(stage / PREDICTIONS_FILE, results, store.splits)
-            stage_index.append({"layer": layer, "concept_type": ctype, "dir": stage.relative_to(run_dir).as_posix(),
+            stage_index.append({"layer": layer, "concept_type": ct.name, "dir": stage.relative_to(run_dir).as_posix(),
                                 "store": sdir.relative_to(run_dir).as_posix()})
-            tables.append(results_table(results, layer=layer, concept_type=ctype))
+            tables.append(results_table(results, layer=layer, concept_type=ct.name))
             if cfg.detect.localize and store.info.token_ground_truth != "sample":
                 loc_tables.append(localize_stage(
-                    store, lambda: learn_concepts(store, layer, ctype, cfg, stage)[0], summary, results,
-                    cfg.detect.grid, stage, device, cfg.seed, layer=layer, concept_type=ctype))
-                attr_jobs.append({"layer": layer, "ctype": ctype, "stage": stage, "summary": summary,
+                    store, lambda: load_concepts(stage / "concepts"), summary, results,
+                    cfg.detect.grid, stage, device, cfg.seed, layer=layer, concept_type=ct.name))
+                attr_jobs.append({"layer": layer, "ctype": ct.name, "stage": stage, "summary": summary,
                                   "results": results, "loc": loc_tables[-1]})
             bar.update()
     bar.close()
@@ -218,8 +269,7 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
                                   max_samples=lc.attribution_samples, batch_size=lc.batch_size,
                                   occlusion_window=lc.occlusion_window, seed=cfg.seed)
         attr = run_attributions(lambda: make_encoder(cfg.embed, ds.modality, _mask_options(cfg)), ds, store,
-                                attr_jobs, lambda job: learn_concepts(store, job["layer"], job["ctype"], cfg,
-                                                                      job["stage"])[0],
+                                attr_jobs, lambda job: load_concepts(Path(job["stage"]) / "concepts"),
                                 opts, cfg.detect.grid, lc.attribution_layer, lc.attribution_types, progress)
         if attr is not None:
             atomic_write_bytes(run_dir / "attribution_metrics.csv", attr.to_csv(index=False).encode())
@@ -253,5 +303,6 @@ def embed_command(cfg, progress: bool = True) -> TokenStore:
     cfg = dataclasses.replace(cfg, embed=rank_embed_config(cfg.embed, env))
     ds = prepare_dataset(cfg)
     sdir = store_dir_for(cfg, ds)
+    check_concept_types(cfg, ds, sdir)  # fail before the model loads
     encoder = image_encoder_for_run(cfg, ds, sdir)  # images: mask options travel with it
     return embed_data_parallel(ds, cfg.embed, sdir, env, encoder=encoder, progress=progress)

@@ -21,6 +21,7 @@ state, so an SAE on the last block's ``resid_post`` sees different inputs (we wa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import warnings
@@ -86,7 +87,8 @@ def resolve_sae_path(spec: str) -> Path:
     return Path(root) / sub if sub else Path(root)
 
 
-def _hook_name(cfg: dict) -> str:
+def hook_name_of(cfg: dict) -> str:
+    """The hook an SAE config names (newer SAELens releases nest it under ``metadata``)."""
     return str(cfg.get("hook_name") or (cfg.get("metadata") or {}).get("hook_name") or "")
 
 
@@ -145,7 +147,7 @@ def load_sae(spec: str | Path) -> SAEWeights:
         W_enc=w["W_enc"], b_enc=w["b_enc"], W_dec=w["W_dec"], b_dec=w["b_dec"],
         threshold=w.get("threshold") if arch == "jumprelu" else None, architecture=arch,
         apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)), normalize_activations=norm,
-        hook_name=_hook_name(cfg), source=str(spec),
+        hook_name=hook_name_of(cfg), source=str(spec),
     )
 
 
@@ -164,11 +166,7 @@ class SAEConceptSet(ConceptSet):
     def subset(self, units: np.ndarray) -> "SAEConceptSet":
         """The same SAE restricted to ``units`` (activations of a unit do not depend on the others)."""
         u = np.asarray(units, dtype=np.int64)
-        return SAEConceptSet(
-            self.kind, [self.names[i] for i in u], self.vectors[u], self.bias[u], self.scoring, self.layer,
-            self.center, self.scale, self.space, None if self.threshold is None else self.threshold[u],
-            self.architecture, self.input_norm, self.hook_name,
-        )
+        return dataclasses.replace(super().subset(u), threshold=None if self.threshold is None else self.threshold[u])
 
     def save(self, path: str | Path) -> None:
         super().save(path)

@@ -13,10 +13,12 @@ sample labels; they serve the CLS / pooled-embedding baseline.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
@@ -44,6 +46,13 @@ class ConceptSet:
     center: np.ndarray
     scale: float
     space: str = "tokens"  # "tokens" | "globals"
+    units: list[str] | None = None  # unlabelled types: the unit (cluster, SAE unit) each concept was matched to
+
+    def subset(self, idx: Sequence[int] | np.ndarray) -> "ConceptSet":
+        """The concepts at positions ``idx``, in that order (same kind, space and normalisation)."""
+        i = np.asarray(idx, dtype=np.int64)
+        return dataclasses.replace(self, names=[self.names[k] for k in i], vectors=self.vectors[i], bias=self.bias[i],
+                                   units=None if self.units is None else [self.units[k] for k in i])
 
     def save(self, path: str | Path) -> None:
         """Safetensors weights plus a ``cfg.json`` sidecar; the config is written last."""
@@ -54,8 +63,11 @@ class ConceptSet:
                    "bias": np.ascontiguousarray(self.bias, dtype=np.float32),
                    "center": np.ascontiguousarray(self.center, dtype=np.float32)}, str(tmp))
         tmp.replace(path / "concepts.safetensors")
-        atomic_write_json(path / "cfg.json", {"kind": self.kind, "names": self.names, "scoring": self.scoring,
-                                              "layer": self.layer, "space": self.space, "scale": self.scale})
+        cfg = {"kind": self.kind, "names": self.names, "scoring": self.scoring, "layer": self.layer,
+               "space": self.space, "scale": self.scale}
+        if self.units is not None:
+            cfg["units"] = self.units
+        atomic_write_json(path / "cfg.json", cfg)
 
     @classmethod
     def load(cls, path: str | Path) -> "ConceptSet":

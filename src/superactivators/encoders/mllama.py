@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..util.device import pick_device
-from .base import EmbedConfig, EncodedBatch, resolve_model_path
+from .base import EmbedConfig, EncodedBatch, open_images, resolve_model_path
 from .capture import LayerTap
 from .registry import UnknownModelFamily, family_for, get_family, load_class
 from .text import compute_dtype, load_pretrained
@@ -270,6 +270,10 @@ class MllamaImageEncoder:
             tokens=tokens, globals=globals_, lengths=np.array([g.n_patches for g in geos], dtype=np.int64),
             valid=vmask, extra={"geometry": geos},
         )
+
+    def encode_inputs(self, items: Sequence[Any]) -> EncodedBatch:
+        """The detector's input: PIL images or image paths."""
+        return self.encode_images(open_images(items))
 
     def _valid(self, geo: TileGeometry, valid: Sequence[np.ndarray] | None, i: int) -> np.ndarray:
         if valid is None:

@@ -188,3 +188,5 @@ class TextEncoder:
             char_spans=offsets.reshape(-1, 2)[valid.reshape(-1)].astype(np.int32),
             extra={"truncated": truncated},
         )
+
+    encode_inputs = encode  # the detector's input: strings

@@ -35,7 +35,7 @@ from ..data.masks import (
     sample_patch_labels,
 )
 from ..util.device import pick_device, pick_dtype
-from .base import EmbedConfig, EncodedBatch, resolve_model_path
+from .base import EmbedConfig, EncodedBatch, open_images, resolve_model_path
 from .layers import resolve_layers
 
 log = logging.getLogger(__name__)
@@ -233,20 +233,11 @@ class ImageEncoder:
 
     def encode_images(self, images: list) -> EncodedBatch:
         """Embed new images (PIL images or paths), without ground truth: the fitted detector's input."""
-        from PIL import Image
-
-        ims = []
-        for x in images:
-            if isinstance(x, (str, Path)):
-                try:
-                    with Image.open(x) as im:
-                        ims.append(im.convert("RGB"))
-                except (OSError, ValueError) as err:
-                    raise DatasetError(f"cannot read image {x}: {err}") from None
-            else:
-                ims.append(x.convert("RGB"))
+        ims = open_images(images)
         valid = self._content_valid([self.geometry.place(im.height, im.width) for im in ims])
         return self._batch(self.hidden_states(self.pixel_values(ims)), valid, {})
+
+    encode_inputs = encode_images
 
     def _batch(self, hs: tuple[torch.Tensor, ...], valid: np.ndarray, extra: dict) -> EncodedBatch:
         """Patch tokens (prefix tokens dropped) and globals of the requested layers."""

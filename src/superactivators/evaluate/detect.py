@@ -122,14 +122,17 @@ def run_detection(
                 continue
             scores = summary.sample_scores["max_token"]
             pops = summary.populations[m]
-        elif m in summary.sample_scores:
-            scores = summary.sample_scores[m]
-            pops = summary.populations.get(m) or positive_populations(scores[cal], labels[cal])
+        elif m in summary.method_scores or m in summary.sample_scores:
+            # unlabelled types: a baseline's own matched unit (method_scores) has no separate population
+            scores = summary.method_scores.get(m, summary.sample_scores.get(m))
+            own = None if m in summary.method_scores else summary.populations.get(m)
+            pops = own or positive_populations(scores[cal], labels[cal])
         else:
             continue
         out.append(calibrate_method(m, scores, pops, labels, splits, summary.names, grid))
         if best_threshold and m not in TAIL_METHODS:
-            out.append(calibrate_best_threshold(m, scores, labels, splits, summary.names))
+            free = summary.method_scores.get(f"{m}@best_threshold", scores)
+            out.append(calibrate_best_threshold(m, free, labels, splits, summary.names))
     return out
 
 

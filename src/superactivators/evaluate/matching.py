@@ -40,12 +40,11 @@ import torch
 
 from ..concepts.supervised import ConceptSet
 from ..store.tokens import Shard, TokenStore
-from ..util.io import atomic_save_npz, atomic_write_bytes
+from ..util.io import atomic_save_npz
 from .calibrate import DEFAULT_GRID, best_f1_thresholds, column_tail_thresholds
-from .detect import METHODS, PREDICTIONS_FILE, MethodResult, results_table, run_detection, save_predictions
+from .detect import BASELINES, METHODS, MethodResult, run_detection
 from .scoring import PassContext, SampleReducer, ScoreSummary, make_scorer
 
-UNSUPERVISED_TYPES = ("kmeans", "kmeans-linsep", "sae")
 BLOCK_BYTES = 256 << 20  # activations held at once while scoring
 PAIR_BLOCK = 1 << 25  # booleans per block when computing F1 for (N, sample, unit)
 
@@ -118,13 +117,6 @@ def score_globals_blocked(store: TokenStore, cs: ConceptSet, device: str | torch
     return np.concatenate([scorer(g[a:a + step]) for a in range(0, len(g), step)])
 
 
-def subset_concepts(cs: ConceptSet, units: np.ndarray) -> ConceptSet:
-    """``cs`` restricted to the columns ``units``."""
-    if hasattr(cs, "subset"):
-        return cs.subset(units)
-    return dataclasses.replace(cs, names=[cs.names[i] for i in units], vectors=cs.vectors[units], bias=cs.bias[units])
-
-
 @dataclass
 class UnitSummary:
     """What matching needs from one pass (cached as ``unit_summary.npz``)."""
@@ -189,7 +181,7 @@ def summarise_units(
         score_units(store, cs, [reducer], device, block_bytes)
         units = preselect_units(reducer.max, store.labels, store.splits, candidates_per_concept)
         coll = CalTokenCollector(cal)
-        score_units(store, subset_concepts(cs, units), [coll], device, block_bytes)
+        score_units(store, cs.subset(units), [coll], device, block_bytes)
     acts, truth = coll.result(len(units), C)
     scores = reducer.scores()
     gnames: list[str] = []
@@ -289,120 +281,58 @@ def match_units(summary: UnitSummary, labels: np.ndarray, splits: np.ndarray, me
     return out
 
 
+@dataclass
+class MatchedUnits:
+    """Unlabelled units matched to the labelled concepts: from here on, a supervised stage.
+
+    ``summary`` is what :func:`superactivators.evaluate.detect.run_detection` reads for
+    labelled concepts: the sample reductions and ``cal`` tail population of the unit matched
+    for SuperActivator (so ``max_token`` and the stage's concept set agree), the global scores
+    of the global unit matched for the ``global`` baseline, and in ``method_scores`` each
+    baseline's scores at the unit matched on its own criterion.
+    """
+
+    summary: ScoreSummary
+    tokens: np.ndarray  # [C] token-level unit matched for SuperActivator
+    globals: np.ndarray | None  # [C] global unit matched for the global baseline (None: no global twin)
+    table: pd.DataFrame  # matches.csv: method, concept, unit, unit_name, match_cal_f1, exact
+
+
+def match_to_concepts(summary: UnitSummary, labels: np.ndarray, splits: np.ndarray, names: list[str],
+                      grid: Sequence[float] = DEFAULT_GRID) -> MatchedUnits:
+    """Match every concept for every method the unit summary can score (``@best_threshold`` too).
+
+    All methods are matched whatever the run asks for, so the matched stage depends on the
+    grid only; detection then picks the requested methods.
+    """
+    labels = labels.astype(bool)
+    methods = ["superactivator", *(m for m in BASELINES if m in summary.sample_scores)]
+    matches = {mt.method: mt for mt in match_units(summary, labels, splits, methods, grid, True)}
+    sa = matches["superactivator"].unit
+    local = np.searchsorted(summary.cal_units, sa)
+    scores = {k: v[:, sa] for k, v in summary.sample_scores.items() if k != "global"}
+    gunits = matches["global"].unit if "global" in matches else None
+    if gunits is not None:
+        scores["global"] = summary.sample_scores["global"][:, gunits]
+    own = {m: summary.sample_scores[m.split("@")[0]][:, mt.unit] for m, mt in matches.items() if m != "superactivator"}
+    pops = [summary.cal_acts[summary.cal_truth[:, c], local[c]] for c in range(len(names))]
+    rows = []
+    for m, mt in matches.items():
+        unit_names = summary.global_names if m.split("@")[0] == "global" else summary.unit_names
+        rows += [{"method": m, "concept": n, "unit": int(u), "unit_name": unit_names[u],
+                  "match_cal_f1": float(f), "exact": bool(e)}
+                 for n, u, f, e in zip(names, mt.unit, mt.cal_f1, mt.exact)]
+    return MatchedUnits(ScoreSummary(list(names), scores, pops, method_scores=own), sa, gunits, pd.DataFrame(rows))
+
+
 def matched_results(summary: UnitSummary, labels: np.ndarray, splits: np.ndarray, names: list[str],
                     methods: Sequence[str] = METHODS, grid: Sequence[float] = DEFAULT_GRID,
                     best_threshold: bool = True) -> tuple[list[MethodResult], pd.DataFrame]:
     """Detection results of the matched units (as for supervised concepts) and the match table."""
-    labels = labels.astype(bool)
-    results: list[MethodResult] = []
-    rows = []
-    for mt in match_units(summary, labels, splits, methods, grid, best_threshold):
-        base = mt.method.split("@")[0]
-        if base == "superactivator":
-            local = np.searchsorted(summary.cal_units, mt.unit)
-            summ = ScoreSummary(names, {"max_token": summary.sample_scores["max_token"][:, mt.unit]},
-                                [summary.cal_acts[summary.cal_truth[:, c], local[c]] for c in range(len(names))])
-        else:
-            summ = ScoreSummary(names, {base: summary.sample_scores[base][:, mt.unit]}, [])
-        res = run_detection(summ, labels, splits, [base], grid, best_threshold="@" in mt.method)
-        results.append(next(r for r in res if r.method == mt.method))
-        unit_names = summary.global_names if base == "global" else summary.unit_names
-        rows += [{"method": mt.method, "concept": n, "unit": int(u), "unit_name": unit_names[u],
-                  "match_cal_f1": float(f), "exact": bool(e)}
-                 for n, u, f, e in zip(names, mt.unit, mt.cal_f1, mt.exact)]
-    return results, pd.DataFrame(rows)
+    m = match_to_concepts(summary, labels, splits, names, grid)
+    return run_detection(m.summary, labels.astype(bool), splits, methods, grid, best_threshold), m.table
 
 
-# --- pipeline stage --------------------------------------------------------------------
-def sae_layer_of(spec: str) -> int:
-    """Store layer of the SAE at ``spec`` (reads its config only)."""
-    from ..concepts.sae import SAE_CFG, _hook_name, resolve_sae_path, sae_store_layer  # noqa: PLC0415
-
-    cfg = json.loads((resolve_sae_path(spec) / SAE_CFG).read_text())
-    return sae_store_layer(_hook_name(cfg))
-
-
-def learn_unsupervised(store: TokenStore, layer: int, ctype: str, cfg, stage: Path) -> tuple[ConceptSet, ConceptSet | None]:
-    """The unit set and its global twin for ``ctype`` (k-means fits shared by both k-means types)."""
-    from ..concepts.kmeans import (
-        KMeansFit,
-        fit_global_kmeans,
-        fit_token_kmeans,
-        kmeans_concepts,
-        kmeans_linsep_concepts,
-    )
-    from ..util.io import stable_hash  # noqa: PLC0415
-
-    want_global = "global" in cfg.detect.methods
-    if ctype == "sae":
-        from ..concepts.sae import load_sae, sae_concept_set  # noqa: PLC0415
-
-        sae = load_sae(cfg.concepts.sae_path)
-        if sae.d_in != store.dim:
-            raise ValueError(f"SAE {cfg.concepts.sae_path} expects d_in={sae.d_in}, the store has d={store.dim}")
-        if layer == store.info.model.get("n_layers"):
-            import warnings  # noqa: PLC0415
-
-            warnings.warn("SAE on the last hidden state: many HF models apply their final norm there", stacklevel=2)
-        cs = sae_concept_set(sae, layer)
-        return cs, (cs if want_global else None)
-    cc = cfg.concepts
-    fit_dir = stage.parent / f"L{layer:02d}_kmeansfit_{stable_hash([store.path.name, cc.kmeans_k_tokens, cc.kmeans_k_global, cfg.seed])}"
-    fit_dir.mkdir(parents=True, exist_ok=True)
-
-    def cached(name: str, fn) -> KMeansFit:
-        path = fit_dir / f"{name}.npz"
-        if path.exists():
-            return KMeansFit.load(path)
-        fit = fn()
-        fit.save(path)
-        return fit
-
-    tok_dir, glob_dir = stage / "concepts", stage / "global_concepts"
-    if ConceptSet.exists(tok_dir):
-        cs = ConceptSet.load(tok_dir)
-    else:
-        tfit = cached("tokens", lambda: fit_token_kmeans(store, layer, cc.kmeans_k_tokens, cfg.seed))
-        cs = kmeans_concepts(tfit, layer) if ctype == "kmeans" else kmeans_linsep_concepts(
-            store, layer, tfit, 2 * cc.linsep_max_tokens_per_class, cc.linsep_c, cfg.seed)
-        cs.save(tok_dir)
-    gcs = None
-    if want_global:
-        if ConceptSet.exists(glob_dir):
-            gcs = ConceptSet.load(glob_dir)
-        else:
-            gfit = cached("globals", lambda: fit_global_kmeans(store, layer, cc.kmeans_k_global, cfg.seed))
-            gcs = kmeans_concepts(gfit, layer) if ctype == "kmeans" else kmeans_linsep_concepts(
-                store, layer, gfit, c_reg=cc.linsep_c, seed=cfg.seed)
-            gcs.save(glob_dir)
-    return cs, gcs
-
-
-def run_unsupervised_stage(store: TokenStore, layer: int, ctype: str, cfg, stage: Path,
-                           device: str | torch.device = "cpu") -> pd.DataFrame | None:
-    """Learn units, summarise (cached), match and evaluate one (layer, unsupervised type).
-
-    Returns the detection table, or None for an SAE type at a layer other than its hook's.
-    """
-    if ctype not in UNSUPERVISED_TYPES:
-        raise ValueError(f"{ctype!r} is not an unsupervised concept type {UNSUPERVISED_TYPES}")
-    if ctype == "sae":
-        sae_layer = sae_layer_of(cfg.concepts.sae_path)
-        if sae_layer not in store.layers:
-            raise ValueError(f"the SAE reads store layer {sae_layer}, which was not embedded "
-                             f"(layers {store.layers}); add it to embed.layers")
-        if layer != sae_layer:
-            return None
-    stage.mkdir(parents=True, exist_ok=True)
-    summ_path = stage / "unit_summary.npz"
-    if summ_path.exists():
-        summary = UnitSummary.load(summ_path)
-    else:
-        cs, gcs = learn_unsupervised(store, layer, ctype, cfg, stage)
-        summary = summarise_units(store, cs, gcs, seed=cfg.seed, device=device)
-        summary.save(summ_path)
-    results, matches = matched_results(summary, store.labels, store.splits, store.concepts, cfg.detect.methods,
-                                       cfg.detect.grid, cfg.detect.best_threshold)
-    atomic_write_bytes(stage / "matches.csv", matches.to_csv(index=False).encode())
-    save_predictions(stage / PREDICTIONS_FILE, results, store.splits)
-    return results_table(results, layer=layer, concept_type=ctype)
+def labelled_set(units: ConceptSet, idx: np.ndarray, names: Sequence[str]) -> ConceptSet:
+    """The units at ``idx`` renamed to the labelled concepts they were matched to (``units`` keeps theirs)."""
+    return dataclasses.replace(units.subset(idx), names=list(names), units=[units.names[i] for i in idx])

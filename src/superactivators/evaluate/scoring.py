@@ -373,7 +373,12 @@ def score_globals(store: TokenStore, cs: ConceptSet) -> np.ndarray:
 
 @dataclass
 class ScoreSummary:
-    """Everything detection needs from one scoring pass, small enough to cache."""
+    """Everything detection needs from one scoring pass, small enough to cache.
+
+    ``method_scores`` overrides, for one method (``max_token``, ``global@best_threshold``...),
+    the score it is calibrated and evaluated on; empty for labelled concepts, it carries each
+    baseline's own matched unit for unlabelled ones (:mod:`superactivators.evaluate.matching`).
+    """
 
     names: list[str]
     sample_scores: dict[str, np.ndarray]  # method -> [N, C]
@@ -381,9 +386,11 @@ class ScoreSummary:
     # method -> per concept cal population replacing the method's default one
     # ("superactivator_sample": top tokens of positive samples; "random_token" under protocol seed)
     populations: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    method_scores: dict[str, np.ndarray] = field(default_factory=dict)  # method -> [N, C]
 
     def save(self, path: Path) -> None:
         arrays = {f"score__{k}": v for k, v in self.sample_scores.items()}
+        arrays.update({f"method__{k}": v for k, v in self.method_scores.items()})
         from .quantiles import pack_populations  # noqa: PLC0415
 
         arrays.update(pack_populations(self.cal_in_concept))
@@ -411,6 +418,7 @@ class ScoreSummary:
             sample_scores={k[7:]: z[k] for k in z.files if k.startswith("score__")},
             cal_in_concept=unpack_populations(z),
             populations=pops,
+            method_scores={k[8:]: z[k] for k in z.files if k.startswith("method__")},
         )
 
 

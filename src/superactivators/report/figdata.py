@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..concepts.supervised import ConceptSet
+from ..concepts.types import load_concepts
 from ..evaluate.scoring import PassContext, make_scorer, score_store
 from ..store.tokens import Shard, TokenStore
 from ..util.io import atomic_save_npz
@@ -194,7 +195,7 @@ def ensure_histograms(stage_dir: Path, store: TokenStore, split: str = "test", b
     path = Path(stage_dir) / HIST_FILE
     if path.exists():
         return TokenHistograms.load(path)
-    cs = ConceptSet.load(Path(stage_dir) / "concepts")
+    cs = load_concepts(Path(stage_dir) / "concepts")
     acc = HistogramAccumulator.for_store(store, cs, split=split, bins=bins, device=device)
     score_store(store, cs, [acc], device=device)
     hist = acc.result()

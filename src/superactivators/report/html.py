@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ..concepts.supervised import ConceptSet
+from ..concepts.types import load_concepts
 from ..evaluate.calibrate import DEFAULT_GRID
 from ..data.datasets import SAMPLE_LABELS_NOTE
 from ..evaluate.detect import MACRO, METHODS, run_detection
@@ -150,8 +150,8 @@ class ReportBuilder:
         cfg = run_config(run_dir)
         grid = list(cfg.get("detect", {}).get("grid") or DEFAULT_GRID)
         methods = list(cfg.get("detect", {}).get("methods") or METHODS)
-        # concept types / layers with rows in the table but no stage folder (e.g. unsupervised
-        # types) still get the sweep and method figures; their per-concept views say "no figure"
+        # concept types / layers with rows in the table but no stage folder (runs from before
+        # every type had stage folders) still get the sweep and method figures
         ctypes = list(dict.fromkeys([s.concept_type for s in stages] + list(table["concept_type"].unique())))
         layers = sorted({s.layer for s in stages} | set(int(v) for v in table["layer"].unique()))
         names = list(store.concepts)
@@ -259,7 +259,7 @@ class ReportBuilder:
                 st = by_stage.get((ct, layer))
                 if st is None:
                     continue
-                cs = ConceptSet.load(st.path / "concepts")
+                cs = load_concepts(st.path / "concepts")
                 hist = TokenHistograms.load(st.path / "hist.npz")
                 acts = dict(zip(ids, sample_token_activations(store, cs, ids, self.device)))
                 for c, name in enumerate(names):
