@@ -88,6 +88,8 @@ def test_offsets_ids_and_unsorted_ids_agree():
         np.testing.assert_array_equal(d.predict(ACTS, IDS), ref.predict(ACTS, IDS))
     np.testing.assert_array_equal(shuf.predict(ACTS[perm], IDS[perm]), ref.predict(ACTS, IDS))
     np.testing.assert_array_equal(sample_offsets(IDS, 8)[0], [0, 3, 5, 7, 8])
+    lists = SuperActivatorDetector(grid=[20, 60]).fit(ACTS.tolist(), IDS.tolist(), LABELS.tolist(), GT.tolist())
+    np.testing.assert_array_equal(lists.threshold_grid_, ref.threshold_grid_)
 
 
 def test_bad_inputs_are_named():

@@ -44,13 +44,13 @@ class Detection:
     present: dict[str, bool]
     max_activation: dict[str, float]
     evidence: dict[str, list[TokenEvidence]] = field(default_factory=dict)
-    thresholds: dict[str, float] = field(default_factory=dict, repr=False)
-    activations: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # concept -> [t]
-    text: str | None = field(default=None, repr=False)
-    token_spans: np.ndarray | None = field(default=None, repr=False)  # [t, 2] character spans
-    image: np.ndarray | None = field(default=None, repr=False)  # [H, W, 3]
-    patch_grid: tuple[int, int] | None = field(default=None, repr=False)
-    valid: np.ndarray | None = field(default=None, repr=False)  # [t] False = padding patch
+    thresholds: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
+    activations: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)  # concept -> [t]
+    text: str | None = field(default=None, repr=False, compare=False)
+    token_spans: np.ndarray | None = field(default=None, repr=False, compare=False)  # [t, 2] character spans
+    image: np.ndarray | None = field(default=None, repr=False, compare=False)  # [H, W, 3]
+    patch_grid: tuple[int, int] | None = field(default=None, repr=False, compare=False)
+    valid: np.ndarray | None = field(default=None, repr=False, compare=False)  # [t] False = padding patch
 
     def shown_concepts(self) -> list[str]:
         """The concepts found, or else the one closest to its threshold."""

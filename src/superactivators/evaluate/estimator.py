@@ -206,6 +206,8 @@ class SuperActivatorDetector(BaseEstimator):
 
     def _activations(self, X) -> np.ndarray:
         """Activations ``[T, C]``: ``X`` itself, or ``X`` scored against the concept vectors."""
+        if not isinstance(X, (np.ndarray, torch.Tensor)):
+            X = np.asarray(X)
         cs = self.concept_set_ if hasattr(self, "concept_set_") else self._concept_set()
         if cs is None:
             A = as_numpy(X, "token_activations", float_out=True)
@@ -313,7 +315,8 @@ class SuperActivatorDetector(BaseEstimator):
             raise ValueError(f"{len(names)} concept_names for {C} concepts")
         self.concept_names_ = names
         self.n_concepts_ = C
-        self.n_features_in_ = int(token_activations.shape[1])
+        self.n_features_in_ = int(np.shape(token_activations)[1]) if not isinstance(token_activations, torch.Tensor) \
+            else int(token_activations.shape[1])
         return self
 
     def _check_fitted(self) -> None:
