@@ -40,6 +40,12 @@ def test_method_and_sweep_figures(tmp_path):
             for c in "abc" for layer in (1, 2, 3)]
     df = pd.DataFrame(rows)
     _check_written(F.save_figure(F.method_comparison_figure(df[df.concept_type == "mean"], "methods"), tmp_path / "m"))
+    summ = pd.DataFrame({"f1": [.71, .6, .52], "f1_err": [.04, .05, .05], "sa_p": [np.nan, .3, .001],
+                         "sa_diff": [np.nan, .11, .19]}, index=["superactivator", "max_token", "global"])
+    _check_written(F.save_figure(F.method_comparison_figure(df[df.concept_type == "mean"], "weighted", summary=summ),
+                                 tmp_path / "mw"))
+    best = df[df.layer == 1].assign(best_layer=[1, 2, 3] * (len(df[df.layer == 1]) // 3))
+    _check_written(F.save_figure(F.best_layer_histogram_figure(best, ["mean", "linsep"], [1, 2, 3]), tmp_path / "bl"))
     swept = df.groupby(["concept_type", "method"], as_index=False)["f1"].mean()
     _check_written(F.save_figure(F.layer_sweep_figure(df, ["mean", "linsep"], swept), tmp_path / "s"))
 

@@ -47,9 +47,17 @@ def test_report_files_and_views(tiny_report_run):
     assert st["ct"] in ("mean", "linsep") and st["layer"] in (1, 2) and st["concept"] in CONCEPTS
     key = f"{st['ct']}|{st['layer']}|{st['concept']}"
     assert f'src="{figs["concept"][key]}"' in html
-    # tables: the best-layer table lists every (type, method, concept)
-    assert html.count("<table id=") == 4
-    assert "id='t-best'" in html and "id='t-all'" in html
+    # tables: the best-layer table lists every (type, method, concept); the layer-choice table
+    assert html.count("<table id=") == 5
+    assert "id='t-best'" in html and "id='t-all'" in html and "id='t-choice'" in html
+    # headline: weighted F1 with its error and the paired test of the gap to the best baseline
+    best = pd.read_csv(tiny_report_run.run_dir / "best_layers.csv")
+    w = best[(best["concept"] == "__weighted__") & (best["method"] == "superactivator")]
+    for f1, err in zip(w["f1"], w["f1_err"]):
+        assert f"{f1:.3f}<span class='pm'> ± {err:.3f}</span>" in html
+    assert html.count("SuperActivator test F1 weighted by test positives") == 2
+    assert html.count("class='sig ") == 2 and "Which layer each concept chose" in html
+    assert set(figs["best_layers"]) == {"all"}
 
 
 def test_report_backfills_a_run_without_figure_data(tiny_report_run, tmp_path):

@@ -246,14 +246,20 @@ def f1_vs_n_figure(grid: np.ndarray, curves: np.ndarray, labels: Sequence[str], 
 
 # --- methods and layers -------------------------------------------------------------------
 
-def method_comparison_figure(per_concept: pd.DataFrame, title: str, methods: Sequence[str] | None = None) -> Figure:
-    """Macro F1 per method as bars, each concept's F1 as a dot (the spread), SuperActivator on top.
+def method_comparison_figure(per_concept: pd.DataFrame, title: str, methods: Sequence[str] | None = None,
+                             summary: pd.DataFrame | None = None) -> Figure:
+    """F1 per method as bars, each concept's F1 as a dot (the spread), SuperActivator on top.
 
     ``per_concept`` has columns method, concept, f1 (concepts without test positives removed
-    by the caller).
+    by the caller). Without ``summary`` a bar is the macro F1 of the dots. With ``summary``
+    (index method; columns f1, and optionally f1_err and sa_p) a bar is that value, typically
+    F1 weighted by test positives, with ``± f1_err`` as an error bar, and every baseline is
+    marked by the paired test against SuperActivator: ``*`` when SuperActivator is better at
+    p < 0.05, ``n.s.`` when not.
     """
     methods = list(methods or dict.fromkeys(per_concept["method"]))
-    fig, axes = new_figure(7.6, 0.55 * len(methods) + 1.5)
+    marks = summary is not None and "sa_p" in summary.columns
+    fig, axes = new_figure(9.4 if marks else 7.6, 0.55 * len(methods) + 1.5)
     ax = axes[0]
     ax.grid(axis="y", visible=False)
     rng = np.random.default_rng(0)
@@ -261,17 +267,49 @@ def method_comparison_figure(per_concept: pd.DataFrame, title: str, methods: Seq
         f = per_concept.loc[per_concept["method"] == m, "f1"].to_numpy(float)
         y = len(methods) - 1 - i
         color = METHOD_COLORS.get(m.split("@")[0], "#7f7f7f")
-        macro = float(np.nanmean(f)) if f.size else np.nan
-        ax.barh(y, macro, height=0.62, color=color, alpha=0.9 if m == "superactivator" else 0.55,
-                hatch="//" if "@" in m else None, edgecolor="black" if m == "superactivator" else "none")
+        has = summary is not None and m in summary.index
+        value = float(summary.loc[m, "f1"]) if has else (float(np.nanmean(f)) if f.size else np.nan)
+        err = float(summary.loc[m, "f1_err"]) if has and "f1_err" in summary.columns else np.nan
+        ax.barh(y, value, height=0.62, color=color, alpha=0.9 if m == "superactivator" else 0.55,
+                hatch="//" if "@" in m else None, edgecolor="black" if m == "superactivator" else "none",
+                xerr=err if np.isfinite(err) else None, error_kw={"ecolor": "black", "capsize": 4, "lw": 1.3})
         ax.scatter(f, y + rng.uniform(-0.18, 0.18, f.size), s=14, color="black", alpha=0.6, zorder=3, linewidths=0)
-        ax.text(0.012, y, f"{macro:.3f}", va="center", ha="left", fontsize=10.5, zorder=4,
+        label = f"{value:.3f}" + (f" ± {err:.3f}" if np.isfinite(err) else "")
+        ax.text(0.012, y, label, va="center", ha="left", fontsize=10.5, zorder=4,
                 fontweight="bold" if m == "superactivator" else "normal", color="white" if m == "superactivator" else "black")
+        p = float(summary.loc[m, "sa_p"]) if has and "sa_p" in summary.columns else np.nan
+        if m != "superactivator" and np.isfinite(p):
+            lower = has and "sa_diff" in summary.columns and float(summary.loc[m, "sa_diff"]) < 0
+            mark = "SA better *" if p < 0.05 else ("SA lower, n.s." if lower else "n.s.")
+            ax.text(1.04, y, f"{mark}\np = {p:.3f}", va="center", ha="left", fontsize=9, transform=ax.get_yaxis_transform(),
+                    color=SUPER if p < 0.05 else "#5b6475", zorder=4, clip_on=False)
     ax.set_yticks(range(len(methods))[::-1], [method_label(m) for m in methods])
     ax.set_xlim(0, 1.02)
     ax.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    ax.set_xlabel("test detection F1 (bar: macro over concepts, dots: single concepts)")
-    ax.set_title(title, loc="left")
+    what = "weighted by test positives ± error" if summary is not None else "macro over concepts"
+    ax.set_xlabel(f"test F1 (bar: {what}; dots: single concepts)")
+    ax.set_title(title + ("\nright: paired bootstrap, SuperActivator better than the method (one-sided p)" if marks else ""),
+                 loc="left")
+    return fig
+
+
+def best_layer_histogram_figure(best: pd.DataFrame, concept_types: Sequence[str], layers: Sequence[int],
+                                method: str = "superactivator") -> Figure:
+    """How many concepts chose each layer (on cal), one panel per concept type (as the seed plots).
+
+    ``best`` has columns concept_type, method, concept, best_layer (one row per concept).
+    """
+    layers = sorted(int(v) for v in layers)
+    fig, axes = new_figure(4.6 * len(concept_types) + 0.8, 3.6, len(concept_types), sharey=True)
+    for ax, ct in zip(axes, concept_types):
+        b = best[(best["concept_type"] == ct) & (best["method"] == method)]["best_layer"].dropna().astype(int)
+        counts = np.array([(b == layer).sum() for layer in layers])
+        ax.bar(layers, counts, color=SUPER if method == "superactivator" else "#7f7f7f", width=0.75)
+        ax.set_xticks(layers)
+        ax.set_xlabel("best layer (chosen on cal)")
+        ax.set_title(f"{ct}: {len(b)} concepts, {method_label(method)}", loc="left")
+        ax.grid(axis="x", visible=False)
+    axes[0].set_ylabel("concepts")
     return fig
 
 

@@ -33,8 +33,10 @@ import yaml
 from ..concepts.types import load_concepts
 from ..evaluate.calibrate import DEFAULT_GRID
 from ..data.datasets import SAMPLE_LABELS_NOTE
-from ..evaluate.detect import MACRO, METHODS, run_detection
+from ..evaluate.detect import MACRO, METHODS, WEIGHTED, is_baseline, run_detection
 from ..evaluate.scoring import ScoreSummary
+from ..evaluate.bestlayers import BEST_LAYERS_FILE, write_best_layers
+from ..evaluate.stats import DEFAULT_RESAMPLES
 from ..evaluate.sweep import best_layers, headline, layer_curve, load_metrics, per_concept_rows, sweep_macro
 from ..store.runs import StageRef, find_stages, find_store
 from ..store.tokens import Shard, TokenStore
@@ -58,6 +60,15 @@ def ensure_curves(stage: StageRef, store: TokenStore, grid: Sequence[float], met
         res = run_detection(summary, store.labels, store.splits, methods, grid, best_threshold=False)
         save_curves(path, res, grid)
     return F1Curves.load(path)
+
+
+def load_best_layers(run_dir: Path, seed: int = 0) -> pd.DataFrame:
+    """``best_layers.csv`` of the run, (re)computed and written when missing or older than
+    ``detection_metrics.csv`` (runs from before it existed)."""
+    path, metrics = run_dir / BEST_LAYERS_FILE, run_dir / "detection_metrics.csv"
+    if path.exists() and path.stat().st_mtime >= metrics.stat().st_mtime:
+        return pd.read_csv(path)
+    return write_best_layers(run_dir, seed=seed).table
 
 
 def slug(i: int, name: str) -> str:
@@ -105,6 +116,7 @@ class ReportBuilder:
     figs: dict[str, dict[str, str]] = field(default_factory=dict)  # view -> key -> relative png
     fragments: dict[str, dict[str, str]] = field(default_factory=dict)  # block -> key -> html
     notes: list[str] = field(default_factory=list)
+    best_table: pd.DataFrame | None = None  # best_layers.csv (weighted F1, bootstrap errors, paired tests)
 
     def fig(self, view: str, key: str, make: partial, name: str) -> None:
         """Queue a figure: ``make()`` builds it; it is drawn and saved by :meth:`render`."""
@@ -148,6 +160,7 @@ class ReportBuilder:
             raise FileNotFoundError(f"{run_dir}: no finished stage folders under stages/ (for the layers asked)")
         store = find_store(run_dir)
         cfg = run_config(run_dir)
+        self.best_table = load_best_layers(run_dir, int(cfg.get("seed") or 0))  # weighted F1 with errors
         grid = list(cfg.get("detect", {}).get("grid") or DEFAULT_GRID)
         methods = list(cfg.get("detect", {}).get("methods") or METHODS)
         # concept types / layers with rows in the table but no stage folder (runs from before
@@ -162,10 +175,15 @@ class ReportBuilder:
         rows = per_concept_rows(table)
         rows = rows[rows["support"] > 0]
         bsc = best[best["support"] > 0]
+        bl = self.best_table
+        weighted = bl[bl["concept"] == WEIGHTED]
+        self.fig("best_layers", "all", partial(F.best_layer_histogram_figure, best, ctypes, layers), "best_layers")
         for ct in ctypes:
             b = bsc[bsc["concept_type"] == ct]
+            summ = weighted[weighted["concept_type"] == ct].set_index("method")
             self.fig("methods_best", ct, partial(F.method_comparison_figure, b,
-                                                 f"{ct} concepts, each at its best layer (chosen on cal)", plain),
+                                                 f"{ct} concepts, each at its best layer (chosen on cal)", plain,
+                                                 summ if len(summ) else None),
                      f"methods_{ct}_best")
         by_stage = {(s.concept_type, s.layer): s for s in stages}
         sa = table[table["method"] == "superactivator"].set_index(["concept_type", "layer", "concept"])
@@ -341,23 +359,58 @@ class ReportBuilder:
             self.fig("image_examples", key, fig, f"images_{ct}_L{layer:02d}_{slugs[name]}")
 
     # --- HTML -----------------------------------------------------------------------------
-    def _page(self, table, best, macro, curve, ctypes, layers, names, slugs, store: TokenStore, cfg) -> str:
-        name = cfg.get("name") or self.run_dir.name
-        model = store.info.model.get("id") or store.info.model.get("path", "?")
-        n_split = {s: int((store.splits == s).sum()) for s in ("train", "cal", "test")}
-        heads = []
-        for ct in ctypes:
-            try:
-                h = headline(macro, ct)
-            except ValueError:
-                continue
+    def _card(self, ct: str, macro: pd.DataFrame) -> str:
+        """Headline card: SuperActivator's weighted F1 ± error (macro beside it) vs the best plain
+        baseline, with the paired test of the gap; macro only for tables without best_layers."""
+        try:
+            h = headline(macro, ct)
+        except ValueError:
+            return ""
+        bl = self.best_table
+        w = bl[(bl["concept_type"] == ct) & (bl["concept"] == WEIGHTED)].set_index("method") \
+            if bl is not None else pd.DataFrame()
+        if "superactivator" not in w.index:  # no best_layers table: the macro headline
             margin = h.get("margin")
             sign = "good" if margin is not None and margin >= 0 else "bad"
             base = (f"vs <b>{h['baseline_f1']:.3f}</b> for the best baseline ({F.method_label(str(h['best_baseline']))})"
                     f" <span class='delta {sign}'>{margin:+.3f}</span>") if margin is not None else ""
-            heads.append(f"<div class='card'><div class='card-t'>{html.escape(ct)} concepts</div>"
-                         f"<div class='big'>{h['superactivator']:.3f}</div><div>SuperActivator macro test F1 "
-                         f"{base}</div></div>")
+            return (f"<div class='card'><div class='card-t'>{html.escape(ct)} concepts</div>"
+                    f"<div class='big'>{h['superactivator']:.3f}</div><div>SuperActivator macro test F1 {base}</div></div>")
+
+        def pm(r: pd.Series) -> str:
+            return f" ± {r['f1_err']:.3f}" if pd.notna(r.get("f1_err", np.nan)) else ""
+
+        sa = w.loc["superactivator"]
+        base_rows = w[[is_baseline(m) for m in w.index]]
+        text = ""
+        if len(base_rows):
+            bm = str(base_rows["f1"].idxmax())
+            b = base_rows.loc[bm]
+            d = float(sa["f1"] - b["f1"])
+            p = b.get("sa_p", np.nan)
+            sig = "" if pd.isna(p) else (
+                f" <span class='sig yes'>significant, p = {p:.3f}</span>" if p < 0.05
+                else f" <span class='sig no'>not significant, p = {p:.3f}</span>")
+            text = (f"<div>vs <b>{b['f1']:.3f}{pm(b)}</b> for the best baseline ({F.method_label(bm)}) "
+                    f"<span class='delta {'good' if d >= 0 else 'bad'}'>{d:+.3f}</span>{sig}</div>")
+        return (f"<div class='card'><div class='card-t'>{html.escape(ct)} concepts</div>"
+                f"<div class='big'>{sa['f1']:.3f}<span class='pm'>{pm(sa)}</span></div>"
+                f"<div>SuperActivator test F1 weighted by test positives (the paper's number; macro "
+                f"{h['superactivator']:.3f})</div>{text}</div>")
+
+    def _layer_choice(self) -> pd.DataFrame:
+        """SuperActivator's row per concept: its layer, N, test F1 and 95 % interval."""
+        bl = self.best_table
+        rows = bl[(bl["method"] == "superactivator") & bl["best_layer"].notna()]
+        cols = [c for c in ("concept_type", "concept", "best_layer", "n_pct", "cal_f1", "f1", "f1_lo", "f1_hi", "support")
+                if c in rows.columns]
+        return rows[cols].rename(columns={"best_layer": "best layer", "n_pct": "N %", "f1": "test F1"})
+
+    def _page(self, table, best, macro, curve, ctypes, layers, names, slugs, store: TokenStore, cfg) -> str:
+        name = cfg.get("name") or self.run_dir.name
+        model = store.info.model.get("id") or store.info.model.get("path", "?")
+        n_split = {s: int((store.splits == s).sum()) for s in ("train", "cal", "test")}
+        heads = [c for c in (self._card(ct, macro) for ct in ctypes) if c]
         if store.info.token_ground_truth == "sample":  # say it where the headline numbers are
             heads.insert(0, "<div class='card' id='sample-labels-note'><div class='card-t'>sample labels only</div>"
                             f"<div>{html.escape(SAMPLE_LABELS_NOTE[0].upper() + SAMPLE_LABELS_NOTE[1:])}</div></div>")
@@ -386,9 +439,11 @@ class ReportBuilder:
             name=html.escape(str(name)), model=html.escape(str(model)), dataset=html.escape(store.info.dataset.get("name", "?")),
             n=store.n_samples, ntok=store.n_tokens, splits=", ".join(f"{k} {v}" for k, v in n_split.items()),
             layers=", ".join(map(str, layers)), ctypes=", ".join(map(html.escape, ctypes)), nconcepts=len(names),
-            cards="".join(heads), peak=PEAK_NOTE,
+            cards="".join(heads), peak=PEAK_NOTE, n_boot=DEFAULT_RESAMPLES,
             opt_ct=opts(ctypes), opt_layer=opts(layers, lambda v: f"layer {v}"), opt_concept=opts(names),
-            best_table=html_table(best.rename(columns={"best_layer": "best layer"}), table_id="t-best", filter_box=True),
+            best_table=html_table(self.best_table.rename(columns={"best_layer": "best layer"}), table_id="t-best",
+                                  filter_box=True),
+            choice_table=html_table(self._layer_choice(), table_id="t-choice", filter_box=True),
             swept_table=html_table(macro, table_id="t-swept"),
             macro_table=html_table(macro_pv[mcols], table_id="t-macro"),
             all_table=html_table(table, table_id="t-all", filter_box=True),
@@ -489,6 +544,8 @@ section{background:#fff;border:1px solid var(--line);border-radius:10px;padding:
 .big{font-size:34px;font-weight:700;color:var(--sa);line-height:1.1}
 .delta{font-weight:700;padding:1px 6px;border-radius:5px}
 .delta.good{background:#e3f4ec;color:#006b4e}.delta.bad{background:#fbe9e1;color:#a23d00}
+.pm{font-size:18px;font-weight:600;margin-left:4px}
+.sig{font-size:12.5px;padding:1px 6px;border-radius:5px}.sig.yes{background:#e3f4ec;color:#006b4e}.sig.no{background:#eef0f4;color:#5b6475}
 figure{margin:8px 0}
 figure img{max-width:100%;height:auto;border:1px solid var(--line);border-radius:6px;background:#fff}
 figcaption{font-size:13px;color:var(--muted)}
@@ -599,7 +656,9 @@ layers {layers} · concept types {ctypes} · {nconcepts} concepts · thresholds 
 <main>
 <section id="summary">
 <h2>Does the tail beat the aggregators?</h2>
-<p class="muted">Each concept is read at its own best layer (highest F1 on <i>cal</i>); bars are macro F1 on <i>test</i>.
+<p class="muted">Each concept is read at its own best layer (highest F1 on <i>cal</i>); cards and method bars are test F1
+weighted by test positives (the paper's number) ± the seed's bootstrap error ({n_boot} resamples of the test samples);
+"significant" = SuperActivator beats that method in a paired bootstrap on the same resamples (one-sided p &lt; 0.05).
 A sample is detected when any of its tokens reaches the concept's tail threshold τ (SuperActivator); the baselines threshold one score per sample.</p>
 <div class="cards">{cards}</div>
 {notes}
@@ -607,10 +666,14 @@ A sample is detected when any of its tokens reaches the concept's tail threshold
 <figcaption>Macro test F1 per layer (one line per method); dotted: SuperActivator with each concept at its best layer. <a class="svg" href="#">SVG</a></figcaption></figure>
 <div class="row">
 <figure><img data-view="methods_best" data-key="ct" alt="method comparison at the best layers"><div class="missing" hidden>no figure</div>
-<figcaption>Method comparison for <b class="cur-ct"></b> concepts at their best layers: bar = macro F1, dot = one concept. <a class="svg" href="#">SVG</a></figcaption></figure>
+<figcaption>Method comparison for <b class="cur-ct"></b> concepts at their best layers: bar = weighted F1 ± error, dot = one concept; right: SuperActivator better (* p &lt; 0.05) or not (n.s.). <a class="svg" href="#">SVG</a></figcaption></figure>
 <figure><img data-view="f1n_all" data-key="ct" alt="F1 vs N per layer"><div class="missing" hidden>no figure</div>
 <figcaption>{peak} <a class="svg" href="#">SVG</a></figcaption></figure>
 </div>
+<h3 id="best-layers">Which layer each concept chose</h3>
+<figure class="wide"><img data-view="best_layers" data-key="all" alt="histogram of best layers over concepts"><div class="missing" hidden>no figure</div>
+<figcaption>How many concepts read SuperActivator best at each layer (highest F1 on <i>cal</i>), per concept type. <a class="svg" href="#">SVG</a></figcaption></figure>
+{choice_table}
 </section>
 <section id="concept">
 <h2>Concept <span class="cur-concept"></span> <span class="muted">· <span class="cur-ct"></span> · layer <span class="cur-layer"></span></span></h2>
@@ -636,7 +699,8 @@ A sample is detected when any of its tokens reaches the concept's tail threshold
 <section id="tables">
 <h2>Tables</h2>
 <p class="muted">Click a column header to sort; type to filter.</p>
-<h3>Best layer per concept and method (chosen on cal, metrics on test)</h3>{best_table}
+<h3>Best layer per concept and method (chosen on cal, metrics on test; f1_lo / f1_hi: 95 % bootstrap interval,
+f1_err: the seed's error; sa_diff, sa_p: SuperActivator minus the method, paired bootstrap, one-sided p)</h3>{best_table}
 <h3>Macro over concepts at their best layers</h3>{swept_table}
 <h3>Macro test F1 per layer</h3>{macro_table}
 <h3>Every detection metric</h3>{all_table}
