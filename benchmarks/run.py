@@ -13,6 +13,11 @@ What is timed (each phase runs in a fresh subprocess, so its peak RSS is its own
               and ``detect.results_table``.
 - ``bare``    per concept type: the same memory-mapped shards through ``fp16 -> fp32 @ W``
               with the same concept matrix, and nothing else: the physical floor.
+- ``boot``    the bootstrap of :mod:`superactivators.evaluate.stats`: 1,000 resamples of the test
+              samples x 80 concepts x 12 methods (per-concept intervals, the three aggregates,
+              paired tests of SuperActivator against the 11 others), vs one plain F1
+              evaluation of the same predictions (``Confusion.from_predictions(...).f1()``) in
+              the same process: the ratio says how many plain evaluations the whole bootstrap costs.
 - ``embed``   ``embed.embed_dataset`` with a loaded ``TextEncoder`` on the packaged MiniLM
               (every layer) over the built-in emotions texts, vs ``model(**batch)`` over the
               same tokenised batches.
@@ -41,8 +46,10 @@ HERE = Path(__file__).resolve().parent
 STORE_ROOT = HERE / "_store"
 RESULTS = HERE / "results.json"
 KINDS = ("mean", "linsep")
+BOOT_TEST_SAMPLES = 2000  # test samples of the bootstrap benchmark (COCO's seed test split is ~2,000 images)
 EMBED_TEXTS = 320  # first 320 built-in texts = 10 batches of 32: keeps `make bench` under 15 min on 2 busy cores
-TARGETS = {"post_embed_ratio_to_bare_pass": 2.0, "post_embed_peak_rss_mb": 2048.0, "embed_ratio_to_bare_forward": 1.2}
+TARGETS = {"post_embed_ratio_to_bare_pass": 2.0, "post_embed_peak_rss_mb": 2048.0, "embed_ratio_to_bare_forward": 1.2,
+           "bootstrap_seconds": 5.0}
 
 
 def peak_rss_mb() -> float:
@@ -250,7 +257,47 @@ def _head(ds, n: int):
     )
 
 
-PHASES = {"build": phase_build, "learn": phase_learn, "post": phase_post, "bare": phase_bare, "embed": phase_embed}
+def phase_boot(args: argparse.Namespace) -> dict:
+    import numpy as np
+    import torch
+
+    from superactivators.evaluate.metrics import Confusion
+    from superactivators.evaluate.stats import Bootstrap
+
+    n, M, C, B = (500, 12, 80, 200) if args.quick else (BOOT_TEST_SAMPLES, 12, 80, 1000)
+    rng = np.random.default_rng(0)
+    truth = rng.random((n, C)) < 0.05
+    pred = (rng.random((M, n, C)) < 0.05) | (truth[None] & (rng.random((M, n, C)) < 0.6))
+    methods = ["superactivator"] + [f"m{i}" for i in range(1, M)]
+    flat_p, flat_t = pred.transpose(1, 0, 2).reshape(n, M * C), np.tile(truth, (1, M))
+
+    def plain() -> None:
+        Confusion.from_predictions(flat_p, flat_t).f1()
+
+    out: dict = {}
+
+    def boot() -> None:
+        b = Bootstrap.run(pred, truth, methods, [f"c{i}" for i in range(C)], n_resamples=B, seed=0)
+        b.per_concept()
+        for kind in ("macro", "weighted", "micro"):
+            b.aggregate(kind)
+        for m in methods[1:]:
+            b.paired("superactivator", m)
+            b.paired("superactivator", m, "weighted")
+        out["weighted_f1_sa"] = float(b.aggregate_point("weighted")[0])
+
+    plain(), boot()  # warm-up
+    plain_t, boot_t = [], []
+    for _ in range(args.reps):  # interleaved
+        plain_t.append(_best(plain, 5)[0])
+        boot_t.append(_best(boot, 1)[0])
+    return {"seconds": min(boot_t), "plain_f1_seconds": min(plain_t), "all_seconds": boot_t, "plain_all": plain_t,
+            "ratio": statistics.median(b_ / p_ for b_, p_ in zip(boot_t, plain_t)),
+            "n_test": n, "methods": M, "concepts": C, "resamples": B, "torch_threads": torch.get_num_threads(), **out}
+
+
+PHASES = {"build": phase_build, "learn": phase_learn, "post": phase_post, "bare": phase_bare, "embed": phase_embed,
+          "boot": phase_boot}
 
 
 # --- driver ----------------------------------------------------------------------------------
@@ -285,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=3, help="repetitions per timing (best is reported)")
     p.add_argument("--device", default="auto", help="scoring device: auto | cpu | cuda")
     p.add_argument("--skip-embed", action="store_true")
+    p.add_argument("--bootstrap-only", action="store_true", help="only the bootstrap phase (no store, no model)")
     p.add_argument("--clean", action="store_true", help="rebuild the synthetic store and concepts")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
@@ -304,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(store_path(args.quick), ignore_errors=True)
     print(f"superactivators benchmark ({'quick' if args.quick else 'full'}), {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.2f}", flush=True)
+    if args.bootstrap_only:
+        _print_boot(run_child("boot", args))
+        return 0
     out: dict = {"build": run_child("build", args)}
     out["learn"] = run_child("learn", args)
     # every timed run is a fresh process (its peak RSS is its own). Per repetition, the bare
@@ -321,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                     "peak_rss_mb": max(x["peak_rss_mb"] for x in rs), "load_avg_1min": [x["load_avg_1min"] for x in rs]}
     if not args.skip_embed:
         out["embed"] = run_child("embed", args)
+    out["boot"] = run_child("boot", args)
 
     def secs(phase: str, kind: str) -> list[float]:
         return out[f"{phase}_{kind}"]["all_seconds"]
@@ -334,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
         "post_embed_ratio_to_bare_pass": round(statistics.median(rep_ratio), 3),
         "post_embed_peak_rss_mb": round(max(out[f"post_{k}"]["peak_rss_mb"] for k in KINDS), 1),
         "embed_ratio_to_bare_forward": round(out["embed"]["ratio"], 3) if "embed" in out else None,
+        "bootstrap_seconds": round(out["boot"]["seconds"], 3),
+        "bootstrap_ratio_to_one_f1": round(out["boot"]["ratio"], 1),
+        "bootstrap_peak_rss_mb": round(out["boot"]["peak_rss_mb"], 1),
         "n_tokens": b["n_tokens"], "dim": b["dim"], "n_concepts": b["n_concepts"],
         "bare_pass_seconds": round(statistics.median(bare_tot), 3),
         "ratio_per_repetition": [round(x, 3) for x in rep_ratio],
@@ -375,8 +430,18 @@ def main(argv: list[str] | None = None) -> int:
               f"CPU time {e['cpu_ratio']:.2f}")
         _report("embed / bare forward", results["embed_ratio_to_bare_forward"], "x",
                 TARGETS["embed_ratio_to_bare_forward"])
+    _print_boot(out["boot"])
     print(f"total {results['total_wall_seconds']:.0f} s" + ("" if args.quick else f"; wrote {RESULTS}"))
     return 0
+
+
+def _print_boot(b: dict) -> None:
+    print(f"  bootstrap: {b['resamples']} resamples x {b['concepts']} concepts x {b['methods']} methods, "
+          f"{b['n_test']} test samples: {b['seconds']:.2f} s (best) vs one plain F1 evaluation "
+          f"{1000 * b['plain_f1_seconds']:.1f} ms: ratio run by run "
+          f"{', '.join(f'{x / y:.0f}' for x, y in zip(b['all_seconds'], b['plain_all']))}, median {b['ratio']:.0f} "
+          f"| peak RSS {b['peak_rss_mb']:.0f} MB")
+    _report("bootstrap (all of it)", b["seconds"], " s", TARGETS["bootstrap_seconds"])
 
 
 def _report(what: str, value: float, unit: str, target: float) -> None:
