@@ -154,7 +154,9 @@ def best_layer_table(run_dir: str | Path, n_resamples: int = DEFAULT_RESAMPLES, 
     for ct in dict.fromkeys(best["concept_type"]):
         b = best[best["concept_type"] == ct].copy()
         a = agg[agg["concept_type"] == ct].copy()
-        if store is not None:
+        if store is not None and not (store.splits == "test").any():
+            result.notes.append(f"{ct}: no intervals: the store has no test samples")
+        elif store is not None:
             test_ids = np.flatnonzero(store.splits == "test")
             truth = pd.DataFrame(store.labels[test_ids].astype(bool), columns=list(store.concepts))
             pred, note = collect_predictions(run_dir, best, ct, table, test_ids, truth)
