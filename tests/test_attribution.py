@@ -215,3 +215,16 @@ def test_pipeline_attributions_on_images_with_a_tiny_dinov2(tmp_path: Path) -> N
     assert "id='localization'" in page
     figs = tmp_path / "runs" / "img" / "report" / "figures"
     assert (figs / "loc_bars_mean.png").exists() and list(figs.glob("loc_maps_mean_*.png"))
+
+
+def test_mean_token_target_is_the_mean_of_token_scores(linear_setup) -> None:
+    adapter, x, _, _, w, model = linear_setup
+    adapter.target = "mean_token"
+    with torch.no_grad():
+        h1 = model(x).hidden_states[1][:, 1:]  # patch tokens at layer 1
+    np.testing.assert_allclose(adapter.forward(x)[:, 0].detach().numpy(), (h1 @ torch.from_numpy(w[0])).mean(1).numpy(),
+                               rtol=1e-5)
+    ig = attribute(adapter, "integrated_gradients", x, (), 0, AttributionOptions(ig_steps=4))
+    np.testing.assert_allclose(ig.sum(1).detach().numpy(), adapter.forward(x)[:, 0].detach().numpy(), rtol=1e-4)
+    with pytest.raises(ValueError, match="attribution target"):
+        AttributionOptions(target="cls")

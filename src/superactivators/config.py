@@ -112,6 +112,7 @@ class LocalizeConfig:
     ig_steps: int = 16
     occlusion_window: int = 1
     batch_size: int = 16
+    attribution_target: str = "global"  # or mean_token: the mean of the concept's token scores (the seed's)
 
 
 @dataclass

@@ -50,7 +50,8 @@ from .metrics import Confusion
 from .scoring import make_scorer
 
 ATTRIBUTIONS = ("integrated_gradients", "saliency", "gradcam", "occlusion", "lime", "kernel_shap", "rise")
-COSTLY = ("lime", "kernel_shap", "rise")  # take ``budget`` forward passes per (sample, concept)
+COSTLY = ("lime", "kernel_shap", "rise")
+TARGETS = ("global", "mean_token")  # take ``budget`` forward passes per (sample, concept)
 
 
 @dataclass
@@ -64,8 +65,11 @@ class AttributionOptions:
     batch_size: int = 16
     occlusion_window: int = 1  # patches per side of an image occlusion window
     seed: int = 0
+    target: str = "global"  # or "mean_token" (see make_adapter)
 
     def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"attribution target must be one of {list(TARGETS)}, got {self.target!r}")
         bad = [m for m in self.methods if m not in ATTRIBUTIONS]
         if bad:
             raise ValueError(f"unknown attribution method(s) {bad}; choose from {list(ATTRIBUTIONS)}")
@@ -130,6 +134,21 @@ class _Adapter:
         self.blocks = blocks
         self.grid: _GridView | None = None
         self._tap = None
+        self.target = "global"  # or "mean_token": the mean of the concept's token scores (the seed's target)
+
+    def forward_args(self, extra: tuple) -> tuple:
+        """The extra forward arguments among ``inputs()``'s extras (text: attention and valid masks)."""
+        return ()
+
+    def _target(self, h: torch.Tensor, mask: torch.Tensor | None, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Concept scores ``[B, C]`` of layer states ``h``: of the global embedding, or the token mean."""
+        if self.target == "global":
+            return self.score(self._global(h, mask))
+        body = h[:, self.n_prefix:]
+        B, T, d = body.shape
+        sc = self.score(body.reshape(B * T, d)).reshape(B, T, -1)
+        m = torch.ones((B, T), device=h.device) if valid is None else valid[:, self.n_prefix:].to(sc.dtype)
+        return (sc * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp_min(1)
 
     def _global(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if self.global_token == "cls":
@@ -186,7 +205,7 @@ class ImageAdapter(_Adapter):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         h = self.states(lambda: self.model(pixel_values=pixel_values.to(self.encoder.dtype)))
-        return self.score(self._global(h, None))
+        return self._target(h, None)
 
     def inputs(self, images: list) -> tuple[torch.Tensor, tuple]:
         return self.encoder.pixel_values(images).to(self.device), ()
@@ -232,7 +251,10 @@ class TextAdapter(_Adapter):
         self.encoder = encoder
         self.emb = encoder.model.get_input_embeddings()
 
-    def forward(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward_args(self, extra: tuple) -> tuple:
+        return extra[:2]
+
+    def forward(self, embeds: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         def call() -> Any:
             return self.model(inputs_embeds=embeds, attention_mask=mask, **self.encoder._forward_kwargs)
 
@@ -241,7 +263,7 @@ class TextAdapter(_Adapter):
             h = call().last_hidden_state  # the store's last layer is the output after the final norm
         else:
             h = self.states(call)
-        return self.score(self._global(h, mask))
+        return self._target(h, mask, valid)
 
     def inputs(self, texts: list[str]) -> tuple[torch.Tensor, tuple]:
         tok = self.encoder.tokenizer
@@ -305,7 +327,7 @@ def attribute(adapter: _Adapter, method: str, x: torch.Tensor, extra: tuple, tar
 
     fwd = adapter.forward
     base = adapter.baseline(x, extra)
-    args = extra[:1]  # text: the attention mask; images: nothing
+    args = adapter.forward_args(extra)  # text: the attention and valid masks; images: nothing
     fa = args if args else None
     if method == "integrated_gradients":
         a = ca.IntegratedGradients(fwd).attribute(x, baselines=base, target=target, additional_forward_args=fa,
@@ -372,7 +394,7 @@ def rise(adapter: _Adapter, x: torch.Tensor, extra: tuple, target: int, opts: At
         for j in range(0, opts.budget, opts.batch_size):
             m = masks[j:j + opts.batch_size]
             xi = adapter.apply_token_mask(x[i:i + 1].expand(len(m), *x.shape[1:]), base[i:i + 1], m)
-            fa = tuple(t[i:i + 1].expand(len(m), *t.shape[1:]) for t in extra[:1])
+            fa = tuple(t[i:i + 1].expand(len(m), *t.shape[1:]) for t in adapter.forward_args(extra))
             s = adapter.forward(xi, *fa)[:, target]
             acc += (s[:, None] * m).sum(0)
         out[i] = acc / masks.sum(0).clamp_min(1e-6)
@@ -462,7 +484,7 @@ def calibrate_maps(cal_maps: list[list[np.ndarray]], cal_truth: SubsetTruth, tes
     C = len(names)
     G = len(grid)
     tp, fp, fn, tn = (np.zeros(C, np.int64) for _ in range(4))
-    cal_f1, n_pct, thr_out = np.zeros(C), np.full(C, np.nan), np.full(C, np.nan)
+    cal_f1, n_pct, thr_out = np.full(C, np.nan), np.full(C, np.nan), np.full(C, np.nan)
 
     def flat(maps, truth, c):
         if not maps[c]:
@@ -480,7 +502,7 @@ def calibrate_maps(cal_maps: list[list[np.ndarray]], cal_truth: SubsetTruth, tes
         else:
             cv, cg = flat(cal_maps, cal_truth, c)
             if not cg.any():
-                fn[c], tn[c] = int(tg.sum()), int((~tg).sum())
+                fn[c], tn[c], cal_f1[c] = int(tg.sum()), int((~tg).sum()), 0.0
                 continue
             cands = tail_thresholds([cv[cg]], grid)[0]
             pred = cv[None, :] >= cands[:, None]  # [G, n]
@@ -490,7 +512,7 @@ def calibrate_maps(cal_maps: list[list[np.ndarray]], cal_truth: SubsetTruth, tes
         p = tv >= thr if np.isfinite(thr) or thr < 0 else np.zeros(len(tv), bool)
         tp[c], fp[c] = int((p & tg).sum()), int((p & ~tg).sum())
         fn[c], tn[c] = int((~p & tg).sum()), int((~p & ~tg).sum())
-        cal_f1[c], thr_out[c] = (0.0 if np.isnan(f1c) else f1c), thr
+        cal_f1[c], thr_out[c] = f1c, thr  # NaN cal F1: thresholds calibrated elsewhere (the whole cal split)
     return LocMethodResult(method, names, Confusion(tp, fp, fn, tn), cal_f1=cal_f1, n_pct=n_pct,
                            threshold=thr_out, k=np.full(C, -1))
 
@@ -518,10 +540,17 @@ def activation_maps(store: TokenStore, cs: ConceptSet, ids: list[np.ndarray], de
     return out
 
 
-def make_adapter(encoder: Any, layer: int, cs: ConceptSet) -> _Adapter:
-    """The adapter for an encoder from :func:`superactivators.encoders.factory.make_encoder`."""
+def make_adapter(encoder: Any, layer: int, cs: ConceptSet, target: str = "global") -> _Adapter:
+    """The adapter for an encoder from :func:`superactivators.encoders.factory.make_encoder`.
+
+    ``target``: ``global`` (the concept's score of the global embedding) or ``mean_token`` (the
+    mean of its token scores, the seed's attribution target)."""
+    if target not in TARGETS:
+        raise ValueError(f"attribution target must be one of {list(TARGETS)}, got {target!r}")
     score = ConceptScore(cs)
-    return ImageAdapter(encoder, layer, score) if encoder.modality == "image" else TextAdapter(encoder, layer, score)
+    ad = ImageAdapter(encoder, layer, score) if encoder.modality == "image" else TextAdapter(encoder, layer, score)
+    ad.target = target
+    return ad
 
 
 @dataclass
@@ -671,7 +700,7 @@ def run_attributions(make_encoder: Callable[[], Any], ds: Any, store: TokenStore
         else:
             def load(ids: np.ndarray) -> list:
                 return [ds.text(int(i)) for i in ids]
-        adapter = make_adapter(encoder, job["layer"], cs)
+        adapter = make_adapter(encoder, job["layer"], cs, opts.target)
         res = attribution_stage(store, cs, adapter, load, detected, sa.threshold, job["loc"], loc_grid, opts,
                                 progress, layer=job["layer"], concept_type=job["ctype"])
         save_maps(stage / MAPS_FILE, res, list(cs.names))
