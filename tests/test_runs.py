@@ -54,6 +54,10 @@ def test_second_run_on_a_held_folder_refuses(tmp_path, small_emotions, tiny_bert
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunLockedError, match=r"run folder .* is in use by another run"):
             run_pipeline(cfg, progress=False)
+        from superactivators.pipeline import embed_command
+
+        with pytest.raises(RunLockedError):  # the embed-only command holds the folder the same way
+            embed_command(cfg, progress=False)
         assert not (cfg.run_dir / "stores").exists()
     finally:
         holder.kill()

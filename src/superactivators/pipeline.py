@@ -8,6 +8,7 @@ renamed, so a half-written file never looks finished.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -303,7 +304,11 @@ def embed_command(cfg, progress: bool = True) -> TokenStore:
     env = DistEnv.from_env()
     cfg = dataclasses.replace(cfg, embed=rank_embed_config(cfg.embed, env))
     ds = prepare_dataset(cfg)
-    sdir = store_dir_for(cfg, ds)
-    check_concept_types(cfg, ds, sdir)  # fail before the model loads
-    encoder = image_encoder_for_run(cfg, ds, sdir)  # images: mask options travel with it
-    return embed_data_parallel(ds, cfg.embed, sdir, env, encoder=encoder, progress=progress)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    # one process holds the run folder as a run does; torchrun ranks write disjoint parts (a lock
+    # per rank would refuse the others)
+    with contextlib.nullcontext() if env.is_distributed else run_lock(cfg.run_dir):
+        sdir = store_dir_for(cfg, ds)
+        check_concept_types(cfg, ds, sdir)  # fail before the model loads
+        encoder = image_encoder_for_run(cfg, ds, sdir)  # images: mask options travel with it
+        return embed_data_parallel(ds, cfg.embed, sdir, env, encoder=encoder, progress=progress)
