@@ -306,6 +306,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _library_bars(show: bool) -> None:
+    """Model-loading bars of transformers / huggingface_hub follow ``--quiet`` too."""
+    try:
+        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - both come with transformers
+        return
+    if show:
+        hf_logging.enable_progress_bar()
+        enable_progress_bars()
+    else:
+        hf_logging.disable_progress_bar()
+        disable_progress_bars()
+
+
 def _warning_line(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
@@ -316,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.debug:
         warnings.formatwarning = _warning_line  # one line per warning, no source line
+    if hasattr(args, "quiet"):
+        _library_bars(not args.quiet)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
