@@ -8,8 +8,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from superactivators.evaluate.bestlayers import BEST_LAYERS_FILE, best_layer_table, format_headline
-from superactivators.evaluate.detect import AGGREGATES, MACRO, MICRO, PREDICTIONS_FILE, WEIGHTED, StagePredictions
+from superactivators.evaluate.bestlayers import (
+    BEST_LAYERS_FILE,
+    best_layer_table,
+    format_headline,
+)
+from superactivators.evaluate.detect import (
+    AGGREGATES,
+    MACRO,
+    MICRO,
+    PREDICTIONS_FILE,
+    WEIGHTED,
+    StagePredictions,
+)
 from superactivators.evaluate.sweep import best_layers, load_metrics
 from superactivators.store.runs import find_stages, find_store
 
@@ -76,10 +87,7 @@ def test_old_runs_recompute_predictions_and_stale_stages_are_refused(tiny_run_pa
     shutil.copytree(run, bad)
     ct = ref["concept_type"].iloc[0]
     for f in bad.glob(f"stages/*_{ct}_*/{PREDICTIONS_FILE}"):
-        z = dict(np.load(f))
-        for k in z:
-            if k.startswith("pred__"):
-                z[k] = ~z[k]
+        z = {k: (~v if k.startswith("pred__") else v) for k, v in np.load(f).items()}
         np.savez(f, **z)
     for f in bad.glob(f"stages/*_{ct}_*/summary.npz"):
         f.unlink()

@@ -131,6 +131,8 @@ def test_bootstrap_counts_are_exact_and_checked():
     tp, fp, fn, pos = bootstrap_counts(pred[0], truth, n_resamples=5, seed=1)
     W = resample_weights(resample_indices(9, 5, 1), 9)
     np.testing.assert_array_equal(tp, W @ (pred[0] & truth))
+    np.testing.assert_array_equal(fp, W @ (pred[0] & ~truth))
+    np.testing.assert_array_equal(fn, W @ (~pred[0] & truth))
     np.testing.assert_array_equal(pos, W @ truth)
     with pytest.raises(ValueError, match="shapes"):
         bootstrap_counts(pred[0], truth[:, :1])

@@ -26,7 +26,14 @@ import pandas as pd
 
 from ..store.runs import find_stages, find_store
 from ..util.io import atomic_write_bytes
-from .detect import MACRO, MICRO, PREDICTIONS_FILE, TAIL_METHODS, WEIGHTED, StagePredictions
+from .detect import (
+    MACRO,
+    MICRO,
+    PREDICTIONS_FILE,
+    TAIL_METHODS,
+    WEIGHTED,
+    StagePredictions,
+)
 from .scoring import ScoreSummary
 from .stats import ALPHA, DEFAULT_RESAMPLES, Bootstrap
 from .sweep import KEYS, aggregate_rows, best_layers, load_metrics, order_methods
@@ -239,4 +246,4 @@ def format_headline(res: BestLayers) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["BEST_LAYERS_FILE", "BestLayers", "best_layer_table", "write_best_layers", "format_headline", "KEYS"]
+__all__ = ["BEST_LAYERS_FILE", "KEYS", "BestLayers", "best_layer_table", "format_headline", "write_best_layers"]

@@ -29,8 +29,8 @@ each sample in each resample and the per-sample indicators ``X [n, 3K]`` of TP, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -148,7 +148,7 @@ class Bootstrap:
 
     @classmethod
     def run(cls, pred: np.ndarray, truth: np.ndarray, methods: Sequence[str], names: Sequence[str],
-            n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, confidence: float = CONFIDENCE) -> "Bootstrap":
+            n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, confidence: float = CONFIDENCE) -> Bootstrap:
         """``pred [M, n, C]`` bool of every method, ``truth [n, C]``: all resampled at once."""
         pred = np.asarray(pred, dtype=bool)
         truth = np.asarray(truth, dtype=bool)

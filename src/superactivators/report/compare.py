@@ -10,9 +10,9 @@ Written as CSV (long, every number), Markdown and LaTeX.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
