@@ -266,3 +266,22 @@ def test_pipeline_writes_localisation_for_text_spans(small_emotions: Path, tiny_
     pd.testing.assert_frame_equal(again.localization, res.localization, check_dtype=False)
     off = config_from_dict({**cfg.to_dict(), "detect": {**cfg.to_dict()["detect"], "localize": False}})
     assert run_pipeline(off, progress=False).localization is None
+
+
+def test_kmeans_concepts_localise_through_their_matched_units(small_emotions: Path, tiny_bert: Path,
+                                                              tmp_path: Path) -> None:
+    """Unlabelled units follow the labelled stage path: every localisation method and attributions."""
+    from superactivators.config import config_from_dict
+    from superactivators.pipeline import run_pipeline
+
+    cfg = config_from_dict({"name": "km", "output_dir": str(tmp_path), "data": {"path": str(small_emotions)},
+                            "embed": {"model": str(tiny_bert), "layers": [2], "batch_size": 32},
+                            "concepts": {"types": ["kmeans"], "kmeans_k_tokens": 16, "kmeans_k_global": 4},
+                            "localize": {"attributions": ["saliency", "occlusion"], "attribution_samples": 2}})
+    res = run_pipeline(cfg, progress=False)
+    loc = res.localization
+    assert loc is not None and set(loc["concept_type"]) == {"kmeans"} and set(loc["method"]) == set(LOC_METHODS)
+    sa = loc[(loc["method"] == "superactivator") & (loc["concept"] != MACRO)]
+    assert set(sa["concept"]) <= set(res.store.concepts) and len(sa) > 0  # rows named by the labelled concepts
+    assert loc[["f1", "iou"]].dropna().apply(lambda c: c.between(0, 1).all()).all()
+    assert {"attr:saliency", "attr:occlusion"} <= set(res.attribution["method"])
