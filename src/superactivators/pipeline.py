@@ -43,6 +43,7 @@ from .evaluate.detect import (
 )
 from .evaluate.localize import localize_stage
 from .evaluate.matching import UnitSummary, labelled_set, match_to_concepts, summarise_units
+from .evaluate.prompting import METHOD_OF, PromptConfig, prompt_scores
 from .evaluate.scoring import ScoreSummary, summarise
 from .preflight import check_run
 from .report.figdata import CURVES_FILE, HIST_FILE, HistogramAccumulator, save_curves
@@ -194,6 +195,19 @@ def check_concept_types(cfg: RunConfig, ds: Dataset, sdir: Path) -> list[Concept
     return types
 
 
+def ask_prompt_model(cfg: RunConfig, ds: Dataset, cache_dir: Path, progress: bool) -> dict[str, np.ndarray]:
+    """Scores of the prompting methods the run asks for (``prompt``: margin, ``prompt_seed``: the seed's)."""
+    out = {}
+    for protocol, method in METHOD_OF.items():
+        if method in cfg.detect.methods:
+            pcfg = PromptConfig(model=cfg.detect.prompt_model or "", protocol=protocol, chat=cfg.detect.prompt_chat,
+                                max_new_tokens=cfg.detect.prompt_max_new_tokens,
+                                batch_size=cfg.detect.prompt_batch_size, device=cfg.embed.device,
+                                dtype=cfg.embed.dtype)
+            out[method] = prompt_scores(ds, pcfg, cache_dir, progress=progress)
+    return out
+
+
 def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
     """Run every stage for every (layer, concept type); returns the metrics table.
 
@@ -218,13 +232,7 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
     if store.info.token_ground_truth == "sample":
         log.warning("%s: %s", ds.name, SAMPLE_LABELS_NOTE)
     device = pick_device(cfg.score_device)
-    prompted = None
-    if "prompt" in cfg.detect.methods:  # baseline: ask a (vision-)language model, once per run
-        from .evaluate.prompting import PromptConfig, prompt_scores
-
-        pcfg = PromptConfig(model=cfg.detect.prompt_model or "", batch_size=cfg.detect.prompt_batch_size,
-                            device=cfg.embed.device, dtype=cfg.embed.dtype)
-        prompted = prompt_scores(ds, pcfg, run_dir / "prompt", progress=progress)
+    prompted = ask_prompt_model(cfg, ds, run_dir / "prompt", progress)  # method -> [N, C], once per run
     loc_tables: list[pd.DataFrame] = []
     attr_jobs: list[dict] = []
     tables, stage_index = [], []
@@ -237,8 +245,7 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
                 continue
             stage = concept_stage(store, layer, ct, cfg, device)
             summary = ScoreSummary.load(stage / "summary.npz")
-            if prompted is not None:
-                summary.sample_scores["prompt"] = prompted
+            summary.sample_scores.update(prompted)
             results = run_detection(summary, store.labels, store.splits, cfg.detect.methods,
                                     cfg.detect.grid, cfg.detect.best_threshold)
             save_curves(stage / CURVES_FILE, results, cfg.detect.grid)

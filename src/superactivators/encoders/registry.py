@@ -263,7 +263,30 @@ FAMILIES: tuple[ModelFamily, ...] = (
         notes="encoder; [CLS]/[SEP] excluded from tokens, CLS state is the global embedding",
     ),
     ModelFamily(
-        name="decoder-lm", model_types=("gpt2", "llama", "mistral", "qwen2", "gemma", "phi3"),
+        name="llama", model_types=("llama", "mistral"), modality="text", loader="AutoModel",
+        sweep=(3, 19, 34, 50, 66, 81, 97, 100), global_token="mean", last_layer="model_output",
+        hub_ids=("HuggingFaceTB/SmolLM2-135M-Instruct",),
+        notes="Llama-architecture decoders (packaged: smollm2 = SmolLM2-135M-Instruct, 30 blocks); "
+              "the seed's Llama-3.2 text sweep; BOS (when the tokenizer adds one) excluded; global = mean",
+    ),
+    ModelFamily(
+        name="gemma3-text", model_types=("gemma3_text",), modality="text", loader="AutoModel",
+        sweep=(4, 21, 39, 57, 75, 93, 100), global_token="mean", last_layer="model_output",
+        hub_ids=("google/gemma-3-270m",),
+        notes="Gemma-3 language model (packaged: gemma3-270m, 18 blocks); sliding-window and global "
+              "attention layers, QK-norm (no soft-capping, so SDPA is exact); the seed's Gemma-2 sweep; "
+              "<bos> excluded; global = mean",
+    ),
+    ModelFamily(
+        name="qwen2", model_types=("qwen2",), modality="text", loader="AutoModel",
+        sweep=(3, 19, 34, 50, 66, 81, 97, 100), global_token="mean", last_layer="model_output",
+        hub_ids=("Qwen/Qwen2.5-Coder-0.5B-Instruct",),
+        notes="Qwen2 / Qwen2.5 decoders (packaged: qwen2.5-0.5b = Qwen2.5-Coder-0.5B-Instruct, 24 "
+              "blocks); the seed's Qwen3 sweep; no BOS is added; global = mean (a chat model, not an "
+              "embedding model, so not Qwen3-Embedding's last-token pooling)",
+    ),
+    ModelFamily(
+        name="decoder-lm", model_types=("gpt2", "gemma", "phi3"),
         modality="text", loader="AutoModel", global_token="mean", last_layer="model_output",
         notes="causal language model; last layer = after the final norm (as Hugging Face reports it)",
     ),

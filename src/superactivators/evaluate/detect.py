@@ -16,6 +16,8 @@ Both use the same protocol: for every N of the grid the threshold is the ``k``-t
 the ``n`` population values, ``k = ceil(N n / 100)`` (:func:`~.calibrate.tail_counts`); N is picked
 per concept by ``cal`` F1 (first best in grid order). ``METHOD@best_threshold`` picks the
 threshold freely on ``cal`` instead.
+Methods whose scores are already 0/1 decisions (``prompt_seed``: the seed's generated
+Yes/No) are evaluated as they are, without a threshold.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ TAIL_METHODS = ("superactivator", "superactivator_sample")
 def is_baseline(method: str) -> bool:
     """A plain (tail-calibrated) baseline: not a SuperActivator variant, not ``@best_threshold``."""
     return method not in TAIL_METHODS and "@" not in method
+DECISION_METHODS = ("prompt_seed",)  # scores are 0/1 answers (NaN where not asked)
 MACRO = "__macro__"
 WEIGHTED = "__weighted__"
 MICRO = "__micro__"  # pooled counts over concepts (best_layers.csv)
@@ -101,6 +104,21 @@ def calibrate_best_threshold(method: str, scores: np.ndarray, labels: np.ndarray
     )
 
 
+def decision_result(method: str, decisions: np.ndarray, labels: np.ndarray, splits: np.ndarray,
+                    names: list[str]) -> MethodResult:
+    """A method that already decided (1 = present): test metrics as they are, cal F1 where asked."""
+    cal, test = splits == "cal", splits == "test"
+    if np.isnan(decisions[test]).any():
+        raise ValueError(f"{method}: some test samples have no answer")
+    asked_cal = cal & ~np.isnan(decisions).any(axis=1)
+    cal_f1 = (Confusion.from_predictions(decisions[asked_cal] >= 0.5, labels[asked_cal]).f1()
+              if asked_cal.any() else np.full(len(names), np.nan))
+    return MethodResult(
+        method=method, names=names, threshold=np.full(len(names), 0.5), n_pct=np.full(len(names), np.nan),
+        cal_f1=cal_f1, test=Confusion.from_predictions(decisions[test] >= 0.5, labels[test]),
+    )
+
+
 def run_detection(
     summary: ScoreSummary,
     labels: np.ndarray,
@@ -114,6 +132,10 @@ def run_detection(
     cal = splits == "cal"
     out: list[MethodResult] = []
     for m in methods:
+        if m in DECISION_METHODS:
+            if m in summary.sample_scores:
+                out.append(decision_result(m, summary.sample_scores[m], labels, splits, summary.names))
+            continue
         if m == "superactivator":
             scores = summary.sample_scores["max_token"]
             pops = summary.cal_in_concept
