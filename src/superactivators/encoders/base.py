@@ -35,6 +35,9 @@ class EmbedConfig:
     store_dtype: str = "float16"  # on-disk dtype of token states: float16 | float32
     global_token: str = "auto"  # auto (CLS if the model has one, else mean) | cls | mean | last
     shard_tokens: int = 65536
+    # text: batches formed within windows of batch_size * bucket_window samples sorted by length
+    # (1 = in file order); the store is the same either way
+    bucket_window: int = 16
     revision: str | None = None
     trust_remote_code: bool = False
     # set from the run's top-level ``protocol`` (docs/protocol.md): "seed" embeds texts without
@@ -43,7 +46,7 @@ class EmbedConfig:
 
     def key(self, extra: dict | None = None) -> str:
         """Hash of everything that changes the stored values (not batch size or device)."""
-        skip = ("batch_size", "device", "device_map", "shard_tokens") + (("protocol",) if self.protocol == "ours" else ())
+        skip = ("batch_size", "device", "device_map", "shard_tokens", "bucket_window") + (("protocol",) if self.protocol == "ours" else ())
         d = {k: v for k, v in asdict(self).items() if k not in skip}
         d.update(extra or {})
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]

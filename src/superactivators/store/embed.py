@@ -3,6 +3,12 @@
 One forward pass per batch yields every requested layer. Text tokens that are padding or
 special (CLS, SEP, BOS, ...) are not stored; each stored token keeps its character span so
 that span annotations map to tokens through the tokenizer's offset mapping.
+
+Texts are batched by length: each window of ``batch_size * bucket_window`` consecutive samples
+is sorted by token count and cut into batches, so a batch pays for its own longest text, not
+for the longest of sixteen neighbours; the window's results are put back into sample order
+before they are written (memory: one window). Padding never reaches a stored token (attention
+masks; right padding), so the store is the same as with in-order batches.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from tqdm.auto import tqdm
 from ..data.checks import positives_without_spans
 from ..data.datasets import Dataset, truth_label
 from ..data.masks import has_masks
-from ..encoders.base import EmbedConfig
+from ..encoders.base import EmbedConfig, EncodedBatch
 from ..encoders.factory import make_encoder
 from .tokens import StoreInfo, StoreWriter, TokenStore
 
@@ -72,6 +78,49 @@ def _orphans_follow_previous(gt: np.ndarray, ta: np.ndarray, tb: np.ndarray, tex
     gt[:] = gt[prev]
 
 
+def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Positions ``0..n-1`` grouped into batches of similar length (stable sort by length)."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def merge_in_order(batches: list[EncodedBatch], positions: list[np.ndarray]) -> EncodedBatch:
+    """One batch in sample order from batches that hold the window's samples at ``positions``.
+
+    Token rows are gathered with one index array (no per-token loop): sample ``i``'s rows in
+    the concatenation of ``batches`` start where its position in that concatenation puts them.
+    """
+    where = np.concatenate(positions)  # where[k] = window position of the k-th encoded sample
+    lengths_cat = np.concatenate([b.lengths for b in batches]).astype(np.int64)
+    starts_cat = np.concatenate([[0], np.cumsum(lengths_cat)[:-1]])
+    rank = np.empty_like(where)
+    rank[where] = np.arange(len(where))  # window position -> index in the concatenation
+    lengths = lengths_cat[rank]
+    starts = starts_cat[rank]
+    ends = np.cumsum(lengths)
+    rows = np.arange(int(ends[-1]) if len(ends) else 0) - np.repeat(ends - lengths, lengths) + np.repeat(starts, lengths)
+    layers = list(batches[0].tokens)
+    tokens = {l: np.concatenate([b.tokens[l] for b in batches])[rows] for l in layers}
+    globals_ = {l: np.concatenate([b.globals[l] for b in batches])[rank] for l in layers}
+    valid = np.concatenate([b.valid for b in batches])[rows]
+    spans = None
+    if batches[0].char_spans is not None:
+        spans = np.concatenate([b.char_spans for b in batches])[rows]
+    extra = {}
+    if all("truncated" in b.extra for b in batches):  # per-sample flags follow their samples
+        extra["truncated"] = np.concatenate([b.extra["truncated"] for b in batches])[rank]
+    return EncodedBatch(tokens=tokens, globals=globals_, lengths=lengths, valid=valid, char_spans=spans, extra=extra)
+
+
+def _text_lengths(enc, texts: list[str]) -> np.ndarray:
+    """Token counts (the encoder's tokenizer when it has one, else characters) for bucketing."""
+    tok = getattr(enc, "tokenizer", None)
+    if tok is not None:
+        ids = tok(texts, add_special_tokens=True, truncation=True, max_length=enc.cfg.max_length)["input_ids"]
+        return np.array([len(x) for x in ids])
+    return np.array([len(t) for t in texts])
+
+
 def embed_dataset(
     ds: Dataset,
     cfg: EmbedConfig,
@@ -114,11 +163,16 @@ def embed_dataset(
     if start > lo:
         log.info("resuming %s at sample %d", out_dir, start)
     bar = tqdm(total=hi - lo, initial=start - lo, desc=f"embed {ds.name}", unit="sample", disable=not progress)
-    for b0 in range(start, hi, cfg.batch_size):
-        ids = np.arange(b0, min(hi, b0 + cfg.batch_size))
+    step = cfg.batch_size * (max(1, cfg.bucket_window) if ds.modality == "text" else 1)
+    for b0 in range(start, hi, step):
+        ids = np.arange(b0, min(hi, b0 + step))
         if ds.modality == "text":
             texts = ds.texts(ids)
-            batch = enc.encode(texts)
+            if len(ids) > cfg.batch_size:  # a window: batches of similar length, back in sample order
+                groups = length_batches(_text_lengths(enc, texts), cfg.batch_size)
+                batch = merge_in_order([enc.encode([texts[i] for i in g]) for g in groups], groups)
+            else:
+                batch = enc.encode(texts)
             gt_bits = (span_token_bits(ds, ids, batch.lengths, batch.char_spans,
                                        texts if cfg.protocol == "seed" else None)
                        if ds.spans is not None else None)
