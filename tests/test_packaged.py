@@ -115,3 +115,34 @@ def test_sweep_layers_of_the_packaged_families():
     layers = fam.resolve("sweep", AutoConfig.from_pretrained(folder))
     assert layers[-1] == 30 and len(set(layers)) == len(layers) and layers == sorted(layers)
     assert EmbedConfig(model="smollm2").model == "smollm2"
+
+
+def test_smollm2_end_to_end_with_its_own_prompting(tmp_path):
+    """The real SmolLM2 through the whole pipeline: two layers, every baseline, SmolLM2-Instruct prompted."""
+    from superactivators.config import config_from_dict
+    from superactivators.evaluate.detect import METHODS
+    from superactivators.pipeline import run_pipeline
+
+    from .conftest import write_small_emotions
+
+    data = write_small_emotions(tmp_path / "data", {"train": 30, "cal": 15, "test": 15})
+    concepts = ["emotion::gratitude", "emotion::joy", "emotion::anger"]
+    cfg = config_from_dict({
+        "name": "smol", "output_dir": str(tmp_path), "score_device": "cpu",
+        "data": {"path": str(data), "concepts": concepts},
+        "embed": {"model": "smollm2", "layers": ["34%", "66%"], "batch_size": 8, "max_length": 128},
+        "concepts": {"types": ["mean", "linsep"]},
+        "detect": {"methods": [*METHODS, "prompt"], "prompt_model": "smollm2", "grid": [5, 10, 30, 60],
+                   "localize": False},
+    })
+    res = run_pipeline(cfg, progress=False)
+    assert res.store.layers == [10, 20] and res.store.info.model["family"] == "llama"
+    t = res.table
+    assert {*METHODS, "prompt", "prompt@best_threshold"} <= set(t.method)
+    assert set(t.concept_type) == {"mean", "linsep"} and set(t.layer) == {10, 20}
+    macro = t[t.concept == "__macro__"]
+    assert macro.f1.between(0, 1).all() and macro.f1.notna().all()
+    scores = np.load(next((tmp_path / "smol" / "prompt").glob("prompt_*.npy")))
+    asked = np.isin(res.store.splits, ["cal", "test"])
+    assert np.isfinite(scores[asked]).all() and np.isnan(scores[~asked]).all()
+    assert np.std(scores[asked]) > 0  # a real model's margins vary with the text

@@ -9,7 +9,20 @@ A SAELens SAE folder holds ``cfg.json`` (``d_in``, ``d_sae``, ``architecture``,
     x'   = norm(x)                    # normalize_activations (see INPUT_NORMS)
     pre  = (x' - b_dec * apply_b_dec_to_input) @ W_enc + b_enc
     act  = relu(pre)                  # standard
-    act  = relu(pre) * (pre > thr)    # jumprelu
+    act  = relu(pre) * (pre > thr)    # jumprelu (also SAELens' inference form of BatchTopK SAEs)
+    act  = relu(pre) on the k largest pre-activations of the token, 0 elsewhere   # topk
+
+A TopK unit's activation depends on the other units (the k-th largest of the token), so a
+subset of TopK units keeps the whole encoder for that and reports only its own columns.
+
+Two other layouts are read as well:
+
+- Gemma Scope: a ``params.npz`` (``W_enc``, ``W_dec``, ``b_enc``, ``b_dec``, ``threshold``), a
+  JumpReLU SAE on ``x`` itself (no ``b_dec`` subtraction); the folder path names the layer
+  (``.../layer_12/width_16k/...`` = ``blocks.12.hook_resid_post``).
+- patchsae (the CLIP SAE the seed uses): a ``.pt`` checkpoint ``{"cfg": ..., "state_dict":
+  {W_enc, b_enc, W_dec, b_dec}}``, a standard ReLU SAE on ``x - b_dec``; ``cfg`` names the
+  layer (``hook_point`` or ``block_layer``, the output of that block).
 
 The input ``x`` is the **raw** hidden state at the SAE's hook, not the train-centred one
 the other concept sets use. A hook ``blocks.L.hook_resid_pre`` is the input of block L,
@@ -36,7 +49,9 @@ from .supervised import ConceptSet
 
 SAE_CFG = "cfg.json"
 SAE_WEIGHTS = "sae_weights.safetensors"
-ARCHITECTURES = ("standard", "jumprelu")
+ARCHITECTURES = ("standard", "jumprelu", "topk")
+GEMMA_SCOPE_FILE = "params.npz"
+_LAYER_IN_PATH = re.compile(r"layer_(\d+)")
 # SAELens names; "expected_average_only_in" is a training-time scaling that SAELens folds
 # into the weights when saving for inference, so it is the identity here (as in SAELens).
 INPUT_NORMS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
@@ -54,6 +69,7 @@ class SAEWeights:
     b_dec: np.ndarray  # [d_in]
     threshold: np.ndarray | None  # [d_sae] (jumprelu)
     architecture: str
+    k: int | None
     apply_b_dec_to_input: bool
     normalize_activations: str
     hook_name: str
@@ -106,6 +122,10 @@ def load_sae(spec: str | Path) -> SAEWeights:
     from safetensors.torch import load_file  # noqa: PLC0415 - handles bf16 weights
 
     folder = resolve_sae_path(str(spec))
+    if folder.is_file() and folder.suffix == ".pt":
+        return _load_patchsae(folder)
+    if (folder.is_file() and folder.name == GEMMA_SCOPE_FILE) or (folder / GEMMA_SCOPE_FILE).is_file():
+        return _load_gemma_scope(folder if folder.is_file() else folder / GEMMA_SCOPE_FILE)
     cpath = folder / SAE_CFG
     if not cpath.exists():
         raise FileNotFoundError(f"{folder}: missing {SAE_CFG} (not a SAELens SAE folder)")
@@ -140,6 +160,15 @@ def load_sae(spec: str | Path) -> SAEWeights:
     for k in want:
         if not np.isfinite(w[k]).all():
             raise ValueError(f"{wpath}: non-finite values in {k}")
+    k = None
+    if arch == "topk":
+        if "k" not in cfg or int(cfg["k"]) < 1 or int(cfg["k"]) > d_sae:
+            raise ValueError(f"{cpath}: a topk SAE needs 1 <= k <= d_sae={d_sae}, got {cfg.get('k')!r}")
+        k = int(cfg["k"])
+        if cfg.get("rescale_acts_by_decoder_norm"):  # SAELens folds it when saving for inference
+            norms = np.linalg.norm(w["W_dec"], axis=1)
+            w["W_enc"], w["b_enc"] = w["W_enc"] * norms[None], w["b_enc"] * norms
+            w["W_dec"] = w["W_dec"] / norms[:, None]
     if norm == "expected_average_only_in":
         warnings.warn(f"{folder}: normalize_activations=expected_average_only_in is applied as the identity "
                       "(SAELens folds its scaling factor into the saved weights)", stacklevel=2)
@@ -147,8 +176,56 @@ def load_sae(spec: str | Path) -> SAEWeights:
         W_enc=w["W_enc"], b_enc=w["b_enc"], W_dec=w["W_dec"], b_dec=w["b_dec"],
         threshold=w.get("threshold") if arch == "jumprelu" else None, architecture=arch,
         apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)), normalize_activations=norm,
-        hook_name=hook_name_of(cfg), source=str(spec),
+        hook_name=hook_name_of(cfg), source=str(spec), k=k,
     )
+
+
+def _checked(w: dict[str, np.ndarray], where: Path, need_threshold: bool) -> dict[str, np.ndarray]:
+    need = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if need_threshold else [])
+    missing = [k for k in need if k not in w]
+    if missing:
+        raise ValueError(f"{where}: missing tensor(s) {missing} (found {sorted(w)})")
+    d_in, d_sae = w["W_enc"].shape
+    want = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,),
+            "threshold": (d_sae,)}
+    bad = [f"{k} {w[k].shape} != {want[k]}" for k in need if w[k].shape != want[k]]
+    if bad:
+        raise ValueError(f"{where}: tensor shapes disagree with W_enc {w['W_enc'].shape}: {bad}")
+    return {k: np.asarray(w[k], dtype=np.float32) for k in need}
+
+
+def _load_gemma_scope(path: Path) -> SAEWeights:
+    """Gemma Scope ``params.npz``: JumpReLU on ``x`` (no ``b_dec`` subtraction); layer from the path."""
+    with np.load(path) as z:
+        w = _checked({k: z[k] for k in z.files}, path, need_threshold=True)
+    found = _LAYER_IN_PATH.findall(str(path.parent))
+    if not found:
+        raise ValueError(f"{path}: the Gemma Scope layer is named by a 'layer_N' folder, none in {path.parent}")
+    return SAEWeights(w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"], w["threshold"], "jumprelu", None,
+                      apply_b_dec_to_input=False, normalize_activations="none",
+                      hook_name=f"blocks.{int(found[-1])}.hook_resid_post", source=str(path))
+
+
+def _load_patchsae(path: Path) -> SAEWeights:
+    """A patchsae checkpoint: standard ReLU SAE on ``x - b_dec``; ``cfg`` (a dict) names the layer."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a pickled config class from the training code
+        raise ValueError(f"{path}: not a plain checkpoint ({type(err).__name__}); re-save it as "
+                         "{'cfg': dict, 'state_dict': tensors} with torch.save") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"{path}: a patchsae checkpoint holds 'cfg' and 'state_dict'; found {list(ckpt)[:5]}")
+    cfg = dict(ckpt.get("cfg") or ckpt.get("config") or {})
+    w = _checked({k: v.float().numpy() for k, v in ckpt["state_dict"].items()}, path, need_threshold=False)
+    hook = str(cfg.get("hook_point") or "")
+    if not _HOOK.match(hook):
+        block = cfg.get("block_layer")
+        if block is None or int(block) < 0:
+            raise ValueError(f"{path}: cfg gives no residual hook_point and block_layer={block!r}; a negative "
+                             "block_layer counts from the end: give cfg.hook_point 'blocks.L.hook_resid_post'")
+        hook = f"blocks.{int(block)}.hook_resid_post"
+    return SAEWeights(w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"], None, "standard", None,
+                      apply_b_dec_to_input=True, normalize_activations="none", hook_name=hook, source=str(path))
 
 
 @dataclass
@@ -162,25 +239,42 @@ class SAEConceptSet(ConceptSet):
     architecture: str = "standard"
     input_norm: str = "none"
     hook_name: str = ""
+    k: int | None = None  # topk
+    # topk subsets: the whole encoder (the k-th largest pre-activation needs every unit) and
+    # which of its units this set reports
+    full_vectors: np.ndarray | None = None
+    full_bias: np.ndarray | None = None
+    topk_units: np.ndarray | None = None
 
     def subset(self, units: np.ndarray) -> "SAEConceptSet":
-        """The same SAE restricted to ``units`` (activations of a unit do not depend on the others)."""
+        """The same SAE restricted to ``units`` (TopK: still ranked among all units)."""
         u = np.asarray(units, dtype=np.int64)
-        return dataclasses.replace(super().subset(u), threshold=None if self.threshold is None else self.threshold[u])
+        extra = {}
+        if self.architecture == "topk":  # keep the whole encoder: the k-th largest needs every unit
+            base = self.topk_units if self.topk_units is not None else np.arange(len(self.names))
+            extra = {"full_vectors": self.full_vectors if self.full_vectors is not None else self.vectors,
+                     "full_bias": self.full_bias if self.full_bias is not None else self.bias,
+                     "topk_units": base[u]}
+        return dataclasses.replace(super().subset(u), threshold=None if self.threshold is None else self.threshold[u],
+                                   **extra)
 
     def save(self, path: str | Path) -> None:
         super().save(path)
-        extra = {"architecture": self.architecture, "input_norm": self.input_norm, "hook_name": self.hook_name}
-        if self.threshold is not None:
-            np.save(Path(path) / "threshold.npy", self.threshold.astype(np.float32))
+        extra = {"architecture": self.architecture, "input_norm": self.input_norm, "hook_name": self.hook_name,
+                 "k": self.k}
+        for name in ("threshold", "full_vectors", "full_bias", "topk_units"):
+            value = getattr(self, name)
+            if value is not None:
+                np.save(Path(path) / f"{name}.npy", value)
         atomic_write_json(Path(path) / "sae.json", extra)
 
     @classmethod
     def load(cls, path: str | Path) -> "SAEConceptSet":
         base = ConceptSet.load(path)
         extra = json.loads((Path(path) / "sae.json").read_text())
-        thr = Path(path) / "threshold.npy"
-        return cls(**base.__dict__, threshold=np.load(thr) if thr.exists() else None, **extra)
+        arrays = {n: np.load(Path(path) / f"{n}.npy") for n in ("threshold", "full_vectors", "full_bias", "topk_units")
+                  if (Path(path) / f"{n}.npy").exists()}
+        return cls(**base.__dict__, **arrays, **extra)
 
 
 def sae_concept_set(sae: SAEWeights, layer: int | None = None) -> SAEConceptSet:
@@ -192,7 +286,7 @@ def sae_concept_set(sae: SAEWeights, layer: int | None = None) -> SAEConceptSet:
         "sae", [f"sae_unit_{j:0{width}d}" for j in range(sae.d_sae)],
         np.ascontiguousarray(sae.W_enc.T, dtype=np.float32), sae.b_enc.astype(np.float32), "sae", layer,
         center.astype(np.float32), 1.0, threshold=sae.threshold, architecture=sae.architecture,
-        input_norm=sae.normalize_activations, hook_name=sae.hook_name,
+        input_norm=sae.normalize_activations, hook_name=sae.hook_name, k=sae.k,
     )
 
 
@@ -209,6 +303,11 @@ class SAEScorer:
         self.center = torch.from_numpy(np.asarray(cs.center, dtype=np.float32)).to(self.device)
         self.thr = None if cs.threshold is None else torch.from_numpy(
             np.asarray(cs.threshold, dtype=np.float32)).to(self.device)
+        self.units = None
+        if cs.architecture == "topk" and cs.full_vectors is not None:  # rank among every unit
+            self.Wt = torch.from_numpy(np.ascontiguousarray(cs.full_vectors.T, dtype=np.float32)).to(self.device)
+            self.b = torch.from_numpy(np.asarray(cs.full_bias, dtype=np.float32)).to(self.device)
+            self.units = torch.from_numpy(np.asarray(cs.topk_units, dtype=np.int64)).to(self.device)
 
     def _normalise_input(self, X: torch.Tensor) -> torch.Tensor:
         if self.cs.input_norm == "constant_norm_rescale":
@@ -225,6 +324,12 @@ class SAEScorer:
                 x = torch.from_numpy(np.asarray(x))
         X = self._normalise_input(x.to(self.device).float())
         pre = (X - self.center) @ self.Wt + self.b
+        if self.cs.architecture == "topk":
+            top = torch.topk(pre, k=int(self.cs.k), dim=1, sorted=False)
+            act = torch.zeros_like(pre).scatter_(1, top.indices, torch.relu(top.values))
+            if self.units is not None:
+                act = act[:, self.units]
+            return act.cpu().numpy()
         act = torch.relu(pre)
         if self.cs.architecture == "jumprelu":
             act = act * (pre > self.thr)

@@ -21,7 +21,7 @@ from ..encoders.base import ModelShape
 from ..store.tokens import TokenStore
 from ..util.io import stable_hash
 from .kmeans import KMeansFit, fit_global_kmeans, fit_token_kmeans, kmeans_concepts, kmeans_linsep_concepts
-from .sae import SAE_CFG, SAEConceptSet, hook_name_of, load_sae, resolve_sae_path, sae_concept_set, sae_store_layer
+from .sae import GEMMA_SCOPE_FILE, SAE_CFG, SAEConceptSet, hook_name_of, load_sae, resolve_sae_path, sae_concept_set, sae_store_layer
 from .supervised import ConceptSet, learn_global_concepts, learn_linsep_concepts, learn_mean_concepts
 
 CONCEPT_TYPES = ("mean", "linsep", "kmeans", "kmeans-linsep", "sae")
@@ -152,7 +152,11 @@ class SAEType(MeanType):
     path: str = ""
 
     def _cfg(self) -> dict:
-        return json.loads((resolve_sae_path(self.path) / SAE_CFG).read_text())
+        folder = resolve_sae_path(self.path)
+        if (folder / SAE_CFG).is_file():
+            return json.loads((folder / SAE_CFG).read_text())
+        sae = load_sae(folder)  # Gemma Scope params.npz or a patchsae checkpoint: no cfg.json
+        return {"hook_name": sae.hook_name, "d_in": sae.d_in}
 
     def layer(self) -> int:
         """Store layer of the SAE's hook (reads its config only)."""
@@ -161,8 +165,11 @@ class SAEType(MeanType):
     def check(self, shape: ModelShape | None) -> None:
         if not self.path:
             raise ValueError("concept type 'sae' needs concepts.sae_path")
-        if not (resolve_sae_path(self.path) / SAE_CFG).exists():
-            raise FileNotFoundError(f"{self.path}: missing {SAE_CFG} (not a SAELens SAE folder)")
+        folder = resolve_sae_path(self.path)
+        if not ((folder / SAE_CFG).exists() or (folder / GEMMA_SCOPE_FILE).exists()
+                or (folder.is_file() and folder.suffix in (".pt", ".npz"))):
+            raise FileNotFoundError(f"{self.path}: missing {SAE_CFG} (not a SAELens SAE folder, a Gemma Scope "
+                                    f"{GEMMA_SCOPE_FILE} or a patchsae .pt checkpoint)")
         if shape is None:
             return
         layer = self.layer()
