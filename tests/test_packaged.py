@@ -72,7 +72,7 @@ def test_names_and_aliases_resolve():
     assert packaged.packaged_decoder("google/gemma-3-270m").name == "gemma3-270m"
     assert packaged.packaged_decoder("qwen2.5-coder-0.5b-instruct").name == "qwen2.5-0.5b"
     assert packaged.packaged_decoder("gpt2") is None
-    assert resolve_model_path("some/other-model") == "some/other-model"
+    assert packaged.packaged_decoder("minilm") is None
 
 
 def test_gemma_digest_comes_from_its_checksum_file():
