@@ -136,10 +136,10 @@ def test_smollm2_end_to_end_with_its_own_prompting(tmp_path):
                    "localize": False},
     })
     res = run_pipeline(cfg, progress=False)
-    assert res.store.layers == [10, 20] and res.store.info.model["family"] == "llama"
+    assert res.store.layers == [10, 19] and res.store.info.model["family"] == "llama"  # floor(p * 30 / 100)
     t = res.table
     assert {*METHODS, "prompt", "prompt@best_threshold"} <= set(t.method)
-    assert set(t.concept_type) == {"mean", "linsep"} and set(t.layer) == {10, 20}
+    assert set(t.concept_type) == {"mean", "linsep"} and set(t.layer) == {10, 19}
     macro = t[t.concept == "__macro__"]
     assert macro.f1.between(0, 1).all() and macro.f1.notna().all()
     scores = np.load(next((tmp_path / "smol" / "prompt").glob("prompt_*.npy")))
