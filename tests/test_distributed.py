@@ -106,7 +106,8 @@ def test_merge_refuses_an_unfinished_part(tmp_path):
 def _config(tmp_path: Path, model: Path, data: Path, out: str) -> Path:
     cfg = {"name": "dp", "output_dir": str(tmp_path / out), "data": {"path": str(data)},
            "embed": {"model": str(model), "layers": "all", "batch_size": 8, "max_length": 64,
-                     "shard_tokens": 300, "device": "cpu"}}
+                     "shard_tokens": 300, "device": "cpu",
+                     "bucket_window": 2}}  # windows of 16 texts: ranks get [0, 32) and [32, 40)
     path = tmp_path / f"{out}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -17,6 +17,7 @@ from superactivators.cli import main
 from superactivators.data.datasets import DatasetError, load_dataset, truth_amounts
 from superactivators.data.masks import MaskSource, check_images
 from superactivators.data.seed import SEED_PRESETS
+from superactivators.util.errors import ValidationError
 from superactivators.data.seed.clevr import foreground
 
 from . import seed_fixtures as fx
@@ -130,8 +131,10 @@ def test_bad_truth_fails_before_the_model_and_writes_nothing(tmp_path):
     root = _text_set(tmp_path / "Sarcasm", TEXTS, words, [1, 0])
     cfg = config_from_dict({"name": "bad", "output_dir": str(tmp_path / "runs"),
                             "data": {"path": str(root)}, "embed": {"model": str(tmp_path / "no-such-model")}})
-    with pytest.raises(DatasetError, match="row 5: word 'Tuesday'"):
+    # every problem is listed before anything loads: the truth file's row and the missing model
+    with pytest.raises(ValidationError, match="row 5: word 'Tuesday'") as err:
         run_pipeline(cfg, progress=False)
+    assert any("no-such-model" in line for line in err.value.problems)
     assert not (tmp_path / "runs" / "bad" / "stores").exists()
 
 

@@ -150,7 +150,7 @@ def embed_data_parallel(ds, cfg, out_dir: str | Path, env: DistEnv | None = None
     import torch.distributed as dist
 
     from ..util.device import pick_device
-    from .embed import _positives_without_tokens, embed_dataset
+    from .embed import _positives_without_tokens, embed_dataset, embed_unit
 
     env = env or DistEnv.from_env()
     out_dir = Path(out_dir)
@@ -166,13 +166,14 @@ def embed_data_parallel(ds, cfg, out_dir: str | Path, env: DistEnv | None = None
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     try:
         if not _complete(out_dir):
-            lo, hi = rank_slices(len(ds), env.world_size, cfg.batch_size)[env.rank]
+            unit = embed_unit(cfg, ds.modality)  # whole windows per rank: one process's batches, bit for bit
+            lo, hi = rank_slices(len(ds), env.world_size, unit)[env.rank]
             if hi > lo:
                 embed_dataset(ds, cfg, part_dir(out_dir, lo, hi), encoder=encoder, sample_range=(lo, hi),
                               progress=progress and env.rank == 0)
             dist.barrier()
             if env.rank == 0 and not _complete(out_dir):
-                parts = [part_dir(out_dir, a, b) for a, b in rank_slices(len(ds), env.world_size, cfg.batch_size)
+                parts = [part_dir(out_dir, a, b) for a, b in rank_slices(len(ds), env.world_size, unit)
                          if b > a]
                 store = merge_parts(out_dir, parts)
                 n_missing = _positives_without_tokens(store)

@@ -121,6 +121,25 @@ def _text_lengths(enc, texts: list[str]) -> np.ndarray:
     return np.array([len(t) for t in texts])
 
 
+def embed_unit(cfg: EmbedConfig, modality: str) -> int:
+    """Samples embedded together: a length-bucketing window of texts, or one batch of images."""
+    return cfg.batch_size * (max(1, cfg.bucket_window) if modality == "text" else 1)
+
+
+def add_in_batches(writer: StoreWriter, batch: EncodedBatch, gt_bits: np.ndarray | None, size: int) -> None:
+    """Hand a window to the writer ``size`` samples at a time (in sample order), so shards end
+    where in-order batching ends them and ``shard_tokens`` keeps bounding a shard."""
+    ends = np.cumsum(batch.lengths)
+    starts = ends - batch.lengths
+    for a in range(0, len(batch.lengths), size):
+        b = min(a + size, len(batch.lengths))
+        t0, t1 = int(starts[a]), int(ends[b - 1])
+        writer.add({layer: x[t0:t1] for layer, x in batch.tokens.items()},
+                   {layer: g[a:b] for layer, g in batch.globals.items()}, batch.lengths[a:b], batch.valid[t0:t1],
+                   None if batch.char_spans is None else batch.char_spans[t0:t1],
+                   None if gt_bits is None else gt_bits[t0:t1])
+
+
 def embed_dataset(
     ds: Dataset,
     cfg: EmbedConfig,
@@ -163,7 +182,7 @@ def embed_dataset(
     if start > lo:
         log.info("resuming %s at sample %d", out_dir, start)
     bar = tqdm(total=hi - lo, initial=start - lo, desc=f"embed {ds.name}", unit="sample", disable=not progress)
-    step = cfg.batch_size * (max(1, cfg.bucket_window) if ds.modality == "text" else 1)
+    step = embed_unit(cfg, ds.modality)
     for b0 in range(start, hi, step):
         ids = np.arange(b0, min(hi, b0 + step))
         if ds.modality == "text":
@@ -182,7 +201,7 @@ def embed_dataset(
         else:
             batch = enc.encode_samples(ds, ids)
             gt_bits = batch.extra.get("gt_bits")
-        writer.add(batch.tokens, batch.globals, batch.lengths, batch.valid, batch.char_spans, gt_bits)
+        add_in_batches(writer, batch, gt_bits, cfg.batch_size)
         bar.update(len(ids))
     bar.close()
     if partial:  # a data-parallel part: token rows count from 0; the launcher merges the parts
