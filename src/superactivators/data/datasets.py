@@ -26,6 +26,7 @@ import pandas as pd
 
 from .errors import DatasetError
 from .hf import HFParts, is_hf_source, read_hf
+from .labels import select_labels
 from .seed import GroundTruth, MetaRows, TextTruth, find_ground_truth, resolve_concepts
 
 SPLITS = ("train", "cal", "test")
@@ -301,16 +302,7 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
         raise DatasetError(f"{path}: concept column name(s) {reserved} are reserved for aggregate rows "
                            "(names of the form __name__); rename them")
     concepts = resolve_concepts(concepts, list(label_cols), path.parent.name, path)
-    if concepts is not None:
-        missing = [c for c in concepts if c not in label_cols]
-        if missing:
-            raise DatasetError(f"{path}: missing concept column(s) {missing}")
-        names = list(concepts)
-    else:
-        names = list(label_cols)
-    if not names:
-        raise DatasetError(f"{path}: no 0/1 concept columns found")
-    labels = np.stack([label_cols[c] for c in names], axis=1)
+    names, labels = select_labels(label_cols, concepts, str(path))
 
     def _col(c: str) -> list[str] | None:
         if c not in df.columns:

@@ -32,6 +32,7 @@ import pandas as pd
 
 from ..util.io import atomic_write_bytes, stable_hash
 from .errors import DatasetError
+from .labels import select_labels
 
 COLUMN_KEYS = ("text_column", "image_column", "mask_column", "concept_columns", "span_column", "split_column",
                "split_map")
@@ -401,16 +402,7 @@ def read_hf(path: str | Path, concepts: Sequence[str] | None = None, name: str |
                     raise DatasetError(f"{where}: concept column {c!r} is not 0/1")
                 continue
             label_cols[c] = v
-    if concepts is not None:
-        missing = [c for c in concepts if c not in label_cols]
-        if missing:
-            raise DatasetError(f"{where}: missing concept column(s) {missing}")
-        names = list(concepts)
-    else:
-        names = list(label_cols)
-    if not names:
-        raise DatasetError(f"{where}: no 0/1 concept columns found (set data.concept_columns)")
-    labels = np.stack([label_cols[c] for c in names], axis=1)
+    names, labels = select_labels(label_cols, concepts, where, " (set data.concept_columns)")
     span_cells = _spans_cells(table.column(span_col), where, span_col) if span_col is not None else None
 
     key = stable_hash([spec, {k: cols[k] for k in sorted(cols)}], 16)
