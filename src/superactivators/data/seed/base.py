@@ -88,22 +88,25 @@ class MaskTruth(GroundTruth):
         Called for every sample before any model loads; an error names the file and row.
         """
 
+    def areas(self, row: int, names: Sequence[str]) -> dict[str, int]:
+        """In-concept pixels of the row's concepts that have a mask (at mask resolution)."""
+        return {k: int(np.count_nonzero(m)) for k, m in self.masks(row, names).items() if m is not None}
+
     def amounts(self, rows: Sequence[int], concepts: Sequence[str], labels: np.ndarray) -> pd.DataFrame:
-        n_pos = labels.sum(axis=0).astype(np.int64)
+        """Per concept: positives, positives with a mask, and their in-concept pixels."""
         n_known = np.zeros(len(concepts), dtype=np.int64)
         pixels = np.zeros(len(concepts), dtype=np.int64)
         for r, lab in zip(rows, labels):
             cols = np.flatnonzero(lab)
             if not cols.size:
                 continue
-            got = self.masks(int(r), [concepts[c] for c in cols])
+            got = self.areas(int(r), [concepts[c] for c in cols])
             for c in cols:
-                m = got.get(concepts[c])
-                if m is not None:
+                if concepts[c] in got:
                     n_known[c] += 1
-                    pixels[c] += int(np.count_nonzero(m))
-        return pd.DataFrame({"positives": n_pos, "with_truth": n_known, self.unit: pixels},
-                            index=pd.Index(list(concepts), name="concept"))
+                    pixels[c] += got[concepts[c]]
+        return pd.DataFrame({"positives": labels.sum(axis=0).astype(np.int64), "with_truth": n_known,
+                             self.unit: pixels}, index=pd.Index(list(concepts), name="concept"))
 
 
 def fit_mask(mask: np.ndarray, shape: tuple[int, int], where: str) -> np.ndarray:

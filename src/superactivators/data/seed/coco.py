@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from ..errors import DatasetError
 from .base import MaskTruth, MetaRows
@@ -169,23 +168,11 @@ class CocoTruth(MaskTruth):
 
         return {k: _call(mask_utils.decode, r).astype(bool) for k, r in self._rles(row, names).items()}
 
-    def amounts(self, rows: Sequence[int], concepts: Sequence[str], labels: np.ndarray) -> pd.DataFrame:
-        """As :meth:`MaskTruth.amounts`, from the run-length encodings (no mask is drawn)."""
+    def areas(self, row: int, names: Sequence[str]) -> dict[str, int]:
+        """As :meth:`MaskTruth.areas`, from the run-length encodings (no mask is drawn)."""
         from pycocotools import mask as mask_utils
 
-        n_known = np.zeros(len(concepts), dtype=np.int64)
-        pixels = np.zeros(len(concepts), dtype=np.int64)
-        for r, lab in zip(rows, labels):
-            cols = np.flatnonzero(lab)
-            if not cols.size:
-                continue
-            got = self._rles(int(r), [concepts[c] for c in cols])
-            for c in cols:
-                if concepts[c] in got:
-                    n_known[c] += 1
-                    pixels[c] += int(_call(mask_utils.area, got[concepts[c]]))
-        return pd.DataFrame({"positives": labels.sum(axis=0).astype(np.int64), "with_truth": n_known,
-                             self.unit: pixels}, index=pd.Index(list(concepts), name="concept"))
+        return {k: int(_call(mask_utils.area, r)) for k, r in self._rles(row, names).items()}
 
 
 def _call(fn, *args, **kwargs):
