@@ -77,6 +77,19 @@ def tiny_mllama_config(vocab: int, **tok_ids):
     return MllamaConfig(vision_config=vc, text_config=tc, image_token_index=vocab)
 
 
+def tiny_clip_config():
+    """CLIP ViT-L/14's depth (24 vision blocks) at toy width, 56-px images."""
+    from transformers import CLIPConfig
+
+    return CLIPConfig(
+        text_config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
+                     "vocab_size": 99, "max_position_embeddings": 16},
+        vision_config={"hidden_size": 16, "num_hidden_layers": 24, "num_attention_heads": 2, "intermediate_size": 32,
+                       "image_size": 56, "patch_size": 14},
+        projection_dim=8,
+    )
+
+
 @pytest.fixture(scope="module")
 def twins(tmp_path_factory) -> dict:
     """Saved tiny twins: gemma2, qwen3 and a full Mllama checkpoint (tokenizer + image processor)."""
@@ -558,18 +571,12 @@ def test_clip_by_hub_id_with_sweep_into_store(hub_cache, tmp_path):
     """CLIP ViT-L/14's twin (a full CLIPModel checkpoint, 24 vision blocks) by id, layers: sweep."""
     pytest.importorskip("superactivators.encoders.vision")
     from PIL import Image
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+    from transformers import CLIPImageProcessorPil, CLIPModel
 
     from superactivators.encoders.registry import expand_sweep
 
     torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
-                     "vocab_size": 99, "max_position_embeddings": 16},
-        vision_config={"hidden_size": 16, "num_hidden_layers": 24, "num_attention_heads": 2, "intermediate_size": 32,
-                       "image_size": 56, "patch_size": 14},
-        projection_dim=8,
-    )
+    cfg = tiny_clip_config()
     twin = tmp_path / "clip"
     CLIPModel(cfg).eval().save_pretrained(twin)
     CLIPImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}).save_pretrained(twin)

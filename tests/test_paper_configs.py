@@ -72,7 +72,6 @@ def twin_cache(tmp_path_factory):
     import huggingface_hub.constants as hc
     import torch
     from transformers import (
-        CLIPConfig,
         CLIPImageProcessorPil,
         CLIPModel,
         Gemma2Config,
@@ -83,7 +82,7 @@ def twin_cache(tmp_path_factory):
         Qwen3Model,
     )
 
-    from .test_models import _ids, install_in_hub_cache, tiny_mllama_config, word_tokenizer
+    from .test_models import _ids, install_in_hub_cache, tiny_clip_config, tiny_mllama_config, word_tokenizer
 
     base = tmp_path_factory.mktemp("twins")
     cache = base / "hub"
@@ -106,13 +105,7 @@ def twin_cache(tmp_path_factory):
     tok.save_pretrained(path)
     MllamaImageProcessorPil(size={"height": 56, "width": 56}, max_image_tiles=4).save_pretrained(path)
     install_in_hub_cache(cache, "meta-llama/Llama-3.2-11B-Vision-Instruct", path)
-    clip = CLIPConfig(
-        text_config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
-                     "vocab_size": 99, "max_position_embeddings": 16},
-        vision_config={"hidden_size": 16, "num_hidden_layers": 24, "num_attention_heads": 2, "intermediate_size": 32,
-                       "image_size": 56, "patch_size": 14},
-        projection_dim=8,
-    )
+    clip = tiny_clip_config()
     CLIPModel(clip).eval().save_pretrained(base / "clip")
     CLIPImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}).save_pretrained(base / "clip")
     install_in_hub_cache(cache, "openai/clip-vit-large-patch14", base / "clip")
