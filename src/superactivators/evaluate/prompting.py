@@ -17,7 +17,9 @@ Two protocols, two detection methods:
 Models with a chat template (instruction-tuned ones such as SmolLM2-Instruct) are asked
 through it (``chat="auto"``); the margin protocol then reads the capitalised ``Yes`` / ``No``
 tokens that open an assistant reply. Text runs use any causal LM; image runs an
-image-text-to-text model (Llama-3.2-Vision, Qwen2.5-VL, ...) through its processor.
+image-text-to-text model (Llama-3.2-Vision, Qwen2.5-VL, ...) through its processor (for
+Qwen2-VL-style models without torchvision, through its tokenizer and image processor, see
+:class:`ImageTokenProcessor`).
 
 For the margin protocol the C questions about one text share their prefix (everything up to
 the end of the text): it is run once, its key/value cache repeated for the C suffixes, and
@@ -250,16 +252,57 @@ class TextPrompter:
         return dec.reshape(len(texts), c), [answers[i:i + c] for i in range(0, len(answers), c)]
 
 
+class ImageTokenProcessor:
+    """Tokenizer + image processor for a Qwen2-VL-style model, for when its processor cannot be built.
+
+    transformers builds a ``Qwen2_5_VLProcessor`` only with torchvision installed (it carries a
+    video processor), and the CUDA torchvision wheels do not load beside a CPU torch. The images
+    part needs none of it: the image processor gives ``pixel_values`` and ``image_grid_thw``, and
+    each image token of the prompt becomes ``prod(grid_thw) / merge_size**2`` copies, as the
+    processor's own ``replace_image_token`` does.
+    """
+
+    def __init__(self, tokenizer, image_processor, image_token: str = "<|image_pad|>"):
+        self.tokenizer, self.image_processor, self.image_token = tokenizer, image_processor, image_token
+        if tokenizer.convert_tokens_to_ids(image_token) in (None, tokenizer.unk_token_id):
+            raise ValueError(f"the tokenizer has no {image_token!r} token")
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+
+    def __call__(self, images, text: str, add_special_tokens: bool = False, return_tensors: str = "pt"):
+        from transformers import BatchFeature
+
+        pix = self.image_processor(images=[images], return_tensors=return_tensors)
+        n = int(pix["image_grid_thw"][0].prod()) // self.image_processor.merge_size ** 2
+        if text.count(self.image_token) != 1:
+            raise ValueError(f"the prompt must hold one {self.image_token!r}, got {text.count(self.image_token)}")
+        enc = self.tokenizer(text.replace(self.image_token, self.image_token * n),
+                             add_special_tokens=add_special_tokens, return_tensors=return_tensors)
+        return BatchFeature({**enc, **pix})
+
+
+def load_image_processor(path: str | Path):
+    """The model's processor, or :class:`ImageTokenProcessor` for Qwen2-VL-style models without torchvision."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer
+    from transformers.utils import is_torchvision_available
+
+    model_type = AutoConfig.from_pretrained(path).model_type
+    if model_type in ("qwen2_vl", "qwen2_5_vl") and not is_torchvision_available():
+        return ImageTokenProcessor(AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path))
+    return AutoProcessor.from_pretrained(path)
+
+
 class ImagePrompter:
     """An image-text-to-text model (Mllama, Qwen2.5-VL, ...) answering yes/no questions about images."""
 
     def __init__(self, cfg: PromptConfig):
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
 
         self.cfg = cfg
         path = resolve_model_path(cfg.model)
         self.device = pick_device(cfg.device)
-        self.processor = AutoProcessor.from_pretrained(path)
+        self.processor = load_image_processor(path)
         self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=pick_dtype(cfg.dtype, self.device))
         self.model.to(self.device).eval()
         tok = self.processor.tokenizer
