@@ -11,7 +11,8 @@ interleaved (the machine is shared; the load moves):
 
 Tokens/s counts stored (valid) tokens. Ratios are medians over repetitions of the paired
 ratios. ``python benchmarks/embed_buckets.py [--model minilm --n 400 --batch-size 16 --reps 3]``;
-results go to ``benchmarks/embed_buckets.json``.
+results go to ``benchmarks/embed_buckets.json``; ``make bench`` runs it too (its numbers land in
+``benchmarks/results.json`` under ``buckets``). Peak RSS is the whole process's (all three loops).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -117,10 +119,11 @@ def main() -> None:
             "seconds": runs, "tokens_per_s_best": tps,
             "speedup_over_in_order": ratio_in_order, "time_vs_sorted_bare": ratio_bare,
             "targets": {"speedup_over_in_order": ">= 1.5", "time_vs_sorted_bare": "<= 1.1"},
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
         args.out.write_text(json.dumps(result, indent=1))
         print(json.dumps({k: result[k] for k in ("tokens_per_s_best", "speedup_over_in_order",
-                                                  "time_vs_sorted_bare")}, indent=1))
+                                                  "time_vs_sorted_bare", "peak_rss_mb")}, indent=1))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

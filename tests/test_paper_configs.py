@@ -69,7 +69,6 @@ def test_config_keys_and_values(dataset, model):
 @pytest.fixture(scope="module")
 def twin_cache(tmp_path_factory):
     """A Hub cache holding tiny twins under the four real ids."""
-    import huggingface_hub.constants as hc
     import torch
     from transformers import (
         CLIPImageProcessorPil,
