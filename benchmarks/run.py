@@ -202,12 +202,14 @@ def phase_embed(args: argparse.Namespace) -> dict:
     import torch
 
     from superactivators.data.datasets import load_dataset
-    from superactivators.encoders.base import EmbedConfig, TextEncoder
+    from superactivators.encoders.base import EmbedConfig
+    from superactivators.encoders.text import TextEncoder
     from superactivators.store.embed import embed_dataset
 
     ds = load_dataset("builtin:emotions")
     ds_n = 96 if args.quick else min(len(ds), EMBED_TEXTS)
-    cfg = EmbedConfig(model="minilm", layers="all", batch_size=32, max_length=256)
+    # in-order batches, the same ones the bare loop runs (length bucketing is the ``buckets`` phase)
+    cfg = EmbedConfig(model="minilm", layers="all", batch_size=32, max_length=256, bucket_window=1)
     enc = TextEncoder(cfg)
     ids = np.arange(ds_n)
     texts = ds.texts(ids)

@@ -10,7 +10,7 @@ import pytest
 from superactivators.data.datasets import load_dataset
 from superactivators.encoders.base import EmbedConfig, EncodedBatch
 from superactivators.encoders.factory import make_encoder
-from superactivators.store.embed import embed_dataset, length_batches, merge_in_order
+from superactivators.store.embed import embed_dataset, length_batches, merge_in_order, window_chunks
 from superactivators.store.tokens import TokenStore
 
 from .conftest import write_small_emotions
@@ -36,6 +36,12 @@ def test_merge_in_order_by_hand():
     assert m.globals[3][:, 0].tolist() == [0, 1, 2]
     assert m.valid.tolist() == [True, True, True, True, True, False]
     assert m.char_spans.tolist() == [[6, 7], [8, 9], [100, 101], [0, 1], [2, 3], [4, 5]]
+    # two samples at a time: window positions (0, 1), then (2,), each gathered from both batches as needed
+    c1, c2 = window_chunks([b1, b2], [np.array([2, 0]), np.array([1])], 2)
+    assert c1.lengths.tolist() == [2, 1] and c1.tokens[3][:, 0].tolist() == [0, 1, 10]
+    assert c1.globals[3][:, 0].tolist() == [0, 1] and c1.char_spans.tolist() == [[6, 7], [8, 9], [100, 101]]
+    assert c2.lengths.tolist() == [3] and c2.tokens[3][:, 0].tolist() == [20, 21, 22]
+    assert c2.valid.tolist() == [True, True, False] and c2.globals[3][:, 0].tolist() == [2]
 
 
 STRUCTURE = ("offsets", "valid", "char_spans", "_gt_bits", "labels", "splits")

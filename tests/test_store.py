@@ -101,6 +101,16 @@ def test_non_finite_states_rejected(tmp_path):
         w.add({1: np.array([[np.nan, 0.0]])}, {1: np.zeros((1, 2))}, np.array([1]), np.array([True]))
 
 
+def test_states_past_float16_range_rejected_not_stored_as_inf(tmp_path):
+    import dataclasses
+
+    w = StoreWriter(tmp_path, dataclasses.replace(_info(1, 2, [1]), dtype="float16"), np.zeros((1, 2)),
+                    np.array(["train"]))
+    assert np.isinf(np.float16(70000.0))  # float16 tops out at 65504
+    with pytest.raises(FloatingPointError, match="past the range of store_dtype float16"):
+        w.add({1: np.array([[70000.0, 0.0]], np.float32)}, {1: np.zeros((1, 2))}, np.array([1]), np.array([True]))
+
+
 # --------------------------------------------------------------------------- checksums and damaged files
 
 
@@ -115,7 +125,7 @@ def _small_store(path):
 
 
 def test_checksums_recorded_match_an_independent_hash(tmp_path):
-    import hashlib
+    import binascii
 
     from superactivators.store.tokens import NPY_HEADER_BYTES
 
@@ -124,12 +134,43 @@ def test_checksums_recorded_match_an_independent_hash(tmp_path):
     shard = store.shards[0]
     raw = (tmp_path / "layer_01" / f"{shard.name}.npy").read_bytes()
     rec = sums[f"layer_01/{shard.name}.npy"]
-    assert rec["size"] == len(raw) and rec["skip"] == NPY_HEADER_BYTES
-    assert rec["blocks"] == [hashlib.blake2b(raw[NPY_HEADER_BYTES:], digest_size=16).hexdigest()]
+    assert rec["size"] == len(raw) and rec["skip"] == NPY_HEADER_BYTES and rec["algo"] == "crc32"
+    assert rec["blocks"] == [f"{binascii.crc32(raw[NPY_HEADER_BYTES:]):08x}"]
     idx = (tmp_path / "index" / f"{shard.name}.npz").read_bytes()
-    assert sums[f"index/{shard.name}.npz"]["blocks"] == [hashlib.blake2b(idx, digest_size=16).hexdigest()]
+    assert sums[f"index/{shard.name}.npz"]["blocks"] == [f"{binascii.crc32(idx):08x}"]
     assert {"labels.npy", "splits.npy", "layer_01/mean.npy"} <= set(sums)
     assert TokenStore(tmp_path, verify="full").verify(full=True) == []
+
+
+def test_block_hasher_splits_a_stream_into_4_mib_blocks(tmp_path):
+    import binascii
+
+    from superactivators.store.tokens import CHECK_BLOCK, BlockHasher, check_file
+
+    data = np.random.default_rng(0).integers(0, 256, 2 * CHECK_BLOCK + 1000, dtype=np.uint8).tobytes()
+    h = BlockHasher()
+    for a in range(0, len(data), 3_000_001):  # chunks that straddle the block edges
+        h.update(data[a:a + 3_000_001])
+    expect = [f"{binascii.crc32(data[k:k + CHECK_BLOCK]):08x}" for k in range(0, len(data), CHECK_BLOCK)]
+    assert h.blocks() == expect and len(expect) == 3
+    f = tmp_path / "f.bin"
+    f.write_bytes(b"HEAD" + data)
+    assert check_file(f, h.record(skip=4)) is None
+    f.write_bytes(b"HEAD" + data[:CHECK_BLOCK] + bytes([data[CHECK_BLOCK] ^ 1]) + data[CHECK_BLOCK + 1:])
+    assert "block 1" in check_file(f, h.record(skip=4))
+
+
+def test_stores_written_with_blake2b_checksums_still_verify(tmp_path):
+    import hashlib
+
+    from superactivators.store.tokens import check_file
+
+    f = tmp_path / "old.bin"
+    f.write_bytes(b"x" * 100)
+    old = {"size": 100, "skip": 0, "blocks": [hashlib.blake2b(b"x" * 100, digest_size=16).hexdigest()]}  # no "algo"
+    assert check_file(f, old) is None
+    f.write_bytes(b"x" * 99 + b"y")
+    assert "content differs" in check_file(f, old)
 
 
 def test_shard_overwritten_in_place_is_refused_naming_it(tmp_path):

@@ -19,6 +19,7 @@ import torch
 from ..concepts.supervised import ConceptSet
 from ..store.tokens import Shard, TokenStore
 from ..util.io import atomic_save_npz
+from .quantiles import float_keys, keys_to_floats
 
 
 class Scorer:
@@ -311,17 +312,20 @@ class TopTokenCollector:
         sid = sid[rows]
         n_valid = np.bincount(sid - shard.start, minlength=shard.stop - shard.start)
         k = np.maximum(1, np.ceil(self.delta / 100.0 * n_valid - 1e-9).astype(np.int64))  # per sample
-        for c in range(self.labels.shape[1]):
-            pos = self.labels[sid, c]
-            if not pos.any():
-                continue
-            r, s_c = rows[pos], sid[pos]
-            a = acts[r, c]
-            order = np.lexsort((-a, s_c))  # by sample, then activation high to low
-            s_sorted = s_c[order]
-            first = np.searchsorted(s_sorted, s_sorted, side="left")  # start of each sample's run
-            rank = np.arange(len(order)) - first
-            self._vals[c].append(a[order][rank < k[s_sorted - shard.start]])
+        # one gather each, concept-major, so the loop below only masks contiguous rows
+        pos_t = np.ascontiguousarray(self.labels[sid].T)  # [C, r]: token's sample is positive
+        acts_t = np.ascontiguousarray(acts[rows].T)  # [C, r]
+        for c in np.flatnonzero(pos_t.any(axis=1)):
+            pos = pos_t[c]
+            a, s_c = acts_t[c][pos], sid[pos]  # s_c ascending: token rows run sample by sample
+            # one sort of uint64 keys (sample, then activation high to low) instead of a lexsort:
+            # the activation's order-preserving bits, inverted, under the sample's
+            key = ((s_c - shard.start).astype(np.uint64) << np.uint64(32)) | (~float_keys(a)).astype(np.uint64)
+            key.sort()
+            a_sorted = keys_to_floats(~key.astype(np.uint32))  # the low 32 bits
+            # sorting by sample first keeps every sample's run where it was: ranks follow from s_c
+            rank = np.arange(len(s_c)) - np.searchsorted(s_c, s_c, side="left")
+            self._vals[c].append(a_sorted[rank < k[s_c - shard.start]])
 
     def per_concept(self) -> list[np.ndarray]:
         return [np.concatenate(v).astype(np.float32) if v else np.empty(0, np.float32) for v in self._vals]

@@ -6,8 +6,8 @@ that span annotations map to tokens through the tokenizer's offset mapping.
 
 Texts are batched by length: each window of ``batch_size * bucket_window`` consecutive samples
 is sorted by token count and cut into batches, so a batch pays for its own longest text, not
-for the longest of sixteen neighbours; the window's results are put back into sample order
-before they are written (memory: one window). Padding never reaches a stored token (attention
+for the longest of sixteen neighbours; the window's results go to the writer in sample order,
+one batch-sized chunk at a time (memory: one window of encoded tokens plus one chunk). Padding never reaches a stored token (attention
 masks; right padding), so the store is the same as with in-order batches.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -84,32 +85,63 @@ def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def merge_in_order(batches: list[EncodedBatch], positions: list[np.ndarray]) -> EncodedBatch:
-    """One batch in sample order from batches that hold the window's samples at ``positions``.
+def _excl_cumsum(x: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(x)[:-1]]).astype(np.int64)
 
-    Token rows are gathered with one index array (no per-token loop): sample ``i``'s rows in
-    the concatenation of ``batches`` start where its position in that concatenation puts them.
+
+def _run_rows(first_rows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Row indices of consecutive runs: ``first_rows[j] + 0..lengths[j]-1`` for each j, concatenated."""
+    return np.repeat(first_rows - _excl_cumsum(lengths), lengths) + np.arange(int(lengths.sum()))
+
+
+def window_chunks(batches: list[EncodedBatch], positions: list[np.ndarray], size: int) -> Iterator[EncodedBatch]:
+    """The window's samples in sample order, ``size`` at a time, from batches holding them at ``positions``.
+
+    ``batches[i]`` encoded the window's samples ``positions[i]`` (in that order). Each chunk
+    gathers its rows from the batches it draws on, one index array per (chunk, batch): no
+    per-token loop, and no second copy of the whole window (memory: the window's batches plus
+    one chunk).
     """
-    where = np.concatenate(positions)  # where[k] = window position of the k-th encoded sample
-    lengths_cat = np.concatenate([b.lengths for b in batches]).astype(np.int64)
-    starts_cat = np.concatenate([[0], np.cumsum(lengths_cat)[:-1]])
-    rank = np.empty_like(where)
-    rank[where] = np.arange(len(where))  # window position -> index in the concatenation
-    lengths = lengths_cat[rank]
-    starts = starts_cat[rank]
-    ends = np.cumsum(lengths)
-    rows = np.arange(int(ends[-1]) if len(ends) else 0) - np.repeat(ends - lengths, lengths) + np.repeat(starts, lengths)
-    layers = list(batches[0].tokens)
-    tokens = {l: np.concatenate([b.tokens[l] for b in batches])[rows] for l in layers}
-    globals_ = {l: np.concatenate([b.globals[l] for b in batches])[rank] for l in layers}
-    valid = np.concatenate([b.valid for b in batches])[rows]
-    spans = None
-    if batches[0].char_spans is not None:
-        spans = np.concatenate([b.char_spans for b in batches])[rows]
-    extra = {}
-    if all("truncated" in b.extra for b in batches):  # per-sample flags follow their samples
-        extra["truncated"] = np.concatenate([b.extra["truncated"] for b in batches])[rank]
-    return EncodedBatch(tokens=tokens, globals=globals_, lengths=lengths, valid=valid, char_spans=spans, extra=extra)
+    n = sum(len(p) for p in positions)
+    src = np.empty(n, dtype=np.int64)  # window position -> batch
+    src_first = np.empty(n, dtype=np.int64)  # its first row in that batch's token arrays
+    src_index = np.empty(n, dtype=np.int64)  # its index among the batch's samples
+    lengths = np.empty(n, dtype=np.int64)
+    for i, (b, pos) in enumerate(zip(batches, positions)):
+        lb = np.asarray(b.lengths, dtype=np.int64)
+        src[pos], src_first[pos], src_index[pos], lengths[pos] = i, _excl_cumsum(lb), np.arange(len(pos)), lb
+    first = batches[0]
+    layers = list(first.tokens)
+    flags = all("truncated" in b.extra for b in batches)
+    for a in range(0, n, size):
+        ps = np.arange(a, min(n, a + size))
+        ln = lengths[ps]
+        out_first = _excl_cumsum(ln)
+        n_rows = int(ln.sum())
+        tokens = {l: np.empty((n_rows, *first.tokens[l].shape[1:]), dtype=first.tokens[l].dtype) for l in layers}
+        globals_ = {l: np.empty((len(ps), *first.globals[l].shape[1:]), dtype=first.globals[l].dtype) for l in layers}
+        valid = np.empty(n_rows, dtype=first.valid.dtype)
+        spans = None if first.char_spans is None else np.empty((n_rows, 2), dtype=first.char_spans.dtype)
+        extra = {"truncated": np.empty(len(ps), dtype=first.extra["truncated"].dtype)} if flags else {}
+        for i in np.unique(src[ps]):
+            sel = np.flatnonzero(src[ps] == i)  # chunk-local indices of the samples batch i holds
+            b = batches[i]
+            rows_in = _run_rows(src_first[ps[sel]], ln[sel])
+            rows_out = _run_rows(out_first[sel], ln[sel])
+            for l in layers:
+                tokens[l][rows_out] = b.tokens[l][rows_in]
+                globals_[l][sel] = b.globals[l][src_index[ps[sel]]]
+            valid[rows_out] = b.valid[rows_in]
+            if spans is not None:
+                spans[rows_out] = b.char_spans[rows_in]
+            if flags:
+                extra["truncated"][sel] = b.extra["truncated"][src_index[ps[sel]]]
+        yield EncodedBatch(tokens=tokens, globals=globals_, lengths=ln, valid=valid, char_spans=spans, extra=extra)
+
+
+def merge_in_order(batches: list[EncodedBatch], positions: list[np.ndarray]) -> EncodedBatch:
+    """The whole window as one batch in sample order (:func:`window_chunks` in one chunk)."""
+    return next(window_chunks(batches, positions, sum(len(p) for p in positions)))
 
 
 def _text_lengths(enc, texts: list[str]) -> np.ndarray:
@@ -189,19 +221,24 @@ def embed_dataset(
             texts = ds.texts(ids)
             if len(ids) > cfg.batch_size:  # a window: batches of similar length, back in sample order
                 groups = length_batches(_text_lengths(enc, texts), cfg.batch_size)
-                batch = merge_in_order([enc.encode([texts[i] for i in g]) for g in groups], groups)
+                parts = window_chunks([enc.encode([texts[i] for i in g]) for g in groups], groups, cfg.batch_size)
             else:
-                batch = enc.encode(texts)
-            gt_bits = (span_token_bits(ds, ids, batch.lengths, batch.char_spans,
-                                       texts if cfg.protocol == "seed" else None)
-                       if ds.spans is not None else None)
-            cut = batch.extra.get("truncated")
-            if cut is not None:  # counted before add(): a shard flushed there records it with itself
-                writer.info.dataset["truncated_samples"] = writer.info.dataset.get("truncated_samples", 0) + int(cut.sum())
+                parts = iter([enc.encode(texts)])
+            a = 0
+            for batch in parts:  # in sample order, at most batch_size samples each
+                part = slice(a, a + len(batch.lengths))
+                a = part.stop
+                gt_bits = (span_token_bits(ds, ids[part], batch.lengths, batch.char_spans,
+                                           texts[part] if cfg.protocol == "seed" else None)
+                           if ds.spans is not None else None)
+                cut = batch.extra.get("truncated")
+                if cut is not None:  # counted before add(): a shard flushed there records it with itself
+                    writer.info.dataset["truncated_samples"] = (writer.info.dataset.get("truncated_samples", 0)
+                                                                + int(cut.sum()))
+                add_in_batches(writer, batch, gt_bits, cfg.batch_size)
         else:
             batch = enc.encode_samples(ds, ids)
-            gt_bits = batch.extra.get("gt_bits")
-        add_in_batches(writer, batch, gt_bits, cfg.batch_size)
+            add_in_batches(writer, batch, batch.extra.get("gt_bits"), cfg.batch_size)
         bar.update(len(ids))
     bar.close()
     if partial:  # a data-parallel part: token rows count from 0; the launcher merges the parts
