@@ -85,3 +85,14 @@ def test_pass_context_rejects_sample_without_valid_tokens(tmp_path):
     shard = store.shards[0]
     with pytest.raises(ValueError, match="sample 1 has no valid tokens"):
         red.add(shard, np.zeros((3, 1), np.float32), PassContext(store, np.array([0])))
+
+
+def test_blocked_transpose_equals_transpose_across_block_edges():
+    from superactivators.evaluate.scoring import _transposed
+
+    a = np.arange(5001 * 3, dtype=np.float32).reshape(5001, 3)
+    t = _transposed(a, block=2048)
+    assert t.flags.c_contiguous and t.shape == (3, 5001)
+    np.testing.assert_array_equal(t, a.T)
+    f = np.asfortranarray(a)
+    assert np.shares_memory(_transposed(f), f)  # already column-major: a view, no copy
