@@ -113,12 +113,34 @@ def _config(tmp_path: Path, model: Path, data: Path, out: str) -> Path:
     return path
 
 
-def test_torchrun_two_gloo_ranks_equal_one_process(tmp_path, tiny_bert):
-    data = write_small_emotions(tmp_path / "data", {"train": 20, "cal": 10, "test": 10})
+def _torchrun_env() -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "PYTHONWARNINGS": "ignore"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
+    return env
+
+
+def test_torchrun_job_refuses_a_run_folder_held_by_another_run(tmp_path, tiny_bert):
+    from superactivators.store.runs import run_lock
+
+    data = write_small_emotions(tmp_path / "data", {"train": 8, "cal": 4, "test": 4})
+    cfg = _config(tmp_path, tiny_bert, data, "held")
+    run_dir = tmp_path / "held" / "dp"
+    run_dir.mkdir(parents=True)
+    with run_lock(run_dir):  # this process holds the folder, as a running `superactivators run` would
+        job = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                              "-m", "superactivators", "embed", "--quiet", str(cfg)],
+                             env=_torchrun_env(), capture_output=True, text=True, timeout=300)
+    assert job.returncode != 0
+    assert job.stderr.count("is in use by another run") >= 2  # both ranks refuse, naming the lock
+    stores = run_dir / "stores"
+    assert not stores.exists() or not any(stores.rglob("*.npy"))  # no rank wrote a part
+
+
+def test_torchrun_two_gloo_ranks_equal_one_process(tmp_path, tiny_bert):
+    data = write_small_emotions(tmp_path / "data", {"train": 20, "cal": 10, "test": 10})
+    env = _torchrun_env()
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "superactivators", "embed", "--quiet", str(_config(tmp_path, tiny_bert, data, "two"))],
                          env=env, capture_output=True, text=True, timeout=300)

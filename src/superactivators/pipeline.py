@@ -312,10 +312,11 @@ def embed_command(cfg, progress: bool = True) -> TokenStore:
     cfg = dataclasses.replace(cfg, embed=rank_embed_config(cfg.embed, env))
     ds = prepare_dataset(cfg)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    # one process holds the run folder as a run does; torchrun ranks write disjoint parts (a lock
-    # per rank would refuse the others)
+    # one process holds the run folder as a run does; under torchrun, rank 0 holds it for the
+    # whole job (embed_data_parallel), since a lock per rank would refuse the job's other ranks
     with contextlib.nullcontext() if env.is_distributed else run_lock(cfg.run_dir):
         sdir = store_dir_for(cfg, ds)
         check_concept_types(cfg, ds, sdir)  # fail before the model loads
         encoder = image_encoder_for_run(cfg, ds, sdir)  # images: mask options travel with it
-        return embed_data_parallel(ds, cfg.embed, sdir, env, encoder=encoder, progress=progress)
+        return embed_data_parallel(ds, cfg.embed, sdir, env, encoder=encoder, progress=progress,
+                                   lock_dir=cfg.run_dir if env.is_distributed else None)

@@ -23,6 +23,7 @@ thread count per process. ``torchrun`` sets ``OMP_NUM_THREADS=1`` per process by
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -35,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..util.io import atomic_write_json
+from .runs import RunLockedError, run_lock
 from .tokens import MANIFEST, Shard, StoreInfo, StoreWriter, TokenStore
 
 log = logging.getLogger(__name__)
@@ -140,11 +142,15 @@ def merge_parts(store_dir: str | Path, parts: list[Path]) -> TokenStore:
 
 
 def embed_data_parallel(ds, cfg, out_dir: str | Path, env: DistEnv | None = None, encoder=None,
-                        progress: bool = True, timeout_s: float = 24 * 3600) -> TokenStore:
+                        progress: bool = True, timeout_s: float = 24 * 3600,
+                        lock_dir: str | Path | None = None) -> TokenStore:
     """Embed ``ds`` into ``out_dir`` with every rank of a torchrun job; returns the store on every rank.
 
     Without a distributed environment this is :func:`superactivators.store.embed.embed_dataset`.
     The backend is NCCL when embedding on CUDA (each rank on ``cuda:LOCAL_RANK``), else gloo.
+    With ``lock_dir`` (a run folder), rank 0 holds its run lock for the whole job and tells the
+    other ranks whether it got it: another run or job on that folder makes every rank refuse
+    before any of them writes (one lock per rank would refuse the job's own ranks).
     """
     import torch
     import torch.distributed as dist
@@ -164,7 +170,18 @@ def embed_data_parallel(ds, cfg, out_dir: str | Path, env: DistEnv | None = None
     own_group = not dist.is_initialized()
     if own_group:
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    held = contextlib.ExitStack()
     try:
+        if lock_dir is not None:
+            refused: list[str | None] = [None]
+            if env.rank == 0:
+                try:
+                    held.enter_context(run_lock(Path(lock_dir)))
+                except RunLockedError as err:
+                    refused = [str(err)]
+            dist.broadcast_object_list(refused, src=0)
+            if refused[0] is not None:
+                raise RunLockedError(refused[0])
         if not _complete(out_dir):
             unit = embed_unit(cfg, ds.modality)  # whole windows per rank: one process's batches, bit for bit
             lo, hi = rank_slices(len(ds), env.world_size, unit)[env.rank]
@@ -182,6 +199,7 @@ def embed_data_parallel(ds, cfg, out_dir: str | Path, env: DistEnv | None = None
             dist.barrier()
         return TokenStore(out_dir)
     finally:
+        held.close()
         if own_group:
             dist.destroy_process_group()
 
