@@ -106,6 +106,16 @@ def test_out_of_range_layers_from_the_model_config(tmp_path, tiny_bert, no_model
         check_run(cfg)
 
 
+@pytest.mark.parametrize("method", ["prompt", "prompt_seed"])
+def test_missing_prompt_model_found_before_any_model_loads(tmp_path, tiny_bert, no_model_load, method):
+    data = _text_data(tmp_path / "d")
+    cfg = _run_cfg(tmp_path, data, tiny_bert)
+    cfg.detect.methods = ["superactivator", method]
+    cfg.detect.prompt_model = str(tmp_path / "no_such_lm")
+    with pytest.raises(ValidationError, match=r"detect.prompt_model: model folder not found"):
+        check_run(cfg)
+
+
 # ---------------------------------------------------------------------------- model resolution
 
 

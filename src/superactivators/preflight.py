@@ -47,7 +47,7 @@ def check_run(cfg: RunConfig) -> Dataset:
             ds = ds.subset_concepts(keep)
     n_data = len(problems) - n_other
     problems += model_problems(cfg.embed, ds.modality if ds is not None else None)
-    if "prompt" in cfg.detect.methods and cfg.detect.prompt_model:
+    if {"prompt", "prompt_seed"} & set(cfg.detect.methods) and cfg.detect.prompt_model:
         try:
             resolve_model_path(cfg.detect.prompt_model)
         except (OSError, ImportError) as err:
