@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -167,3 +168,29 @@ def test_sae_checks_run_before_any_forward(tmp_path, small_emotions, tiny_bert, 
     with pytest.raises(ValueError, match=match):
         run_pipeline(cfg, progress=False)
     assert not (tmp_path / "runs" / "s" / "stores").exists()
+
+
+def test_sae_problems_listed_with_the_other_problems(tmp_path, small_emotions, tiny_bert, monkeypatch):
+    from superactivators.preflight import check_run
+    from superactivators.util.errors import ValidationError
+
+    write_sae(tmp_path / "sae", d_in=16, d_sae=8, hook_name="blocks.0.hook_resid_post")
+    monkeypatch.setattr(TextEncoder, "__init__", lambda *a, **k: pytest.fail("model loaded"))
+
+    def problems(embed: dict, sae: Path, detect: dict) -> list[str]:
+        cfg = config_from_dict({
+            "name": "s", "output_dir": str(tmp_path / "runs"), "data": {"path": str(small_emotions)},
+            "embed": {"model": str(tiny_bert), **embed}, "detect": detect,
+            "concepts": {"types": ["mean", "sae"], "sae_path": str(sae)},
+        })
+        with pytest.raises(ValidationError) as err:
+            check_run(cfg)
+        return err.value.problems
+
+    found = problems({"layers": [1, 2]}, tmp_path / "sae",
+                     {"methods": ["superactivator", "prompt"], "prompt_model": str(tmp_path / "no_lm")})
+    assert any(p.startswith("detect.prompt_model") for p in found), found  # another problem ...
+    assert any(p.startswith("concepts.types sae:") and "d_in=16" in p for p in found), found  # ... and the SAE's
+    found = problems({"layers": [1, 7]}, tmp_path / "no_sae", {})
+    assert any("layer 7 out of range" in p for p in found), found
+    assert any(p.startswith("concepts.types sae:") and "no_sae" in p for p in found), found

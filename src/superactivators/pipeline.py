@@ -24,7 +24,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from .concepts.supervised import ConceptSet
-from .concepts.types import ConceptType, concept_type, load_concepts
+from .concepts.types import ConceptType, load_concepts
 from .config import RunConfig
 from .data.datasets import SAMPLE_LABELS_NOTE, Dataset
 from .data.fingerprint import content_key
@@ -45,7 +45,7 @@ from .evaluate.localize import localize_stage
 from .evaluate.matching import UnitSummary, labelled_set, match_to_concepts, summarise_units
 from .evaluate.prompting import METHOD_OF, PromptConfig, prompt_scores
 from .evaluate.scoring import ScoreSummary, summarise
-from .preflight import check_run
+from .preflight import check_run, concept_types
 from .report.figdata import CURVES_FILE, HIST_FILE, HistogramAccumulator, save_curves
 from .store.distributed import DistEnv, embed_data_parallel, rank_embed_config
 from .store.embed import embed_dataset
@@ -99,11 +99,6 @@ def store_dir_for(cfg: RunConfig, ds: Dataset) -> Path:
     if ds.truth is not None:  # the seed's ground-truth files change the token truth in the store
         extra["truth"] = ds.truth.describe()
     return cfg.run_dir / "stores" / f"{ds.name}-{cfg.embed.key(extra)}"
-
-
-def linsep_solver(cfg: RunConfig) -> str:
-    """Separator training: logistic regression with bias (ours) or the seed's bias-free Adam."""
-    return "seed" if cfg.protocol == "seed" else "logreg"
 
 
 def _mask_options(cfg: RunConfig) -> MaskOptions:
@@ -171,13 +166,6 @@ def concept_stage(store: TokenStore, layer: int, ct: ConceptType, cfg: RunConfig
     hist.result().save(stage / HIST_FILE)
     summary.save(stage / "summary.npz")
     return stage
-
-
-def concept_types(cfg: RunConfig) -> list[ConceptType]:
-    """The run's concept types, built from its ``concepts`` options."""
-    opts = {k: v for k, v in dataclasses.asdict(cfg.concepts).items() if k != "types"}
-    opts["linsep_solver"] = linsep_solver(cfg)
-    return [concept_type(t, opts, cfg.seed) for t in cfg.concepts.types]
 
 
 def check_concept_types(cfg: RunConfig, ds: Dataset, sdir: Path) -> list[ConceptType]:

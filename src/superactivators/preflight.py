@@ -9,11 +9,15 @@ library, costs the user far more than a list of lines naming the key, column or 
 
 from __future__ import annotations
 
+import dataclasses
+
+from .concepts.types import ConceptType, concept_type
 from .config import RunConfig
 from .data.checks import check_dataset, warn_positives_without_spans
 from .data.datasets import Dataset, DatasetError, load_dataset, usable_concepts, withhold_token_truth
 from .encoders.base import resolve_model_path
 from .encoders.checks import model_problems
+from .encoders.factory import model_shape
 from .util.device import device_problem
 from .util.errors import ValidationError
 
@@ -52,8 +56,44 @@ def check_run(cfg: RunConfig) -> Dataset:
             resolve_model_path(cfg.detect.prompt_model)
         except (OSError, ImportError) as err:
             problems.append(f"detect.prompt_model: {err}")
+    if ds is not None and not any(p.startswith("embed.model") for p in problems):  # a model config that reads
+        problems += concept_type_problems(cfg, ds.modality)
     if problems:  # only dataset problems: the more specific DatasetError (also a ValidationError)
         raise DatasetError(problems) if n_data == len(problems) else ValidationError(problems)
     assert ds is not None
     warn_positives_without_spans(ds)
     return ds
+
+
+def linsep_solver(cfg: RunConfig) -> str:
+    """Separator training: logistic regression with bias (ours) or the seed's bias-free Adam."""
+    return "seed" if cfg.protocol == "seed" else "logreg"
+
+
+def concept_types(cfg: RunConfig) -> list[ConceptType]:
+    """The run's concept types, built from its ``concepts`` options."""
+    opts = {k: v for k, v in dataclasses.asdict(cfg.concepts).items() if k != "types"}
+    opts["linsep_solver"] = linsep_solver(cfg)
+    return [concept_type(t, opts, cfg.seed) for t in cfg.concepts.types]
+
+
+def concept_type_problems(cfg: RunConfig, modality: str) -> list[str]:
+    """Each concept type's own check (an SAE's folder, layer and width) against the model's
+    config, one line per type that fails; no weights load."""
+    try:
+        types = concept_types(cfg)
+    except (ValueError, TypeError) as err:
+        return [f"concepts: {err}"]
+    shape = None
+    if any(not t.labelled for t in types):
+        try:
+            shape = model_shape(cfg.embed, modality)
+        except (OSError, ValueError, LookupError):
+            shape = None  # model_problems has said why; the checks that need no shape still run
+    problems = []
+    for t in types:
+        try:
+            t.check(shape)
+        except (OSError, ValueError, LookupError) as err:
+            problems.append(f"concepts.types {t.name}: {err}")
+    return problems
