@@ -262,7 +262,8 @@ class StoreWriter:
         for layer in self.info.layers:
             # checked at store precision: a finite float32 state past float16's range (65504)
             # would otherwise be stored as inf
-            rows = np.ascontiguousarray(tokens[layer], dtype=np_dtype)
+            with np.errstate(over="ignore"):  # an overflow is the error raised just below
+                rows = np.ascontiguousarray(tokens[layer], dtype=np_dtype)
             if not np.isfinite(rows).all():
                 first, last = self.next_sample + self._buffered_samples, self.next_sample + self._buffered_samples + len(lengths) - 1
                 why = (f"; past the range of store_dtype {np_dtype.name}: set embed.store_dtype float32"
