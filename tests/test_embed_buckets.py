@@ -10,7 +10,7 @@ import pytest
 from superactivators.data.datasets import load_dataset
 from superactivators.encoders.base import EmbedConfig, EncodedBatch
 from superactivators.encoders.factory import make_encoder
-from superactivators.store.embed import embed_dataset, length_batches, merge_in_order, window_chunks
+from superactivators.store.embed import embed_dataset, length_batches, window_chunks
 from superactivators.store.tokens import TokenStore
 
 from .conftest import write_small_emotions
@@ -21,7 +21,7 @@ def test_length_batches_sort_stably_within_the_window():
     assert [g.tolist() for g in groups] == [[1, 3], [2, 0], [4]]
 
 
-def test_merge_in_order_by_hand():
+def test_window_chunks_by_hand():
     # window positions 0, 1, 2 with lengths 2, 1, 3; encoded as batches [2, 0] and [1]
     def tok(rows):
         return np.array(rows, dtype=np.float32)[:, None]
@@ -30,7 +30,7 @@ def test_merge_in_order_by_hand():
                       valid=np.array([1, 1, 0, 1, 1], bool), char_spans=np.arange(10).reshape(5, 2))
     b2 = EncodedBatch(tokens={3: tok([10])}, globals={3: tok([1.0])}, lengths=np.array([1]),
                       valid=np.array([1], bool), char_spans=np.array([[100, 101]]))
-    m = merge_in_order([b1, b2], [np.array([2, 0]), np.array([1])])
+    m = next(window_chunks([b1, b2], [np.array([2, 0]), np.array([1])], 3))  # the whole window in one chunk
     assert m.lengths.tolist() == [2, 1, 3]
     assert m.tokens[3][:, 0].tolist() == [0, 1, 10, 20, 21, 22]
     assert m.globals[3][:, 0].tolist() == [0, 1, 2]

@@ -90,37 +90,39 @@ def tiny_clip_config():
     )
 
 
-@pytest.fixture(scope="module")
-def twins(tmp_path_factory) -> dict:
-    """Saved tiny twins: gemma2, qwen3 and a full Mllama checkpoint (tokenizer + image processor)."""
-    from transformers import (
-        Gemma2Config,
-        Gemma2Model,
-        MllamaForConditionalGeneration,
-        MllamaImageProcessorPil,
-        Qwen3Config,
-        Qwen3Model,
-    )
+def save_text_twin(kind: str, path, width: int, depth: int, heads: int, kv_heads: int):
+    """A tiny Gemma2Model or Qwen3Model with its word tokenizer, saved at ``path``."""
+    from transformers import Gemma2Config, Gemma2Model, Qwen3Config, Qwen3Model
 
-    out = {}
-    torch.manual_seed(0)
-    common = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                  intermediate_size=64, max_position_embeddings=256)
-    for kind, cfg_cls, model_cls, extra in (
-        ("gemma2", Gemma2Config, Gemma2Model, {"sliding_window": 8}),
-        ("qwen3", Qwen3Config, Qwen3Model, {}),
-    ):
-        tok = word_tokenizer(kind)
-        path = tmp_path_factory.mktemp(kind)
-        model_cls(cfg_cls(vocab_size=len(tok), **common, **extra, **_ids(tok))).eval().save_pretrained(path)
-        tok.save_pretrained(path)
-        out[kind] = path
+    cfg_cls, model_cls, extra = {"gemma2": (Gemma2Config, Gemma2Model, {"sliding_window": 8}),
+                                 "qwen3": (Qwen3Config, Qwen3Model, {})}[kind]
+    tok = word_tokenizer(kind)
+    cfg = cfg_cls(vocab_size=len(tok), hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
+                  num_key_value_heads=kv_heads, head_dim=8, intermediate_size=2 * width,
+                  max_position_embeddings=256, **extra, **_ids(tok))
+    model_cls(cfg).eval().save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def save_mllama_twin(path):
+    """A full tiny Mllama checkpoint (model, tokenizer, 4-tile image processor) at ``path``."""
+    from transformers import MllamaForConditionalGeneration, MllamaImageProcessorPil
+
     tok = word_tokenizer("mllama")
-    path = tmp_path_factory.mktemp("mllama")
     MllamaForConditionalGeneration(tiny_mllama_config(len(tok), **_ids(tok))).eval().save_pretrained(path)
     tok.save_pretrained(path)
     MllamaImageProcessorPil(size={"height": 56, "width": 56}, max_image_tiles=4).save_pretrained(path)
-    out["mllama"] = path
+    return path
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory) -> dict:
+    """Saved tiny twins: gemma2, qwen3 and a full Mllama checkpoint (tokenizer + image processor)."""
+    torch.manual_seed(0)
+    out = {kind: save_text_twin(kind, tmp_path_factory.mktemp(kind), width=32, depth=4, heads=4, kv_heads=2)
+           for kind in ("gemma2", "qwen3")}
+    out["mllama"] = save_mllama_twin(tmp_path_factory.mktemp("mllama"))
     return out
 
 

@@ -70,40 +70,17 @@ def test_config_keys_and_values(dataset, model):
 def twin_cache(tmp_path_factory):
     """A Hub cache holding tiny twins under the four real ids."""
     import torch
-    from transformers import (
-        CLIPImageProcessorPil,
-        CLIPModel,
-        Gemma2Config,
-        Gemma2Model,
-        MllamaForConditionalGeneration,
-        MllamaImageProcessorPil,
-        Qwen3Config,
-        Qwen3Model,
-    )
+    from transformers import CLIPImageProcessorPil, CLIPModel
 
-    from .test_models import _ids, install_in_hub_cache, tiny_clip_config, tiny_mllama_config, word_tokenizer
+    from .test_models import install_in_hub_cache, save_mllama_twin, save_text_twin, tiny_clip_config
 
     base = tmp_path_factory.mktemp("twins")
     cache = base / "hub"
     cache.mkdir()
     torch.manual_seed(0)
-    common = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
-                  intermediate_size=32, max_position_embeddings=256)
-    for hub, kind, cfg_cls, model_cls, extra in (
-        ("google/gemma-2-9b", "gemma2", Gemma2Config, Gemma2Model, {"sliding_window": 8}),
-        ("Qwen/Qwen3-Embedding-4B", "qwen3", Qwen3Config, Qwen3Model, {}),
-    ):
-        tok = word_tokenizer(kind)
-        path = base / kind
-        model_cls(cfg_cls(vocab_size=len(tok), **common, **extra, **_ids(tok))).eval().save_pretrained(path)
-        tok.save_pretrained(path)
-        install_in_hub_cache(cache, hub, path)
-    tok = word_tokenizer("mllama")
-    path = base / "mllama"
-    MllamaForConditionalGeneration(tiny_mllama_config(len(tok), **_ids(tok))).eval().save_pretrained(path)
-    tok.save_pretrained(path)
-    MllamaImageProcessorPil(size={"height": 56, "width": 56}, max_image_tiles=4).save_pretrained(path)
-    install_in_hub_cache(cache, "meta-llama/Llama-3.2-11B-Vision-Instruct", path)
+    for hub, kind in (("google/gemma-2-9b", "gemma2"), ("Qwen/Qwen3-Embedding-4B", "qwen3")):
+        install_in_hub_cache(cache, hub, save_text_twin(kind, base / kind, width=16, depth=2, heads=2, kv_heads=1))
+    install_in_hub_cache(cache, "meta-llama/Llama-3.2-11B-Vision-Instruct", save_mllama_twin(base / "mllama"))
     clip = tiny_clip_config()
     CLIPModel(clip).eval().save_pretrained(base / "clip")
     CLIPImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}).save_pretrained(base / "clip")

@@ -139,11 +139,6 @@ def window_chunks(batches: list[EncodedBatch], positions: list[np.ndarray], size
         yield EncodedBatch(tokens=tokens, globals=globals_, lengths=ln, valid=valid, char_spans=spans, extra=extra)
 
 
-def merge_in_order(batches: list[EncodedBatch], positions: list[np.ndarray]) -> EncodedBatch:
-    """The whole window as one batch in sample order (:func:`window_chunks` in one chunk)."""
-    return next(window_chunks(batches, positions, sum(len(p) for p in positions)))
-
-
 def _text_lengths(enc, texts: list[str]) -> np.ndarray:
     """Token counts (the encoder's tokenizer when it has one, else characters) for bucketing."""
     tok = getattr(enc, "tokenizer", None)
