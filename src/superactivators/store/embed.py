@@ -7,8 +7,9 @@ that span annotations map to tokens through the tokenizer's offset mapping.
 Texts are batched by length: each window of ``batch_size * bucket_window`` consecutive samples
 is sorted by token count and cut into batches, so a batch pays for its own longest text, not
 for the longest of sixteen neighbours; the window's results go to the writer in sample order,
-one batch-sized chunk at a time (memory: one window of encoded tokens plus one chunk). Padding never reaches a stored token (attention
-masks; right padding), so the store is the same as with in-order batches.
+one batch-sized chunk at a time (memory: one window of encoded tokens plus one chunk). Padding
+never reaches a stored token (attention masks; right padding), so the store is the same as with
+in-order batches.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def span_token_bits(
     assert ds.spans is not None
     n_tok = int(lengths.sum())
     gt = np.zeros((n_tok, len(ds.concepts)), dtype=bool)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    starts = _excl_cumsum(lengths)
     for j, sid in enumerate(sample_ids):
         a0, a1 = starts[j], starts[j] + lengths[j]
         ta, tb = char_spans[a0:a1, 0], char_spans[a0:a1, 1]
