@@ -20,7 +20,8 @@ import torch
 
 from superactivators.concepts.kmeans import fit_token_kmeans, kmeans_concepts
 from superactivators.concepts.sae import SAEWeights, sae_concept_set
-from superactivators.evaluate.detect import MACRO, results_table
+from superactivators.evaluate.detect import results_table
+from superactivators.evaluate.methods import MACRO
 from superactivators.evaluate.matching import matched_results, summarise_units
 from superactivators.store.synth import SynthSpec, build_synthetic_store
 

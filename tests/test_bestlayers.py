@@ -13,14 +13,8 @@ from superactivators.evaluate.bestlayers import (
     best_layer_table,
     format_headline,
 )
-from superactivators.evaluate.detect import (
-    AGGREGATES,
-    MACRO,
-    MICRO,
-    PREDICTIONS_FILE,
-    WEIGHTED,
-    StagePredictions,
-)
+from superactivators.evaluate.detect import PREDICTIONS_FILE, StagePredictions
+from superactivators.evaluate.methods import AGGREGATES, MACRO, MICRO, WEIGHTED
 from superactivators.evaluate.sweep import best_layers, load_metrics
 from superactivators.store.runs import find_stages, find_store
 

@@ -7,7 +7,7 @@ import pytest
 
 from superactivators.cli import main
 from superactivators.evaluate.bestlayers import BEST_LAYERS_FILE
-from superactivators.evaluate.detect import WEIGHTED
+from superactivators.evaluate.methods import WEIGHTED
 from superactivators.report.compare import BEST, TIED, compare_runs
 
 

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from superactivators.evaluate.detect import MACRO, WEIGHTED, calibrate_method, results_table, run_detection
+from superactivators.evaluate.detect import calibrate_method, results_table, run_detection
+from superactivators.evaluate.methods import MACRO, WEIGHTED
 from superactivators.evaluate.scoring import ScoreSummary
 
 

@@ -12,7 +12,7 @@ from sklearn.exceptions import NotFittedError
 
 from superactivators import SuperActivatorDetector
 from superactivators.concepts.supervised import ConceptSet
-from superactivators.evaluate.detect import MACRO
+from superactivators.evaluate.methods import MACRO
 from superactivators.evaluate.estimator import (as_numpy, sample_offsets, store_activations,
                                                 token_labels_from_spans, tokens_from_padded)
 from superactivators.evaluate.scoring import score_globals

@@ -9,7 +9,8 @@ import pytest
 from superactivators.concepts.kmeans import fit_token_kmeans, kmeans_concepts
 from superactivators.config import config_from_dict
 from superactivators.evaluate.calibrate import tail_thresholds
-from superactivators.evaluate.detect import MACRO, METHODS, calibrate_method
+from superactivators.evaluate.detect import calibrate_method
+from superactivators.evaluate.methods import MACRO, METHODS
 from superactivators.evaluate.matching import (
     UnitSummary,
     match_units,

@@ -120,7 +120,7 @@ def test_sweep_layers_of_the_packaged_families():
 def test_smollm2_end_to_end_with_its_own_prompting(tmp_path):
     """The real SmolLM2 through the whole pipeline: two layers, every baseline, SmolLM2-Instruct prompted."""
     from superactivators.config import config_from_dict
-    from superactivators.evaluate.detect import METHODS
+    from superactivators.evaluate.methods import METHODS
     from superactivators.pipeline import run_pipeline
 
     from .conftest import write_small_emotions

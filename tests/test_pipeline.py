@@ -9,7 +9,7 @@ from superactivators.config import config_from_dict, load_config
 from superactivators.data.datasets import load_dataset
 from superactivators.encoders.base import EmbedConfig
 from superactivators.encoders.text import TextEncoder
-from superactivators.evaluate.detect import MACRO, METHODS, TAIL_METHODS
+from superactivators.evaluate.methods import MACRO, METHODS, TAIL_METHODS
 from superactivators.pipeline import run_pipeline
 from superactivators.store.embed import embed_dataset
 

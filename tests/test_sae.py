@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from superactivators.concepts.sae import SAEConceptSet, load_sae, resolve_sae_path, sae_concept_set, sae_store_layer
 from superactivators.config import config_from_dict
-from superactivators.evaluate.detect import MACRO, METHODS
+from superactivators.evaluate.methods import MACRO, METHODS
 from superactivators.evaluate.scoring import make_scorer
 from superactivators.pipeline import run_pipeline
 

@@ -11,7 +11,7 @@ import torch
 from superactivators.concepts.sae import load_sae, sae_concept_set
 from superactivators.concepts.sae_train import SAETrainOptions, train_sae
 from superactivators.config import config_from_dict
-from superactivators.evaluate.detect import MACRO
+from superactivators.evaluate.methods import MACRO
 from superactivators.evaluate.scoring import make_scorer
 from superactivators.pipeline import run_pipeline
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from superactivators.evaluate.detect import MACRO, MICRO, WEIGHTED
+from superactivators.evaluate.methods import MACRO, MICRO, WEIGHTED
 from superactivators.evaluate.sweep import aggregate_rows, best_layers, headline, layer_curve, load_metrics, sweep_macro
 
 

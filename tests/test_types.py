@@ -14,7 +14,7 @@ from superactivators.config import config_from_dict
 from superactivators.data.datasets import load_dataset
 from superactivators.detector import ConceptDetector
 from superactivators.encoders.text import TextEncoder
-from superactivators.evaluate.detect import MACRO
+from superactivators.evaluate.methods import MACRO
 from superactivators.evaluate.scoring import ScoreSummary, make_scorer
 from superactivators.pipeline import run_pipeline
 from superactivators.store.runs import find_stages

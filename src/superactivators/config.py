@@ -17,10 +17,9 @@ from .data.seed import KINDS as GROUND_TRUTH_KINDS
 from .encoders.base import EmbedConfig
 from .evaluate.attribution import ATTRIBUTIONS
 from .evaluate.calibrate import DEFAULT_GRID
-from .evaluate.detect import METHODS
+from .evaluate.methods import ALL_METHODS, METHODS, PROMPT_METHODS
 from .util.errors import ValidationError
 
-PROMPT_METHODS = ("prompt", "prompt_seed")
 #: ``protocol``: "ours" (the project's defaults) or "seed" (the seed study's choices where ours
 #: deliberately differ; docs/protocol.md lists each one and why)
 PROTOCOLS = ("ours", "seed")
@@ -187,9 +186,9 @@ class RunConfig:
         bad = [x for x in c.types if x not in CONCEPT_TYPES]
         if bad:
             out.append(f"concepts.types: unknown concept type(s) {bad}; choose from {list(CONCEPT_TYPES)}")
-        bad = [m for m in t.methods if m not in (*METHODS, *PROMPT_METHODS)]
+        bad = [m for m in t.methods if m not in ALL_METHODS]
         if bad:
-            out.append(f"detect.methods: unknown detection method(s) {bad}; choose from {[*METHODS, *PROMPT_METHODS]}")
+            out.append(f"detect.methods: unknown detection method(s) {bad}; choose from {list(ALL_METHODS)}")
         if set(PROMPT_METHODS) & set(t.methods) and not t.prompt_model:
             out.append("detect.methods: 'prompt' / 'prompt_seed' needs detect.prompt_model (a causal LM or VLM id/folder)")
         if t.prompt_chat not in ("auto", "always", "never"):

@@ -62,7 +62,7 @@ def decoder_demo_config(model: str, output_dir: str | Path, overrides: list[str]
     """The text demo on a packaged decoder: default sweep, every baseline, the model prompted itself."""
     if model not in DECODER_DEMOS:
         raise ValueError(f"demo --model must be one of minilm, {', '.join(DECODER_DEMOS)}; got {model!r}")
-    from .evaluate.detect import METHODS
+    from .evaluate.methods import METHODS
 
     data = {
         "name": f"demo-{model}",

@@ -21,7 +21,7 @@ from .concepts.supervised import ConceptSet
 from .concepts.types import load_concepts
 from .encoders.base import EmbedConfig
 from .encoders.factory import make_encoder
-from .evaluate.detect import MACRO, WEIGHTED
+from .evaluate.methods import MACRO, SA, WEIGHTED
 from .evaluate.scoring import make_scorer
 from .util.io import atomic_write_json
 
@@ -103,7 +103,7 @@ class ConceptDetector:
         run_dir = Path(run_dir)
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
         table = pd.read_csv(run_dir / "detection_metrics.csv")
-        rows = table[(table.method == "superactivator") & (table.concept_type == concept_type)
+        rows = table[(table.method == SA) & (table.concept_type == concept_type)
                      & ~table.concept.isin([MACRO, WEIGHTED])]
         if rows.empty:
             raise ValueError(f"{run_dir}: no SuperActivator results for concept type {concept_type!r}")

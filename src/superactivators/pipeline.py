@@ -33,17 +33,11 @@ from .encoders.base import ModelShape
 from .encoders.factory import image_encoder_for_run, make_encoder, model_shape
 from .evaluate.attribution import AttributionOptions, run_attributions
 from .evaluate.bestlayers import BestLayers, write_best_layers
-from .evaluate.detect import (
-    PREDICTIONS_FILE,
-    is_baseline,
-    macro_pivot,
-    results_table,
-    run_detection,
-    save_predictions,
-)
+from .evaluate.detect import PREDICTIONS_FILE, macro_pivot, results_table, run_detection, save_predictions
+from .evaluate.methods import PROMPT_METHOD_OF, SA, is_baseline
 from .evaluate.localize import localize_stage
 from .evaluate.matching import UnitSummary, labelled_set, match_to_concepts, summarise_units
-from .evaluate.prompting import METHOD_OF, PromptConfig, prompt_scores
+from .evaluate.prompting import PromptConfig, prompt_scores
 from .evaluate.scoring import ScoreSummary, summarise
 from .preflight import check_run, concept_types
 from .report.figdata import CURVES_FILE, HIST_FILE, HistogramAccumulator, save_curves
@@ -186,7 +180,7 @@ def check_concept_types(cfg: RunConfig, ds: Dataset, sdir: Path) -> list[Concept
 def ask_prompt_model(cfg: RunConfig, ds: Dataset, cache_dir: Path, progress: bool) -> dict[str, np.ndarray]:
     """Scores of the prompting methods the run asks for (``prompt``: margin, ``prompt_seed``: the seed's)."""
     out = {}
-    for protocol, method in METHOD_OF.items():
+    for protocol, method in PROMPT_METHOD_OF.items():
         if method in cfg.detect.methods:
             pcfg = PromptConfig(model=cfg.detect.prompt_model or "", protocol=protocol, chat=cfg.detect.prompt_chat,
                                 max_new_tokens=cfg.detect.prompt_max_new_tokens,
@@ -279,8 +273,8 @@ def format_macro(macro: pd.DataFrame) -> str:
     """Macro-F1 table with the SuperActivator margin over the best baseline."""
     df = macro.copy()
     plain = [c for c in df.columns if is_baseline(c)]
-    if "superactivator" in df.columns and plain:
-        df.insert(1, "margin_vs_best_baseline", df["superactivator"] - df[plain].max(axis=1))
+    if SA in df.columns and plain:
+        df.insert(1, "margin_vs_best_baseline", df[SA] - df[plain].max(axis=1))
     with pd.option_context("display.width", 200, "display.max_columns", 50):
         return df.round(3).to_string()
 

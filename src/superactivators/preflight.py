@@ -15,6 +15,7 @@ from .concepts.types import ConceptType, concept_type
 from .config import RunConfig
 from .data.checks import check_dataset, warn_positives_without_spans
 from .data.datasets import Dataset, DatasetError, load_dataset, usable_concepts, withhold_token_truth
+from .evaluate.methods import PROMPT_METHODS
 from .encoders.base import resolve_model_path
 from .encoders.checks import model_problems
 from .encoders.factory import model_shape
@@ -51,7 +52,7 @@ def check_run(cfg: RunConfig) -> Dataset:
             ds = ds.subset_concepts(keep)
     n_data = len(problems) - n_other
     problems += model_problems(cfg.embed, ds.modality if ds is not None else None)
-    if {"prompt", "prompt_seed"} & set(cfg.detect.methods) and cfg.detect.prompt_model:
+    if set(PROMPT_METHODS) & set(cfg.detect.methods) and cfg.detect.prompt_model:
         try:
             resolve_model_path(cfg.detect.prompt_model)
         except (OSError, ImportError) as err:

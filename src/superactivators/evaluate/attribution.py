@@ -46,6 +46,7 @@ from ..encoders.capture import LayerTap
 from ..store.tokens import TokenStore
 from .calibrate import tail_thresholds
 from .localize import LocMethodResult, _f1, localization_table, twostage_scores
+from .methods import LOC_SUPERACTIVATOR, LOC_TWOSTAGE, MACRO, SA
 from .metrics import Confusion
 from .scoring import make_scorer
 
@@ -581,7 +582,7 @@ def attribution_stage(store: TokenStore, cs: ConceptSet, adapter: _Adapter, load
     results: list[LocMethodResult] = []
     seconds: dict[str, float] = {}
     maps: dict[str, AttributionMaps] = {}
-    for name, ts in (("superactivator", False), ("twostage", True)):
+    for name, ts in ((LOC_SUPERACTIVATOR.name, False), (LOC_TWOSTAGE.name, True)):
         row = loc_table[(loc_table["method"] == name) & loc_table["concept"].isin(names)].set_index("concept")
         if row.empty:
             continue
@@ -622,7 +623,7 @@ def choose_attribution_jobs(jobs: Sequence[dict], layer: str | int, types: Seque
         if layer == "best":
             def cal_f1(j: dict) -> float:
                 t = j["loc"]
-                m = t[(t["method"] == "superactivator") & (t["concept"] == "__macro__")]["cal_f1"]
+                m = t[(t["method"] == LOC_SUPERACTIVATOR.name) & (t["concept"] == MACRO)]["cal_f1"]
                 return float(m.iloc[0]) if len(m) and np.isfinite(m.iloc[0]) else -1.0
             out.append(max(cand, key=cal_f1))
         else:
@@ -692,7 +693,7 @@ def run_attributions(make_encoder: Callable[[], Any], ds: Any, store: TokenStore
             continue
         if encoder is None:
             encoder = make_encoder()
-        sa = next(r for r in job["results"] if r.method == "superactivator")
+        sa = next(r for r in job["results"] if r.method == SA)
         detected = job["summary"].sample_scores["max_token"] >= sa.threshold[None, :]
         if ds.modality == "image":
             def load(ids: np.ndarray) -> list:

@@ -26,14 +26,8 @@ import pandas as pd
 
 from ..store.runs import find_stages, find_store
 from ..util.io import atomic_write_bytes
-from .detect import (
-    MACRO,
-    MICRO,
-    PREDICTIONS_FILE,
-    TAIL_METHODS,
-    WEIGHTED,
-    StagePredictions,
-)
+from .detect import PREDICTIONS_FILE, StagePredictions
+from .methods import MACRO, MICRO, SA, WEIGHTED, score_of
 from .scoring import ScoreSummary
 from .stats import ALPHA, DEFAULT_RESAMPLES, Bootstrap
 from .sweep import KEYS, aggregate_rows, best_layers, load_metrics, order_methods
@@ -42,7 +36,6 @@ log = logging.getLogger(__name__)
 
 BEST_LAYERS_FILE = "best_layers.csv"
 AGG_OF = {MACRO: "macro", WEIGHTED: "weighted", MICRO: "micro"}
-SA = "superactivator"
 
 
 @dataclass
@@ -94,7 +87,7 @@ def _stage_predictions(stage: Path, rows: pd.DataFrame, test_ids: np.ndarray) ->
     summ = ScoreSummary.load(stage / "summary.npz")
     out = {}
     for m, g in rows.groupby("method"):
-        key = "max_token" if m in TAIL_METHODS else m.split("@")[0]  # the tail methods threshold the max token
+        key = score_of(m)  # the tail methods threshold the max token
         if key not in summ.sample_scores:
             continue
         thr = g.set_index("concept")["threshold"].reindex(summ.names).to_numpy(float)

@@ -32,22 +32,9 @@ import pandas as pd
 from ..util.io import atomic_save_npz
 from .calibrate import DEFAULT_GRID, best_f1_thresholds, calibrate_tail, positive_populations
 from .metrics import Confusion, f1_grid
+from .methods import BY_NAME, MACRO, METHODS, WEIGHTED, variant
 from .scoring import ScoreSummary
 
-BASELINES = ("global", "max_token", "mean_token", "last_token", "random_token")
-METHODS = ("superactivator", "superactivator_sample", *BASELINES)
-#: methods that threshold the max token against a token-level tail (not baselines)
-TAIL_METHODS = ("superactivator", "superactivator_sample")
-
-
-def is_baseline(method: str) -> bool:
-    """A plain (tail-calibrated) baseline: not a SuperActivator variant, not ``@best_threshold``."""
-    return method not in TAIL_METHODS and "@" not in method
-DECISION_METHODS = ("prompt_seed",)  # scores are 0/1 answers (NaN where not asked)
-MACRO = "__macro__"
-WEIGHTED = "__weighted__"
-MICRO = "__micro__"  # pooled counts over concepts (best_layers.csv)
-AGGREGATES = (MACRO, WEIGHTED, MICRO)
 PREDICTIONS_FILE = "predictions.npz"  # per stage: every method's test predictions (bootstrap)
 RATES = ("precision", "recall", "f1", "accuracy", "fpr", "tnr", "fnr")
 
@@ -99,7 +86,7 @@ def calibrate_best_threshold(method: str, scores: np.ndarray, labels: np.ndarray
     thr, f1 = best_f1_thresholds(scores[cal], labels[cal])
     pred = scores[test] >= thr
     return MethodResult(
-        method=f"{method}@best_threshold", names=names, threshold=thr, n_pct=np.full(len(names), np.nan),
+        method=variant(method), names=names, threshold=thr, n_pct=np.full(len(names), np.nan),
         cal_f1=f1, test=Confusion.from_predictions(pred, labels[test]), test_pred=pred,
     )
 
@@ -132,28 +119,29 @@ def run_detection(
     cal = splits == "cal"
     out: list[MethodResult] = []
     for m in methods:
-        if m in DECISION_METHODS:
+        rec = BY_NAME.get(m)
+        if rec is None:
+            continue
+        if rec.kind == "decision":
             if m in summary.sample_scores:
                 out.append(decision_result(m, summary.sample_scores[m], labels, splits, summary.names))
             continue
-        if m == "superactivator":
-            scores = summary.sample_scores["max_token"]
-            pops = summary.cal_in_concept
-        elif m == "superactivator_sample":
+        if rec.population == "in_concept_tokens":
+            scores, pops = summary.sample_scores[rec.score], summary.cal_in_concept
+        elif rec.population == "top_tokens":
             if m not in summary.populations:  # a summary cached before the variant existed
                 continue
-            scores = summary.sample_scores["max_token"]
-            pops = summary.populations[m]
-        elif m in summary.method_scores or m in summary.sample_scores:
+            scores, pops = summary.sample_scores[rec.score], summary.populations[m]
+        elif m in summary.method_scores or rec.score in summary.sample_scores:
             # unlabelled types: a baseline's own matched unit (method_scores) has no separate population
-            scores = summary.method_scores.get(m, summary.sample_scores.get(m))
+            scores = summary.method_scores.get(m, summary.sample_scores.get(rec.score))
             own = None if m in summary.method_scores else summary.populations.get(m)
             pops = own or positive_populations(scores[cal], labels[cal])
         else:
             continue
         out.append(calibrate_method(m, scores, pops, labels, splits, summary.names, grid))
-        if best_threshold and m not in TAIL_METHODS:
-            free = summary.method_scores.get(f"{m}@best_threshold", scores)
+        if best_threshold and rec.free_reference:
+            free = summary.method_scores.get(variant(m), scores)
             out.append(calibrate_best_threshold(m, free, labels, splits, summary.names))
     return out
 

@@ -36,13 +36,15 @@ from sklearn.base import BaseEstimator
 from ..concepts.supervised import ConceptSet
 from ..store.tokens import TokenStore
 from .calibrate import DEFAULT_GRID, best_f1_thresholds, calibrate_tail, positive_populations
-from .detect import BASELINES, MACRO, MethodResult, results_table
+from .detect import MethodResult, results_table
+from .methods import BY_NAME, DETECTION, GLOBAL, MACRO, SA, Method, split, variant
 from .metrics import Confusion
 from .scoring import group_by_concept, in_concept_values, make_scorer, segment_scores
 
-ESTIMATOR_METHODS: tuple[str, ...] = ("superactivator", *BASELINES, *(f"{m}@best_threshold" for m in BASELINES))
-_REDUCTION = {"superactivator": "max_token", "max_token": "max_token", "mean_token": "mean_token",
-              "last_token": "last_token", "random_token": "random_token"}
+ESTIMATOR_METHODS: tuple[str, ...] = (
+    *(m.name for m in DETECTION if m.in_estimator),
+    *(variant(m.name) for m in DETECTION if m.in_estimator and m.free_reference),
+)
 
 
 def as_numpy(x, name: str, float_out: bool = False) -> np.ndarray:
@@ -169,7 +171,7 @@ class SuperActivatorDetector(BaseEstimator):
     ``concept_names_``, ``n_concepts_``, ``n_features_in_``.
     """
 
-    def __init__(self, grid: Sequence[float] = DEFAULT_GRID, method: str = "superactivator", concept_vectors=None,
+    def __init__(self, grid: Sequence[float] = DEFAULT_GRID, method: str = SA, concept_vectors=None,
                  scoring: str = "cosine", bias=None, center=None, scale: float = 1.0,
                  concept_names: Sequence[str] | None = None, random_state: int = 0):
         self.grid = grid
@@ -183,11 +185,12 @@ class SuperActivatorDetector(BaseEstimator):
         self.random_state = random_state
 
     # --- inputs -----------------------------------------------------------------------------
-    def _parts(self) -> tuple[str, bool]:
+    def _parts(self) -> tuple[Method, bool]:
+        """The method's record, and whether its threshold is chosen freely (``@best_threshold``)."""
         if self.method not in ESTIMATOR_METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose from {list(ESTIMATOR_METHODS)}")
-        base, _, free = self.method.partition("@")
-        return base, bool(free)
+        base, free = split(self.method)
+        return BY_NAME[base], bool(free)
 
     def _concept_set(self) -> ConceptSet | None:
         cv = self.concept_vectors
@@ -254,14 +257,14 @@ class SuperActivatorDetector(BaseEstimator):
         return A, offsets, v, gt
 
     def _sample_scores(self, A: np.ndarray, offsets: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
-        base, _ = self._parts()
+        rec, _ = self._parts()
         n = len(offsets) - 1
-        if base == "global":
+        if rec.score == GLOBAL.score:
             if len(A) != n:
                 raise ValueError(f"method 'global' takes one activation row per sample (the global token); "
                                  f"got {len(A)} rows for {n} samples")
             return A
-        red = _REDUCTION[base]
+        red = rec.score
         u = np.random.default_rng(self.random_state).random(n) if red == "random_token" else None
         return segment_scores(A, offsets[:-1], valid, u, which=(red,))[red]
 
@@ -276,7 +279,7 @@ class SuperActivatorDetector(BaseEstimator):
         in-concept: a weak regime for the method (most of that population is noise), warned
         about. ``valid [T]``: False for padding tokens, which never count.
         """
-        base, free = self._parts()
+        rec, free = self._parts()
         cs = self._concept_set()
         self.concept_set_ = cs
         labels = self._labels(sample_labels)
@@ -290,7 +293,7 @@ class SuperActivatorDetector(BaseEstimator):
             self.thresholds_, self.n_pct_, self.cal_f1_ = thr, np.full(C, np.nan), f1
             self.threshold_grid_ = self.cal_f1_curve_ = None
         else:
-            if base == "superactivator":
+            if rec.population == "in_concept_tokens":
                 if gt is None:
                     warnings.warn("no token_labels: every token of a positive sample counts as in-concept, a weak "
                                   "regime for SuperActivators (most of that population is noise)", stacklevel=2)
@@ -345,8 +348,8 @@ class SuperActivatorDetector(BaseEstimator):
         """``[T, C]`` bool, in the input's row order: the SuperActivators, tokens whose activation
         reaches the concept's threshold (padding never)."""
         self._check_fitted()
-        base, _ = self._parts()
-        if base not in ("superactivator", "max_token"):
+        rec, _ = self._parts()
+        if not rec.token_threshold:
             raise ValueError(f"predict_tokens needs a token-level threshold; method {self.method!r} thresholds "
                              "a per-sample aggregate")
         A = self._activations(token_activations)

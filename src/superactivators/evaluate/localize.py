@@ -47,16 +47,14 @@ from ..concepts.supervised import ConceptSet
 from ..store.tokens import Shard, TokenStore
 from ..util.io import atomic_write_bytes
 from .calibrate import DEFAULT_GRID, TAIL_RULE, tail_thresholds
+from .methods import LOC_METHODS, LOC_SUPERACTIVATOR, MACRO, SA
 from .metrics import Confusion
 from .scoring import PassContext, ScoreSummary, make_scorer, score_store
 
-LOC_METHODS = ("superactivator", "superactivator_joint", "twostage", "positive", "topk", "random",
-               "always_positive", "always_negative")
 #: Added to the detection grid for localisation: its optimum keeps most in-concept tokens (on the
 #: image demo, N = 95 %, the detection grid's broadest value, won for 131 of 168 concept x layer x
 #: type cells), so the grid goes on to the minimum of the in-concept population (N = 100 %).
 LOC_GRID_EXTRA: tuple[float, ...] = (97.5, 99.0, 100.0)
-MACRO = "__macro__"
 SPLIT_IDS = {"cal": 0, "test": 1}
 
 
@@ -254,7 +252,7 @@ class LocalizationCounter:
         ff1 = np.where(np.isnan(loc_thr), -1.0, _f1(ftp[:, 0], ffp[:, 0], self.n_gt[0][:, None]))
         best = np.argmax(ff1, axis=1)
         tail = LocMethodResult(
-            "superactivator", names, self._confusion(1, ftp[rows, 1, best], ffp[rows, 1, best]),
+            LOC_SUPERACTIVATOR.name, names, self._confusion(1, ftp[rows, 1, best], ffp[rows, 1, best]),
             cal_f1=np.maximum(ff1[rows, best], 0.0), n_pct=lg[best], threshold=loc_thr[rows, best],
             k=np.full(C, -1), n_det=np.asarray(fixed_n, dtype=float),
         )
@@ -505,9 +503,9 @@ def localize_stage(
     path = Path(stage_dir) / f"localization_{stable_hash([list(grid), loc_grid, LOC_METHODS, seed, TAIL_RULE], 8)}.csv"
     if path.exists():
         return pd.read_csv(path)
-    sa = next((r for r in detection if r.method == "superactivator"), None)
+    sa = next((r for r in detection if r.method == SA), None)
     if sa is None:
-        raise ValueError("localisation needs the 'superactivator' detection method (detect.methods)")
+        raise ValueError(f"localisation needs the {SA!r} detection method (detect.methods)")
     det_n = np.where(np.isfinite(sa.threshold), sa.n_pct, np.nan)
     res = localize(store, concept_set(), summary.sample_scores["max_token"], summary.cal_in_concept, grid,
                    det_n, loc_grid, device, seed)

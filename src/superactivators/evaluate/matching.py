@@ -42,7 +42,8 @@ from ..concepts.supervised import ConceptSet
 from ..store.tokens import Shard, TokenStore
 from ..util.io import atomic_save_npz
 from .calibrate import DEFAULT_GRID, best_f1_thresholds, column_tail_thresholds
-from .detect import BASELINES, METHODS, MethodResult, run_detection
+from .detect import MethodResult, run_detection
+from .methods import BASELINES, BY_NAME, GLOBAL, METHODS, SA, base_of, variant
 from .scoring import PassContext, SampleReducer, ScoreSummary, make_scorer
 
 BLOCK_BYTES = 256 << 20  # activations held at once while scoring
@@ -260,13 +261,14 @@ def match_units(summary: UnitSummary, labels: np.ndarray, splits: np.ndarray, me
     cal = splits == "cal"
     out: list[Match] = []
     for m in methods:
-        if m == "superactivator":
-            S = summary.sample_scores["max_token"][:, summary.cal_units]
+        rec = BY_NAME.get(m)
+        if rec is not None and rec.population == "in_concept_tokens":
+            S = summary.sample_scores[rec.score][:, summary.cal_units]
             mt = match_tail(m, S, lambda c: summary.cal_acts[summary.cal_truth[:, c]], labels, splits, grid)
             mt.unit = summary.cal_units[mt.unit]
             if len(summary.cal_units) < len(summary.unit_names):  # preselected: check the bound
                 others = np.setdiff1d(np.arange(len(summary.unit_names)), summary.cal_units)
-                full = summary.sample_scores["max_token"]
+                full = summary.sample_scores[rec.score]
                 for c in range(labels.shape[1]):
                     bound = free_threshold_f1(full[cal][:, others], labels[cal, c]).max()
                     mt.exact[c] = mt.cal_f1[c] >= bound
@@ -277,7 +279,7 @@ def match_units(summary: UnitSummary, labels: np.ndarray, splits: np.ndarray, me
         S = summary.sample_scores[m]
         out.append(match_tail(m, S, lambda c: S[cal & labels[:, c]], labels, splits, grid))
         if best_threshold:
-            out.append(match_free(f"{m}@best_threshold", S, labels, splits))
+            out.append(match_free(variant(m), S, labels, splits))
     return out
 
 
@@ -306,19 +308,19 @@ def match_to_concepts(summary: UnitSummary, labels: np.ndarray, splits: np.ndarr
     grid only; detection then picks the requested methods.
     """
     labels = labels.astype(bool)
-    methods = ["superactivator", *(m for m in BASELINES if m in summary.sample_scores)]
+    methods = [SA, *(m for m in BASELINES if m in summary.sample_scores)]
     matches = {mt.method: mt for mt in match_units(summary, labels, splits, methods, grid, True)}
-    sa = matches["superactivator"].unit
+    sa = matches[SA].unit
     local = np.searchsorted(summary.cal_units, sa)
     scores = {k: v[:, sa] for k, v in summary.sample_scores.items() if k != "global"}
     gunits = matches["global"].unit if "global" in matches else None
     if gunits is not None:
         scores["global"] = summary.sample_scores["global"][:, gunits]
-    own = {m: summary.sample_scores[m.split("@")[0]][:, mt.unit] for m, mt in matches.items() if m != "superactivator"}
+    own = {m: summary.sample_scores[base_of(m)][:, mt.unit] for m, mt in matches.items() if m != SA}
     pops = [summary.cal_acts[summary.cal_truth[:, c], local[c]] for c in range(len(names))]
     rows = []
     for m, mt in matches.items():
-        unit_names = summary.global_names if m.split("@")[0] == "global" else summary.unit_names
+        unit_names = summary.global_names if base_of(m) == GLOBAL.name else summary.unit_names
         rows += [{"method": m, "concept": n, "unit": int(u), "unit_name": unit_names[u],
                   "match_cal_f1": float(f), "exact": bool(e)}
                  for n, u, f, e in zip(names, mt.unit, mt.cal_f1, mt.exact)]

@@ -63,7 +63,6 @@ SEED_IMAGE_INSTRUCTION = (
     "If unsure of the answer, try to choose the best option."
 )
 PROTOCOLS = ("margin", "seed")
-METHOD_OF = {"margin": "prompt", "seed": "prompt_seed"}
 _FINAL = re.compile(r"\*{0,2}\s*final\s+answer\s*\*{0,2}\s*:\s*\*{0,2}", re.IGNORECASE)
 
 

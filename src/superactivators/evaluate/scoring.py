@@ -19,6 +19,7 @@ import torch
 from ..concepts.supervised import ConceptSet
 from ..store.tokens import Shard, TokenStore
 from ..util.io import atomic_save_npz
+from .methods import RANDOM_TOKEN, SUPERACTIVATOR_SAMPLE
 from .quantiles import float_keys, keys_to_floats
 
 
@@ -459,8 +460,8 @@ def summarise(store: TokenStore, cs: ConceptSet, global_cs: ConceptSet | None, s
         scores["global"] = score_globals(store, global_cs)
     pops: dict[str, list[np.ndarray]] = {}
     if top is not None:
-        pops["superactivator_sample"] = top.per_concept()
+        pops[SUPERACTIVATOR_SAMPLE.name] = top.per_concept()
     if draw is not None:
         pos = store.labels[:, concept_idx].astype(bool) & cal_mask[:, None]
-        pops["random_token"] = [draw.random[pos[:, c], c] for c in range(len(cs.names))]
+        pops[RANDOM_TOKEN.name] = [draw.random[pos[:, c], c] for c in range(len(cs.names))]
     return ScoreSummary(list(cs.names), scores, cal.per_concept(), pops)

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .detect import AGGREGATES, MACRO, METHODS, MICRO, RATES, WEIGHTED, is_baseline
+from .detect import RATES
+from .methods import AGGREGATES, MACRO, METHODS, MICRO, SA, WEIGHTED, is_baseline
 from .metrics import Confusion
 
 KEYS = ["concept_type", "method", "concept"]
@@ -127,11 +128,11 @@ def headline(macro: pd.DataFrame, concept_type: str) -> dict[str, float | str]:
     thresholds are tuned freely on cal and serve as an upper reference).
     """
     m = macro[macro["concept_type"] == concept_type].set_index("method")["f1"]
-    if "superactivator" not in m.index:
-        raise ValueError(f"no superactivator rows for concept type {concept_type!r}")
+    if SA not in m.index:
+        raise ValueError(f"no {SA} rows for concept type {concept_type!r}")
     base = m[[k for k in m.index if is_baseline(k)]]
-    out: dict[str, float | str] = {"concept_type": concept_type, "superactivator": float(m["superactivator"])}
+    out: dict[str, float | str] = {"concept_type": concept_type, SA: float(m[SA])}
     if len(base):
         out.update(best_baseline=str(base.idxmax()), baseline_f1=float(base.max()),
-                   margin=float(m["superactivator"] - base.max()))
+                   margin=float(m[SA] - base.max()))
     return out

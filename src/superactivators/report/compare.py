@@ -19,7 +19,7 @@ import pandas as pd
 import yaml
 
 from ..evaluate.bestlayers import best_layer_table
-from ..evaluate.detect import METHODS, WEIGHTED
+from ..evaluate.methods import METHODS, WEIGHTED, has_variant
 from ..evaluate.stats import ALPHA, DEFAULT_RESAMPLES
 from ..util.io import atomic_write_bytes
 
@@ -119,7 +119,7 @@ def compare_runs(run_dirs: Sequence[str | Path], n_resamples: int = DEFAULT_RESA
         notes += [f"{rd}: {n}" for n in res.notes]
         t = res.table[res.table["concept"] == WEIGHTED]
         if not all_methods:
-            t = t[~t["method"].str.contains("@")]
+            t = t[~t["method"].map(has_variant)]
         for ct, g in t.groupby("concept_type", sort=False):
             g = g.set_index("method")
             best = str(g["f1"].idxmax())

@@ -28,6 +28,9 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
+from ..evaluate import methods as records  # noqa: E402
+from ..evaluate.methods import SA, SUPERACTIVATOR_SAMPLE  # noqa: E402
+
 OKABE_ITO = {
     "black": "#000000", "orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73",
     "yellow": "#F0E442", "blue": "#0072B2", "vermillion": "#D55E00", "purple": "#CC79A7",
@@ -37,17 +40,12 @@ IN_C = OKABE_ITO["orange"]
 OUT_C = OKABE_ITO["sky"]
 # one colour per method; SuperActivator always vermillion
 METHOD_COLORS = {
-    "superactivator": SUPER, "global": OKABE_ITO["blue"], "max_token": OKABE_ITO["green"],
+    SA: SUPER, "global": OKABE_ITO["blue"], "max_token": OKABE_ITO["green"],
     "mean_token": OKABE_ITO["purple"], "last_token": OKABE_ITO["orange"], "random_token": "#7f7f7f",
-    "superactivator_sample": OKABE_ITO["black"],
+    SUPERACTIVATOR_SAMPLE.name: OKABE_ITO["black"],
 }
 # lines next to a vermillion SuperActivator line (vermillion left out; yellow last, it is faint on white)
 LINE_COLORS = [OKABE_ITO[k] for k in ("blue", "orange", "green", "purple", "sky", "black", "yellow")]
-METHOD_LABELS = {
-    "superactivator": "SuperActivator", "global": "global (CLS/pooled)", "max_token": "max token",
-    "mean_token": "mean token", "last_token": "last token", "random_token": "random token",
-    "superactivator_sample": "SuperActivator (sample labels)",
-}
 STYLE = {
     "font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9.5,
     "xtick.labelsize": 10, "ytick.labelsize": 10, "axes.spines.top": False, "axes.spines.right": False,
@@ -57,8 +55,8 @@ STYLE = {
 
 
 def method_label(m: str) -> str:
-    base, _, suffix = m.partition("@")
-    return METHOD_LABELS.get(base, base) + (" @best thr." if suffix else "")
+    """Display name of a result row (the method record's label, its variant marked)."""
+    return records.label(m)
 
 
 def new_figure(w: float, h: float, ncols: int = 1, margins: dict | None = None, **kw) -> tuple[Figure, np.ndarray]:
@@ -266,19 +264,19 @@ def method_comparison_figure(per_concept: pd.DataFrame, title: str, methods: Seq
     for i, m in enumerate(methods):
         f = per_concept.loc[per_concept["method"] == m, "f1"].to_numpy(float)
         y = len(methods) - 1 - i
-        color = METHOD_COLORS.get(m.split("@")[0], "#7f7f7f")
+        color = METHOD_COLORS.get(records.base_of(m), "#7f7f7f")
         has = summary is not None and m in summary.index
         value = float(summary.loc[m, "f1"]) if has else (float(np.nanmean(f)) if f.size else np.nan)
         err = float(summary.loc[m, "f1_err"]) if has and "f1_err" in summary.columns else np.nan
-        ax.barh(y, value, height=0.62, color=color, alpha=0.9 if m == "superactivator" else 0.55,
-                hatch="//" if "@" in m else None, edgecolor="black" if m == "superactivator" else "none",
+        ax.barh(y, value, height=0.62, color=color, alpha=0.9 if m == SA else 0.55,
+                hatch="//" if records.has_variant(m) else None, edgecolor="black" if m == SA else "none",
                 xerr=err if np.isfinite(err) else None, error_kw={"ecolor": "black", "capsize": 4, "lw": 1.3})
         ax.scatter(f, y + rng.uniform(-0.18, 0.18, f.size), s=14, color="black", alpha=0.6, zorder=3, linewidths=0)
         label = f"{value:.3f}" + (f" ± {err:.3f}" if np.isfinite(err) else "")
         ax.text(0.012, y, label, va="center", ha="left", fontsize=10.5, zorder=4,
-                fontweight="bold" if m == "superactivator" else "normal", color="white" if m == "superactivator" else "black")
+                fontweight="bold" if m == SA else "normal", color="white" if m == SA else "black")
         p = float(summary.loc[m, "sa_p"]) if has and "sa_p" in summary.columns else np.nan
-        if m != "superactivator" and np.isfinite(p):
+        if m != SA and np.isfinite(p):
             lower = has and "sa_diff" in summary.columns and float(summary.loc[m, "sa_diff"]) < 0
             mark = "SA better *" if p < 0.05 else ("SA lower, n.s." if lower else "n.s.")
             ax.text(1.04, y, f"{mark}\np = {p:.3f}", va="center", ha="left", fontsize=9, transform=ax.get_yaxis_transform(),
@@ -294,7 +292,7 @@ def method_comparison_figure(per_concept: pd.DataFrame, title: str, methods: Seq
 
 
 def best_layer_histogram_figure(best: pd.DataFrame, concept_types: Sequence[str], layers: Sequence[int],
-                                method: str = "superactivator") -> Figure:
+                                method: str = SA) -> Figure:
     """How many concepts chose each layer (on cal), one panel per concept type (as the seed plots).
 
     ``best`` has columns concept_type, method, concept, best_layer (one row per concept).
@@ -304,7 +302,7 @@ def best_layer_histogram_figure(best: pd.DataFrame, concept_types: Sequence[str]
     for ax, ct in zip(axes, concept_types):
         b = best[(best["concept_type"] == ct) & (best["method"] == method)]["best_layer"].dropna().astype(int)
         counts = np.array([(b == layer).sum() for layer in layers])
-        ax.bar(layers, counts, color=SUPER if method == "superactivator" else "#7f7f7f", width=0.75)
+        ax.bar(layers, counts, color=SUPER if method == SA else "#7f7f7f", width=0.75)
         ax.set_xticks(layers)
         ax.set_xlabel("best layer (chosen on cal)")
         ax.set_title(f"{ct}: {len(b)} concepts, {method_label(method)}", loc="left")
@@ -329,11 +327,11 @@ def layer_sweep_figure(curve: pd.DataFrame, concept_types: Sequence[str], swept:
             if s.empty:
                 continue
             color = METHOD_COLORS.get(m, "#7f7f7f")
-            sup = m == "superactivator"
+            sup = m == SA
             ax.plot(s["layer"], s["f1"], "-o", color=color, linewidth=3 if sup else 1.6, markersize=5 if sup else 3.5,
                     label=method_label(m), zorder=4 if sup else 2)
         if swept is not None:
-            sw = swept[(swept["concept_type"] == ct) & (swept["method"] == "superactivator")]
+            sw = swept[(swept["concept_type"] == ct) & (swept["method"] == SA)]
             if len(sw):
                 v = float(sw["f1"].iloc[0])
                 ax.axhline(v, color=SUPER, linestyle=":", linewidth=1.5)

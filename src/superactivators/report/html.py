@@ -33,7 +33,8 @@ import yaml
 from ..concepts.types import load_concepts
 from ..evaluate.calibrate import DEFAULT_GRID
 from ..data.datasets import SAMPLE_LABELS_NOTE
-from ..evaluate.detect import MACRO, METHODS, WEIGHTED, is_baseline, run_detection
+from ..evaluate.detect import run_detection
+from ..evaluate.methods import MACRO, METHODS, SA, WEIGHTED, has_variant, is_baseline
 from ..evaluate.scoring import ScoreSummary
 from ..evaluate.bestlayers import BEST_LAYERS_FILE, write_best_layers
 from ..evaluate.stats import DEFAULT_RESAMPLES
@@ -169,7 +170,7 @@ class ReportBuilder:
         layers = sorted({s.layer for s in stages} | set(int(v) for v in table["layer"].unique()))
         names = list(store.concepts)
         slugs = {c: slug(i, c) for i, c in enumerate(names)}
-        plain = [m for m in dict.fromkeys(best["method"]) if "@" not in m]
+        plain = [m for m in dict.fromkeys(best["method"]) if not has_variant(m)]
         # layer sweep and method comparison at each concept's best layer
         self.fig("sweep", "all", partial(F.layer_sweep_figure, curve, ctypes, macro, plain), "sweep_macro_f1")
         rows = per_concept_rows(table)
@@ -186,7 +187,7 @@ class ReportBuilder:
                                                  summ if len(summ) else None),
                      f"methods_{ct}_best")
         by_stage = {(s.concept_type, s.layer): s for s in stages}
-        sa = table[table["method"] == "superactivator"].set_index(["concept_type", "layer", "concept"])
+        sa = table[table["method"] == SA].set_index(["concept_type", "layer", "concept"])
         for (ct, layer), st in sorted(by_stage.items()):
             sub = rows[(rows["concept_type"] == ct) & (rows["layer"] == layer)]
             self.fig("methods_layer", f"{ct}|{layer}",
@@ -211,7 +212,7 @@ class ReportBuilder:
     def _stage_figures(self, ct: str, layer: int, hist: TokenHistograms, curves: F1Curves, sa: pd.DataFrame,
                        names: list[str], slugs: dict[str, str]) -> None:
         grid = curves.grid
-        test_c, cal_c = curves.test.get("superactivator"), curves.cal.get("superactivator")
+        test_c, cal_c = curves.test.get(SA), curves.cal.get(SA)
         for c, name in enumerate(hist.names):
             thr, npct = (float(sa.loc[(ct, layer, name), "threshold"]), float(sa.loc[(ct, layer, name), "n_pct"])) \
                 if (ct, layer, name) in sa.index else (np.nan, np.nan)
@@ -236,8 +237,8 @@ class ReportBuilder:
             if st is None:
                 continue
             cv = ensure_curves(st, store, grid, methods)
-            if "superactivator" in cv.test:
-                rows.append(np.nanmean(cv.test["superactivator"], axis=0))
+            if SA in cv.test:
+                rows.append(np.nanmean(cv.test[SA], axis=0))
                 labels.append(f"layer {layer}")
                 g = cv.grid
         if rows:
@@ -260,7 +261,7 @@ class ReportBuilder:
             own = [s for (t, _), s in sorted(by_stage.items()) if t == ct]
             if not own:
                 continue
-            bsa = best[(best["concept_type"] == ct) & (best["method"] == "superactivator")].set_index("concept")
+            bsa = best[(best["concept_type"] == ct) & (best["method"] == SA)].set_index("concept")
             chosen: dict[str, list[tuple[int, str]]] = {}
             for c, name in enumerate(names):
                 bl = int(bsa.loc[name, "best_layer"]) if name in bsa.index else own[0].layer
@@ -369,18 +370,18 @@ class ReportBuilder:
         bl = self.best_table
         w = bl[(bl["concept_type"] == ct) & (bl["concept"] == WEIGHTED)].set_index("method") \
             if bl is not None else pd.DataFrame()
-        if "superactivator" not in w.index:  # no best_layers table: the macro headline
+        if SA not in w.index:  # no best_layers table: the macro headline
             margin = h.get("margin")
             sign = "good" if margin is not None and margin >= 0 else "bad"
             base = (f"vs <b>{h['baseline_f1']:.3f}</b> for the best baseline ({F.method_label(str(h['best_baseline']))})"
                     f" <span class='delta {sign}'>{margin:+.3f}</span>") if margin is not None else ""
             return (f"<div class='card'><div class='card-t'>{html.escape(ct)} concepts</div>"
-                    f"<div class='big'>{h['superactivator']:.3f}</div><div>SuperActivator macro test F1 {base}</div></div>")
+                    f"<div class='big'>{h[SA]:.3f}</div><div>SuperActivator macro test F1 {base}</div></div>")
 
         def pm(r: pd.Series) -> str:
             return f" ± {r['f1_err']:.3f}" if pd.notna(r.get("f1_err", np.nan)) else ""
 
-        sa = w.loc["superactivator"]
+        sa = w.loc[SA]
         base_rows = w[[is_baseline(m) for m in w.index]]
         text = ""
         if len(base_rows):
@@ -396,12 +397,12 @@ class ReportBuilder:
         return (f"<div class='card'><div class='card-t'>{html.escape(ct)} concepts</div>"
                 f"<div class='big'>{sa['f1']:.3f}<span class='pm'>{pm(sa)}</span></div>"
                 f"<div>SuperActivator test F1 weighted by test positives (the paper's number; macro "
-                f"{h['superactivator']:.3f})</div>{text}</div>")
+                f"{h[SA]:.3f})</div>{text}</div>")
 
     def _layer_choice(self) -> pd.DataFrame:
         """SuperActivator's row per concept: its layer, N, test F1 and 95 % interval."""
         bl = self.best_table
-        rows = bl[(bl["method"] == "superactivator") & bl["best_layer"].notna()]
+        rows = bl[(bl["method"] == SA) & bl["best_layer"].notna()]
         cols = [c for c in ("concept_type", "concept", "best_layer", "n_pct", "cal_f1", "f1", "f1_lo", "f1_hi", "support")
                 if c in rows.columns]
         return rows[cols].rename(columns={"best_layer": "best layer", "n_pct": "N %", "f1": "test F1"})
@@ -415,7 +416,7 @@ class ReportBuilder:
             heads.insert(0, "<div class='card' id='sample-labels-note'><div class='card-t'>sample labels only</div>"
                             f"<div>{html.escape(SAMPLE_LABELS_NOTE[0].upper() + SAMPLE_LABELS_NOTE[1:])}</div></div>")
         # first view: the first concept type at the layer where SuperActivator's macro F1 on cal peaks
-        sa_curve = curve[(curve["method"] == "superactivator") & (curve["concept_type"] == ctypes[0])]
+        sa_curve = curve[(curve["method"] == SA) & (curve["concept_type"] == ctypes[0])]
         rank = "cal_f1" if "cal_f1" in sa_curve else "f1"
         default_layer = (int(sa_curve.sort_values([rank, "layer"], ascending=[False, True])["layer"].iloc[0])
                          if len(sa_curve) else layers[0])
@@ -480,7 +481,7 @@ def html_table(df: pd.DataFrame, table_id: str = "", sortable: bool = True, filt
                 cells.append(f"<td class='n' data-v='{fv if np.isfinite(fv) else ''}'>{txt}</td>")
             else:
                 s = str(v)
-                cls = " class='sa'" if s == "superactivator" else ""
+                cls = " class='sa'" if s == SA else ""
                 cells.append(f"<td{cls}>{html.escape(s)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     attrs = (f" id='{table_id}'" if table_id else "") + (" class='sortable'" if sortable else "")

@@ -18,12 +18,11 @@ import numpy as np
 import pandas as pd
 
 from ..evaluate.attribution import MAPS_FILE, load_maps
-from ..evaluate.localize import LOC_METHODS, MACRO
+from ..evaluate.methods import ACTIVATION_MAPS, LOC_METHODS, MACRO, SA
 from ..store.tokens import TokenStore
 from . import figures as F
 
 MAP_EXAMPLES = 3  # test samples per concept in the maps
-ACTIVATION_MAPS = ("superactivator", "twostage")
 
 
 def _macro(table: pd.DataFrame, ct: str, layer: int) -> pd.DataFrame:
@@ -36,7 +35,7 @@ def pick_layer(loc: pd.DataFrame, attr: pd.DataFrame | None, ct: str) -> int | N
     """The attributed layer of ``ct``, else the layer of the best SuperActivator ``cal`` localisation F1."""
     if attr is not None and (attr["concept_type"] == ct).any():
         return int(attr.loc[attr["concept_type"] == ct, "layer"].iloc[0])
-    sa = loc[(loc["concept_type"] == ct) & (loc["method"] == "superactivator") & (loc["concept"] == MACRO)]
+    sa = loc[(loc["concept_type"] == ct) & (loc["method"] == SA) & (loc["concept"] == MACRO)]
     if sa.empty:
         return None
     return int(sa.sort_values(["cal_f1", "layer"], ascending=[False, True])["layer"].iloc[0])

@@ -1,0 +1,169 @@
+"""Every detection and localisation method, declared once (no torch, no numpy).
+
+A detection method is a record: which per-sample score it thresholds, which ``cal`` population
+its tail threshold comes from, and its kind. Every list of methods elsewhere is a filter over
+:data:`DETECTION`, and code that needs to know what a method *means* reads its record instead
+of testing its name. A result row may carry a *variant* after ``@``:
+``max_token@best_threshold`` is ``max_token``'s score with a threshold chosen freely on ``cal``.
+
+Kinds:
+
+- ``tail``: SuperActivator variants; the sample score is the max token, the threshold comes
+  from a token-level population (the in-concept tokens, or the top tokens of positive samples).
+- ``baseline``: a pooled per-sample score (CLS / pooled embedding, max / mean / last / random
+  token, the prompted model's yes-no margin), calibrated by the same tail rule over the scores
+  of the concept's positive ``cal`` samples.
+- ``decision``: the score is already a 0/1 answer (the seed's generated Yes / No).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["tail", "baseline", "decision"]
+#: where a method's tail threshold comes from:
+#: ``in_concept_tokens`` the in-concept token activations on ``cal``;
+#: ``top_tokens`` the top tokens of each positive ``cal`` sample (sample labels only);
+#: ``positive_samples`` the method's own score on the concept's positive ``cal`` samples
+#: (unless the summary carries a population of its own for it, e.g. ``random_token`` under
+#: ``protocol: seed``); ``none`` for decisions.
+Population = Literal["in_concept_tokens", "top_tokens", "positive_samples", "none"]
+
+#: the separator of a result row's variant (``METHOD@VARIANT``)
+VARIANT_SEP = "@"
+BEST_THRESHOLD = "best_threshold"
+
+
+@dataclass(frozen=True)
+class Method:
+    """One detection method."""
+
+    name: str
+    label: str  # for tables and figures
+    kind: Kind
+    score: str  # the ``ScoreSummary.sample_scores`` entry it thresholds
+    population: Population
+    default: bool = True  # in ``detect.methods`` unless the user picks
+    prompt_protocol: str | None = None  # asked of a language model under this prompting protocol
+    in_estimator: bool = True  # offered by ``SuperActivatorDetector(method=...)``
+
+    @property
+    def free_reference(self) -> bool:
+        """Also reported with a freely chosen threshold (``@best_threshold``)."""
+        return self.kind == "baseline"
+
+    @property
+    def token_threshold(self) -> bool:
+        """Its threshold is comparable with single token activations (it thresholds the max token)."""
+        return self.score == "max_token"
+
+
+SUPERACTIVATOR = Method("superactivator", "SuperActivator", "tail", "max_token", "in_concept_tokens")
+SUPERACTIVATOR_SAMPLE = Method("superactivator_sample", "SuperActivator (sample labels)", "tail", "max_token",
+                               "top_tokens", in_estimator=False)
+GLOBAL = Method("global", "global (CLS/pooled)", "baseline", "global", "positive_samples")
+MAX_TOKEN = Method("max_token", "max token", "baseline", "max_token", "positive_samples")
+MEAN_TOKEN = Method("mean_token", "mean token", "baseline", "mean_token", "positive_samples")
+LAST_TOKEN = Method("last_token", "last token", "baseline", "last_token", "positive_samples")
+RANDOM_TOKEN = Method("random_token", "random token", "baseline", "random_token", "positive_samples")
+PROMPT = Method("prompt", "prompting (yes-no margin)", "baseline", "prompt", "positive_samples", default=False,
+                prompt_protocol="margin", in_estimator=False)
+PROMPT_SEED = Method("prompt_seed", "prompting (seed's Yes/No)", "decision", "prompt_seed", "none", default=False,
+                     prompt_protocol="seed", in_estimator=False)
+
+#: every detection method, in table order (SuperActivator first)
+DETECTION: tuple[Method, ...] = (SUPERACTIVATOR, SUPERACTIVATOR_SAMPLE, GLOBAL, MAX_TOKEN, MEAN_TOKEN, LAST_TOKEN,
+                                 RANDOM_TOKEN, PROMPT, PROMPT_SEED)
+BY_NAME: dict[str, Method] = {m.name: m for m in DETECTION}
+
+SA = SUPERACTIVATOR.name
+#: the default ``detect.methods``
+METHODS: tuple[str, ...] = tuple(m.name for m in DETECTION if m.default)
+#: the pooled baselines computed from the token store (not the prompted model)
+BASELINES: tuple[str, ...] = tuple(m.name for m in DETECTION if m.kind == "baseline" and m.prompt_protocol is None)
+TAIL_METHODS: tuple[str, ...] = tuple(m.name for m in DETECTION if m.kind == "tail")
+DECISION_METHODS: tuple[str, ...] = tuple(m.name for m in DETECTION if m.kind == "decision")
+PROMPT_METHODS: tuple[str, ...] = tuple(m.name for m in DETECTION if m.prompt_protocol)
+#: prompting protocol -> the method whose scores it produces
+PROMPT_METHOD_OF: dict[str, str] = {m.prompt_protocol: m.name for m in DETECTION if m.prompt_protocol}
+ALL_METHODS: tuple[str, ...] = tuple(BY_NAME)
+
+
+def variant(name: str, kind: str = BEST_THRESHOLD) -> str:
+    """The result-row name of ``name`` under a variant: ``variant("max_token") == "max_token@best_threshold"``."""
+    return f"{name}{VARIANT_SEP}{kind}"
+
+
+def split(name: str) -> tuple[str, str]:
+    """``(base method, variant)`` of a result-row name; the variant is ``""`` when there is none."""
+    base, _, var = name.partition(VARIANT_SEP)
+    return base, var
+
+
+def base_of(name: str) -> str:
+    """The method a result row belongs to, without its variant."""
+    return split(name)[0]
+
+
+def has_variant(name: str) -> bool:
+    return VARIANT_SEP in name
+
+
+def record(name: str) -> Method | None:
+    """The record of a result row's base method (``None`` for a name no record declares)."""
+    return BY_NAME.get(base_of(name))
+
+
+def is_baseline(name: str) -> bool:
+    """A plain (tail-calibrated) rival: not a SuperActivator variant, not a ``@`` variant row."""
+    return name not in TAIL_METHODS and not has_variant(name)
+
+
+def score_of(name: str) -> str:
+    """The per-sample score a result row thresholds (the max token for the tail methods)."""
+    rec = record(name)
+    return rec.score if rec is not None else base_of(name)
+
+
+def label(name: str) -> str:
+    """Display name of a result row (``"max token @best thr."``)."""
+    base, var = split(name)
+    rec = BY_NAME.get(base)
+    return (rec.label if rec is not None else base) + (" @best thr." if var else "")
+
+
+def order(names: list[str] | tuple[str, ...]) -> list[str]:
+    """Declared methods first in declaration order (each followed by its variants), then the rest sorted."""
+    rank = {m: i for i, m in enumerate(ALL_METHODS)}
+    return sorted(names, key=lambda n: (rank.get(base_of(n), len(rank)), base_of(n), has_variant(n), n))
+
+
+# --- localisation -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocMethod:
+    """One localisation method (which tokens / patches carry a concept)."""
+
+    name: str
+    label: str
+    activation_map: bool = False  # draws a per-token activation map in the report
+
+
+LOC_SUPERACTIVATOR = LocMethod(SA, "SuperActivator", activation_map=True)
+LOC_JOINT = LocMethod("superactivator_joint", "SuperActivator (joint N)")
+LOC_TWOSTAGE = LocMethod("twostage", "two-stage", activation_map=True)
+LOCALIZATION: tuple[LocMethod, ...] = (
+    LOC_SUPERACTIVATOR, LOC_JOINT, LOC_TWOSTAGE, LocMethod("positive", "positive tokens"),
+    LocMethod("topk", "top-k tokens"), LocMethod("random", "random tokens"),
+    LocMethod("always_positive", "every token"), LocMethod("always_negative", "no token"),
+)
+LOC_METHODS: tuple[str, ...] = tuple(m.name for m in LOCALIZATION)
+ACTIVATION_MAPS: tuple[str, ...] = tuple(m.name for m in LOCALIZATION if m.activation_map)
+
+# --- aggregate rows of the result tables --------------------------------------------------
+MACRO = "__macro__"
+WEIGHTED = "__weighted__"
+MICRO = "__micro__"  # pooled counts over concepts (best_layers.csv)
+AGGREGATES = (MACRO, WEIGHTED, MICRO)
