@@ -13,7 +13,7 @@ What is timed (each phase runs in a fresh subprocess, so its peak RSS is its own
               and ``detect.results_table``.
 - ``bare``    per concept type: the same memory-mapped shards through ``fp16 -> fp32 @ W``
               with the same concept matrix, and nothing else: the physical floor.
-- ``boot``    the bootstrap of :mod:`superactivators.evaluate.stats`: 1,000 resamples of the test
+- ``boot``    the bootstrap of :mod:`superactivators.stats.bootstrap`: 1,000 resamples of the test
               samples x 80 concepts x 12 methods (per-concept intervals, the three aggregates,
               paired tests of SuperActivator against the 11 others), vs one plain F1
               evaluation of the same predictions (``Confusion.from_predictions(...).f1()``) in
@@ -266,7 +266,7 @@ def phase_boot(args: argparse.Namespace) -> dict:
     import torch
 
     from superactivators.evaluate.metrics import Confusion
-    from superactivators.evaluate.stats import Bootstrap
+    from superactivators.stats.bootstrap import Bootstrap
 
     n, M, C, B = (500, 12, 80, 200) if args.quick else (BOOT_TEST_SAMPLES, 12, 80, 1000)
     rng = np.random.default_rng(0)

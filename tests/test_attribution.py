@@ -14,7 +14,7 @@ from torch import nn
 pytest.importorskip("captum")
 
 from superactivators.concepts.supervised import ConceptSet  # noqa: E402
-from superactivators.evaluate.attribution import (  # noqa: E402
+from superactivators.localize.attribution import (  # noqa: E402
     ATTRIBUTIONS,
     AttributionOptions,
     ImageAdapter,
@@ -143,7 +143,7 @@ def test_unknown_method_is_refused() -> None:
 
 def test_pipeline_attributions_on_text(small_emotions: Path, tiny_bert: Path, tmp_path: Path) -> None:
     from superactivators.config import config_from_dict
-    from superactivators.evaluate.attribution import MAPS_FILE, load_maps
+    from superactivators.localize.attribution import MAPS_FILE, load_maps
     from superactivators.pipeline import run_pipeline
 
     cfg = config_from_dict({
@@ -204,7 +204,7 @@ def test_pipeline_attributions_on_images_with_a_tiny_dinov2(tmp_path: Path) -> N
     t = res.attribution
     assert {f"attr:{m}" for m in ATTRIBUTIONS} <= set(t["method"]) and set(t["layer"]) == {2}
     assert t[["f1", "iou"]].dropna().apply(lambda c: c.between(0, 1).all()).all()
-    from superactivators.evaluate.attribution import MAPS_FILE, load_maps
+    from superactivators.localize.attribution import MAPS_FILE, load_maps
 
     maps = load_maps(next((tmp_path / "runs" / "img" / "stages").glob("L02_mean_*")) / MAPS_FILE)
     assert maps["maps"] and all(len(m) == 16 for m in maps["maps"].values())  # 4 x 4 patches

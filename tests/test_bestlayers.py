@@ -8,14 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from superactivators.evaluate.bestlayers import (
+from superactivators.stats.bestlayers import (
     BEST_LAYERS_FILE,
     best_layer_table,
     format_headline,
 )
 from superactivators.evaluate.detect import PREDICTIONS_FILE, StagePredictions
 from superactivators.evaluate.methods import AGGREGATES, MACRO, MICRO, WEIGHTED
-from superactivators.evaluate.sweep import best_layers, load_metrics
+from superactivators.stats.sweep import best_layers, load_metrics
 from superactivators.store.runs import find_stages, find_store
 
 

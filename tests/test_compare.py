@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from superactivators.cli import main
-from superactivators.evaluate.bestlayers import BEST_LAYERS_FILE
+from superactivators.stats.bestlayers import BEST_LAYERS_FILE
 from superactivators.evaluate.methods import WEIGHTED
 from superactivators.report.compare import BEST, TIED, compare_runs
 

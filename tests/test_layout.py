@@ -10,9 +10,10 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "superactivators"
 
 # data flows left to right; a module may import its own rank or lower ranks only
 RANKS = {
-    "util": 0, "data": 1, "encoders": 2, "store": 3, "concepts": 4, "evaluate": 5, "report": 6,
-    "config": 7, "preflight": 8, "pipeline": 8, "detector": 8, "demo": 9, "estimator": 5, "cli": 10,
-    "__init__": 11, "__main__": 11,
+    "util": 0, "data": 1, "encoders": 2, "store": 3, "concepts": 4, "evaluate": 5,
+    "localize": 6, "prompting": 6, "stats": 6, "report": 7,
+    "config": 8, "preflight": 9, "pipeline": 9, "detector": 9, "demo": 10, "cli": 11,
+    "__init__": 12, "__main__": 12,
 }
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from superactivators.concepts.supervised import ConceptSet
-from superactivators.evaluate.localize import (
+from superactivators.localize.tokens import (
     LOC_METHODS,
     MACRO,
     localization_grid,
@@ -123,7 +123,7 @@ def test_joint_choice_of_detection_and_inversion(hand_store: TokenStore) -> None
 
 
 def test_random_baseline_is_seeded_and_at_the_in_concept_rate(hand_store: TokenStore) -> None:
-    from superactivators.evaluate.localize import in_concept_rate, token_uniforms
+    from superactivators.localize.tokens import in_concept_rate, token_uniforms
 
     rate = in_concept_rate(hand_store, np.array([0, 1]))
     np.testing.assert_allclose(rate, [2 / 8, 2 / 8])  # cal: 2 in-concept of 8 valid tokens
@@ -143,7 +143,7 @@ def test_random_baseline_is_seeded_and_at_the_in_concept_rate(hand_store: TokenS
 
 
 def test_twostage_scores_by_hand() -> None:
-    from superactivators.evaluate.localize import twostage_scores
+    from superactivators.localize.tokens import twostage_scores
 
     x = np.array([[1, 0], [0, 1], [1, 1], [2, 0], [0, 3]], np.float32)
     acts = np.array([[2.0], [1.0], [0.0], [0.5], [0.2]], np.float32)
@@ -161,7 +161,7 @@ def test_twostage_scores_by_hand() -> None:
 
 def test_twostage_against_a_direct_computation(tmp_path: Path) -> None:
     """localize_twostage vs a per-sample loop: vectors, cal thresholds, N by cal F1, test counts."""
-    from superactivators.evaluate.localize import localize_twostage
+    from superactivators.localize.tokens import localize_twostage
 
     rng = np.random.default_rng(0)
     d, splits = 3, ["train"] * 4 + ["cal"] * 5 + ["test"] * 5

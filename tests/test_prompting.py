@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from superactivators.data.datasets import load_dataset
-from superactivators.evaluate.prompting import (
+from superactivators.prompting.lm import (
     PromptConfig, TextPrompter, concept_phrase, parse_seed_answer, prompt_scores, seed_instruction,
 )
 
@@ -233,7 +233,7 @@ def _images(n: int):
 
 @pytest.mark.parametrize("twin", ["tiny_mllama_vlm", "tiny_qwen_vlm"])
 def test_image_prompter_margin_is_yes_minus_no_after_the_question(twin, request):
-    from superactivators.evaluate.prompting import ImagePrompter
+    from superactivators.prompting.lm import ImagePrompter
 
     p = ImagePrompter(PromptConfig(model=str(request.getfixturevalue(twin)), device="cpu"))
     tok = p.processor.tokenizer
@@ -263,7 +263,7 @@ def test_image_prompter_margin_is_yes_minus_no_after_the_question(twin, request)
 
 @pytest.mark.parametrize("twin", ["tiny_mllama_vlm", "tiny_qwen_vlm"])
 def test_image_prompter_seed_protocol_generates_and_parses(twin, request):
-    from superactivators.evaluate.prompting import ImagePrompter
+    from superactivators.prompting.lm import ImagePrompter
 
     p = ImagePrompter(PromptConfig(model=str(request.getfixturevalue(twin)), device="cpu", protocol="seed",
                                    max_new_tokens=3))
@@ -288,7 +288,7 @@ def test_qwen_vl_without_torchvision_uses_tokenizer_and_image_processor(tiny_qwe
     from transformers import AutoTokenizer
     from transformers.utils import is_torchvision_available
 
-    from superactivators.evaluate.prompting import ImageTokenProcessor, load_image_processor
+    from superactivators.prompting.lm import ImageTokenProcessor, load_image_processor
 
     proc = load_image_processor(tiny_qwen_vlm)
     assert isinstance(proc, ImageTokenProcessor) != is_torchvision_available()

@@ -166,7 +166,7 @@ def test_pipeline_with_sae_units(tmp_path, small_emotions, tiny_bert):
     assert t[t.concept == MACRO].f1.between(0, 1).all()
     m = pd.read_csv(next((res.run_dir / "stages").glob("L01_sae_*")) / "matches.csv")
     assert m.unit_name.str.startswith("sae_unit_").all() and m.unit.between(0, 47).all()
-    from superactivators.evaluate.localize import LOC_METHODS
+    from superactivators.localize.tokens import LOC_METHODS
 
     loc = res.localization  # SAE units localise through their matched units too (two-stage included)
     assert loc is not None and set(loc.method) == set(LOC_METHODS) and set(loc.concept_type) == {"sae"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from superactivators.evaluate.stats import (
+from superactivators.stats.bootstrap import (
     Bootstrap,
     bootstrap_counts,
     one_sided_p,

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from superactivators.evaluate.methods import MACRO, MICRO, WEIGHTED
-from superactivators.evaluate.sweep import aggregate_rows, best_layers, headline, layer_curve, load_metrics, sweep_macro
+from superactivators.stats.sweep import aggregate_rows, best_layers, headline, layer_curve, load_metrics, sweep_macro
 
 
 def _table() -> pd.DataFrame:

@@ -101,7 +101,7 @@ def test_whole_image_pipeline(which: str, shapes36: Path, tiny_clip: Path, tiny_
     det = pd.read_csv(tmp_path / which / "detection_metrics.csv")
     assert {"superactivator", "global", "max_token", "mean_token"} <= set(det["method"])
     loc = pd.read_csv(tmp_path / which / "localization_metrics.csv")
-    from superactivators.evaluate.localize import LOC_METHODS
+    from superactivators.localize.tokens import LOC_METHODS
 
     assert set(loc["method"]) == set(LOC_METHODS)
     assert set(zip(loc["layer"], loc["concept_type"])) == {(1, "mean"), (1, "linsep"), (2, "mean"), (2, "linsep")}

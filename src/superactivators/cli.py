@@ -42,19 +42,19 @@ def _run(cfg, args: argparse.Namespace) -> int:
     print(format_macro(res.macro))
     print(f"\nwrote {res.run_dir / 'detection_metrics.csv'}")
     if res.best is not None:
-        from .evaluate.bestlayers import format_headline
+        from .stats.bestlayers import format_headline
 
         print("\n" + format_headline(res.best))
         print(f"wrote {res.run_dir / 'best_layers.csv'}")
     if res.localization is not None:
-        from .evaluate.localize import format_localization
+        from .localize.tokens import format_localization
 
         print("\nLocalisation on test: macro token-level F1 / IoU in samples the SuperActivator detector flags "
               "(superactivator = tail threshold; positive = all tokens > 0; topk = median in-concept count)")
         print(format_localization(res.localization))
         print(f"wrote {res.run_dir / 'localization_metrics.csv'}")
     if res.attribution is not None:
-        from .evaluate.attribution import format_attribution
+        from .localize.attribution import format_attribution
 
         print("\nLocalisation on the attributed test samples (detected by SuperActivator; every method on the same "
               "samples): macro token-level P / R / F1 / IoU and seconds (cal + test maps)")
@@ -124,7 +124,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def demo_config(args: argparse.Namespace):
     from .config import apply_overrides, config_from_dict
-    from .evaluate.attribution import ATTRIBUTIONS
+    from .localize.attribution import ATTRIBUTIONS
 
     data = {
         "name": "demo",

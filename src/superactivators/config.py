@@ -15,7 +15,7 @@ import yaml
 from .concepts.types import CONCEPT_TYPES
 from .data.seed import KINDS as GROUND_TRUTH_KINDS
 from .encoders.base import EmbedConfig
-from .evaluate.attribution import ATTRIBUTIONS
+from .localize.attribution import ATTRIBUTIONS
 from .evaluate.calibrate import DEFAULT_GRID
 from .evaluate.methods import ALL_METHODS, METHODS, PROMPT_METHODS
 from .util.errors import ValidationError
@@ -100,7 +100,7 @@ class DetectConfig:
 class LocalizeConfig:
     """Attribution baselines for localisation (opt-in: they run the model again).
 
-    ``attributions``: any of :data:`~superactivators.evaluate.attribution.ATTRIBUTIONS`
+    ``attributions``: any of :data:`~superactivators.localize.attribution.ATTRIBUTIONS`
     (empty: none); ``attribution_budget``: perturbed samples per (sample, concept) for lime /
     kernel_shap / rise; ``attribution_samples``: detected samples per concept and split;
     ``attribution_layer``: ``best`` (per concept type, the layer of the best SuperActivator

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import RunConfig, apply_overrides, config_from_dict
-from .evaluate.attribution import ATTRIBUTIONS
+from .localize.attribution import ATTRIBUTIONS
 
 DECODER_DEMOS = ("smollm2", "gemma3-270m", "qwen2.5-0.5b")
 DEMO_NAME = "demo-images"

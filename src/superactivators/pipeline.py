@@ -31,13 +31,13 @@ from .data.fingerprint import content_key
 from .data.masks import MaskOptions
 from .encoders.base import ModelShape
 from .encoders.factory import image_encoder_for_run, make_encoder, model_shape
-from .evaluate.attribution import AttributionOptions, run_attributions
-from .evaluate.bestlayers import BestLayers, write_best_layers
+from .localize.attribution import AttributionOptions, run_attributions
+from .stats.bestlayers import BestLayers, write_best_layers
 from .evaluate.detect import PREDICTIONS_FILE, macro_pivot, results_table, run_detection, save_predictions
 from .evaluate.methods import PROMPT_METHOD_OF, SA, is_baseline
-from .evaluate.localize import localize_stage
+from .localize.tokens import localize_stage
 from .evaluate.matching import UnitSummary, labelled_set, match_to_concepts, summarise_units
-from .evaluate.prompting import PromptConfig, prompt_scores
+from .prompting.lm import PromptConfig, prompt_scores
 from .evaluate.scoring import ScoreSummary, summarise
 from .preflight import check_run, concept_types
 from .report.figdata import CURVES_FILE, HIST_FILE, HistogramAccumulator, save_curves

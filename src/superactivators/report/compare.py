@@ -2,7 +2,7 @@
 
 Rows are (dataset · model · concept type), columns detection methods, each cell the test F1
 with every concept at its own best layer (chosen on ``cal``), weighted by test positives, ±
-the seed's bootstrap error (:mod:`superactivators.evaluate.stats`). Per row the best method is
+the seed's bootstrap error (:mod:`superactivators.stats.bootstrap`). Per row the best method is
 marked, and every other method whose gap to the best is not significant (paired bootstrap on
 the same test resamples, one-sided p >= 0.05) is flagged: the data cannot tell it from the best.
 Written as CSV (long, every number), Markdown and LaTeX.
@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ..evaluate.bestlayers import best_layer_table
+from ..stats.bestlayers import best_layer_table
 from ..evaluate.methods import METHODS, WEIGHTED, has_variant
-from ..evaluate.stats import ALPHA, DEFAULT_RESAMPLES
+from ..stats.bootstrap import ALPHA, DEFAULT_RESAMPLES
 from ..util.io import atomic_write_bytes
 
 BEST, TIED = "*", "†"

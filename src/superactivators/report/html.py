@@ -36,9 +36,9 @@ from ..data.datasets import SAMPLE_LABELS_NOTE
 from ..evaluate.detect import run_detection
 from ..evaluate.methods import MACRO, METHODS, SA, WEIGHTED, has_variant, is_baseline
 from ..evaluate.scoring import ScoreSummary
-from ..evaluate.bestlayers import BEST_LAYERS_FILE, write_best_layers
-from ..evaluate.stats import DEFAULT_RESAMPLES
-from ..evaluate.sweep import best_layers, headline, layer_curve, load_metrics, per_concept_rows, sweep_macro
+from ..stats.bestlayers import BEST_LAYERS_FILE, write_best_layers
+from ..stats.bootstrap import DEFAULT_RESAMPLES
+from ..stats.sweep import best_layers, headline, layer_curve, load_metrics, per_concept_rows, sweep_macro
 from ..store.runs import StageRef, find_stages, find_store
 from ..store.tokens import Shard, TokenStore
 from ..util.io import atomic_write_bytes

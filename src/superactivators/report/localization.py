@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..evaluate.attribution import MAPS_FILE, load_maps
+from ..localize.attribution import MAPS_FILE, load_maps
 from ..evaluate.methods import ACTIVATION_MAPS, LOC_METHODS, MACRO, SA
 from ..store.tokens import TokenStore
 from . import figures as F

@@ -283,7 +283,12 @@ class ImageTokenProcessor:
 
 def load_image_processor(path: str | Path):
     """The model's processor, or :class:`ImageTokenProcessor` for Qwen2-VL-style models without torchvision."""
-    from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoImageProcessor,
+        AutoProcessor,
+        AutoTokenizer,
+    )
     from transformers.utils import is_torchvision_available
 
     model_type = AutoConfig.from_pretrained(path).model_type

@@ -5,11 +5,11 @@ One row per (concept type, method, concept): the layer with the best ``cal`` F1
 then per (concept type, method) the ``__macro__``, ``__weighted__`` (by test positives: the
 paper's headline) and ``__micro__`` rows (:func:`~.sweep.aggregate_rows`).
 
-Uncertainty (:mod:`~.stats`): each method's test predictions at each concept's own best layer
+Uncertainty (:mod:`~.bootstrap`): each method's test predictions at each concept's own best layer
 are read from the stage folders' ``predictions.npz`` (or, for runs written before that file,
 recomputed from ``summary.npz`` and the table's thresholds); the recomputed confusion counts
 must equal the table's, else that concept type gets no intervals and a note says why. Added
-columns: ``f1_lo``, ``f1_hi``, ``f1_err`` (see :mod:`~.stats` for the seed's error), and for
+columns: ``f1_lo``, ``f1_hi``, ``f1_err`` (see :mod:`~.bootstrap` for the seed's error), and for
 every method but SuperActivator the paired comparison ``sa_diff`` = F1(SuperActivator) - F1(method),
 ``sa_diff_lo``, ``sa_diff_hi``, ``sa_p`` (one-sided p of "SuperActivator is not better") and
 ``sa_better`` (``sa_p < 0.05``).
@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..evaluate.detect import PREDICTIONS_FILE, StagePredictions
+from ..evaluate.methods import MACRO, MICRO, SA, WEIGHTED, score_of
+from ..evaluate.scoring import ScoreSummary
 from ..store.runs import find_stages, find_store
 from ..util.io import atomic_write_bytes
-from .detect import PREDICTIONS_FILE, StagePredictions
-from .methods import MACRO, MICRO, SA, WEIGHTED, score_of
-from .scoring import ScoreSummary
-from .stats import ALPHA, DEFAULT_RESAMPLES, Bootstrap
+from .bootstrap import ALPHA, DEFAULT_RESAMPLES, Bootstrap
 from .sweep import KEYS, aggregate_rows, best_layers, load_metrics, order_methods
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ Detect-then-invert methods (tokens of samples not detected are predicted negativ
 Baselines without detection: ``random`` (each valid token positive with probability = the
 concept's in-concept rate among valid ``cal`` tokens, seeded and independent of shard layout),
 ``always_positive`` and ``always_negative``. Attribution baselines live in
-:mod:`superactivators.evaluate.attribution`.
+:mod:`superactivators.localize.attribution`.
 
 Everything is streamed over the store (:func:`superactivators.evaluate.scoring.score_store` or
 one pass that also reads hidden states for ``twostage``): per shard, tokens are counted per
@@ -44,12 +44,12 @@ import numpy as np
 import pandas as pd
 
 from ..concepts.supervised import ConceptSet
+from ..evaluate.calibrate import DEFAULT_GRID, TAIL_RULE, tail_thresholds
+from ..evaluate.methods import LOC_METHODS, LOC_SUPERACTIVATOR, MACRO, SA
+from ..evaluate.metrics import Confusion
+from ..evaluate.scoring import PassContext, ScoreSummary, make_scorer, score_store
 from ..store.tokens import Shard, TokenStore
 from ..util.io import atomic_write_bytes
-from .calibrate import DEFAULT_GRID, TAIL_RULE, tail_thresholds
-from .methods import LOC_METHODS, LOC_SUPERACTIVATOR, MACRO, SA
-from .metrics import Confusion
-from .scoring import PassContext, ScoreSummary, make_scorer, score_store
 
 #: Added to the detection grid for localisation: its optimum keeps most in-concept tokens (on the
 #: image demo, N = 95 %, the detection grid's broadest value, won for 131 of 168 concept x layer x

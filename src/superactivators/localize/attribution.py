@@ -43,12 +43,12 @@ from torch import nn
 
 from ..concepts.supervised import ConceptSet
 from ..encoders.capture import LayerTap
+from ..evaluate.calibrate import tail_thresholds
+from ..evaluate.methods import LOC_SUPERACTIVATOR, LOC_TWOSTAGE, MACRO, SA
+from ..evaluate.metrics import Confusion
+from ..evaluate.scoring import make_scorer
 from ..store.tokens import TokenStore
-from .calibrate import tail_thresholds
-from .localize import LocMethodResult, _f1, localization_table, twostage_scores
-from .methods import LOC_SUPERACTIVATOR, LOC_TWOSTAGE, MACRO, SA
-from .metrics import Confusion
-from .scoring import make_scorer
+from .tokens import LocMethodResult, _f1, localization_table, twostage_scores
 
 ATTRIBUTIONS = ("integrated_gradients", "saliency", "gradcam", "occlusion", "lime", "kernel_shap", "rise")
 COSTLY = ("lime", "kernel_shap", "rise")
@@ -674,7 +674,7 @@ def run_attributions(make_encoder: Callable[[], Any], ds: Any, store: TokenStore
     from pathlib import Path
 
     from ..util.io import atomic_write_bytes, stable_hash
-    from .localize import localization_grid
+    from .tokens import localization_grid
 
     loc_grid = localization_grid(grid)
     key = stable_hash([asdict(opts), loc_grid, ATTRIBUTIONS], 8)

@@ -14,9 +14,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .detect import RATES
-from .methods import AGGREGATES, MACRO, METHODS, MICRO, SA, WEIGHTED, is_baseline
-from .metrics import Confusion
+from ..evaluate.detect import RATES
+from ..evaluate.methods import (
+    AGGREGATES,
+    MACRO,
+    METHODS,
+    MICRO,
+    SA,
+    WEIGHTED,
+    is_baseline,
+)
+from ..evaluate.metrics import Confusion
 
 KEYS = ["concept_type", "method", "concept"]
 COUNTS = ["tp", "fp", "fn", "tn"]
