@@ -21,3 +21,25 @@ def test_quick_benchmark_runs_every_phase():
     for line in ("post-embedding / bare pass", "embed / bare forward", "buckets: in-order time / ours",
                  "buckets: ours / sorted bare", "bootstrap (all of it)"):
         assert line in out, line
+
+
+def test_compare_runs_finds_a_changed_byte_and_a_missing_file(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from compare_runs import compare
+    finally:
+        sys.path.pop(0)
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        (root / "stages" / "L01_mean_0123456789ab").mkdir(parents=True)
+        (root / "detection_metrics.csv").write_text("method,f1\nsuperactivator,0.5\n")
+        (root / "stages" / "L01_mean_0123456789ab" / "summary.npz").write_bytes(b"\x00\x01\x02")
+        (root / "report").mkdir()
+    (a / "report" / "index.html").write_text("made at 10:00")  # the report is left out by default
+    (b / "report" / "index.html").write_text("made at 11:00")
+    assert compare(a, b) == (2, [])
+    (b / "stages" / "L01_mean_0123456789ab" / "summary.npz").write_bytes(b"\x00\x01\x03")
+    (b / "best_layers.csv").write_text("x\n")
+    n, problems = compare(a, b)
+    assert n == 2
+    assert problems == [f"only in {b}: best_layers.csv", "differs: stages/L01_mean_0123456789ab/summary.npz"]

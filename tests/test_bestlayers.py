@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from superactivators.stats.bestlayers import (
-    BEST_LAYERS_FILE,
     best_layer_table,
     format_headline,
 )
-from superactivators.evaluate.detect import PREDICTIONS_FILE, StagePredictions
+from superactivators.evaluate.detect import StagePredictions
+from superactivators.store.layout import RunLayout, StageFolder
 from superactivators.evaluate.methods import AGGREGATES, MACRO, MICRO, WEIGHTED
 from superactivators.stats.sweep import best_layers, load_metrics
 from superactivators.store.runs import find_stages, find_store
@@ -21,7 +21,7 @@ from superactivators.store.runs import find_stages, find_store
 
 def test_pipeline_writes_best_layers_with_intervals(tiny_run_pair):
     run = tiny_run_pair[0]
-    csv = pd.read_csv(run / BEST_LAYERS_FILE)
+    csv = pd.read_csv(RunLayout(run).best_layers)
     for col in ("best_layer", "n_pct", "threshold", "tp", "fp", "fn", "tn", "support", "precision", "recall", "f1",
                 "accuracy", "fpr", "tnr", "fnr", "f1_lo", "f1_hi", "f1_err", "sa_diff", "sa_p", "sa_better"):
         assert col in csv.columns, col
@@ -54,7 +54,7 @@ def test_stage_predictions_reproduce_the_counts(tiny_run_pair):
     store = find_store(run)
     table = load_metrics(run)
     st = find_stages(run)[0]
-    p = StagePredictions.load(st.path / PREDICTIONS_FILE)
+    p = StagePredictions.load(StageFolder(st.path).predictions)
     np.testing.assert_array_equal(p.test_ids, np.flatnonzero(store.splits == "test"))
     rows = table[(table["layer"] == st.layer) & (table["concept_type"] == st.concept_type)
                  & ~table["concept"].isin(AGGREGATES)].set_index(["method", "concept"])
@@ -71,7 +71,7 @@ def test_old_runs_recompute_predictions_and_stale_stages_are_refused(tiny_run_pa
     ref = best_layer_table(run, n_resamples=200, seed=1).table
     old = tmp_path / "old"
     shutil.copytree(run, old)
-    for f in old.glob(f"stages/*/{PREDICTIONS_FILE}"):  # a run from before predictions.npz
+    for f in old.glob("stages/*/predictions.npz"):  # a run from before predictions.npz
         f.unlink()
     back = best_layer_table(old, n_resamples=200, seed=1)
     assert not back.notes
@@ -80,7 +80,7 @@ def test_old_runs_recompute_predictions_and_stale_stages_are_refused(tiny_run_pa
     bad = tmp_path / "bad"
     shutil.copytree(run, bad)
     ct = ref["concept_type"].iloc[0]
-    for f in bad.glob(f"stages/*_{ct}_*/{PREDICTIONS_FILE}"):
+    for f in bad.glob(f"stages/*_{ct}_*/predictions.npz"):
         z = {k: (~v if k.startswith("pred__") else v) for k, v in np.load(f).items()}
         np.savez(f, **z)
     for f in bad.glob(f"stages/*_{ct}_*/summary.npz"):

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from superactivators.cli import main
-from superactivators.stats.bestlayers import BEST_LAYERS_FILE
+from superactivators.store.layout import RunLayout
 from superactivators.evaluate.methods import WEIGHTED
 from superactivators.report.compare import BEST, TIED, compare_runs
 
@@ -23,7 +23,7 @@ def test_compare_two_runs_table_and_marks(tiny_run_pair):
         other = g[~g["best"]]
         assert ((other["p_vs_best"] >= 0.05) == other["tied"]).all()
     # cells are the runs' weighted F1 at the per-concept best layers
-    bl = pd.read_csv(tiny_run_pair[0] / BEST_LAYERS_FILE)
+    bl = pd.read_csv(RunLayout(tiny_run_pair[0]).best_layers)
     w = bl[(bl["concept"] == WEIGHTED) & (bl["method"] == "superactivator")].set_index("concept_type")["f1"]
     mine = long[(long["run"] == str(tiny_run_pair[0])) & (long["method"] == "superactivator")]
     for ct, f1 in zip(mine["concept_type"], mine["f1"]):

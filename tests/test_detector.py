@@ -41,12 +41,22 @@ def test_detector_matches_pipeline_and_round_trips(run, small_emotions, tmp_path
         for c, name in enumerate(cs.names):
             assert found[j].max_activation[name] == pytest.approx(float(seg[:, c].max()), abs=1e-4)
             assert found[j].present[name] == (seg[:, c].max() >= det.thresholds[name])
-            for ev in found[j].evidence.get(name, []):
-                assert ev.activation >= det.thresholds[name]
+            for ev in found[j].evidence.get(name, []):  # evidence: the localisation threshold
+                assert ev.activation >= det.localization_thresholds[name]
                 assert texts[j][ev.span[0]:ev.span[1]] == ev.text
     det.save(tmp_path / "saved")
     again = ConceptDetector.load(tmp_path / "saved").detect(texts)
     assert [d.present for d in again] == [d.present for d in found]
+
+
+def test_localization_thresholds_come_from_the_runs_localisation(run):
+    det = ConceptDetector.from_run(run.run_dir, "linsep", layer=2)
+    loc = run.localization
+    assert loc is not None
+    sa = loc[(loc.method == "superactivator") & (loc.layer == 2) & (loc.concept_type == "linsep")].set_index("concept")
+    assert set(det.localization_thresholds) == set(det.concepts)
+    for name, thr in det.localization_thresholds.items():
+        assert thr == pytest.approx(float(sa.loc[name, "threshold"]))
 
 
 def test_best_layer_per_concept(run):

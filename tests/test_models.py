@@ -596,7 +596,7 @@ def test_clip_by_hub_id_with_sweep_into_store(hub_cache, tmp_path):
     assert store.layers == [1, 6, 11, 16, 21, 24] and store.dim == 16
     # the pipeline's own route to the image encoder accepts "sweep" too
     from superactivators.config import config_from_dict
-    from superactivators.encoders.factory import image_encoder_for_run
+    from superactivators.pipeline import image_encoder_for_run
 
     run = config_from_dict({"data": {"path": str(root)}, "embed": {"model": "openai/clip-vit-large-patch14",
                                                                     "layers": "sweep", "device": "cpu"}})

@@ -11,7 +11,8 @@ import pytest
 
 from superactivators.config import config_from_dict
 from superactivators.pipeline import run_pipeline
-from superactivators.store.runs import LOCK_FILE, RunLockedError
+from superactivators.store.layout import RunLayout
+from superactivators.store.runs import RunLockedError
 from superactivators.store.tokens import StoreInfo, StoreWriter
 from superactivators.util.errors import ValidationError
 
@@ -47,7 +48,7 @@ def test_second_run_on_a_held_folder_refuses(tmp_path, small_emotions, tiny_bert
     cfg.run_dir.mkdir(parents=True)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from filelock import FileLock; "
-         f"l = FileLock({str(cfg.run_dir / LOCK_FILE)!r}); l.acquire(); print('held', flush=True); time.sleep(60)"],
+         f"l = FileLock({str(RunLayout(cfg.run_dir).lock)!r}); l.acquire(); print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"

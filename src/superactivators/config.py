@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from .concepts.types import CONCEPT_TYPES
+from .data.masks import MaskOptions
 from .data.seed import KINDS as GROUND_TRUTH_KINDS
 from .encoders.base import EmbedConfig
 from .localize.attribution import ATTRIBUTIONS
@@ -143,6 +144,11 @@ class RunConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+    def mask_options(self) -> MaskOptions:
+        """How image masks become patch truth for this run (the one place they are built)."""
+        return MaskOptions(coverage=self.data.mask_coverage, content=self.data.content_coverage,
+                           skip_bad_images=self.data.skip_bad_images, any_pixel=self.protocol == "seed")
 
     def problems(self) -> list[str]:
         """Every value out of its range or set of choices, one line each (types are checked on load)."""

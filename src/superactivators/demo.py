@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import RunConfig, apply_overrides, config_from_dict
+from .evaluate.methods import METHODS
 from .localize.attribution import ATTRIBUTIONS
 
 DECODER_DEMOS = ("smollm2", "gemma3-270m", "qwen2.5-0.5b")
@@ -62,7 +63,6 @@ def decoder_demo_config(model: str, output_dir: str | Path, overrides: list[str]
     """The text demo on a packaged decoder: default sweep, every baseline, the model prompted itself."""
     if model not in DECODER_DEMOS:
         raise ValueError(f"demo --model must be one of minilm, {', '.join(DECODER_DEMOS)}; got {model!r}")
-    from .evaluate.methods import METHODS
 
     data = {
         "name": f"demo-{model}",

@@ -21,8 +21,10 @@ from .concepts.supervised import ConceptSet
 from .concepts.types import load_concepts
 from .encoders.base import EmbedConfig
 from .encoders.factory import make_encoder
-from .evaluate.methods import MACRO, SA, WEIGHTED
+from .evaluate.methods import LOC_SUPERACTIVATOR, MACRO, SA, WEIGHTED
 from .evaluate.scoring import make_scorer
+from .store.layout import RunLayout
+from .store.runs import find_stages, find_store
 from .util.io import atomic_write_json
 
 
@@ -74,6 +76,8 @@ class ConceptDetector:
     concept_sets: dict[int, ConceptSet]  # layer -> the concepts detected at that layer
     thresholds: dict[str, float]  # concept -> SuperActivator threshold tau_c(N*)
     n_pct: dict[str, float]
+    # concept -> the token threshold calibrated for localisation on cal (token F1 inside the
+    # spans / masks; the run's localization_metrics.csv); evidence tokens use it when present
     localization_thresholds: dict[str, float] = field(default_factory=dict)
     _encoder: object = field(default=None, repr=False, compare=False)
 
@@ -101,8 +105,9 @@ class ConceptDetector:
         folder's ``config.yaml`` cannot switch it on (a shared folder must not run code).
         """
         run_dir = Path(run_dir)
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-        table = pd.read_csv(run_dir / "detection_metrics.csv")
+        run = RunLayout(run_dir)
+        cfg = yaml.safe_load(run.config.read_text())
+        table = pd.read_csv(run.detection_metrics)
         rows = table[(table.method == SA) & (table.concept_type == concept_type)
                      & ~table.concept.isin([MACRO, WEIGHTED])]
         if rows.empty:
@@ -119,8 +124,6 @@ class ConceptDetector:
             rows = rows[rows.layer == int(layer)]
             if rows.empty:
                 raise ValueError(f"{run_dir}: layer {layer} not in the run")
-        from .store.runs import find_stages, find_store  # noqa: PLC0415 - the run folder's own index
-
         stages = {(st.layer, st.concept_type): st.path for st in find_stages(run_dir)}
         concept_sets: dict[int, ConceptSet] = {}
         for lay, grp in rows.groupby("layer"):
@@ -134,6 +137,7 @@ class ConceptDetector:
             embed=embed, modality=find_store(run_dir).info.modality, concept_sets=concept_sets,
             thresholds=dict(zip(rows.concept, rows.threshold.astype(float))),
             n_pct=dict(zip(rows.concept, rows.n_pct.astype(float))),
+            localization_thresholds=_localization_thresholds(run, concept_type, rows),
         )
 
     def save(self, path: str | Path) -> None:
@@ -212,6 +216,21 @@ class ConceptDetector:
             out.append(det)
         return out
 
+
+def _localization_thresholds(run: RunLayout, concept_type: str, rows: pd.DataFrame) -> dict[str, float]:
+    """Per concept, SuperActivator's localisation threshold at the concept's chosen layer (from
+    ``localization_metrics.csv``; empty when the run did not localise, e.g. no spans / masks)."""
+    if not run.localization_metrics.exists():
+        return {}
+    loc = pd.read_csv(run.localization_metrics)
+    loc = loc[(loc["method"] == LOC_SUPERACTIVATOR.name) & (loc["concept_type"] == concept_type)]
+    thr = loc.set_index(["concept", "layer"])["threshold"]
+    out = {}
+    for c, layer in zip(rows.concept, rows.layer):
+        v = thr.get((c, layer))
+        if v is not None and np.isfinite(float(v)):
+            out[str(c)] = float(v)
+    return out
 
 
 def _as_rgb(x) -> np.ndarray | None:

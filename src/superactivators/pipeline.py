@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 import warnings
@@ -28,29 +27,29 @@ from .concepts.types import ConceptType, load_concepts
 from .config import RunConfig
 from .data.datasets import SAMPLE_LABELS_NOTE, Dataset
 from .data.fingerprint import content_key
-from .data.masks import MaskOptions
 from .encoders.base import ModelShape
-from .encoders.factory import image_encoder_for_run, make_encoder, model_shape
+from .encoders.base import Encoder
+from .encoders.factory import make_encoder, model_shape
 from .localize.attribution import AttributionOptions, run_attributions
 from .stats.bestlayers import BestLayers, write_best_layers
-from .evaluate.detect import PREDICTIONS_FILE, macro_pivot, results_table, run_detection, save_predictions
-from .evaluate.methods import PROMPT_METHOD_OF, SA, is_baseline
+from .evaluate.detect import macro_pivot, results_table, run_detection, save_predictions
+from .evaluate.methods import GLOBAL, PROMPT_METHOD_OF, SA, is_baseline
 from .localize.tokens import localize_stage
 from .evaluate.matching import UnitSummary, labelled_set, match_to_concepts, summarise_units
 from .prompting.lm import PromptConfig, prompt_scores
 from .evaluate.scoring import ScoreSummary, summarise
 from .preflight import check_run, concept_types
-from .report.figdata import CURVES_FILE, HIST_FILE, HistogramAccumulator, save_curves
+from .report.figdata import HistogramAccumulator, save_curves
 from .store.distributed import DistEnv, embed_data_parallel, rank_embed_config
 from .store.embed import embed_dataset
+from .store.layout import RunLayout, StageFolder, cached
 from .store.runs import run_lock
-from .store.tokens import TokenStore
+from .store.tokens import TokenStore, store_is_complete
 from .util.device import pick_device
 from .util.io import atomic_write_bytes, atomic_write_json, stable_hash
 
 log = logging.getLogger(__name__)
 
-FINGERPRINTS = ".input_fingerprints.json"  # size, mtime and content hash of each input file
 
 
 @dataclass
@@ -82,7 +81,7 @@ def dataset_key(ds: Dataset, cache: Path | None = None) -> str:
 
 
 def store_dir_for(cfg: RunConfig, ds: Dataset) -> Path:
-    extra = {"dataset": dataset_key(ds, cfg.run_dir / FINGERPRINTS)}
+    extra = {"dataset": dataset_key(ds, RunLayout(cfg.run_dir).fingerprints)}
     if cfg.data.sample_labels_only:
         extra["sample_labels_only"] = True
     if cfg.protocol == "seed" and ds.modality == "image":
@@ -92,21 +91,20 @@ def store_dir_for(cfg: RunConfig, ds: Dataset) -> Path:
                      samples=stable_hash(ds.image_paths, 10))
     if ds.truth is not None:  # the seed's ground-truth files change the token truth in the store
         extra["truth"] = ds.truth.describe()
-    return cfg.run_dir / "stores" / f"{ds.name}-{cfg.embed.key(extra)}"
+    return RunLayout(cfg.run_dir).store(f"{ds.name}-{cfg.embed.key(extra)}")
 
 
-def _mask_options(cfg: RunConfig) -> MaskOptions:
-    return MaskOptions(coverage=cfg.data.mask_coverage, content=cfg.data.content_coverage,
-                       skip_bad_images=cfg.data.skip_bad_images)
+def image_encoder_for_run(cfg: RunConfig, ds: Dataset, store_dir: Path) -> Encoder | None:
+    """The run's image encoder with its mask options, or None (text data, or the store is already
+    complete): the model is only loaded when there is embedding left to do."""
+    if ds.modality != "image" or store_is_complete(store_dir):
+        return None
+    return make_encoder(cfg.embed, "image", cfg.mask_options())
 
 
 def _fitted(path: Path, fit: Callable[[], ConceptSet]) -> ConceptSet:
     """The concept set saved at ``path``, fitted and saved first when missing."""
-    if ConceptSet.exists(path):
-        return load_concepts(path)
-    cs = fit()
-    cs.save(path)
-    return cs
+    return cached(path, ConceptSet.exists, load_concepts, fit, lambda cs, p: cs.save(p))
 
 
 def concept_stage(store: TokenStore, layer: int, ct: ConceptType, cfg: RunConfig, device: str) -> Path:
@@ -120,54 +118,50 @@ def concept_stage(store: TokenStore, layer: int, ct: ConceptType, cfg: RunConfig
     matched set then takes the labelled path, with each baseline scored at its own matched unit
     (``ScoreSummary.method_scores``).
     """
-    want_global = "global" in cfg.detect.methods
-    root = cfg.run_dir / "stages"
+    want_global = GLOBAL.name in cfg.detect.methods
+    run = RunLayout(cfg.run_dir)
     key = stable_hash([store.path.name, ct.name, ct.cache_key(), cfg.seed, want_global]
                       + (["protocol=seed"] if cfg.protocol == "seed" else []))
     own: dict[str, np.ndarray] = {}
     if ct.labelled:
-        stage = root / f"L{layer:02d}_{ct.name}_{key}"
-        if (stage / "summary.npz").exists():
-            return stage
-        cs = _fitted(stage / "concepts", lambda: ct.fit(store, layer, root / "units"))
-        gcs = _fitted(stage / "global_concepts", lambda: ct.fit_global(store, layer, root / "units")) \
+        stage = run.stage(layer, ct.name, key)
+        if stage.done:
+            return stage.path
+        cs = _fitted(stage.concepts, lambda: ct.fit(store, layer, run.units))
+        gcs = _fitted(stage.global_concepts, lambda: ct.fit_global(store, layer, run.units)) \
             if want_global else None
     else:
-        stage = root / f"L{layer:02d}_{ct.name}_{stable_hash([key, [float(g) for g in cfg.detect.grid]])}"
-        if (stage / "summary.npz").exists():
-            return stage
-        units = root / "units" / f"L{layer:02d}_{ct.name}_{key}"
-        ucs = _fitted(units / "concepts", lambda: ct.fit(store, layer, root / "units"))
-        ugcs = _fitted(units / "global_concepts", lambda: ct.fit_global(store, layer, root / "units")) \
+        stage = run.stage(layer, ct.name, stable_hash([key, [float(g) for g in cfg.detect.grid]]))
+        if stage.done:
+            return stage.path
+        units = run.unit_stage(layer, ct.name, key)
+        ucs = _fitted(units.concepts, lambda: ct.fit(store, layer, run.units))
+        ugcs = _fitted(units.global_concepts, lambda: ct.fit_global(store, layer, run.units)) \
             if want_global else None
-        if (units / "unit_summary.npz").exists():
-            us = UnitSummary.load(units / "unit_summary.npz")
-        else:
-            us = summarise_units(store, ucs, ugcs, seed=cfg.seed, device=device)
-            us.save(units / "unit_summary.npz")
+        us = cached(units.unit_summary, Path.exists, UnitSummary.load,
+                    lambda: summarise_units(store, ucs, ugcs, seed=cfg.seed, device=device), UnitSummary.save)
         m = match_to_concepts(us, store.labels, store.splits, store.concepts, cfg.detect.grid)
         cs = labelled_set(ucs, m.tokens, store.concepts)
-        cs.save(stage / "concepts")
+        cs.save(stage.concepts)
         gcs = labelled_set(ugcs, m.globals, store.concepts) if ugcs is not None and m.globals is not None else None
         if gcs is not None:
-            gcs.save(stage / "global_concepts")
-        atomic_write_bytes(stage / "matches.csv", m.table.to_csv(index=False).encode())
+            gcs.save(stage.global_concepts)
+        atomic_write_bytes(stage.matches, m.table.to_csv(index=False).encode())
         own = m.summary.method_scores
     hist = HistogramAccumulator.for_store(store, cs, seed=cfg.seed, device=device)  # figures
     summary = summarise(store, cs, gcs, seed=cfg.seed, device=device, extra=[hist],
                         independent_random=cfg.protocol == "seed")
     summary.method_scores.update(own)
-    hist.result().save(stage / HIST_FILE)
-    summary.save(stage / "summary.npz")
-    return stage
+    hist.result().save(stage.hist)
+    summary.save(stage.summary)
+    return stage.path
 
 
 def check_concept_types(cfg: RunConfig, ds: Dataset, sdir: Path) -> list[ConceptType]:
     """Every concept type's checks, before anything is embedded (the store's shape when it is
     already complete, else the model's config; no weights are loaded)."""
     types = concept_types(cfg)
-    manifest = sdir / "manifest.json"
-    if manifest.exists() and json.loads(manifest.read_text()).get("complete"):
+    if store_is_complete(sdir):
         st = TokenStore(sdir)
         shape = ModelShape(tuple(st.layers), st.dim)
     else:
@@ -214,7 +208,8 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
     if store.info.token_ground_truth == "sample":
         log.warning("%s: %s", ds.name, SAMPLE_LABELS_NOTE)
     device = pick_device(cfg.score_device)
-    prompted = ask_prompt_model(cfg, ds, run_dir / "prompt", progress)  # method -> [N, C], once per run
+    run = RunLayout(run_dir)
+    prompted = ask_prompt_model(cfg, ds, run.prompt_cache, progress)  # method -> [N, C], once per run
     loc_tables: list[pd.DataFrame] = []
     attr_jobs: list[dict] = []
     tables, stage_index = [], []
@@ -225,33 +220,33 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
             if not ct.runs_at(layer):  # an SAE reads one layer
                 bar.update()
                 continue
-            stage = concept_stage(store, layer, ct, cfg, device)
-            summary = ScoreSummary.load(stage / "summary.npz")
+            stage = StageFolder(concept_stage(store, layer, ct, cfg, device))
+            summary = ScoreSummary.load(stage.summary)
             summary.sample_scores.update(prompted)
             results = run_detection(summary, store.labels, store.splits, cfg.detect.methods,
                                     cfg.detect.grid, cfg.detect.best_threshold)
-            save_curves(stage / CURVES_FILE, results, cfg.detect.grid)
-            save_predictions(stage / PREDICTIONS_FILE, results, store.splits)
-            stage_index.append({"layer": layer, "concept_type": ct.name, "dir": stage.relative_to(run_dir).as_posix(),
-                                "store": sdir.relative_to(run_dir).as_posix()})
+            save_curves(stage.curves, results, cfg.detect.grid)
+            save_predictions(stage.predictions, results, store.splits)
+            stage_index.append({"layer": layer, "concept_type": ct.name, "dir": run.relative(stage.path),
+                                "store": run.relative(sdir)})
             tables.append(results_table(results, layer=layer, concept_type=ct.name))
             if cfg.detect.localize and store.info.token_ground_truth != "sample":
                 loc_tables.append(localize_stage(
-                    store, lambda: load_concepts(stage / "concepts"), summary, results,
-                    cfg.detect.grid, stage, device, cfg.seed, layer=layer, concept_type=ct.name))
-                attr_jobs.append({"layer": layer, "ctype": ct.name, "stage": stage, "summary": summary,
+                    store, lambda: load_concepts(stage.concepts), summary, results,
+                    cfg.detect.grid, stage.path, device, cfg.seed, layer=layer, concept_type=ct.name))
+                attr_jobs.append({"layer": layer, "ctype": ct.name, "stage": stage.path, "summary": summary,
                                   "results": results, "loc": loc_tables[-1]})
             bar.update()
     bar.close()
-    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
-    atomic_write_json(run_dir / "stages.json", stage_index)  # which stage folders this config used
+    atomic_write_bytes(run.config, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+    atomic_write_json(run.stages_index, stage_index)  # which stage folders this config used
     table = pd.concat(tables, ignore_index=True)
-    atomic_write_bytes(run_dir / "detection_metrics.csv", table.to_csv(index=False).encode())
+    atomic_write_bytes(run.detection_metrics, table.to_csv(index=False).encode())
     macro = macro_pivot(table)
-    atomic_write_bytes(run_dir / "detection_macro_f1.csv", macro.to_csv().encode())
+    atomic_write_bytes(run.macro_f1, macro.to_csv().encode())
     loc = pd.concat(loc_tables, ignore_index=True) if loc_tables else None
     if loc is not None:
-        atomic_write_bytes(run_dir / "localization_metrics.csv", loc.to_csv(index=False).encode())
+        atomic_write_bytes(run.localization_metrics, loc.to_csv(index=False).encode())
     attr = None
     if cfg.localize.attributions and attr_jobs:
         lc = cfg.localize
@@ -259,11 +254,11 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
                                   max_samples=lc.attribution_samples, batch_size=lc.batch_size,
                                   occlusion_window=lc.occlusion_window, seed=cfg.seed,
                                   target=lc.attribution_target)
-        attr = run_attributions(lambda: make_encoder(cfg.embed, ds.modality, _mask_options(cfg)), ds, store,
+        attr = run_attributions(lambda: make_encoder(cfg.embed, ds.modality, cfg.mask_options()), ds, store,
                                 attr_jobs, lambda job: load_concepts(Path(job["stage"]) / "concepts"),
                                 opts, cfg.detect.grid, lc.attribution_layer, lc.attribution_types, progress)
         if attr is not None:
-            atomic_write_bytes(run_dir / "attribution_metrics.csv", attr.to_csv(index=False).encode())
+            atomic_write_bytes(run.attribution_metrics, attr.to_csv(index=False).encode())
     best = write_best_layers(run_dir, seed=cfg.seed)  # per-concept best layers, weighted F1 +- bootstrap error
     return RunResult(run_dir, store, table, macro, time.time() - t0, {"store": sdir}, localization=loc,
                      attribution=attr, best=best)

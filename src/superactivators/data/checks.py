@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 
 from .datasets import SPLITS, Dataset, DatasetError
+from .masks import check_images
 
 
 def split_problems(ds: Dataset) -> list[str]:
@@ -72,8 +73,6 @@ def check_dataset(ds: Dataset, skip_bad_images: bool = False) -> tuple[Dataset, 
     """The dataset (bad images skipped when asked) and one line per problem found."""
     problems = split_problems(ds) + text_file_problems(ds)
     if ds.modality == "image":
-        from .masks import check_images
-
         try:
             ds, _ = check_images(ds, skip_bad=skip_bad_images)
         except DatasetError as err:

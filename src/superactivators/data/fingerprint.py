@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from ..util.io import atomic_write_json
 from .datasets import Dataset
 from .hf import DESCRIPTOR_SUFFIX
 
@@ -75,8 +76,6 @@ def content_key(ds: Dataset, cache: Path | None = None) -> str:
         fresh[key] = [st.st_size, st.st_mtime_ns, digest]
         total.update(f"{os.path.relpath(path, ds.root)}\0{digest}\n".encode())
     if cache is not None and fresh != known:
-        from ..util.io import atomic_write_json
-
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(cache, fresh)
     return total.hexdigest()

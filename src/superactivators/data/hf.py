@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ..util.io import atomic_write_bytes, stable_hash
+from .builtin import cache_root
 from .errors import DatasetError
 from .labels import select_labels
 
@@ -348,7 +349,6 @@ class HFParts:
 def read_hf(path: str | Path, concepts: Sequence[str] | None = None, name: str | None = None,
             columns: Mapping[str, Any] | None = None) -> HFParts:
     """Read a Parquet / Arrow file, a ``datasets`` folder or ``hf:ID`` (see the module docstring)."""
-    from .builtin import cache_root
 
     spec, cols = str(path), dict(columns or {})
     if spec.endswith(DESCRIPTOR_SUFFIX):  # a dataset this loader described before (store / report)

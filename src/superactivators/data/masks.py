@@ -52,6 +52,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..util.io import atomic_write_bytes
 from .datasets import Dataset, DatasetError
 from .seed import MaskTruth, fit_mask
 
@@ -477,8 +478,6 @@ def load_padding_file(root: Path, input_size: tuple[int, int], n_samples: int, n
 def save_padding_file(root: Path, input_size: tuple[int, int], valid: np.ndarray) -> Path:
     """Write ``valid [N, P]`` in the seed's format (int32 tensor, one flag per patch)."""
     import torch
-
-    from ..util.io import atomic_write_bytes
 
     path = Path(root) / padding_file_name(*input_size)
     buf = io.BytesIO()

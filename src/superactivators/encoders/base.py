@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,6 +9,7 @@ from typing import Any, ClassVar, Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from ..util.io import stable_hash
 from .layers import LayerSpec
 from .packaged import packaged_decoder, packaged_model_path
 
@@ -49,7 +48,7 @@ class EmbedConfig:
         skip = ("batch_size", "device", "device_map", "shard_tokens", "bucket_window") + (("protocol",) if self.protocol == "ours" else ())
         d = {k: v for k, v in asdict(self).items() if k not in skip}
         d.update(extra or {})
-        return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        return stable_hash(d)
 
 
 class ModelNotFoundError(FileNotFoundError):

@@ -8,11 +8,7 @@ model through :class:`~superactivators.encoders.vision.ImageEncoder`.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
 
-from ..data.datasets import Dataset
 from ..data.masks import MaskOptions
 from .base import EmbedConfig, Encoder, ModelShape, resolve_model_path
 from .layers import resolve_layers
@@ -54,17 +50,3 @@ def model_shape(cfg: EmbedConfig, modality: str) -> ModelShape | None:
     return ModelShape(tuple(resolve_layers(expand_sweep(cfg, "image").layers, n)), int(conf.hidden_size))
 
 
-def image_encoder_for_run(cfg: Any, ds: Dataset, store_dir: Path) -> Encoder | None:
-    """The run's image encoder with its mask options, or None (text data, or store already complete).
-
-    ``cfg`` is a :class:`superactivators.config.RunConfig`; the model is only loaded when
-    there is embedding left to do.
-    """
-    if ds.modality != "image":
-        return None
-    manifest = Path(store_dir) / "manifest.json"
-    if manifest.exists() and json.loads(manifest.read_text()).get("complete"):
-        return None
-    opts = MaskOptions(coverage=cfg.data.mask_coverage, content=cfg.data.content_coverage,
-                       skip_bad_images=cfg.data.skip_bad_images, any_pixel=cfg.protocol == "seed")
-    return make_encoder(cfg.embed, "image", opts)

@@ -31,11 +31,10 @@ import pandas as pd
 
 from ..util.io import atomic_save_npz
 from .calibrate import DEFAULT_GRID, best_f1_thresholds, calibrate_tail, positive_populations
-from .metrics import Confusion, f1_grid
 from .methods import BY_NAME, MACRO, METHODS, WEIGHTED, variant
+from .metrics import Confusion, f1_grid
 from .scoring import ScoreSummary
 
-PREDICTIONS_FILE = "predictions.npz"  # per stage: every method's test predictions (bootstrap)
 RATES = ("precision", "recall", "f1", "accuracy", "fpr", "tnr", "fnr")
 
 

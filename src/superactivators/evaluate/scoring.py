@@ -16,11 +16,12 @@ from typing import Protocol, Sequence
 import numpy as np
 import torch
 
+from ..concepts.sae import SAEScorer
 from ..concepts.supervised import ConceptSet
 from ..store.tokens import Shard, TokenStore
 from ..util.io import atomic_save_npz
 from .methods import RANDOM_TOKEN, SUPERACTIVATOR_SAMPLE
-from .quantiles import float_keys, keys_to_floats
+from .quantiles import StreamingQuantiles, float_keys, keys_to_floats, pack_populations, unpack_populations
 
 
 class Scorer:
@@ -107,8 +108,6 @@ class Scorer:
 def make_scorer(cs: ConceptSet, device: str | torch.device = "cpu"):
     """Scorer for any concept kind (SAE units bring their own encoder)."""
     if cs.scoring == "sae":
-        from ..concepts.sae import SAEScorer  # noqa: PLC0415
-
         return SAEScorer(cs, device)
     return Scorer(cs, device)
 
@@ -278,8 +277,6 @@ class InConceptCollector:
         self._cols.append(cols)
         self._n += len(vals)
         if self.max_values is not None and self._n > self.max_values:
-            from .quantiles import StreamingQuantiles  # noqa: PLC0415
-
             self.hist = StreamingQuantiles(self.n_concepts)
             for v, c in zip(self._vals, self._cols):
                 self.hist.add(v, c)
@@ -407,7 +404,6 @@ class ScoreSummary:
     def save(self, path: Path) -> None:
         arrays = {f"score__{k}": v for k, v in self.sample_scores.items()}
         arrays.update({f"method__{k}": v for k, v in self.method_scores.items()})
-        from .quantiles import pack_populations  # noqa: PLC0415
 
         arrays.update(pack_populations(self.cal_in_concept))
         for m, pops in self.populations.items():
@@ -419,8 +415,6 @@ class ScoreSummary:
 
     @classmethod
     def load(cls, path: Path) -> "ScoreSummary":
-        from .quantiles import unpack_populations  # noqa: PLC0415
-
         z = np.load(path)
         pops = {}
         for k in z.files:

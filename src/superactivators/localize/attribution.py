@@ -47,8 +47,10 @@ from ..evaluate.calibrate import tail_thresholds
 from ..evaluate.methods import LOC_SUPERACTIVATOR, LOC_TWOSTAGE, MACRO, SA
 from ..evaluate.metrics import Confusion
 from ..evaluate.scoring import make_scorer
+from ..store.layout import StageFolder
 from ..store.tokens import TokenStore
-from .tokens import LocMethodResult, _f1, localization_table, twostage_scores
+from ..util.io import atomic_save_npz, atomic_write_bytes, stable_hash
+from .tokens import LocMethodResult, _f1, localization_grid, localization_table, twostage_scores
 
 ATTRIBUTIONS = ("integrated_gradients", "saliency", "gradcam", "occlusion", "lime", "kernel_shap", "rise")
 COSTLY = ("lime", "kernel_shap", "rise")
@@ -608,7 +610,6 @@ def attribution_stage(store: TokenStore, cs: ConceptSet, adapter: _Adapter, load
     return AttributionResult(table, maps, test_ids)
 
 
-MAPS_FILE = "attribution_maps.npz"
 MAPS_KEPT = 4  # test samples per concept whose maps are saved for the report
 
 
@@ -637,7 +638,6 @@ def choose_attribution_jobs(jobs: Sequence[dict], layer: str | int, types: Seque
 
 def save_maps(path: Any, res: AttributionResult, names: list[str]) -> None:
     """The first :data:`MAPS_KEPT` test samples' maps per concept and method (for the report)."""
-    from ..util.io import atomic_save_npz
 
     arrays: dict[str, np.ndarray] = {"names": np.array(names), "methods": np.array(list(res.maps))}
     for c, ids in enumerate(res.test_ids):
@@ -673,9 +673,6 @@ def run_attributions(make_encoder: Callable[[], Any], ds: Any, store: TokenStore
     from dataclasses import asdict
     from pathlib import Path
 
-    from ..util.io import atomic_write_bytes, stable_hash
-    from .tokens import localization_grid
-
     loc_grid = localization_grid(grid)
     key = stable_hash([asdict(opts), loc_grid, ATTRIBUTIONS], 8)
     encoder = None
@@ -683,7 +680,7 @@ def run_attributions(make_encoder: Callable[[], Any], ds: Any, store: TokenStore
     for job in choose_attribution_jobs(jobs, layer, types):
         stage = Path(job["stage"])
         path = stage / f"attribution_{key}.csv"
-        if path.exists() and (stage / MAPS_FILE).exists():
+        if path.exists() and StageFolder(stage).attribution_maps.exists():
             tables.append(pd.read_csv(path))
             continue
         cs = load_concepts(job)
@@ -704,7 +701,7 @@ def run_attributions(make_encoder: Callable[[], Any], ds: Any, store: TokenStore
         adapter = make_adapter(encoder, job["layer"], cs, opts.target)
         res = attribution_stage(store, cs, adapter, load, detected, sa.threshold, job["loc"], loc_grid, opts,
                                 progress, layer=job["layer"], concept_type=job["ctype"])
-        save_maps(stage / MAPS_FILE, res, list(cs.names))
+        save_maps(StageFolder(stage).attribution_maps, res, list(cs.names))
         atomic_write_bytes(path, res.table.to_csv(index=False).encode())
         tables.append(res.table)
     return pd.concat(tables, ignore_index=True) if tables else None

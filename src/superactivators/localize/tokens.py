@@ -49,7 +49,7 @@ from ..evaluate.methods import LOC_METHODS, LOC_SUPERACTIVATOR, MACRO, SA
 from ..evaluate.metrics import Confusion
 from ..evaluate.scoring import PassContext, ScoreSummary, make_scorer, score_store
 from ..store.tokens import Shard, TokenStore
-from ..util.io import atomic_write_bytes
+from ..util.io import atomic_write_bytes, stable_hash
 
 #: Added to the detection grid for localisation: its optimum keeps most in-concept tokens (on the
 #: image demo, N = 95 %, the detection grid's broadest value, won for 131 of 168 concept x layer x
@@ -497,7 +497,6 @@ def localize_stage(
     grid. ``concept_set`` loads the stage's (already learned) concept set only when the table
     is not cached.
     """
-    from ..util.io import stable_hash
 
     loc_grid = localization_grid(grid)
     path = Path(stage_dir) / f"localization_{stable_hash([list(grid), loc_grid, LOC_METHODS, seed, TAIL_RULE], 8)}.csv"

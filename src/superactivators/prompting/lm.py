@@ -28,9 +28,7 @@ only the answer positions go through the LM head.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,7 +42,7 @@ from tqdm.auto import tqdm
 from ..data.datasets import Dataset
 from ..encoders.base import resolve_model_path
 from ..util.device import pick_device, pick_dtype
-from ..util.io import atomic_save_npy, atomic_write_bytes
+from ..util.io import atomic_save_npy, atomic_write_bytes, stable_hash
 
 TEXT_TEMPLATE = (
     "{text}\n\nQuestion: Does the text above express or contain {concept}? Answer yes or no.\nAnswer:"
@@ -92,7 +90,7 @@ class PromptConfig:
 
     def key(self, extra: object) -> str:
         d = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "device")}
-        return hashlib.sha1(json.dumps([d, extra], sort_keys=True, default=str).encode()).hexdigest()[:12]
+        return stable_hash([d, extra])
 
 
 def concept_phrase(name: str) -> str:
@@ -283,12 +281,7 @@ class ImageTokenProcessor:
 
 def load_image_processor(path: str | Path):
     """The model's processor, or :class:`ImageTokenProcessor` for Qwen2-VL-style models without torchvision."""
-    from transformers import (
-        AutoConfig,
-        AutoImageProcessor,
-        AutoProcessor,
-        AutoTokenizer,
-    )
+    from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer
     from transformers.utils import is_torchvision_available
 
     model_type = AutoConfig.from_pretrained(path).model_type

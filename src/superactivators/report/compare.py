@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ..stats.bestlayers import best_layer_table
 from ..evaluate.methods import METHODS, WEIGHTED, has_variant
+from ..stats.bestlayers import best_layer_table
 from ..stats.bootstrap import ALPHA, DEFAULT_RESAMPLES
+from ..store.layout import RunLayout
 from ..util.io import atomic_write_bytes
 
 BEST, TIED = "*", "†"
@@ -31,7 +32,7 @@ LEGEND = (f"{BEST} best in its row; {TIED} not significantly below the best (pai
 
 def run_identity(run_dir: Path) -> tuple[str, str]:
     """(dataset, model) of a run, from its ``config.yaml``."""
-    path = run_dir / "config.yaml"
+    path = RunLayout(run_dir).config
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a run folder?")
     cfg = yaml.safe_load(path.read_text()) or {}

@@ -24,11 +24,10 @@ import torch
 from ..concepts.supervised import ConceptSet
 from ..concepts.types import load_concepts
 from ..evaluate.scoring import PassContext, make_scorer, score_store
+from ..store.layout import StageFolder
 from ..store.tokens import Shard, TokenStore
 from ..util.io import atomic_save_npz
 
-HIST_FILE = "hist.npz"
-CURVES_FILE = "curves.npz"
 OUT, IN = 0, 1  # group index of out-of-concept / in-concept tokens
 
 
@@ -192,7 +191,7 @@ class F1Curves:
 def ensure_histograms(stage_dir: Path, store: TokenStore, split: str = "test", bins: int = 200,
                       device: str | torch.device = "cpu") -> TokenHistograms:
     """Load ``hist.npz`` of a stage, or compute it with one scoring pass and save it."""
-    path = Path(stage_dir) / HIST_FILE
+    path = StageFolder(Path(stage_dir)).hist
     if path.exists():
         return TokenHistograms.load(path)
     cs = load_concepts(Path(stage_dir) / "concepts")

@@ -31,33 +31,34 @@ import pandas as pd
 import yaml
 
 from ..concepts.types import load_concepts
-from ..evaluate.calibrate import DEFAULT_GRID
 from ..data.datasets import SAMPLE_LABELS_NOTE
+from ..evaluate.calibrate import DEFAULT_GRID
 from ..evaluate.detect import run_detection
 from ..evaluate.methods import MACRO, METHODS, SA, WEIGHTED, has_variant, is_baseline
 from ..evaluate.scoring import ScoreSummary
-from ..stats.bestlayers import BEST_LAYERS_FILE, write_best_layers
+from ..stats.bestlayers import write_best_layers
 from ..stats.bootstrap import DEFAULT_RESAMPLES
 from ..stats.sweep import best_layers, headline, layer_curve, load_metrics, per_concept_rows, sweep_macro
+from ..store.layout import RunLayout, StageFolder
 from ..store.runs import StageRef, find_stages, find_store
 from ..store.tokens import Shard, TokenStore
 from ..util.io import atomic_write_bytes
 from . import figures as F
+from .figdata import F1Curves, TokenHistograms, ensure_histograms, sample_token_activations, save_curves
 from .localization import localization_section
-from .figdata import CURVES_FILE, F1Curves, TokenHistograms, ensure_histograms, sample_token_activations, save_curves
 
 log = logging.getLogger(__name__)
 
 def run_config(run_dir: Path) -> dict:
-    path = run_dir / "config.yaml"
+    path = RunLayout(run_dir).config
     return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
 
 
 def ensure_curves(stage: StageRef, store: TokenStore, grid: Sequence[float], methods: Sequence[str]) -> F1Curves:
     """Load ``curves.npz`` or recompute it from the cached summary (detection only, cheap)."""
-    path = stage.path / CURVES_FILE
+    path = StageFolder(stage.path).curves
     if not path.exists():
-        summary = ScoreSummary.load(stage.path / "summary.npz")
+        summary = ScoreSummary.load(StageFolder(stage.path).summary)
         res = run_detection(summary, store.labels, store.splits, methods, grid, best_threshold=False)
         save_curves(path, res, grid)
     return F1Curves.load(path)
@@ -66,7 +67,7 @@ def ensure_curves(stage: StageRef, store: TokenStore, grid: Sequence[float], met
 def load_best_layers(run_dir: Path, seed: int = 0) -> pd.DataFrame:
     """``best_layers.csv`` of the run, (re)computed and written when missing or older than
     ``detection_metrics.csv`` (runs from before it existed)."""
-    path, metrics = run_dir / BEST_LAYERS_FILE, run_dir / "detection_metrics.csv"
+    path, metrics = RunLayout(run_dir).best_layers, RunLayout(run_dir).detection_metrics
     if path.exists() and path.stat().st_mtime >= metrics.stat().st_mtime:
         return pd.read_csv(path)
     return write_best_layers(run_dir, seed=seed).table
@@ -267,7 +268,7 @@ class ReportBuilder:
                 bl = int(bsa.loc[name, "best_layer"]) if name in bsa.index else own[0].layer
                 st = by_stage.get((ct, bl), own[0])
                 if st.path not in summaries:
-                    summaries[st.path] = ScoreSummary.load(st.path / "summary.npz")
+                    summaries[st.path] = ScoreSummary.load(StageFolder(st.path).summary)
                 summ = summaries[st.path]
                 if name not in summ.names:
                     continue
@@ -279,7 +280,7 @@ class ReportBuilder:
                 if st is None:
                     continue
                 cs = load_concepts(st.path / "concepts")
-                hist = TokenHistograms.load(st.path / "hist.npz")
+                hist = TokenHistograms.load(StageFolder(st.path).hist)
                 acts = dict(zip(ids, sample_token_activations(store, cs, ids, self.device)))
                 for c, name in enumerate(names):
                     if name not in cs.names or name not in chosen:
@@ -505,7 +506,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, formats
         raise FileNotFoundError(f"run folder not found: {run_dir}")
     if not formats or formats[0] != "png":
         raise ValueError(f"formats must start with 'png' (the page shows PNG), got {list(formats)}")
-    out = Path(out_dir) if out_dir is not None else run_dir / "report"
+    out = Path(out_dir) if out_dir is not None else RunLayout(run_dir).report
     out.mkdir(parents=True, exist_ok=True)
     if workers is None:
         workers = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))

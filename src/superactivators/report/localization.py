@@ -17,8 +17,9 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..localize.attribution import MAPS_FILE, load_maps
 from ..evaluate.methods import ACTIVATION_MAPS, LOC_METHODS, MACRO, SA
+from ..localize.attribution import load_maps
+from ..store.layout import RunLayout, StageFolder
 from ..store.tokens import TokenStore
 from . import figures as F
 
@@ -54,11 +55,11 @@ def localization_section(run_dir: Path, store: TokenStore, ds, stages: Sequence,
                          slugs: dict[str, str]) -> str:
     """HTML of the section (empty without ``localization_metrics.csv``); figures go through ``add_fig``,
     which queues a figure and returns its relative path."""
-    path = Path(run_dir) / "localization_metrics.csv"
+    path = RunLayout(run_dir).localization_metrics
     if not path.exists():
         return ""
     loc = pd.read_csv(path)
-    apath = Path(run_dir) / "attribution_metrics.csv"
+    apath = RunLayout(run_dir).attribution_metrics
     attr = pd.read_csv(apath) if apath.exists() else None
     parts = ["<section id='localization'><h2>Localisation: which tokens carry the concept?</h2>",
              "<p class='muted'>Token-level precision, recall, F1 and IoU on <i>test</i> against the masks / spans; every "
@@ -90,8 +91,8 @@ def localization_section(run_dir: Path, store: TokenStore, ds, stages: Sequence,
         parts.append(f"<figure><img src='{html.escape(rel)}' alt='localisation F1 and IoU per method'>"
                      "<figcaption>Macro test F1 and IoU per method.</figcaption></figure>")
         st = by_stage.get((ct, layer))
-        if attr is not None and st is not None and (Path(st.path) / MAPS_FILE).exists() and ds is not None:
-            parts.append(_maps(Path(st.path) / MAPS_FILE, attr, ct, layer, store, ds, add_fig, slugs))
+        if attr is not None and st is not None and StageFolder(Path(st.path)).attribution_maps.exists() and ds is not None:
+            parts.append(_maps(StageFolder(Path(st.path)).attribution_maps, attr, ct, layer, store, ds, add_fig, slugs))
     parts.append("</section>")
     return "".join(parts)
 

@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..evaluate.detect import PREDICTIONS_FILE, StagePredictions
+from ..evaluate.detect import StagePredictions
 from ..evaluate.methods import MACRO, MICRO, SA, WEIGHTED, score_of
 from ..evaluate.scoring import ScoreSummary
+from ..store.layout import RunLayout, StageFolder
 from ..store.runs import find_stages, find_store
 from ..util.io import atomic_write_bytes
 from .bootstrap import ALPHA, DEFAULT_RESAMPLES, Bootstrap
@@ -34,7 +35,6 @@ from .sweep import KEYS, aggregate_rows, best_layers, load_metrics, order_method
 
 log = logging.getLogger(__name__)
 
-BEST_LAYERS_FILE = "best_layers.csv"
 AGG_OF = {MACRO: "macro", WEIGHTED: "weighted", MICRO: "micro"}
 
 
@@ -62,29 +62,25 @@ def _stage_dirs(run_dir: Path) -> dict[tuple[int, str], list[Path]]:
     out: dict[tuple[int, str], list[Path]] = {}
     for s in find_stages(run_dir):
         out.setdefault((s.layer, s.concept_type), []).append(s.path)
-    extra = sorted((run_dir / "stages").glob("L*_*"), key=lambda p: -p.stat().st_mtime) \
-        if (run_dir / "stages").is_dir() else []
-    for d in extra:  # unsupervised stages are not in stages.json on older runs
-        parts = d.name.split("_")
-        if len(parts) < 3 or not parts[0][1:].isdigit():
-            continue
-        key = (int(parts[0][1:]), "_".join(parts[1:-1]))
-        if d not in out.get(key, []):
-            out.setdefault(key, []).append(d)
+    extra = sorted(RunLayout(run_dir).stage_folders(), key=lambda ks: -ks[1].path.stat().st_mtime)
+    for key, st in extra:  # unsupervised stages are not in stages.json on older runs
+        if st.path not in out.get(key, []):
+            out.setdefault(key, []).append(st.path)
     return out
 
 
 def _stage_predictions(stage: Path, rows: pd.DataFrame, test_ids: np.ndarray) -> dict[str, np.ndarray] | None:
     """Per method ``[n_test, C_stage]`` predictions of one stage, from ``predictions.npz`` or
     recomputed from ``summary.npz`` + thresholds; ``None`` when neither is there."""
-    if (stage / PREDICTIONS_FILE).exists():
-        p = StagePredictions.load(stage / PREDICTIONS_FILE)
+    files = StageFolder(stage)
+    if files.predictions.exists():
+        p = StagePredictions.load(files.predictions)
         if not np.array_equal(p.test_ids, test_ids):
             return None
         return {m: pd.DataFrame(v, columns=p.names) for m, v in p.pred.items()}
-    if not (stage / "summary.npz").exists():
+    if not files.done:
         return None
-    summ = ScoreSummary.load(stage / "summary.npz")
+    summ = ScoreSummary.load(files.summary)
     out = {}
     for m, g in rows.groupby("method"):
         key = score_of(m)  # the tail methods threshold the max token
@@ -213,7 +209,7 @@ def _with_intervals(b: pd.DataFrame, a: pd.DataFrame, pred: dict[str, pd.DataFra
 def write_best_layers(run_dir: str | Path, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> BestLayers:
     """Compute :func:`best_layer_table` and write ``RUN_DIR/best_layers.csv``."""
     res = best_layer_table(run_dir, n_resamples, seed)
-    atomic_write_bytes(Path(run_dir) / BEST_LAYERS_FILE, res.table.to_csv(index=False).encode())
+    atomic_write_bytes(RunLayout(run_dir).best_layers, res.table.to_csv(index=False).encode())
     return res
 
 
@@ -239,4 +235,4 @@ def format_headline(res: BestLayers) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["BEST_LAYERS_FILE", "KEYS", "BestLayers", "best_layer_table", "format_headline", "write_best_layers"]
+__all__ = ["KEYS", "BestLayers", "best_layer_table", "format_headline", "write_best_layers"]

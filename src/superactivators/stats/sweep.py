@@ -15,16 +15,9 @@ import numpy as np
 import pandas as pd
 
 from ..evaluate.detect import RATES
-from ..evaluate.methods import (
-    AGGREGATES,
-    MACRO,
-    METHODS,
-    MICRO,
-    SA,
-    WEIGHTED,
-    is_baseline,
-)
+from ..evaluate.methods import AGGREGATES, MACRO, METHODS, MICRO, SA, WEIGHTED, is_baseline
 from ..evaluate.metrics import Confusion
+from ..store.layout import RunLayout
 
 KEYS = ["concept_type", "method", "concept"]
 COUNTS = ["tp", "fp", "fn", "tn"]
@@ -33,7 +26,7 @@ REPORTED = ["best_layer", "cal_f1", "n_pct", "threshold", *COUNTS, "support", *R
 
 def load_metrics(run_dir: str | Path) -> pd.DataFrame:
     """A run's ``detection_metrics.csv``, with a clear error when the run is not finished."""
-    path = Path(run_dir) / "detection_metrics.csv"
+    path = RunLayout(run_dir).detection_metrics
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a finished run folder?")
     table = pd.read_csv(path)

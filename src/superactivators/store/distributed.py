@@ -35,9 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..util.device import pick_device
 from ..util.io import atomic_write_json
+from .embed import _positives_without_tokens, embed_dataset, embed_unit
 from .runs import RunLockedError, run_lock
-from .tokens import MANIFEST, Shard, StoreInfo, StoreWriter, TokenStore
+from .tokens import MANIFEST, Shard, StoreInfo, StoreWriter, TokenStore, store_is_complete
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +157,6 @@ def embed_data_parallel(ds, cfg, out_dir: str | Path, env: DistEnv | None = None
     import torch
     import torch.distributed as dist
 
-    from ..util.device import pick_device
-    from .embed import _positives_without_tokens, embed_dataset, embed_unit
-
     env = env or DistEnv.from_env()
     out_dir = Path(out_dir)
     if not env.is_distributed:
@@ -182,14 +181,14 @@ def embed_data_parallel(ds, cfg, out_dir: str | Path, env: DistEnv | None = None
             dist.broadcast_object_list(refused, src=0)
             if refused[0] is not None:
                 raise RunLockedError(refused[0])
-        if not _complete(out_dir):
+        if not store_is_complete(out_dir):
             unit = embed_unit(cfg, ds.modality)  # whole windows per rank: one process's batches, bit for bit
             lo, hi = rank_slices(len(ds), env.world_size, unit)[env.rank]
             if hi > lo:
                 embed_dataset(ds, cfg, part_dir(out_dir, lo, hi), encoder=encoder, sample_range=(lo, hi),
                               progress=progress and env.rank == 0)
             dist.barrier()
-            if env.rank == 0 and not _complete(out_dir):
+            if env.rank == 0 and not store_is_complete(out_dir):
                 parts = [part_dir(out_dir, a, b) for a, b in rank_slices(len(ds), env.world_size, unit)
                          if b > a]
                 store = merge_parts(out_dir, parts)
@@ -206,13 +205,8 @@ def embed_data_parallel(ds, cfg, out_dir: str | Path, env: DistEnv | None = None
 
 def rank_embed_config(cfg, env: DistEnv):
     """The embed config of this rank: on CUDA, its own GPU ``cuda:LOCAL_RANK``."""
-    from ..util.device import pick_device
 
     if env.is_distributed and pick_device(cfg.device).type == "cuda":
         return dataclasses.replace(cfg, device=f"cuda:{env.local_rank}")
     return cfg
 
-
-def _complete(store_dir: Path) -> bool:
-    m = Path(store_dir) / MANIFEST
-    return m.exists() and bool(json.loads(m.read_text()).get("complete"))

@@ -27,7 +27,7 @@ from ..data.datasets import Dataset, truth_label
 from ..data.masks import has_masks
 from ..encoders.base import EmbedConfig, EncodedBatch
 from ..encoders.factory import make_encoder
-from .tokens import StoreInfo, StoreWriter, TokenStore
+from .tokens import MANIFEST, StoreInfo, StoreWriter, TokenStore
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def embed_dataset(
     left unfinalised for the caller to merge.
     """
     out_dir = Path(out_dir)
-    if (out_dir / "manifest.json").exists():
+    if (out_dir / MANIFEST).exists():
         try:
             return TokenStore(out_dir)
         except RuntimeError:

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 from filelock import FileLock, Timeout
 
-from .tokens import TokenStore
-
-STAGES_FILE = "stages.json"
-LOCK_FILE = ".run.lock"
+from .layout import RunLayout, StageFolder
+from .tokens import MANIFEST, StoreError, TokenStore
 
 
 class RunLockedError(RuntimeError):
@@ -29,7 +27,7 @@ def run_lock(run_dir: Path, timeout: float = 0) -> Iterator[None]:
     ``timeout`` > 0 waits that many seconds first. The lock is an OS file lock (``filelock``),
     released when the process ends, however it ends.
     """
-    path = Path(run_dir) / LOCK_FILE
+    path = RunLayout(run_dir).lock
     lock = FileLock(str(path), timeout=timeout)
     try:
         lock.acquire()
@@ -42,8 +40,6 @@ def run_lock(run_dir: Path, timeout: float = 0) -> Iterator[None]:
         yield
     finally:
         lock.release()
-
-_STAGE_RE = re.compile(r"^L(\d+)_(.+)_([0-9a-f]{12})$")
 
 
 @dataclass(frozen=True)
@@ -61,37 +57,35 @@ def find_stages(run_dir: Path) -> list[StageRef]:
     Without the index, several folders of the same (layer, concept type) come from different
     configs; the one whose ``summary.npz`` is newest wins.
     """
-    idx = run_dir / STAGES_FILE
-    if idx.exists():
-        items = json.loads(idx.read_text())
-        refs = [StageRef(int(i["layer"]), str(i["concept_type"]), run_dir / i["dir"]) for i in items]
-        return [r for r in refs if (r.path / "summary.npz").exists()]
+    run = RunLayout(run_dir)
+    if run.stages_index.exists():
+        items = json.loads(run.stages_index.read_text())
+        refs = [StageRef(int(i["layer"]), str(i["concept_type"]), run.root / i["dir"]) for i in items]
+        return [r for r in refs if StageFolder(r.path).done]
     newest: dict[tuple[int, str], tuple[float, Path]] = {}
-    for d in sorted((run_dir / "stages").glob("L*_*")):
-        m = _STAGE_RE.match(d.name)
-        if not m or not (d / "summary.npz").exists():
+    for key, st in run.stage_folders():
+        if not st.done:
             continue
-        key = (int(m.group(1)), m.group(2))
-        t = (d / "summary.npz").stat().st_mtime
+        t = st.summary.stat().st_mtime
         if key not in newest or t > newest[key][0]:
-            newest[key] = (t, d)
+            newest[key] = (t, st.path)
     return [StageRef(k[0], k[1], v[1]) for k, v in sorted(newest.items())]
 
 
 def find_store(run_dir: Path) -> TokenStore:
     """The run's token store (``stages.json`` names it; else the newest complete one)."""
-    idx = run_dir / STAGES_FILE
-    if idx.exists():
-        items = json.loads(idx.read_text())
+    run = RunLayout(run_dir)
+    if run.stages_index.exists():
+        items = json.loads(run.stages_index.read_text())
         if items and items[0].get("store"):
-            return TokenStore(run_dir / items[0]["store"])
-    cands = sorted((run_dir / "stores").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+            return TokenStore(run.root / items[0]["store"])
+    cands = sorted(run.store_manifests(), key=lambda p: p.stat().st_mtime, reverse=True)
     for m in cands:
         try:
             return TokenStore(m.parent)
         except RuntimeError:
             continue
-    raise FileNotFoundError(f"no complete token store under {run_dir / 'stores'}")
+    raise FileNotFoundError(f"no complete token store under {run.stores}")
 
 
 def verify_run(run_dir: Path) -> tuple[list[str], list[str]]:
@@ -100,12 +94,8 @@ def verify_run(run_dir: Path) -> tuple[list[str], list[str]]:
     Every token store file against the checksums recorded when it was written (every block),
     and every stage file (``.npz`` / ``.json``) for being readable.
     """
-    import numpy as np
-
-    from .tokens import MANIFEST, StoreError
-
     run_dir = Path(run_dir)
-    stores = [run_dir] if (run_dir / MANIFEST).exists() else sorted(p.parent for p in run_dir.glob(f"stores/*/{MANIFEST}"))
+    stores = [run_dir] if (run_dir / MANIFEST).exists() else [p.parent for p in RunLayout(run_dir).store_manifests()]
     checked, bad = [], []
     for sd in stores:
         try:
@@ -114,7 +104,8 @@ def verify_run(run_dir: Path) -> tuple[list[str], list[str]]:
             checked.append(f"store {sd}: {n} files" + ("" if n else " (written before checksums were recorded: not verifiable)"))
         except StoreError as err:
             bad += str(err).splitlines()
-    for f in sorted(run_dir.glob("stages/**/*")):
+    stages = RunLayout(run_dir).stages
+    for f in sorted(stages.glob("**/*")):
         if f.suffix not in (".npz", ".json") or f.name.startswith("."):
             continue
         try:
@@ -126,7 +117,7 @@ def verify_run(run_dir: Path) -> tuple[list[str], list[str]]:
                 json.loads(f.read_text())
         except Exception as err:  # BadZipFile, EOFError, ValueError, ...
             bad.append(f"{f}: damaged ({type(err).__name__}: {err})")
-    n_stage = sum(1 for f in run_dir.glob("stages/**/*") if f.suffix in (".npz", ".json"))
+    n_stage = sum(1 for f in stages.glob("**/*") if f.suffix in (".npz", ".json"))
     if n_stage:
         checked.append(f"stage files: {n_stage}")
     return checked, bad

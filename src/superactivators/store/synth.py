@@ -18,7 +18,6 @@ The generative model, per sample ``i`` of ``L_i`` tokens (``L_i`` uniform in
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..util.io import stable_hash
 from .tokens import StoreInfo, StoreWriter, TokenStore
 
 
@@ -48,7 +48,7 @@ class SynthSpec:
     seed: int = 0
 
     def key(self) -> str:
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        return stable_hash(asdict(self))
 
 
 def sample_lengths(spec: SynthSpec, rng: np.random.Generator) -> np.ndarray:

@@ -31,6 +31,15 @@ import numpy as np
 from ..util.io import atomic_save_npy, atomic_save_npz, atomic_write_json
 
 MANIFEST = "manifest.json"
+
+
+def store_is_complete(path: Path) -> bool:
+    """Is there a finished token store at ``path``? (Its manifest says so; nothing else is read.)"""
+    m = Path(path) / MANIFEST
+    try:
+        return m.exists() and bool(json.loads(m.read_text()).get("complete"))
+    except (OSError, ValueError):
+        return False
 FORMAT_VERSION = 1
 
 

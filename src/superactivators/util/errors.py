@@ -13,9 +13,3 @@ class ValidationError(ValueError):
         self.problems = problems.splitlines() if isinstance(problems, str) else list(problems)
         super().__init__("\n".join(self.problems))
 
-
-def cap_lines(lines: list[str], limit: int = 20) -> list[str]:
-    """At most ``limit`` lines, then one "... and N more" line."""
-    if len(lines) <= limit:
-        return list(lines)
-    return [*lines[:limit], f"... and {len(lines) - limit} more"]
