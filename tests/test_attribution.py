@@ -143,7 +143,8 @@ def test_unknown_method_is_refused() -> None:
 
 def test_pipeline_attributions_on_text(small_emotions: Path, tiny_bert: Path, tmp_path: Path) -> None:
     from superactivators.config import config_from_dict
-    from superactivators.localize.attribution import MAPS_FILE, load_maps
+    from superactivators.localize.attribution import load_maps
+    from superactivators.store.layout import StageFolder
     from superactivators.pipeline import run_pipeline
 
     cfg = config_from_dict({
@@ -159,7 +160,7 @@ def test_pipeline_attributions_on_text(small_emotions: Path, tiny_bert: Path, tm
     assert t[["precision", "recall", "f1", "iou"]].dropna().apply(lambda c: c.between(0, 1).all()).all()
     assert (t["seconds"].dropna() >= 0).all() and t["n_test_samples"].max() <= 3
     stage = next((tmp_path / "attr" / "stages").glob(f"L{int(t['layer'].iloc[0]):02d}_linsep_*"))
-    maps = load_maps(stage / MAPS_FILE)
+    maps = load_maps(StageFolder(stage).attribution_maps)
     store = res.store
     for (meth, c, i), m in maps["maps"].items():
         assert len(m) == store.lengths[maps["ids"][c][i]]  # one value per stored token
@@ -204,9 +205,10 @@ def test_pipeline_attributions_on_images_with_a_tiny_dinov2(tmp_path: Path) -> N
     t = res.attribution
     assert {f"attr:{m}" for m in ATTRIBUTIONS} <= set(t["method"]) and set(t["layer"]) == {2}
     assert t[["f1", "iou"]].dropna().apply(lambda c: c.between(0, 1).all()).all()
-    from superactivators.localize.attribution import MAPS_FILE, load_maps
+    from superactivators.localize.attribution import load_maps
+    from superactivators.store.layout import StageFolder
 
-    maps = load_maps(next((tmp_path / "runs" / "img" / "stages").glob("L02_mean_*")) / MAPS_FILE)
+    maps = load_maps(StageFolder(next((tmp_path / "runs" / "img" / "stages").glob("L02_mean_*"))).attribution_maps)
     assert maps["maps"] and all(len(m) == 16 for m in maps["maps"].values())  # 4 x 4 patches
 
     from superactivators.report.html import build_report

@@ -120,3 +120,12 @@ def test_cycle_finder_finds_a_planted_cycle(tmp_path, monkeypatch):
     (pkg / "pipeline.py").write_text("")
     assert imports_of(pkg / "util" / "c.py") == {"superactivators.pipeline"}
     assert rank("superactivators.pipeline") > rank("superactivators.util.c")
+
+
+def test_config_imports_without_torch():
+    """``import superactivators.config`` reads a config without loading torch (the CLI's help stays quick)."""
+    import subprocess
+
+    code = "import sys, superactivators.config as c; c.config_from_dict({}); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr

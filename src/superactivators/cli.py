@@ -10,6 +10,10 @@ import time
 import warnings
 from pathlib import Path
 
+from .data.seed import KINDS as GROUND_TRUTH_KINDS
+from .demo import TEXT_DEMOS
+
+DATASET_GENERATORS = ("shapes",)  # make-dataset KIND
 from .util.errors import ValidationError
 
 
@@ -122,30 +126,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo_config(args: argparse.Namespace):
-    from .config import apply_overrides, config_from_dict
-    from .localize.attribution import ATTRIBUTIONS
-
-    data = {
-        "name": "demo",
-        "output_dir": args.output_dir,
-        "data": {"path": "builtin:emotions"},
-        "embed": {"model": "minilm", "layers": "all", "batch_size": 32, "max_length": 256},
-        "concepts": {"types": ["mean", "linsep"]},
-        # attribution baselines at the linsep concepts' best layer, sized for 2 CPU cores
-        "localize": {"attributions": list(ATTRIBUTIONS), "attribution_types": ["linsep"], "attribution_samples": 4,
-                     "attribution_budget": 24, "ig_steps": 8},
-    }
-    if getattr(args, "kmeans", False):
-        # k sized for this dataset (~40k train tokens, 540 train samples, 8 concepts): 256 token
-        # clusters (~160 tokens each, about word/phrase level) and 16 global clusters (~34
-        # samples each). Measured at layer 4: SuperActivator macro F1 0.40 / 0.46 / 0.57 with
-        # k = 64 / 256 / 1000; 1000 (the seed's) costs ~10x the time of 256 here.
-        data["concepts"].update(types=["mean", "linsep", "kmeans", "kmeans-linsep"],
-                                kmeans_k_tokens=256, kmeans_k_global=16)
-    return config_from_dict(apply_overrides(data, args.set))
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     model = getattr(args, "model", "minilm") or "minilm"
     if model != "minilm" and not getattr(args, "images", False):
@@ -154,7 +134,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cfg = decoder_demo_config(model, args.output_dir, args.set)
         return _run(cfg, args) or _write_report(cfg.run_dir, formats="png")
     if not getattr(args, "images", False):
-        cfg = demo_config(args)
+        from .demo import text_demo_config
+
+        cfg = text_demo_config(args.output_dir, args.set, kmeans=getattr(args, "kmeans", False))
         return _run(cfg, args) or _write_report(cfg.run_dir, progress=not args.quiet)
     from .demo import image_demo_config
 
@@ -211,7 +193,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return _write_report(args.run_dir, args.out, args.formats, args.examples, args.layers, progress=not args.quiet)
 
 
+def _shared_flags() -> dict[str, argparse.ArgumentParser]:
+    """The flags several commands share, each written once (argparse parent parsers)."""
+    overrides = argparse.ArgumentParser(add_help=False)
+    overrides.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                           help="override a config value, e.g. --set embed.batch_size=8 (repeatable)")
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("--quiet", action="store_true", help="no progress bars")
+    remote = argparse.ArgumentParser(add_help=False)
+    remote.add_argument("--trust-remote-code", action="store_true",
+                        help="allow the model's own Python code (auto_map) to run; never taken from a config file")
+    return {"set": overrides, "quiet": quiet, "remote": remote}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    flags = _shared_flags()
+    cfg_flags = [flags["set"], flags["quiet"], flags["remote"]]
     p = argparse.ArgumentParser(
         prog="superactivators",
         description="Find where concepts live in a transformer and detect them from the tail of token activations.",
@@ -220,34 +217,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("run", help="run the whole pipeline from a YAML config (cached, resumable)")
+    s = sub.add_parser("run", parents=cfg_flags, help="run the whole pipeline from a YAML config (cached, resumable)")
     s.add_argument("config", type=Path)
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set embed.batch_size=8 (repeatable)")
-    s.add_argument("--quiet", action="store_true", help="no progress bars")
-    s.add_argument("--trust-remote-code", action="store_true",
-                   help="allow the model's own Python code (auto_map) to run; never taken from a config file")
     s.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("embed", help="only the embed stage of a run config; data-parallel under torchrun",
+    s = sub.add_parser("embed", parents=cfg_flags,
+                       help="only the embed stage of a run config; data-parallel under torchrun",
                        description="Embed the config's dataset into its token store. Under torchrun "
                                    "(torchrun --nproc_per_node N -m superactivators embed CONFIG) every rank "
                                    "embeds a disjoint slice; the store equals a single-process one.")
     s.add_argument("config", type=Path)
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-    s.add_argument("--quiet", action="store_true", help="no progress bars")
-    s.add_argument("--trust-remote-code", action="store_true",
-                   help="allow the model's own Python code (auto_map) to run; never taken from a config file")
     s.set_defaults(func=cmd_embed)
 
-    s = sub.add_parser("demo", help="built-in emotions dataset through the packaged all-MiniLM-L6-v2, every layer")
+    s = sub.add_parser("demo", parents=[flags["set"], flags["quiet"]],
+                       help="built-in emotions dataset through the packaged all-MiniLM-L6-v2, every layer")
     s.add_argument("--output-dir", default="runs", help="parent folder of the run folder 'demo'")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-    s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.add_argument("--kmeans", action="store_true",
                    help="also unsupervised k-means concepts (256 token / 16 global clusters), each labelled "
                         "concept matched to its best cluster on cal")
-    s.add_argument("--model", default="minilm", choices=["minilm", "smollm2", "gemma3-270m", "qwen2.5-0.5b"],
+    s.add_argument("--model", default="minilm", choices=list(TEXT_DEMOS),
                    help="text model: the packaged MiniLM (default) or a real decoder LM from PyPI (converted once "
                         "into the cache; default layer sweep; every baseline plus the model prompted itself)")
     s.add_argument("--images", action="store_true",
@@ -256,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("make-dataset", help="write a synthetic dataset (shapes) in the seed format")
-    s.add_argument("kind", choices=["shapes"], help="which generator")
+    s.add_argument("kind", choices=list(DATASET_GENERATORS), help="which generator")
     s.add_argument("out_dir", type=Path, help="folder to write images/, masks/ and metadata.csv into")
     s.add_argument("--n", type=int, default=600, help="number of scenes (default 600)")
     s.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
@@ -264,23 +252,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="overwrite a dataset already in OUT_DIR")
     s.set_defaults(func=cmd_make_dataset)
 
-    s = sub.add_parser("detect", help="detect concepts in new texts (or images) with a finished run's detector")
+    s = sub.add_parser("detect", parents=[flags["remote"]],
+                       help="detect concepts in new texts (or images) with a finished run's detector")
     s.add_argument("run_dir", type=Path)
     s.add_argument("inputs", nargs="*", help="texts (text runs) or image paths (image runs)")
     s.add_argument("--concept-type", default="linsep", help="concept type whose vectors to use")
     s.add_argument("--layer", default="best", help="a layer index, or 'best' per concept on cal")
     s.add_argument("--save", type=Path, help="also save the fitted detector to this folder")
-    s.add_argument("--trust-remote-code", action="store_true",
-                   help="allow the model's own Python code (auto_map) to run; never taken from a config file")
     s.set_defaults(func=cmd_detect)
 
-    s = sub.add_parser("report", help="one HTML page (figures beside it, no network) for a finished run")
+    s = sub.add_parser("report", parents=[flags["quiet"]],
+                       help="one HTML page (figures beside it, no network) for a finished run")
     s.add_argument("run_dir", type=Path)
     s.add_argument("--out", type=Path, help="folder for index.html and figures/ (default RUN_DIR/report)")
     s.add_argument("--formats", default="png,svg", help="figure formats, PNG first (default png,svg)")
     s.add_argument("--examples", type=int, default=3, help="test samples shown per concept (default 3; 0: none)")
     s.add_argument("--layers", help="per-layer figures only for these layers, e.g. 3,6,9,12 (default: all)")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("verify", help="check every store file of a run against its recorded checksums",
@@ -303,9 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("dataset-info", help="samples, concepts with positives per split, modality, token-level truth")
     s.add_argument("path", help="metadata.csv, its folder, or builtin:NAME")
     s.add_argument("--concepts", help="'seed' (the seed's subset for this folder), 'preset:NAME', or one column")
-    s.add_argument("--ground-truth", default="auto",
-                   help="token-level truth source: auto (recognise the seed's files, default), none, or a kind "
-                        "(seed-words, clevr-masks, clevr-images, coco, broden-segmentations, broden-release)")
+    s.add_argument("--ground-truth", default="auto", choices=list(GROUND_TRUTH_KINDS),
+                   help="token-level truth source: auto (recognise the seed's files, default), none, or one "
+                        "reader's kind")
     s.add_argument("--no-counts", action="store_true",
                    help="skip the per-concept in-concept word/pixel counts (they read every mask once)")
     s.set_defaults(func=cmd_dataset_info)

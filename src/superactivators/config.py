@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -12,112 +11,20 @@ from typing import Any
 
 import yaml
 
-from .concepts.types import CONCEPT_TYPES
+from .concepts.options import CONCEPT_TYPES, ConceptConfig
 from .data.masks import MaskOptions
-from .data.seed import KINDS as GROUND_TRUTH_KINDS
-from .encoders.base import EmbedConfig
-from .localize.attribution import ATTRIBUTIONS
-from .evaluate.calibrate import DEFAULT_GRID
-from .evaluate.methods import ALL_METHODS, METHODS, PROMPT_METHODS
+from .data.options import DataConfig
+from .encoders.base import DEVICE_HELP, DEVICE_RE, EmbedConfig
+from .evaluate.options import DetectConfig
+from .localize.options import LocalizeConfig
 from .util.errors import ValidationError
+
+__all__ = ["CONCEPT_TYPES", "PROTOCOLS", "SECTIONS", "ConceptConfig", "DataConfig", "DetectConfig", "EmbedConfig",
+           "LocalizeConfig", "RunConfig", "apply_overrides", "config_from_dict", "load_config"]
 
 #: ``protocol``: "ours" (the project's defaults) or "seed" (the seed study's choices where ours
 #: deliberately differ; docs/protocol.md lists each one and why)
 PROTOCOLS = ("ours", "seed")
-# accepted spellings of compute / store dtypes -> the canonical name the cache keys use
-DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
-COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
-STORE_DTYPES = ("float16", "float32")
-GLOBAL_TOKENS = ("auto", "cls", "mean", "last")
-_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-
-
-@dataclass
-class DataConfig:
-    """Which dataset: a metadata.csv, a folder holding one, or ``builtin:NAME``."""
-
-    path: str = "builtin:emotions"
-    # restrict / order concept columns: a list, or 'seed' (the seed's subset for its folder) / 'preset:NAME'
-    concepts: list[str] | str | None = None
-    # token-level truth beside metadata.csv (superactivators.data.seed): auto (recognise the seed's
-    # files), none (sample labels / the metadata's own spans and masks), or one reader's kind
-    ground_truth: str = "auto"
-    # images (see superactivators.data.masks): min fraction of a patch's pixels in a concept's mask
-    # for "in concept", and of image (not padding) pixels for "valid"; unreadable images/masks
-    # are an error unless skip_bad_images (then skipped and reported)
-    mask_coverage: float = 0.5
-    content_coverage: float = 0.5
-    skip_bad_images: bool = False
-    # withhold the token-level truth (spans, masks): the run sees sample labels only, as for data
-    # that has none (every valid token of a positive sample then counts as in-concept)
-    sample_labels_only: bool = False
-    # text/image/mask paths must resolve inside the dataset folder unless this is set
-    allow_outside_paths: bool = False
-    # Parquet / Arrow / datasets folders / hf:ID (superactivators.data.hf): which column is what
-    text_column: str | None = None  # default 'text'
-    image_column: str | None = None  # default 'image'
-    mask_column: str | None = None
-    concept_columns: list[str] | str | None = None  # 0/1 columns, or one list-of-labels column
-    span_column: str | None = None  # default 'spans'
-    split_column: str | None = None  # default 'split' (a DatasetDict's splits give it)
-    split_map: dict[str, str] | None = None  # e.g. {validation: cal}; validation -> cal by default
-
-    def columns(self) -> dict:
-        """The column options that are set (for :func:`superactivators.data.datasets.load_dataset`)."""
-        keys = ("text_column", "image_column", "mask_column", "concept_columns", "span_column", "split_column",
-                "split_map")
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
-
-
-@dataclass
-class ConceptConfig:
-    """Which concept types to learn, and their knobs."""
-
-    types: list[str] = field(default_factory=lambda: ["mean", "linsep"])
-    linsep_max_tokens_per_class: int = 4000
-    linsep_c: float = 1.0
-    kmeans_k_tokens: int = 1000
-    kmeans_k_global: int = 50
-    sae_path: str | None = None  # SAELens folder or HF repo id (type 'sae')
-
-
-@dataclass
-class DetectConfig:
-    """Detection methods and the calibration grid (percent of in-concept tokens kept)."""
-
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    grid: list[float] = field(default_factory=lambda: list(DEFAULT_GRID))
-    best_threshold: bool = True
-    localize: bool = True  # token-level localisation metrics when the data has masks or spans
-    # causal LM / VLM asked by method 'prompt' (calibrated logit(yes) - logit(no)) and/or
-    # 'prompt_seed' (the seed's question, a greedy generated Yes/No, scored as it is)
-    prompt_model: str | None = None
-    prompt_batch_size: int = 8
-    prompt_chat: str = "auto"  # auto: through the tokenizer's chat template when it has one | always | never
-    prompt_max_new_tokens: int = 16  # prompt_seed: tokens generated per answer
-
-
-@dataclass
-class LocalizeConfig:
-    """Attribution baselines for localisation (opt-in: they run the model again).
-
-    ``attributions``: any of :data:`~superactivators.localize.attribution.ATTRIBUTIONS`
-    (empty: none); ``attribution_budget``: perturbed samples per (sample, concept) for lime /
-    kernel_shap / rise; ``attribution_samples``: detected samples per concept and split;
-    ``attribution_layer``: ``best`` (per concept type, the layer of the best SuperActivator
-    localisation F1 on ``cal``) or a layer index; ``attribution_types``: concept types (default
-    every one with cosine or signed-distance scores; SAE units are skipped).
-    """
-
-    attributions: list[str] = field(default_factory=list)
-    attribution_budget: int = 64
-    attribution_samples: int = 16
-    attribution_layer: str | int = "best"
-    attribution_types: list[str] | None = None
-    ig_steps: int = 16
-    occlusion_window: int = 1
-    batch_size: int = 16
-    attribution_target: str = "global"  # or mean_token: the mean of the concept's token scores (the seed's)
 
 
 @dataclass
@@ -146,85 +53,26 @@ class RunConfig:
         return Path(self.output_dir) / self.name
 
     def mask_options(self) -> MaskOptions:
-        """How image masks become patch truth for this run (the one place they are built)."""
-        return MaskOptions(coverage=self.data.mask_coverage, content=self.data.content_coverage,
-                           skip_bad_images=self.data.skip_bad_images, any_pixel=self.protocol == "seed")
+        """How image masks become patch truth for this run (the seed's any-pixel rule under protocol seed)."""
+        return self.data.mask_options(any_pixel=self.protocol == "seed")
 
     def problems(self) -> list[str]:
-        """Every value out of its range or set of choices, one line each (types are checked on load)."""
+        """Every value out of its range or set of choices, one line each (types are checked on load):
+        the run's own keys, then each section's :meth:`problems`."""
         out: list[str] = []
-        e, d, c, t = self.embed, self.data, self.concepts, self.detect
         if not self.name or self.name in (".", "..") or "/" in self.name or "\\" in self.name:
             out.append(f"name: {self.name!r} must be a plain folder name (no '/')")
         if self.seed < 0:
             out.append(f"seed: must be >= 0, got {self.seed}")
-        for key, val in (("score_device", self.score_device), ("embed.device", e.device)):
-            if not _DEVICE_RE.match(val):
-                out.append(f"{key}: {val!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
-        for key, val, lo in (("embed.batch_size", e.batch_size, 1), ("embed.max_length", e.max_length, 1),
-                             ("embed.shard_tokens", e.shard_tokens, 1), ("concepts.kmeans_k_tokens", c.kmeans_k_tokens, 2),
-                             ("concepts.kmeans_k_global", c.kmeans_k_global, 2),
-                             ("concepts.linsep_max_tokens_per_class", c.linsep_max_tokens_per_class, 1),
-                             ("detect.prompt_batch_size", t.prompt_batch_size, 1)):
-            if val < lo:
-                out.append(f"{key}: must be >= {lo}, got {val}")
-        if e.dtype not in COMPUTE_DTYPES:
-            out.append(f"embed.dtype: {e.dtype!r} is not one of {list(COMPUTE_DTYPES)} (or fp32, fp16, bf16)")
-        if e.store_dtype not in STORE_DTYPES:
-            out.append(f"embed.store_dtype: {e.store_dtype!r} is not one of {list(STORE_DTYPES)}")
-        if e.global_token not in GLOBAL_TOKENS:
-            out.append(f"embed.global_token: {e.global_token!r} is not one of {list(GLOBAL_TOKENS)}")
-        out += _layer_spec_problems(e.layers)
-        if not 0 < d.mask_coverage <= 1:
-            out.append(f"data.mask_coverage: must be in (0, 1], got {d.mask_coverage}")
-        if not 0 <= d.content_coverage <= 1:
-            out.append(f"data.content_coverage: must be in [0, 1], got {d.content_coverage}")
-        if isinstance(d.concepts, list):
-            dup = sorted({x for x in d.concepts if d.concepts.count(x) > 1})
-            if dup:
-                out.append(f"data.concepts: listed twice: {dup}")
-            if not d.concepts:
-                out.append("data.concepts: empty list (leave it out to use every concept column)")
-        if c.linsep_c <= 0:
-            out.append(f"concepts.linsep_c: must be > 0, got {c.linsep_c}")
-        if not c.types:
-            out.append("concepts.types: empty; choose from " + str(list(CONCEPT_TYPES)))
-        bad = [x for x in c.types if x not in CONCEPT_TYPES]
-        if bad:
-            out.append(f"concepts.types: unknown concept type(s) {bad}; choose from {list(CONCEPT_TYPES)}")
-        bad = [m for m in t.methods if m not in ALL_METHODS]
-        if bad:
-            out.append(f"detect.methods: unknown detection method(s) {bad}; choose from {list(ALL_METHODS)}")
-        if set(PROMPT_METHODS) & set(t.methods) and not t.prompt_model:
-            out.append("detect.methods: 'prompt' / 'prompt_seed' needs detect.prompt_model (a causal LM or VLM id/folder)")
-        if t.prompt_chat not in ("auto", "always", "never"):
-            out.append(f"detect.prompt_chat: must be auto, always or never, got {t.prompt_chat!r}")
-        if "sae" in c.types and not c.sae_path:
-            out.append("concepts.types: 'sae' needs concepts.sae_path")
-        if d.ground_truth not in GROUND_TRUTH_KINDS:
-            out.append(f"data.ground_truth: unknown {d.ground_truth!r}; choose from {list(GROUND_TRUTH_KINDS)}")
-        loc = self.localize
-        if loc.attributions:
-            bad = [m for m in loc.attributions if m not in ATTRIBUTIONS]
-            if bad:
-                out.append(f"localize.attributions: unknown {bad}; choose from {list(ATTRIBUTIONS)}")
-            for k in ("attribution_budget", "attribution_samples", "ig_steps", "occlusion_window", "batch_size"):
-                if int(getattr(loc, k)) < 1:
-                    out.append(f"localize.{k}: must be >= 1, got {getattr(loc, k)}")
-            lay = loc.attribution_layer
-            if not (lay == "best" or (isinstance(lay, int) and not isinstance(lay, bool))):
-                out.append(f"localize.attribution_layer: must be 'best' or a layer index, got {lay!r}")
-        if not t.grid:
-            out.append("detect.grid: empty")
-        bad_n = [g for g in t.grid if not 0 < g <= 100]
-        if bad_n:
-            out.append(f"detect.grid: percentages must be in (0, 100], got {bad_n}")
+        if not DEVICE_RE.match(self.score_device):
+            out.append(f"score_device: {self.score_device!r} is not a device; {DEVICE_HELP}")
+        for section in SECTIONS:
+            out += getattr(self, section).problems()
         return out
 
     def validate(self) -> None:
         """Raise :class:`ValidationError` listing every problem of :meth:`problems`."""
-        self.embed.dtype = DTYPE_ALIASES.get(self.embed.dtype, self.embed.dtype)
-        self.embed.store_dtype = DTYPE_ALIASES.get(self.embed.store_dtype, self.embed.store_dtype)
+        self.embed.normalise()
         probs = self.problems()
         if probs:
             raise ValidationError(probs)
@@ -236,27 +84,6 @@ class RunConfig:
         d = asdict(self)
         d["embed"]["trust_remote_code"] = False
         return d
-
-
-def _layer_spec_problems(spec: Any) -> list[str]:
-    """Syntax of ``embed.layers`` (ranges need the model's config: checked before it loads)."""
-    items = spec if isinstance(spec, list) else [spec]
-    out = []
-    for item in items:
-        if isinstance(item, bool):
-            out.append(f"embed.layers: bad layer {item!r}")
-        elif isinstance(item, str):
-            s = item.strip().lower()
-            if s in ("all", "sweep", "default"):
-                continue
-            try:
-                v = float(s[:-1]) if s.endswith("%") else int(s)
-            except ValueError:
-                out.append(f"embed.layers: bad layer {item!r}: use an index, 'P%', 'all' or 'sweep'")
-                continue
-            if s.endswith("%") and not 0 <= v <= 100:
-                out.append(f"embed.layers: percentage {item!r} outside 0..100%")
-    return out
 
 
 def _type_name(hint: Any) -> str:

@@ -250,10 +250,7 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
     attr = None
     if cfg.localize.attributions and attr_jobs:
         lc = cfg.localize
-        opts = AttributionOptions(methods=list(lc.attributions), budget=lc.attribution_budget, ig_steps=lc.ig_steps,
-                                  max_samples=lc.attribution_samples, batch_size=lc.batch_size,
-                                  occlusion_window=lc.occlusion_window, seed=cfg.seed,
-                                  target=lc.attribution_target)
+        opts = AttributionOptions.from_config(lc, cfg.seed)
         attr = run_attributions(lambda: make_encoder(cfg.embed, ds.modality, cfg.mask_options()), ds, store,
                                 attr_jobs, lambda job: load_concepts(Path(job["stage"]) / "concepts"),
                                 opts, cfg.detect.grid, lc.attribution_layer, lc.attribution_types, progress)

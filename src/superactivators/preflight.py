@@ -9,7 +9,6 @@ library, costs the user far more than a list of lines naming the key, column or 
 
 from __future__ import annotations
 
-import dataclasses
 
 from .concepts.types import ConceptType, concept_type
 from .config import RunConfig
@@ -73,9 +72,7 @@ def linsep_solver(cfg: RunConfig) -> str:
 
 def concept_types(cfg: RunConfig) -> list[ConceptType]:
     """The run's concept types, built from its ``concepts`` options."""
-    opts = {k: v for k, v in dataclasses.asdict(cfg.concepts).items() if k != "types"}
-    opts["linsep_solver"] = linsep_solver(cfg)
-    return [concept_type(t, opts, cfg.seed) for t in cfg.concepts.types]
+    return [concept_type(t, cfg.concepts, cfg.seed, solver=linsep_solver(cfg)) for t in cfg.concepts.types]
 
 
 def concept_type_problems(cfg: RunConfig, modality: str) -> list[str]:

