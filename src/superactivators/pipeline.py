@@ -33,6 +33,7 @@ from .encoders.base import ModelShape
 from .encoders.factory import image_encoder_for_run, make_encoder, model_shape
 from .evaluate.attribution import AttributionOptions, run_attributions
 from .evaluate.bestlayers import BestLayers, write_best_layers
+from .evaluate.calibrate import tail_rule_key
 from .evaluate.detect import (
     PREDICTIONS_FILE,
     is_baseline,
@@ -122,7 +123,8 @@ def concept_stage(store: TokenStore, layer: int, ct: ConceptType, cfg: RunConfig
     (and ``global_concepts/``) named by the labelled concepts, ``hist.npz`` and ``summary.npz``
     (written last: the stage is finished). Unlabelled types first score their units (cached
     under ``stages/units/``, keyed like a labelled stage) and match them to the concepts on
-    ``cal`` (``matches.csv``; the match depends on the grid, so their stage key adds it); the
+    ``cal`` (``matches.csv``; the match depends on the grid and, under ``protocol: seed``, on the
+    seed's threshold rule, so their stage key adds them); the
     matched set then takes the labelled path, with each baseline scored at its own matched unit
     (``ScoreSummary.method_scores``).
     """
@@ -139,7 +141,9 @@ def concept_stage(store: TokenStore, layer: int, ct: ConceptType, cfg: RunConfig
         gcs = _fitted(stage / "global_concepts", lambda: ct.fit_global(store, layer, root / "units")) \
             if want_global else None
     else:
-        stage = root / f"L{layer:02d}_{ct.name}_{stable_hash([key, [float(g) for g in cfg.detect.grid]])}"
+        # the match depends on the grid and on the threshold rule (seed only: ours keeps its keys)
+        rule = [tail_rule_key(cfg.protocol)] if cfg.protocol == "seed" else []
+        stage = root / f"L{layer:02d}_{ct.name}_{stable_hash([key, [float(g) for g in cfg.detect.grid]] + rule)}"
         if (stage / "summary.npz").exists():
             return stage
         units = root / "units" / f"L{layer:02d}_{ct.name}_{key}"
@@ -151,7 +155,7 @@ def concept_stage(store: TokenStore, layer: int, ct: ConceptType, cfg: RunConfig
         else:
             us = summarise_units(store, ucs, ugcs, seed=cfg.seed, device=device)
             us.save(units / "unit_summary.npz")
-        m = match_to_concepts(us, store.labels, store.splits, store.concepts, cfg.detect.grid)
+        m = match_to_concepts(us, store.labels, store.splits, store.concepts, cfg.detect.grid, cfg.protocol)
         cs = labelled_set(ucs, m.tokens, store.concepts)
         cs.save(stage / "concepts")
         gcs = labelled_set(ugcs, m.globals, store.concepts) if ugcs is not None and m.globals is not None else None
@@ -235,7 +239,7 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
             summary = ScoreSummary.load(stage / "summary.npz")
             summary.sample_scores.update(prompted)
             results = run_detection(summary, store.labels, store.splits, cfg.detect.methods,
-                                    cfg.detect.grid, cfg.detect.best_threshold)
+                                    cfg.detect.grid, cfg.detect.best_threshold, rule=cfg.protocol)
             save_curves(stage / CURVES_FILE, results, cfg.detect.grid)
             save_predictions(stage / PREDICTIONS_FILE, results, store.splits)
             stage_index.append({"layer": layer, "concept_type": ct.name, "dir": stage.relative_to(run_dir).as_posix(),
@@ -244,7 +248,7 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
             if cfg.detect.localize and store.info.token_ground_truth != "sample":
                 loc_tables.append(localize_stage(
                     store, lambda: load_concepts(stage / "concepts"), summary, results,
-                    cfg.detect.grid, stage, device, cfg.seed, layer=layer, concept_type=ct.name))
+                    cfg.detect.grid, stage, device, cfg.seed, rule=cfg.protocol, layer=layer, concept_type=ct.name))
                 attr_jobs.append({"layer": layer, "ctype": ct.name, "stage": stage, "summary": summary,
                                   "results": results, "loc": loc_tables[-1]})
             bar.update()

@@ -11,6 +11,13 @@ N = 10, 20, 60, 70, 95 and drops the boundary value whenever the rank lands on a
 For SuperActivator detection the population is the in-concept token activations on ``cal``;
 for the per-sample baselines it is the score of the concept's positive ``cal`` samples.
 
+That is the rule ``"ours"`` (the default). ``protocol: seed`` takes the seed study's rule
+``"seed"`` instead (:data:`TailRule`): the threshold is the linear-interpolated ``1 - N/100``
+quantile of the population (``torch.nanquantile``, as numpy's ``np.quantile(..., method="linear")``
+computes it, in float64; NaN values are left out first). Of ``[1, 2, 3, 4]`` at N = 50 ours
+keeps the top ``k = 2`` and gives 3, the seed's gives 2.5. The rule is one argument, ``rule``,
+of :func:`tail_thresholds` / :func:`calibrate_tail`; everything that calibrates passes it down.
+
 ``best_f1_thresholds``: the threshold chosen freely to maximise F1 on ``cal`` (an upper
 reference that isolates how much of a win is the tail and how much is calibration).
 """
@@ -20,16 +27,39 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Sequence
+from typing import Literal, Sequence, get_args
 
 import numpy as np
 
 from .metrics import f1_grid
 
 DEFAULT_GRID: tuple[float, ...] = (2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
+#: the threshold rule of a tail: "ours" (the ``k``-th largest value, :func:`tail_counts`) or "seed"
+#: (the seed study's linear ``1 - N/100`` quantile, NaNs ignored); the same names as ``protocol``
+TailRule = Literal["ours", "seed"]
+TAIL_RULES: tuple[str, ...] = get_args(TailRule)
 #: names the threshold rule in cache keys of results that depend on it (a rule change must not
-#: reuse tables computed under the old one)
+#: reuse tables computed under the old one); :func:`tail_rule_key` gives it per rule
 TAIL_RULE = "kth-largest-ceil"
+_RULE_KEYS = {"ours": TAIL_RULE, "seed": "linear-quantile-1-N/100"}
+
+
+def check_rule(rule: str) -> str:
+    """``rule`` if it names a threshold rule, else a one-line ValueError."""
+    if rule not in TAIL_RULES:
+        raise ValueError(f"threshold rule must be one of {list(TAIL_RULES)}, got {rule!r}")
+    return rule
+
+
+def tail_rule_key(rule: TailRule = "ours") -> str:
+    """The name of ``rule`` in cache keys (``"ours"``: :data:`TAIL_RULE`, the key it always had)."""
+    return _RULE_KEYS[check_rule(rule)]
+
+
+def seed_levels(grid: Sequence[float]) -> np.ndarray:
+    """The seed's quantile level ``1 - N/100`` (float64) for each N of the grid."""
+    grid_fractions(grid)  # validates
+    return 1.0 - np.asarray(grid, dtype=np.float64) / 100.0
 
 
 def grid_fractions(grid: Sequence[float]) -> list[Fraction]:
@@ -57,14 +87,18 @@ def tail_counts(n: int | np.ndarray, grid: Sequence[float] = DEFAULT_GRID) -> np
     return np.where(n[..., None] > 0, np.clip(k, 1, n[..., None]), 0)
 
 
-def tail_thresholds(populations: Sequence[np.ndarray], grid: Sequence[float] = DEFAULT_GRID) -> np.ndarray:
-    """Thresholds ``[C, G]``: the ``k``-th largest value of each concept's population (:func:`tail_counts`).
+def tail_thresholds(populations: Sequence[np.ndarray], grid: Sequence[float] = DEFAULT_GRID,
+                    rule: TailRule = "ours") -> np.ndarray:
+    """Thresholds ``[C, G]``: the ``k``-th largest value of each concept's population (:func:`tail_counts`),
+    or under ``rule="seed"`` its linear ``1 - N/100`` quantile (:func:`seed_thresholds`).
 
     An empty population gives a row of NaN (that concept cannot be calibrated) and a warning.
     A population may also be a streamed summary with ``len()`` and ``order_stats(ranks)``
     (0-based ascending ranks; see :mod:`superactivators.evaluate.quantiles`: exact when the
     values fit in memory, otherwise a fixed-memory histogram with a proven error bound).
     """
+    if check_rule(rule) == "seed":
+        return seed_thresholds(populations, grid)
     grid_fractions(grid)  # validates
     out = np.full((len(populations), len(grid)), np.nan, dtype=np.float64)
     for c, pop in enumerate(populations):  # one partition per concept
@@ -84,13 +118,46 @@ def tail_thresholds(populations: Sequence[np.ndarray], grid: Sequence[float] = D
     return out
 
 
-def column_tail_thresholds(rows: np.ndarray, grid: Sequence[float] = DEFAULT_GRID) -> np.ndarray:
+def seed_thresholds(populations: Sequence, grid: Sequence[float] = DEFAULT_GRID) -> np.ndarray:
+    """The seed's rule: thresholds ``[C, G]``, each population's linear quantile at ``1 - N/100``.
+
+    As ``torch.nanquantile(values, 1 - N/100)``: NaN values are left out (a population of only
+    NaN, or none, gives NaN and a warning); ``±inf`` is refused as under ``"ours"``. Computed in
+    float64, it equals ``np.quantile(values, 1 - N/100)`` (the seed's float32 arithmetic is within
+    float32 rounding of it). A streamed population (``quantile(q)``, see
+    :class:`~superactivators.evaluate.quantiles.HistogramPopulation`) interpolates its two
+    estimated order statistics, so its error stays within the wider of their two buckets.
+    """
+    q = seed_levels(grid)
+    out = np.full((len(populations), len(grid)), np.nan, dtype=np.float64)
+    for c, pop in enumerate(populations):
+        streamed = hasattr(pop, "order_stats")  # a histogram summary: finite values only (checked when counted)
+        if not streamed:
+            pop = np.asarray(pop, dtype=np.float64).ravel()
+            pop = pop[~np.isnan(pop)]
+            if not np.isfinite(pop).all():
+                raise FloatingPointError(f"concept #{c}: infinite activations in the calibration population")
+        if len(pop) == 0:
+            warnings.warn(f"concept #{c} has an empty calibration population; no threshold", stacklevel=2)
+            continue
+        out[c] = pop.quantile(q) if streamed else np.quantile(pop, q)
+    return out
+
+
+def column_tail_thresholds(rows: np.ndarray, grid: Sequence[float] = DEFAULT_GRID,
+                           rule: TailRule = "ours") -> np.ndarray:
     """Thresholds ``[G, K]`` of every column of ``rows [t, K]`` at once (as :func:`tail_thresholds`
     per column); no rows gives NaN."""
     rows = np.asarray(rows, dtype=np.float64)
     grid_fractions(grid)
     if len(rows) == 0:
         return np.full((len(grid), rows.shape[1]), np.nan)
+    if check_rule(rule) == "seed":
+        if np.isinf(rows).any():
+            raise FloatingPointError("infinite activations in a calibration population")
+        with warnings.catch_warnings():  # an all-NaN column gives NaN, as torch.nanquantile
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanquantile(rows, seed_levels(grid), axis=0)
     if not np.isfinite(rows).all():
         raise FloatingPointError("non-finite activations in a calibration population")
     ranks = len(rows) - tail_counts(len(rows), grid)
@@ -151,14 +218,14 @@ class TailCalibration:
 
 
 def calibrate_tail(scores: np.ndarray, populations: Sequence, labels: np.ndarray,
-                   grid: Sequence[float] = DEFAULT_GRID) -> TailCalibration:
-    """Tail thresholds from ``populations`` and, per concept, the N whose threshold maximises F1
-    of ``scores >= threshold`` against ``labels`` (both ``[n, C]``, the calibration samples).
+                   grid: Sequence[float] = DEFAULT_GRID, rule: TailRule = "ours") -> TailCalibration:
+    """Tail thresholds from ``populations`` (under ``rule``) and, per concept, the N whose threshold
+    maximises F1 of ``scores >= threshold`` against ``labels`` (both ``[n, C]``, the calibration samples).
 
     The one calibration protocol: the pipeline's :func:`~superactivators.evaluate.detect.calibrate_method`
     and the estimator both call it.
     """
-    thr = tail_thresholds(populations, grid)  # [C, G]
+    thr = tail_thresholds(populations, grid, rule)  # [C, G]
     pred = np.asarray(scores)[None, :, :] >= thr.T[:, None, :]  # [G, n, C]
     curve = f1_grid(pred, np.asarray(labels, dtype=bool)).T  # [C, G]
     best = np.argmax(np.nan_to_num(curve, nan=-1.0), axis=1)
