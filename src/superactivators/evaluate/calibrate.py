@@ -13,9 +13,9 @@ for the per-sample baselines it is the score of the concept's positive ``cal`` s
 
 That is the rule ``"ours"`` (the default). ``protocol: seed`` takes the seed study's rule
 ``"seed"`` instead (:data:`TailRule`): the threshold is the linear-interpolated ``1 - N/100``
-quantile of the population (``torch.nanquantile``, as numpy's ``np.quantile(..., method="linear")``
-computes it, in float64; NaN values are left out first). Of ``[1, 2, 3, 4]`` at N = 50 ours
-keeps the top ``k = 2`` and gives 3, the seed's gives 2.5. The rule is one argument, ``rule``,
+quantile of the population, NaN values left out, computed as ``torch.nanquantile`` computes it
+(in float32 for float32 values: :func:`seed_quantiles`). Of ``[1, 2, 3, 4]`` at N = 50 ours keeps
+the top ``k = 2`` and gives 3, the seed's gives 2.5. The rule is one argument, ``rule``,
 of :func:`tail_thresholds` / :func:`calibrate_tail`; everything that calibrates passes it down.
 
 ``best_f1_thresholds``: the threshold chosen freely to maximise F1 on ``cal`` (an upper
@@ -56,12 +56,6 @@ def tail_rule_key(rule: TailRule = "ours") -> str:
     return _RULE_KEYS[check_rule(rule)]
 
 
-def seed_levels(grid: Sequence[float]) -> np.ndarray:
-    """The seed's quantile level ``1 - N/100`` (float64) for each N of the grid."""
-    grid_fractions(grid)  # validates
-    return 1.0 - np.asarray(grid, dtype=np.float64) / 100.0
-
-
 def grid_fractions(grid: Sequence[float]) -> list[Fraction]:
     """Each N of the grid as an exact fraction of its decimal value (``2.5`` -> 5/2, ``0.1`` -> 1/10)."""
     out = []
@@ -85,6 +79,39 @@ def tail_counts(n: int | np.ndarray, grid: Sequence[float] = DEFAULT_GRID) -> np
     q = np.array([f.denominator for f in fr], dtype=np.int64)
     k = -((-(n[..., None] * p)) // (100 * q))
     return np.where(n[..., None] > 0, np.clip(k, 1, n[..., None]), 0)
+
+
+def seed_levels(grid: Sequence[float], dtype: type = np.float32) -> np.ndarray:
+    """The seed's quantile level ``1 - N/100`` for each N of the grid, as ``torch.nanquantile``
+    holds it: in the values' dtype (a Python float ``q`` becomes a scalar tensor of that dtype)."""
+    grid_fractions(grid)  # validates
+    return (1.0 - np.asarray(grid, dtype=np.float64) / 100.0).astype(dtype)
+
+
+def seed_quantiles(sorted_vals: np.ndarray, n_valid: np.ndarray, grid: Sequence[float]) -> np.ndarray:
+    """``torch.nanquantile(values, 1 - N/100)`` (linear) of each column, ``[G, K]``, in numpy.
+
+    ``sorted_vals [n, K]``: each column ascending with its NaNs last; ``n_valid [K]``: its
+    non-NaN count (at least 1). Arithmetic as torch's CPU kernel, in the values' dtype: rank
+    ``h = q (n_valid - 1)``, ``x_lo = x_(floor h)``, ``x_hi = x_(ceil h)``, weight ``w = h - floor h``,
+    then one fused multiply-add ``w < 0.5 ? x_lo + w d : x_hi + (w - 1) d`` with ``d = x_hi - x_lo``
+    (emulated exactly in float64 for float32 values: the product of two float32 is exact there).
+    Checked bit for bit against ``torch.nanquantile`` (float32, CPU) in tests/test_seed_rule.py.
+    """
+    dt = np.dtype(np.float64 if sorted_vals.dtype == np.float64 else np.float32)
+    vals = np.asarray(sorted_vals, dtype=dt)
+    one = dt.type(1)
+    rank = np.maximum(seed_levels(grid, dt)[:, None] * (np.asarray(n_valid) - 1).astype(dt)[None, :], dt.type(0))
+    lo, hi = np.floor(rank).astype(np.int64), np.ceil(rank).astype(np.int64)
+    w = rank - lo.astype(dt)
+    cols = np.arange(vals.shape[1])[None, :]
+    a, b = vals[lo, cols], vals[hi, cols]
+    d = b - a
+    small = w < 0.5
+    coeff, base = np.where(small, w, w - one), np.where(small, a, b)
+    if dt == np.float32:  # fma(coeff, d, base), rounded once
+        return (coeff.astype(np.float64) * d + base.astype(np.float64)).astype(np.float32)
+    return coeff * d + base
 
 
 def tail_thresholds(populations: Sequence[np.ndarray], grid: Sequence[float] = DEFAULT_GRID,
@@ -121,26 +148,28 @@ def tail_thresholds(populations: Sequence[np.ndarray], grid: Sequence[float] = D
 def seed_thresholds(populations: Sequence, grid: Sequence[float] = DEFAULT_GRID) -> np.ndarray:
     """The seed's rule: thresholds ``[C, G]``, each population's linear quantile at ``1 - N/100``.
 
-    As ``torch.nanquantile(values, 1 - N/100)``: NaN values are left out (a population of only
-    NaN, or none, gives NaN and a warning); ``±inf`` is refused as under ``"ours"``. Computed in
-    float64, it equals ``np.quantile(values, 1 - N/100)`` (the seed's float32 arithmetic is within
-    float32 rounding of it). A streamed population (``quantile(q)``, see
-    :class:`~superactivators.evaluate.quantiles.HistogramPopulation`) interpolates its two
-    estimated order statistics, so its error stays within the wider of their two buckets.
+    As ``torch.nanquantile(values, 1 - N/100)`` computes it (:func:`seed_quantiles`): NaN values
+    are left out (a population of only NaN, or none, gives NaN and a warning); ``±inf`` is refused
+    as under ``"ours"``. It equals ``np.quantile(values, 1 - N/100)`` to float32 precision; the
+    float32 level and rank decide, as in the seed, whether a threshold lands exactly on a value.
+    A streamed population (see :class:`~superactivators.evaluate.quantiles.HistogramPopulation`)
+    estimates the linear quantile at the same level from its two order statistics, so its error
+    stays within the wider of their two buckets (the module's bound).
     """
-    q = seed_levels(grid)
     out = np.full((len(populations), len(grid)), np.nan, dtype=np.float64)
+    q = seed_levels(grid).astype(np.float64)
     for c, pop in enumerate(populations):
         streamed = hasattr(pop, "order_stats")  # a histogram summary: finite values only (checked when counted)
         if not streamed:
-            pop = np.asarray(pop, dtype=np.float64).ravel()
+            pop = np.asarray(pop)
+            pop = np.asarray(pop, dtype=np.float64 if pop.dtype == np.float64 else np.float32).ravel()
             pop = pop[~np.isnan(pop)]
             if not np.isfinite(pop).all():
                 raise FloatingPointError(f"concept #{c}: infinite activations in the calibration population")
         if len(pop) == 0:
             warnings.warn(f"concept #{c} has an empty calibration population; no threshold", stacklevel=2)
             continue
-        out[c] = pop.quantile(q) if streamed else np.quantile(pop, q)
+        out[c] = pop.quantile(q) if streamed else seed_quantiles(np.sort(pop)[:, None], np.array([len(pop)]), grid)[:, 0]
     return out
 
 
@@ -148,16 +177,19 @@ def column_tail_thresholds(rows: np.ndarray, grid: Sequence[float] = DEFAULT_GRI
                            rule: TailRule = "ours") -> np.ndarray:
     """Thresholds ``[G, K]`` of every column of ``rows [t, K]`` at once (as :func:`tail_thresholds`
     per column); no rows gives NaN."""
-    rows = np.asarray(rows, dtype=np.float64)
+    rows = np.asarray(rows)
     grid_fractions(grid)
     if len(rows) == 0:
         return np.full((len(grid), rows.shape[1]), np.nan)
-    if check_rule(rule) == "seed":
+    if check_rule(rule) == "seed":  # in the values' precision, as the seed (float32 unless float64)
+        rows = rows.astype(np.float64 if rows.dtype == np.float64 else np.float32, copy=False)
         if np.isinf(rows).any():
             raise FloatingPointError("infinite activations in a calibration population")
-        with warnings.catch_warnings():  # an all-NaN column gives NaN, as torch.nanquantile
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanquantile(rows, seed_levels(grid), axis=0)
+        n_valid = (~np.isnan(rows)).sum(axis=0)
+        out = seed_quantiles(np.sort(rows, axis=0), np.maximum(n_valid, 1), grid).astype(np.float64)
+        out[:, n_valid == 0] = np.nan  # an all-NaN column gives NaN, as torch.nanquantile
+        return out
+    rows = rows.astype(np.float64, copy=False)
     if not np.isfinite(rows).all():
         raise FloatingPointError("non-finite activations in a calibration population")
     ranks = len(rows) - tail_counts(len(rows), grid)
