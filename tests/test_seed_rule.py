@@ -261,3 +261,39 @@ def test_seed_protocol_on_a_synthetic_store_equals_a_seed_style_implementation(s
             np.testing.assert_array_equal(r.threshold, thr_ref, err_msg=m)
         differs += int(np.sum(ours[m].cal_f1_curve != r.cal_f1_curve) + np.sum(ours[m].threshold != r.threshold))
     assert differs > 0  # the two rules are not the same on this store
+
+
+def test_pipeline_under_protocol_seed_thresholds_by_the_seed_rule(tmp_path, small_emotions, tiny_bert):
+    """`protocol: seed` reaches calibration: every tail method's chosen threshold is the seed rule's."""
+    from superactivators.config import config_from_dict
+    from superactivators.evaluate.detect import MACRO, WEIGHTED
+    from superactivators.evaluate.scoring import ScoreSummary
+    from superactivators.pipeline import run_pipeline
+    from superactivators.store.runs import find_stages
+
+    grid = [10, 30, 50, 70, 90]
+    cfg = config_from_dict({"name": "seedrule", "output_dir": str(tmp_path), "score_device": "cpu", "protocol": "seed",
+                            "data": {"path": str(small_emotions)},
+                            "embed": {"model": str(tiny_bert), "layers": [2], "batch_size": 32},
+                            "concepts": {"types": ["mean"]},
+                            "detect": {"grid": grid, "localize": False, "best_threshold": False,
+                                       "methods": ["superactivator", "max_token", "mean_token", "last_token"]}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = run_pipeline(cfg, progress=False)
+    (stage,) = find_stages(res.run_dir)
+    summary = ScoreSummary.load(stage.path / "summary.npz")
+    t = res.table[~res.table["concept"].isin([MACRO, WEIGHTED])]
+    labels, cal = res.store.labels.astype(bool), res.store.splits == "cal"
+    rows = {"superactivator": summary.cal_in_concept}
+    for m in ("max_token", "mean_token", "last_token"):
+        s = summary.sample_scores[m]
+        rows[m] = [s[cal & labels[:, c], c] for c in range(labels.shape[1])]
+    differs = 0
+    for m, pops in rows.items():
+        seed = tail_thresholds(pops, grid, rule="seed")  # [C, G]
+        got = t[t["method"] == m].set_index("concept").loc[summary.names]
+        j = [grid.index(n) for n in got["n_pct"]]
+        np.testing.assert_array_equal(got["threshold"].to_numpy(), seed[np.arange(len(j)), j], err_msg=m)
+        differs += int(np.sum(tail_thresholds(pops, grid)[np.arange(len(j)), j] != got["threshold"].to_numpy()))
+    assert differs > 0  # ours would have given other thresholds
