@@ -169,7 +169,10 @@ def seed_thresholds(populations: Sequence, grid: Sequence[float] = DEFAULT_GRID)
         if len(pop) == 0:
             warnings.warn(f"concept #{c} has an empty calibration population; no threshold", stacklevel=2)
             continue
-        out[c] = pop.quantile(q) if streamed else seed_quantiles(np.sort(pop)[:, None], np.array([len(pop)]), grid)[:, 0]
+        if streamed:
+            out[c] = pop.quantile(q)
+        else:
+            out[c] = seed_quantiles(np.sort(pop)[:, None], np.array([len(pop)]), grid)[:, 0]
     return out
 
 

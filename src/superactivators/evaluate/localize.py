@@ -504,7 +504,8 @@ def localize_stage(
     from ..util.io import stable_hash
 
     loc_grid = localization_grid(grid)
-    path = Path(stage_dir) / f"localization_{stable_hash([list(grid), loc_grid, LOC_METHODS, seed, tail_rule_key(rule)], 8)}.csv"
+    key = stable_hash([list(grid), loc_grid, LOC_METHODS, seed, tail_rule_key(rule)], 8)
+    path = Path(stage_dir) / f"localization_{key}.csv"
     if path.exists():
         return pd.read_csv(path)
     sa = next((r for r in detection if r.method == "superactivator"), None)
