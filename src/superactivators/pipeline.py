@@ -30,11 +30,12 @@ from .data.fingerprint import content_key
 from .encoders.base import ModelShape
 from .encoders.base import Encoder
 from .encoders.factory import make_encoder, model_shape
-from .localize.attribution import AttributionOptions, run_attributions
-from .stats.bestlayers import BestLayers, write_best_layers
+from .evaluate.calibrate import tail_rule_key
 from .evaluate.detect import macro_pivot, results_table, run_detection, save_predictions
 from .evaluate.methods import GLOBAL, PROMPT_METHOD_OF, SA, is_baseline
+from .localize.attribution import AttributionOptions, run_attributions
 from .localize.tokens import localize_stage
+from .stats.bestlayers import BestLayers, write_best_layers
 from .evaluate.matching import UnitSummary, labelled_set, match_to_concepts, summarise_units
 from .prompting.lm import PromptConfig, prompt_scores
 from .evaluate.scoring import ScoreSummary, summarise
@@ -114,7 +115,8 @@ def concept_stage(store: TokenStore, layer: int, ct: ConceptType, cfg: RunConfig
     (and ``global_concepts/``) named by the labelled concepts, ``hist.npz`` and ``summary.npz``
     (written last: the stage is finished). Unlabelled types first score their units (cached
     under ``stages/units/``, keyed like a labelled stage) and match them to the concepts on
-    ``cal`` (``matches.csv``; the match depends on the grid, so their stage key adds it); the
+    ``cal`` (``matches.csv``; the match depends on the grid and, under ``protocol: seed``, on the
+    seed's threshold rule, so their stage key adds them); the
     matched set then takes the labelled path, with each baseline scored at its own matched unit
     (``ScoreSummary.method_scores``).
     """
@@ -131,7 +133,9 @@ def concept_stage(store: TokenStore, layer: int, ct: ConceptType, cfg: RunConfig
         gcs = _fitted(stage.global_concepts, lambda: ct.fit_global(store, layer, run.units)) \
             if want_global else None
     else:
-        stage = run.stage(layer, ct.name, stable_hash([key, [float(g) for g in cfg.detect.grid]]))
+        # the match depends on the grid and on the threshold rule (seed only: ours keeps its keys)
+        rule = [tail_rule_key(cfg.protocol)] if cfg.protocol == "seed" else []
+        stage = run.stage(layer, ct.name, stable_hash([key, [float(g) for g in cfg.detect.grid]] + rule))
         if stage.done:
             return stage.path
         units = run.unit_stage(layer, ct.name, key)
@@ -140,7 +144,7 @@ def concept_stage(store: TokenStore, layer: int, ct: ConceptType, cfg: RunConfig
             if want_global else None
         us = cached(units.unit_summary, Path.exists, UnitSummary.load,
                     lambda: summarise_units(store, ucs, ugcs, seed=cfg.seed, device=device), UnitSummary.save)
-        m = match_to_concepts(us, store.labels, store.splits, store.concepts, cfg.detect.grid)
+        m = match_to_concepts(us, store.labels, store.splits, store.concepts, cfg.detect.grid, cfg.protocol)
         cs = labelled_set(ucs, m.tokens, store.concepts)
         cs.save(stage.concepts)
         gcs = labelled_set(ugcs, m.globals, store.concepts) if ugcs is not None and m.globals is not None else None
@@ -224,7 +228,7 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
             summary = ScoreSummary.load(stage.summary)
             summary.sample_scores.update(prompted)
             results = run_detection(summary, store.labels, store.splits, cfg.detect.methods,
-                                    cfg.detect.grid, cfg.detect.best_threshold)
+                                    cfg.detect.grid, cfg.detect.best_threshold, rule=cfg.protocol)
             save_curves(stage.curves, results, cfg.detect.grid)
             save_predictions(stage.predictions, results, store.splits)
             stage_index.append({"layer": layer, "concept_type": ct.name, "dir": run.relative(stage.path),
@@ -233,7 +237,8 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
             if cfg.detect.localize and store.info.token_ground_truth != "sample":
                 loc_tables.append(localize_stage(
                     store, lambda: load_concepts(stage.concepts), summary, results,
-                    cfg.detect.grid, stage.path, device, cfg.seed, layer=layer, concept_type=ct.name))
+                    cfg.detect.grid, stage.path, device, cfg.seed, rule=cfg.protocol, layer=layer,
+                    concept_type=ct.name))
                 attr_jobs.append({"layer": layer, "ctype": ct.name, "stage": stage.path, "summary": summary,
                                   "results": results, "loc": loc_tables[-1]})
             bar.update()

@@ -11,6 +11,13 @@ N = 10, 20, 60, 70, 95 and drops the boundary value whenever the rank lands on a
 For SuperActivator detection the population is the in-concept token activations on ``cal``;
 for the per-sample baselines it is the score of the concept's positive ``cal`` samples.
 
+That is the rule ``"ours"`` (the default). ``protocol: seed`` takes the seed study's rule
+``"seed"`` instead (:data:`TailRule`): the threshold is the linear-interpolated ``1 - N/100``
+quantile of the population, NaN values left out, computed as ``torch.nanquantile`` computes it
+(in float32 for float32 values: :func:`seed_quantiles`). Of ``[1, 2, 3, 4]`` at N = 50 ours keeps
+the top ``k = 2`` and gives 3, the seed's gives 2.5. The rule is one argument, ``rule``,
+of :func:`tail_thresholds` / :func:`calibrate_tail`; everything that calibrates passes it down.
+
 ``best_f1_thresholds``: the threshold chosen freely to maximise F1 on ``cal`` (an upper
 reference that isolates how much of a win is the tail and how much is calibration).
 """
@@ -20,16 +27,33 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Sequence
+from typing import Literal, Sequence, get_args
 
 import numpy as np
 
 from .metrics import f1_grid
 
 DEFAULT_GRID: tuple[float, ...] = (2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
+#: the threshold rule of a tail: "ours" (the ``k``-th largest value, :func:`tail_counts`) or "seed"
+#: (the seed study's linear ``1 - N/100`` quantile, NaNs ignored); the same names as ``protocol``
+TailRule = Literal["ours", "seed"]
+TAIL_RULES: tuple[str, ...] = get_args(TailRule)
 #: names the threshold rule in cache keys of results that depend on it (a rule change must not
-#: reuse tables computed under the old one)
+#: reuse tables computed under the old one); :func:`tail_rule_key` gives it per rule
 TAIL_RULE = "kth-largest-ceil"
+_RULE_KEYS = {"ours": TAIL_RULE, "seed": "linear-quantile-1-N/100"}
+
+
+def check_rule(rule: str) -> str:
+    """``rule`` if it names a threshold rule, else a one-line ValueError."""
+    if rule not in TAIL_RULES:
+        raise ValueError(f"threshold rule must be one of {list(TAIL_RULES)}, got {rule!r}")
+    return rule
+
+
+def tail_rule_key(rule: TailRule = "ours") -> str:
+    """The name of ``rule`` in cache keys (``"ours"``: :data:`TAIL_RULE`, the key it always had)."""
+    return _RULE_KEYS[check_rule(rule)]
 
 
 def grid_fractions(grid: Sequence[float]) -> list[Fraction]:
@@ -57,14 +81,51 @@ def tail_counts(n: int | np.ndarray, grid: Sequence[float] = DEFAULT_GRID) -> np
     return np.where(n[..., None] > 0, np.clip(k, 1, n[..., None]), 0)
 
 
-def tail_thresholds(populations: Sequence[np.ndarray], grid: Sequence[float] = DEFAULT_GRID) -> np.ndarray:
-    """Thresholds ``[C, G]``: the ``k``-th largest value of each concept's population (:func:`tail_counts`).
+def seed_levels(grid: Sequence[float], dtype: type = np.float32) -> np.ndarray:
+    """The seed's quantile level ``1 - N/100`` for each N of the grid, as ``torch.nanquantile``
+    holds it: in the values' dtype (a Python float ``q`` becomes a scalar tensor of that dtype)."""
+    grid_fractions(grid)  # validates
+    return (1.0 - np.asarray(grid, dtype=np.float64) / 100.0).astype(dtype)
+
+
+def seed_quantiles(sorted_vals: np.ndarray, n_valid: np.ndarray, grid: Sequence[float]) -> np.ndarray:
+    """``torch.nanquantile(values, 1 - N/100)`` (linear) of each column, ``[G, K]``, in numpy.
+
+    ``sorted_vals [n, K]``: each column ascending with its NaNs last; ``n_valid [K]``: its
+    non-NaN count (at least 1). Arithmetic as torch's CPU kernel, in the values' dtype: rank
+    ``h = q (n_valid - 1)``, ``x_lo = x_(floor h)``, ``x_hi = x_(ceil h)``, weight ``w = h - floor h``,
+    then one fused multiply-add ``w < 0.5 ? x_lo + w d : x_hi + (w - 1) d`` with ``d = x_hi - x_lo``
+    (emulated exactly in float64 for float32 values: the product of two float32 is exact there).
+    Checked bit for bit against ``torch.nanquantile`` (float32, CPU) in tests/test_seed_rule.py.
+    """
+    dt = np.dtype(np.float64 if sorted_vals.dtype == np.float64 else np.float32)
+    vals = np.asarray(sorted_vals, dtype=dt)
+    one = dt.type(1)
+    rank = np.maximum(seed_levels(grid, dt)[:, None] * (np.asarray(n_valid) - 1).astype(dt)[None, :], dt.type(0))
+    lo, hi = np.floor(rank).astype(np.int64), np.ceil(rank).astype(np.int64)
+    w = rank - lo.astype(dt)
+    cols = np.arange(vals.shape[1])[None, :]
+    a, b = vals[lo, cols], vals[hi, cols]
+    d = b - a
+    small = w < 0.5
+    coeff, base = np.where(small, w, w - one), np.where(small, a, b)
+    if dt == np.float32:  # fma(coeff, d, base), rounded once
+        return (coeff.astype(np.float64) * d + base.astype(np.float64)).astype(np.float32)
+    return coeff * d + base
+
+
+def tail_thresholds(populations: Sequence[np.ndarray], grid: Sequence[float] = DEFAULT_GRID,
+                    rule: TailRule = "ours") -> np.ndarray:
+    """Thresholds ``[C, G]``: the ``k``-th largest value of each concept's population (:func:`tail_counts`),
+    or under ``rule="seed"`` its linear ``1 - N/100`` quantile (:func:`seed_thresholds`).
 
     An empty population gives a row of NaN (that concept cannot be calibrated) and a warning.
     A population may also be a streamed summary with ``len()`` and ``order_stats(ranks)``
     (0-based ascending ranks; see :mod:`superactivators.evaluate.quantiles`: exact when the
     values fit in memory, otherwise a fixed-memory histogram with a proven error bound).
     """
+    if check_rule(rule) == "seed":
+        return seed_thresholds(populations, grid)
     grid_fractions(grid)  # validates
     out = np.full((len(populations), len(grid)), np.nan, dtype=np.float64)
     for c, pop in enumerate(populations):  # one partition per concept
@@ -84,13 +145,54 @@ def tail_thresholds(populations: Sequence[np.ndarray], grid: Sequence[float] = D
     return out
 
 
-def column_tail_thresholds(rows: np.ndarray, grid: Sequence[float] = DEFAULT_GRID) -> np.ndarray:
+def seed_thresholds(populations: Sequence, grid: Sequence[float] = DEFAULT_GRID) -> np.ndarray:
+    """The seed's rule: thresholds ``[C, G]``, each population's linear quantile at ``1 - N/100``.
+
+    As ``torch.nanquantile(values, 1 - N/100)`` computes it (:func:`seed_quantiles`): NaN values
+    are left out (a population of only NaN, or none, gives NaN and a warning); ``±inf`` is refused
+    as under ``"ours"``. It equals ``np.quantile(values, 1 - N/100)`` to float32 precision; the
+    float32 level and rank decide, as in the seed, whether a threshold lands exactly on a value.
+    A streamed population (see :class:`~superactivators.evaluate.quantiles.HistogramPopulation`)
+    estimates the linear quantile at the same level from its two order statistics, so its error
+    stays within the wider of their two buckets (the module's bound).
+    """
+    out = np.full((len(populations), len(grid)), np.nan, dtype=np.float64)
+    q = seed_levels(grid).astype(np.float64)
+    for c, pop in enumerate(populations):
+        streamed = hasattr(pop, "order_stats")  # a histogram summary: finite values only (checked when counted)
+        if not streamed:
+            pop = np.asarray(pop)
+            pop = np.asarray(pop, dtype=np.float64 if pop.dtype == np.float64 else np.float32).ravel()
+            pop = pop[~np.isnan(pop)]
+            if not np.isfinite(pop).all():
+                raise FloatingPointError(f"concept #{c}: infinite activations in the calibration population")
+        if len(pop) == 0:
+            warnings.warn(f"concept #{c} has an empty calibration population; no threshold", stacklevel=2)
+            continue
+        if streamed:
+            out[c] = pop.quantile(q)
+        else:
+            out[c] = seed_quantiles(np.sort(pop)[:, None], np.array([len(pop)]), grid)[:, 0]
+    return out
+
+
+def column_tail_thresholds(rows: np.ndarray, grid: Sequence[float] = DEFAULT_GRID,
+                           rule: TailRule = "ours") -> np.ndarray:
     """Thresholds ``[G, K]`` of every column of ``rows [t, K]`` at once (as :func:`tail_thresholds`
     per column); no rows gives NaN."""
-    rows = np.asarray(rows, dtype=np.float64)
+    rows = np.asarray(rows)
     grid_fractions(grid)
     if len(rows) == 0:
         return np.full((len(grid), rows.shape[1]), np.nan)
+    if check_rule(rule) == "seed":  # in the values' precision, as the seed (float32 unless float64)
+        rows = rows.astype(np.float64 if rows.dtype == np.float64 else np.float32, copy=False)
+        if np.isinf(rows).any():
+            raise FloatingPointError("infinite activations in a calibration population")
+        n_valid = (~np.isnan(rows)).sum(axis=0)
+        out = seed_quantiles(np.sort(rows, axis=0), np.maximum(n_valid, 1), grid).astype(np.float64)
+        out[:, n_valid == 0] = np.nan  # an all-NaN column gives NaN, as torch.nanquantile
+        return out
+    rows = rows.astype(np.float64, copy=False)
     if not np.isfinite(rows).all():
         raise FloatingPointError("non-finite activations in a calibration population")
     ranks = len(rows) - tail_counts(len(rows), grid)
@@ -151,14 +253,14 @@ class TailCalibration:
 
 
 def calibrate_tail(scores: np.ndarray, populations: Sequence, labels: np.ndarray,
-                   grid: Sequence[float] = DEFAULT_GRID) -> TailCalibration:
-    """Tail thresholds from ``populations`` and, per concept, the N whose threshold maximises F1
-    of ``scores >= threshold`` against ``labels`` (both ``[n, C]``, the calibration samples).
+                   grid: Sequence[float] = DEFAULT_GRID, rule: TailRule = "ours") -> TailCalibration:
+    """Tail thresholds from ``populations`` (under ``rule``) and, per concept, the N whose threshold
+    maximises F1 of ``scores >= threshold`` against ``labels`` (both ``[n, C]``, the calibration samples).
 
     The one calibration protocol: the pipeline's :func:`~superactivators.evaluate.detect.calibrate_method`
     and the estimator both call it.
     """
-    thr = tail_thresholds(populations, grid)  # [C, G]
+    thr = tail_thresholds(populations, grid, rule)  # [C, G]
     pred = np.asarray(scores)[None, :, :] >= thr.T[:, None, :]  # [G, n, C]
     curve = f1_grid(pred, np.asarray(labels, dtype=bool)).T  # [C, G]
     best = np.argmax(np.nan_to_num(curve, nan=-1.0), axis=1)

@@ -13,7 +13,8 @@ A method is a per-sample score ``[N, C]`` plus a calibration population per conc
   ``protocol: seed``: of an independent second draw, see ``ScoreSummary.populations``).
 
 Both use the same protocol: for every N of the grid the threshold is the ``k``-th largest of
-the ``n`` population values, ``k = ceil(N n / 100)`` (:func:`~.calibrate.tail_counts`); N is picked
+the ``n`` population values, ``k = ceil(N n / 100)`` (:func:`~.calibrate.tail_counts`), or under
+``protocol: seed`` (``rule="seed"``) the linear ``1 - N/100`` quantile of the population; N is picked
 per concept by ``cal`` F1 (first best in grid order). ``METHOD@best_threshold`` picks the
 threshold freely on ``cal`` instead.
 Methods whose scores are already 0/1 decisions (``prompt_seed``: the seed's generated
@@ -30,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ..util.io import atomic_save_npz
-from .calibrate import DEFAULT_GRID, best_f1_thresholds, calibrate_tail, positive_populations
+from .calibrate import DEFAULT_GRID, TailRule, best_f1_thresholds, calibrate_tail, positive_populations
 from .methods import BY_NAME, MACRO, METHODS, WEIGHTED, variant
 from .metrics import Confusion, f1_grid
 from .scoring import ScoreSummary
@@ -64,10 +65,12 @@ def calibrate_method(
     splits: np.ndarray,
     names: list[str],
     grid: Sequence[float] = DEFAULT_GRID,
+    rule: TailRule = "ours",
 ) -> MethodResult:
-    """Thresholds from the tail of ``populations``; N per concept by ``cal`` F1; test metrics."""
+    """Thresholds from the tail of ``populations`` (``rule``: :data:`~.calibrate.TailRule`); N per
+    concept by ``cal`` F1; test metrics."""
     cal, test = splits == "cal", splits == "test"
-    cb = calibrate_tail(scores[cal], populations, labels[cal], grid)
+    cb = calibrate_tail(scores[cal], populations, labels[cal], grid, rule)
     test_curve = f1_grid(scores[test][None, :, :] >= cb.thresholds.T[:, None, :], labels[test]).T
     chosen = cb.threshold
     pred = scores[test] >= chosen
@@ -112,8 +115,10 @@ def run_detection(
     methods: Sequence[str] = METHODS,
     grid: Sequence[float] = DEFAULT_GRID,
     best_threshold: bool = True,
+    rule: TailRule = "ours",
 ) -> list[MethodResult]:
-    """Calibrate and evaluate every requested method from one :class:`ScoreSummary`."""
+    """Calibrate and evaluate every requested method from one :class:`ScoreSummary`; every
+    tail-calibrated method thresholds under ``rule`` (``protocol``: ``"ours"`` or ``"seed"``)."""
     labels = labels.astype(bool)
     cal = splits == "cal"
     out: list[MethodResult] = []
@@ -138,7 +143,7 @@ def run_detection(
             pops = own or positive_populations(scores[cal], labels[cal])
         else:
             continue
-        out.append(calibrate_method(m, scores, pops, labels, splits, summary.names, grid))
+        out.append(calibrate_method(m, scores, pops, labels, splits, summary.names, grid, rule))
         if best_threshold and rec.free_reference:
             free = summary.method_scores.get(variant(m), scores)
             out.append(calibrate_best_threshold(m, free, labels, splits, summary.names))

@@ -35,7 +35,7 @@ from sklearn.base import BaseEstimator
 
 from ..concepts.supervised import ConceptSet
 from ..store.tokens import TokenStore
-from .calibrate import DEFAULT_GRID, best_f1_thresholds, calibrate_tail, positive_populations
+from .calibrate import DEFAULT_GRID, TAIL_RULES, best_f1_thresholds, calibrate_tail, positive_populations
 from .detect import MethodResult, results_table
 from .methods import BY_NAME, DETECTION, GLOBAL, MACRO, SA, Method, split, variant
 from .metrics import Confusion
@@ -151,8 +151,9 @@ class SuperActivatorDetector(BaseEstimator):
 
     Parameters
     ----------
-    grid : percentages N of in-concept tokens kept; the threshold for N is the ``(1 - N/100)``
-        quantile (linear) of the in-concept token activations, N picked per concept by F1.
+    grid : percentages N of in-concept tokens kept; the threshold for N is the ``k``-th largest
+        in-concept token activation, ``k = max(1, ceil(N n / 100))`` of ``n`` (``protocol='ours'``),
+        or their linear ``(1 - N/100)`` quantile (``protocol='seed'``); N picked per concept by F1.
     method : ``'superactivator'`` or a baseline: ``'max_token'``, ``'mean_token'``,
         ``'last_token'``, ``'random_token'``, ``'global'`` (one activation row per sample, e.g. the
         CLS token), each calibrated on its positive samples' scores; ``'<baseline>@best_threshold'``
@@ -165,6 +166,9 @@ class SuperActivatorDetector(BaseEstimator):
         (``(x - center) / scale`` before scoring); ignored with a ConceptSet, which carries its own.
     concept_names : names of the C concepts (default: the ConceptSet's, or ``0..C-1``).
     random_state : seed of the per-sample draw of ``'random_token'``.
+    protocol : ``'ours'`` (default) or ``'seed'``: the tail threshold rule, as the run config's
+        ``protocol`` sets it for the pipeline (docs/protocol.md); it is the only seed choice the
+        estimator switches (embedding and separators are the caller's).
 
     Fitted attributes: ``thresholds_ [C]``, ``n_pct_ [C]`` (chosen N; NaN for best-threshold),
     ``cal_f1_ [C]``, ``threshold_grid_ [C, G]`` and ``cal_f1_curve_ [C, G]`` (grid methods),
@@ -173,7 +177,7 @@ class SuperActivatorDetector(BaseEstimator):
 
     def __init__(self, grid: Sequence[float] = DEFAULT_GRID, method: str = SA, concept_vectors=None,
                  scoring: str = "cosine", bias=None, center=None, scale: float = 1.0,
-                 concept_names: Sequence[str] | None = None, random_state: int = 0):
+                 concept_names: Sequence[str] | None = None, random_state: int = 0, protocol: str = "ours"):
         self.grid = grid
         self.method = method
         self.concept_vectors = concept_vectors
@@ -183,12 +187,15 @@ class SuperActivatorDetector(BaseEstimator):
         self.scale = scale
         self.concept_names = concept_names
         self.random_state = random_state
+        self.protocol = protocol
 
     # --- inputs -----------------------------------------------------------------------------
     def _parts(self) -> tuple[Method, bool]:
         """The method's record, and whether its threshold is chosen freely (``@best_threshold``)."""
         if self.method not in ESTIMATOR_METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose from {list(ESTIMATOR_METHODS)}")
+        if self.protocol not in TAIL_RULES:
+            raise ValueError(f"protocol must be one of {list(TAIL_RULES)}, got {self.protocol!r}")
         base, free = split(self.method)
         return BY_NAME[base], bool(free)
 
@@ -305,7 +312,7 @@ class SuperActivatorDetector(BaseEstimator):
                 pops = positive_populations(scores, labels)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                cb = calibrate_tail(scores, pops, labels, self.grid)
+                cb = calibrate_tail(scores, pops, labels, self.grid, self.protocol)
             self.thresholds_, self.n_pct_, self.cal_f1_ = cb.threshold, cb.n_pct, cb.f1
             self.threshold_grid_, self.cal_f1_curve_ = cb.thresholds, cb.f1_curve
         if self.concept_names is not None:

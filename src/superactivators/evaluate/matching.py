@@ -9,7 +9,8 @@ truth), plus the global-embedding scores of the global twin set.
 Matching (:func:`match_units`) follows the supervised protocol of :mod:`superactivators.evaluate.detect`
 for every (concept, unit) pair at once: the tail thresholds are the ``k``-th largest
 values, ``k = ceil(N n / 100)`` (as :func:`superactivators.evaluate.calibrate.tail_thresholds`), of the
-pair's calibration population, taken along axis 0 of the ``[t_c, K]`` rows of concept c;
+pair's calibration population, taken along axis 0 of the ``[t_c, K]`` rows of concept c (under
+``protocol: seed``, ``rule="seed"``: the linear ``1 - N/100`` quantile instead);
 ``cal`` F1 is computed for every (N, unit) in one broadcast; N is picked per unit as the
 first best on the grid, and the concept is matched to the unit with the best ``cal`` F1
 (first best on ties). **Each method matches on its own criterion** (SuperActivator on its
@@ -41,7 +42,7 @@ import torch
 from ..concepts.supervised import ConceptSet
 from ..store.tokens import Shard, TokenStore
 from ..util.io import atomic_save_npz
-from .calibrate import DEFAULT_GRID, best_f1_thresholds, column_tail_thresholds
+from .calibrate import DEFAULT_GRID, TailRule, best_f1_thresholds, column_tail_thresholds
 from .detect import MethodResult, run_detection
 from .methods import BASELINES, BY_NAME, GLOBAL, METHODS, SA, base_of, variant
 from .scoring import PassContext, SampleReducer, ScoreSummary, make_scorer
@@ -193,11 +194,12 @@ def summarise_units(
 
 
 # --- matching --------------------------------------------------------------------------
-def pair_tail_thresholds(rows: np.ndarray, grid: Sequence[float] = DEFAULT_GRID) -> np.ndarray:
+def pair_tail_thresholds(rows: np.ndarray, grid: Sequence[float] = DEFAULT_GRID,
+                         rule: TailRule = "ours") -> np.ndarray:
     """Thresholds ``[G, K]``: per column of ``rows [t, K]``, the ``k``-th largest value with
     ``k = ceil(N t / 100)`` (:func:`superactivators.evaluate.calibrate.column_tail_thresholds`,
-    the same rule as ``tail_thresholds``); no rows gives NaN (that pair never fires)."""
-    return column_tail_thresholds(rows, grid)
+    the same rule as ``tail_thresholds``, ``rule`` included); no rows gives NaN (that pair never fires)."""
+    return column_tail_thresholds(rows, grid, rule)
 
 
 def pair_f1(scores: np.ndarray, truth: np.ndarray, thr: np.ndarray) -> np.ndarray:
@@ -230,13 +232,13 @@ def _best_unit(f1_units: np.ndarray) -> int:
 
 
 def match_tail(method: str, scores: np.ndarray, rows_of: callable, labels: np.ndarray, splits: np.ndarray,
-               grid: Sequence[float]) -> Match:
+               grid: Sequence[float], rule: TailRule = "ours") -> Match:
     """Tail-calibrated matching: ``rows_of(c)`` gives the ``[t_c, K]`` calibration rows of concept c."""
     cal = splits == "cal"
     sc, y = scores[cal], labels[cal].astype(bool)
     unit, f1 = np.zeros(y.shape[1], np.int64), np.zeros(y.shape[1])
     for c in range(y.shape[1]):
-        curve = pair_f1(sc, y[:, c], pair_tail_thresholds(rows_of(c), grid))  # [G, K]
+        curve = pair_f1(sc, y[:, c], pair_tail_thresholds(rows_of(c), grid, rule))  # [G, K]
         per_unit = curve.max(axis=0)  # the grid argmax (first best) reaches this value
         unit[c] = _best_unit(per_unit)
         f1[c] = per_unit[unit[c]]
@@ -255,8 +257,9 @@ def match_free(method: str, scores: np.ndarray, labels: np.ndarray, splits: np.n
 
 
 def match_units(summary: UnitSummary, labels: np.ndarray, splits: np.ndarray, methods: Sequence[str] = METHODS,
-                grid: Sequence[float] = DEFAULT_GRID, best_threshold: bool = True) -> list[Match]:
-    """Match every concept to a unit, per method (and per ``@best_threshold`` variant)."""
+                grid: Sequence[float] = DEFAULT_GRID, best_threshold: bool = True,
+                rule: TailRule = "ours") -> list[Match]:
+    """Match every concept to a unit, per method (and per ``@best_threshold`` variant); tails under ``rule``."""
     labels = labels.astype(bool)
     cal = splits == "cal"
     out: list[Match] = []
@@ -264,7 +267,7 @@ def match_units(summary: UnitSummary, labels: np.ndarray, splits: np.ndarray, me
         rec = BY_NAME.get(m)
         if rec is not None and rec.population == "in_concept_tokens":
             S = summary.sample_scores[rec.score][:, summary.cal_units]
-            mt = match_tail(m, S, lambda c: summary.cal_acts[summary.cal_truth[:, c]], labels, splits, grid)
+            mt = match_tail(m, S, lambda c: summary.cal_acts[summary.cal_truth[:, c]], labels, splits, grid, rule)
             mt.unit = summary.cal_units[mt.unit]
             if len(summary.cal_units) < len(summary.unit_names):  # preselected: check the bound
                 others = np.setdiff1d(np.arange(len(summary.unit_names)), summary.cal_units)
@@ -277,7 +280,7 @@ def match_units(summary: UnitSummary, labels: np.ndarray, splits: np.ndarray, me
         if m not in summary.sample_scores:
             continue
         S = summary.sample_scores[m]
-        out.append(match_tail(m, S, lambda c: S[cal & labels[:, c]], labels, splits, grid))
+        out.append(match_tail(m, S, lambda c: S[cal & labels[:, c]], labels, splits, grid, rule))
         if best_threshold:
             out.append(match_free(variant(m), S, labels, splits))
     return out
@@ -301,15 +304,15 @@ class MatchedUnits:
 
 
 def match_to_concepts(summary: UnitSummary, labels: np.ndarray, splits: np.ndarray, names: list[str],
-                      grid: Sequence[float] = DEFAULT_GRID) -> MatchedUnits:
+                      grid: Sequence[float] = DEFAULT_GRID, rule: TailRule = "ours") -> MatchedUnits:
     """Match every concept for every method the unit summary can score (``@best_threshold`` too).
 
     All methods are matched whatever the run asks for, so the matched stage depends on the
-    grid only; detection then picks the requested methods.
+    grid (and threshold ``rule``) only; detection then picks the requested methods.
     """
     labels = labels.astype(bool)
     methods = [SA, *(m for m in BASELINES if m in summary.sample_scores)]
-    matches = {mt.method: mt for mt in match_units(summary, labels, splits, methods, grid, True)}
+    matches = {mt.method: mt for mt in match_units(summary, labels, splits, methods, grid, True, rule)}
     sa = matches[SA].unit
     local = np.searchsorted(summary.cal_units, sa)
     scores = {k: v[:, sa] for k, v in summary.sample_scores.items() if k != "global"}
@@ -329,10 +332,10 @@ def match_to_concepts(summary: UnitSummary, labels: np.ndarray, splits: np.ndarr
 
 def matched_results(summary: UnitSummary, labels: np.ndarray, splits: np.ndarray, names: list[str],
                     methods: Sequence[str] = METHODS, grid: Sequence[float] = DEFAULT_GRID,
-                    best_threshold: bool = True) -> tuple[list[MethodResult], pd.DataFrame]:
+                    best_threshold: bool = True, rule: TailRule = "ours") -> tuple[list[MethodResult], pd.DataFrame]:
     """Detection results of the matched units (as for supervised concepts) and the match table."""
-    m = match_to_concepts(summary, labels, splits, names, grid)
-    return run_detection(m.summary, labels.astype(bool), splits, methods, grid, best_threshold), m.table
+    m = match_to_concepts(summary, labels, splits, names, grid, rule)
+    return run_detection(m.summary, labels.astype(bool), splits, methods, grid, best_threshold, rule), m.table
 
 
 def labelled_set(units: ConceptSet, idx: np.ndarray, names: Sequence[str]) -> ConceptSet:

@@ -18,7 +18,13 @@ of order statistic ``x_(k)`` interpolates linearly inside its bucket, clipped to
 and a bucket of values with exponent ``e`` is ``2^(e - bits + 9)`` wide: a relative error of at
 most ``2^-(bits - 9)`` = 0.78 % at 16 bits (``bounds`` gives the exact interval). A linear
 quantile ``(1 - g) x_(k) + g x_(k+1)`` mixes two order statistics; its interval is the same mix
-of theirs, no wider than the wider of the two buckets.
+of theirs, no wider than the wider of the two buckets. That is how the seed's threshold rule
+(``protocol: seed``: the linear ``1 - N/100`` quantile, see
+:func:`superactivators.evaluate.calibrate.seed_thresholds`) keeps the bound: it reads
+:meth:`HistogramPopulation.quantile`, so each threshold lies in the ``bounds`` interval, within
+``2^-(bits - 9)`` of the exact linear quantile relative to the larger magnitude of its two order statistics.
+Populations saved with a stage (:func:`pack_populations`) keep the raw values (exact under both
+rules) or the histogram itself (the same bound after loading).
 
 **Exact, in two passes.** :meth:`StreamingQuantiles.refinement` returns a :class:`BucketCollector`
 that, fed the same values again, keeps only the values in the (at most 2 per quantile) buckets
@@ -159,7 +165,8 @@ class StreamingQuantiles:
 @dataclass
 class HistogramPopulation:
     """One concept of a :class:`StreamingQuantiles`, usable where a population array is expected
-    by :func:`superactivators.evaluate.calibrate.tail_thresholds` (it asks for ``quantile``)."""
+    by :func:`superactivators.evaluate.calibrate.tail_thresholds` (``order_stats`` under the rule
+    ``"ours"``, ``quantile`` under ``"seed"``)."""
 
     hist: StreamingQuantiles
     concept: int

@@ -44,10 +44,11 @@ import numpy as np
 import pandas as pd
 
 from ..concepts.supervised import ConceptSet
-from ..evaluate.calibrate import DEFAULT_GRID, TAIL_RULE, tail_thresholds
+from ..evaluate.calibrate import DEFAULT_GRID, tail_rule_key, tail_thresholds
 from ..evaluate.methods import LOC_METHODS, LOC_SUPERACTIVATOR, MACRO, SA
 from ..evaluate.metrics import Confusion
 from ..evaluate.scoring import PassContext, ScoreSummary, make_scorer, score_store
+from ..store.layout import StageFolder
 from ..store.tokens import Shard, TokenStore
 from ..util.io import atomic_write_bytes, stable_hash
 
@@ -344,8 +345,8 @@ class _TwoStagePass:
 
 
 def localize_twostage(store: TokenStore, cs: ConceptSet, det_thr: np.ndarray, grid: Sequence[float],
-                      fixed_n: np.ndarray | None = None, device: str = "cpu") -> LocMethodResult:
-    """The two-stage inversion: thresholds from the in-concept ``cal`` scores, N by ``cal`` F1.
+                      fixed_n: np.ndarray | None = None, device: str = "cpu", rule: str = "ours") -> LocMethodResult:
+    """The two-stage inversion: thresholds from the in-concept ``cal`` scores (under ``rule``), N by ``cal`` F1.
 
     Two passes: the first collects the in-concept ``cal`` two-stage scores (tokens of detected
     samples), the second counts tokens per candidate threshold.
@@ -367,7 +368,7 @@ def localize_twostage(store: TokenStore, cs: ConceptSet, det_thr: np.ndarray, gr
         thr = np.full((C, len(grid)), np.nan)
         for c, p in enumerate(populations):
             if p.size:
-                thr[c] = tail_thresholds([p], grid)[0]
+                thr[c] = tail_thresholds([p], grid, rule)[0]
     srt, order = _sorted_candidates(thr)
     G1 = len(grid) + 1
     hist = np.zeros((C, 2, 2, G1), dtype=np.int64)
@@ -421,6 +422,7 @@ def localize(
     device: str = "cpu",
     seed: int = 0,
     twostage: bool = True,
+    rule: str = "ours",
 ) -> list[LocMethodResult]:
     """Calibrate every localisation method on ``cal`` and score it on ``test``.
 
@@ -428,7 +430,7 @@ def localize(
     ``cal_in_concept``: in-concept ``cal`` token activations per concept; ``det_grid``: the
     detection grid; ``det_n [C]``: the detector's chosen N per concept (NaN: never detects;
     default: the first grid value). ``grid``: inversion candidates (default
-    :func:`localization_grid` of ``det_grid``).
+    :func:`localization_grid` of ``det_grid``). ``rule``: the tail threshold rule (the run's ``protocol``).
     """
     grid = localization_grid(det_grid) if grid is None else list(grid)
     idx = np.array([store.concepts.index(n) for n in cs.names])
@@ -437,8 +439,8 @@ def localize(
     counts = in_concept_counts(store, idx)
     k = topk_sizes(counts, labels, store.splits == "cal")
     rate = in_concept_rate(store, idx)
-    det_thr = tail_thresholds(cal_in_concept, det_grid)
-    loc_thr = tail_thresholds(cal_in_concept, grid)
+    det_thr = tail_thresholds(cal_in_concept, det_grid, rule)
+    loc_thr = tail_thresholds(cal_in_concept, grid, rule)
     det_n = np.full(C, float(det_grid[0])) if det_n is None else np.asarray(det_n, dtype=float)
     dg = np.asarray(det_grid, dtype=float)
     fixed = np.full(C, np.inf)
@@ -450,7 +452,7 @@ def localize(
     score_store(store, cs, [counter], device=device)
     res = counter.results(list(cs.names), det_thr, det_grid, loc_thr, grid, det_n)
     if twostage:
-        res.insert(2, localize_twostage(store, cs, fixed, grid, det_n, device))
+        res.insert(2, localize_twostage(store, cs, fixed, grid, det_n, device, rule))
     return res
 
 
@@ -488,6 +490,7 @@ def localize_stage(
     stage_dir: Path,
     device: str = "cpu",
     seed: int = 0,
+    rule: str = "ours",
     **keys: object,
 ) -> pd.DataFrame:
     """Localisation for one (layer, concept type), cached as a CSV in the stage folder.
@@ -495,11 +498,12 @@ def localize_stage(
     ``detection`` are the stage's :class:`~superactivators.evaluate.detect.MethodResult` s; the
     ``superactivator`` one gives the detector's own N per concept. ``grid`` is the detection
     grid. ``concept_set`` loads the stage's (already learned) concept set only when the table
-    is not cached.
+    is not cached. ``rule``: the tail threshold rule (the run's ``protocol``; part of the cache key).
     """
 
     loc_grid = localization_grid(grid)
-    path = Path(stage_dir) / f"localization_{stable_hash([list(grid), loc_grid, LOC_METHODS, seed, TAIL_RULE], 8)}.csv"
+    key = stable_hash([list(grid), loc_grid, LOC_METHODS, seed, tail_rule_key(rule)], 8)
+    path = StageFolder(Path(stage_dir)).localization(key)
     if path.exists():
         return pd.read_csv(path)
     sa = next((r for r in detection if r.method == SA), None)
@@ -507,7 +511,7 @@ def localize_stage(
         raise ValueError(f"localisation needs the {SA!r} detection method (detect.methods)")
     det_n = np.where(np.isfinite(sa.threshold), sa.n_pct, np.nan)
     res = localize(store, concept_set(), summary.sample_scores["max_token"], summary.cal_in_concept, grid,
-                   det_n, loc_grid, device, seed)
+                   det_n, loc_grid, device, seed, rule=rule)
     table = localization_table(res, **keys)
     atomic_write_bytes(path, table.to_csv(index=False).encode())
     return table

@@ -54,12 +54,14 @@ def run_config(run_dir: Path) -> dict:
     return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
 
 
-def ensure_curves(stage: StageRef, store: TokenStore, grid: Sequence[float], methods: Sequence[str]) -> F1Curves:
-    """Load ``curves.npz`` or recompute it from the cached summary (detection only, cheap)."""
+def ensure_curves(stage: StageRef, store: TokenStore, grid: Sequence[float], methods: Sequence[str],
+                  rule: str = "ours") -> F1Curves:
+    """Load ``curves.npz`` or recompute it from the cached summary (detection only, cheap;
+    ``rule``: the run's ``protocol``, which names its threshold rule)."""
     path = StageFolder(stage.path).curves
     if not path.exists():
         summary = ScoreSummary.load(StageFolder(stage.path).summary)
-        res = run_detection(summary, store.labels, store.splits, methods, grid, best_threshold=False)
+        res = run_detection(summary, store.labels, store.splits, methods, grid, best_threshold=False, rule=rule)
         save_curves(path, res, grid)
     return F1Curves.load(path)
 
@@ -119,6 +121,7 @@ class ReportBuilder:
     fragments: dict[str, dict[str, str]] = field(default_factory=dict)  # block -> key -> html
     notes: list[str] = field(default_factory=list)
     best_table: pd.DataFrame | None = None  # best_layers.csv (weighted F1, bootstrap errors, paired tests)
+    rule: str = "ours"  # the run's threshold rule (its ``protocol``), for curves recomputed here
 
     def fig(self, view: str, key: str, make: partial, name: str) -> None:
         """Queue a figure: ``make()`` builds it; it is drawn and saved by :meth:`render`."""
@@ -165,6 +168,7 @@ class ReportBuilder:
         self.best_table = load_best_layers(run_dir, int(cfg.get("seed") or 0))  # weighted F1 with errors
         grid = list(cfg.get("detect", {}).get("grid") or DEFAULT_GRID)
         methods = list(cfg.get("detect", {}).get("methods") or METHODS)
+        self.rule = str(cfg.get("protocol") or "ours")  # the threshold rule follows the protocol
         # concept types / layers with rows in the table but no stage folder (runs from before
         # every type had stage folders) still get the sweep and method figures
         ctypes = list(dict.fromkeys([s.concept_type for s in stages] + list(table["concept_type"].unique())))
@@ -195,7 +199,7 @@ class ReportBuilder:
                      partial(F.method_comparison_figure, sub, f"{ct} concepts at layer {layer}", plain),
                      f"methods_{ct}_L{layer:02d}")
             hist = ensure_histograms(st.path, store, device=self.device)
-            curves = ensure_curves(st, store, grid, methods)
+            curves = ensure_curves(st, store, grid, methods, self.rule)
             self._stage_figures(ct, layer, hist, curves, sa, names, slugs)
         for ct in ctypes:
             self._overview_f1n(ct, layers, by_stage, store, grid, methods)
@@ -237,7 +241,7 @@ class ReportBuilder:
             st = by_stage.get((ct, layer))
             if st is None:
                 continue
-            cv = ensure_curves(st, store, grid, methods)
+            cv = ensure_curves(st, store, grid, methods, self.rule)
             if SA in cv.test:
                 rows.append(np.nanmean(cv.test[SA], axis=0))
                 labels.append(f"layer {layer}")
