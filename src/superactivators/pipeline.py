@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 import warnings
@@ -49,6 +48,7 @@ from .preflight import check_run, concept_types
 from .report.figdata import CURVES_FILE, HIST_FILE, HistogramAccumulator, save_curves
 from .store.distributed import DistEnv, embed_data_parallel, rank_embed_config
 from .store.embed import embed_dataset
+from .store.artefacts import RUN_FILES, intact, load_json, record, remove_leftover_temps, unrecord
 from .store.runs import run_lock
 from .store.tokens import TokenStore
 from .util.device import pick_device
@@ -134,14 +134,14 @@ def concept_stage(store: TokenStore, layer: int, ct: ConceptType, cfg: RunConfig
     if ct.labelled:
         stage = root / f"L{layer:02d}_{ct.name}_{key}"
         if (stage / "summary.npz").exists():
-            return stage
+            return intact(stage)
         cs = _fitted(stage / "concepts", lambda: ct.fit(store, layer, root / "units"))
         gcs = _fitted(stage / "global_concepts", lambda: ct.fit_global(store, layer, root / "units")) \
             if want_global else None
     else:
         stage = root / f"L{layer:02d}_{ct.name}_{stable_hash([key, [float(g) for g in cfg.detect.grid]])}"
         if (stage / "summary.npz").exists():
-            return stage
+            return intact(stage)
         units = root / "units" / f"L{layer:02d}_{ct.name}_{key}"
         ucs = _fitted(units / "concepts", lambda: ct.fit(store, layer, root / "units"))
         ugcs = _fitted(units / "global_concepts", lambda: ct.fit_global(store, layer, root / "units")) \
@@ -165,6 +165,7 @@ def concept_stage(store: TokenStore, layer: int, ct: ConceptType, cfg: RunConfig
     summary.method_scores.update(own)
     hist.result().save(stage / HIST_FILE)
     summary.save(stage / "summary.npz")
+    record(stage)  # matches.csv and anything else not recorded by its writer
     return stage
 
 
@@ -173,7 +174,7 @@ def check_concept_types(cfg: RunConfig, ds: Dataset, sdir: Path) -> list[Concept
     already complete, else the model's config; no weights are loaded)."""
     types = concept_types(cfg)
     manifest = sdir / "manifest.json"
-    if manifest.exists() and json.loads(manifest.read_text()).get("complete"):
+    if manifest.exists() and (load_json(manifest) or {}).get("complete"):
         st = TokenStore(sdir)
         shape = ModelShape(tuple(st.layers), st.dim)
     else:
@@ -212,6 +213,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
 
 def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunResult:
     run_dir = cfg.run_dir
+    remove_leftover_temps(run_dir)  # a killed run's temporary files; this run holds the folder
     sdir = store_dir_for(cfg, ds)
     ctypes = check_concept_types(cfg, ds, sdir)
     store = embed_dataset(ds, cfg.embed, sdir, encoder=image_encoder_for_run(cfg, ds, sdir), progress=progress)
@@ -236,7 +238,7 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
             summary.sample_scores.update(prompted)
             results = run_detection(summary, store.labels, store.splits, cfg.detect.methods,
                                     cfg.detect.grid, cfg.detect.best_threshold)
-            save_curves(stage / CURVES_FILE, results, cfg.detect.grid)
+            save_curves(stage / CURVES_FILE, results, cfg.detect.grid)  # each records its checksum
             save_predictions(stage / PREDICTIONS_FILE, results, store.splits)
             stage_index.append({"layer": layer, "concept_type": ct.name, "dir": stage.relative_to(run_dir).as_posix(),
                                 "store": sdir.relative_to(run_dir).as_posix()})
@@ -249,6 +251,7 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
                                   "results": results, "loc": loc_tables[-1]})
             bar.update()
     bar.close()
+    unrecord(run_dir, RUN_FILES)  # rewritten below, recorded again at the end
     atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
     atomic_write_json(run_dir / "stages.json", stage_index)  # which stage folders this config used
     table = pd.concat(tables, ignore_index=True)
@@ -271,6 +274,9 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
         if attr is not None:
             atomic_write_bytes(run_dir / "attribution_metrics.csv", attr.to_csv(index=False).encode())
     best = write_best_layers(run_dir, seed=cfg.seed)  # per-concept best layers, weighted F1 +- bootstrap error
+    for st in stage_index:  # the stage caches written above (localisation, attributions) and older stages' files
+        record(run_dir / st["dir"])
+    record(run_dir, RUN_FILES)
     return RunResult(run_dir, store, table, macro, time.time() - t0, {"store": sdir}, localization=loc,
                      attribution=attr, best=best)
 

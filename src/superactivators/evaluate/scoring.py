@@ -18,6 +18,7 @@ import torch
 
 from ..concepts.supervised import ConceptSet
 from ..store.tokens import Shard, TokenStore
+from ..store.artefacts import load_npz, recording
 from ..util.io import atomic_save_npz
 from .quantiles import float_keys, keys_to_floats
 
@@ -414,13 +415,14 @@ class ScoreSummary:
             arrays[f"pop__{m}__values"] = (np.concatenate([np.asarray(v, np.float32) for v in pops])
                                            if pops else np.empty(0, np.float32))
         arrays["names"] = np.array(self.names)
-        atomic_save_npz(Path(path), **arrays)
+        with recording(Path(path)):
+            atomic_save_npz(Path(path), **arrays)
 
     @classmethod
     def load(cls, path: Path) -> "ScoreSummary":
         from .quantiles import unpack_populations  # noqa: PLC0415
 
-        z = np.load(path)
+        z = load_npz(path)  # checked against its recorded checksum; damage names the file
         pops = {}
         for k in z.files:
             if k.startswith("pop__") and k.endswith("__lengths"):

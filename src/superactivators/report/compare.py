@@ -21,6 +21,7 @@ import yaml
 from ..evaluate.bestlayers import best_layer_table
 from ..evaluate.detect import METHODS, WEIGHTED
 from ..evaluate.stats import ALPHA, DEFAULT_RESAMPLES
+from ..store.artefacts import require_intact
 from ..util.io import atomic_write_bytes
 
 BEST, TIED = "*", "†"
@@ -115,6 +116,7 @@ def compare_runs(run_dirs: Sequence[str | Path], n_resamples: int = DEFAULT_RESA
     rows, notes = [], []
     for rd in map(Path, run_dirs):
         dataset, model = run_identity(rd)
+        require_intact(rd)  # every recorded artefact against its checksum: damage names the file
         res = best_layer_table(rd, n_resamples, seed, alpha)
         notes += [f"{rd}: {n}" for n in res.notes]
         t = res.table[res.table["concept"] == WEIGHTED]

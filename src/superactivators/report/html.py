@@ -504,6 +504,9 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, formats
         raise FileNotFoundError(f"run folder not found: {run_dir}")
     if not formats or formats[0] != "png":
         raise ValueError(f"formats must start with 'png' (the page shows PNG), got {list(formats)}")
+    from ..store.artefacts import require_intact  # noqa: PLC0415
+
+    require_intact(run_dir)  # every recorded artefact against its checksum: damage names the file
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     if workers is None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +10,8 @@ from typing import Iterator
 
 from filelock import FileLock, Timeout
 
+from .artefacts import LOCK_FILE, STAGES_FILE, load_json
 from .tokens import TokenStore
-
-STAGES_FILE = "stages.json"
-LOCK_FILE = ".run.lock"
 
 
 class RunLockedError(RuntimeError):
@@ -63,7 +60,7 @@ def find_stages(run_dir: Path) -> list[StageRef]:
     """
     idx = run_dir / STAGES_FILE
     if idx.exists():
-        items = json.loads(idx.read_text())
+        items = load_json(idx)  # checked against its recorded checksum; damage names the file
         refs = [StageRef(int(i["layer"]), str(i["concept_type"]), run_dir / i["dir"]) for i in items]
         return [r for r in refs if (r.path / "summary.npz").exists()]
     newest: dict[tuple[int, str], tuple[float, Path]] = {}
@@ -82,7 +79,7 @@ def find_store(run_dir: Path) -> TokenStore:
     """The run's token store (``stages.json`` names it; else the newest complete one)."""
     idx = run_dir / STAGES_FILE
     if idx.exists():
-        items = json.loads(idx.read_text())
+        items = load_json(idx)
         if items and items[0].get("store"):
             return TokenStore(run_dir / items[0]["store"])
     cands = sorted((run_dir / "stores").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime, reverse=True)
@@ -98,10 +95,10 @@ def verify_run(run_dir: Path) -> tuple[list[str], list[str]]:
     """Full check of a run folder (or one store folder): ``(what was checked, problems)``.
 
     Every token store file against the checksums recorded when it was written (every block),
-    and every stage file (``.npz`` / ``.json``) for being readable.
+    then every other artefact (:func:`superactivators.store.artefacts.verify_artefacts`: stage
+    files, ``stages.json``, result tables, saved detectors; leftover temporary files).
     """
-    import numpy as np
-
+    from .artefacts import verify_artefacts
     from .tokens import MANIFEST, StoreError
 
     run_dir = Path(run_dir)
@@ -114,19 +111,5 @@ def verify_run(run_dir: Path) -> tuple[list[str], list[str]]:
             checked.append(f"store {sd}: {n} files" + ("" if n else " (written before checksums were recorded: not verifiable)"))
         except StoreError as err:
             bad += str(err).splitlines()
-    for f in sorted(run_dir.glob("stages/**/*")):
-        if f.suffix not in (".npz", ".json") or f.name.startswith("."):
-            continue
-        try:
-            if f.suffix == ".npz":
-                with np.load(f) as z:
-                    for k in z.files:
-                        z[k]
-            else:
-                json.loads(f.read_text())
-        except Exception as err:  # BadZipFile, EOFError, ValueError, ...
-            bad.append(f"{f}: damaged ({type(err).__name__}: {err})")
-    n_stage = sum(1 for f in run_dir.glob("stages/**/*") if f.suffix in (".npz", ".json"))
-    if n_stage:
-        checked.append(f"stage files: {n_stage}")
-    return checked, bad
+    more, worse = verify_artefacts(run_dir)
+    return checked + more, bad + worse
