@@ -115,8 +115,9 @@ def compare_runs(run_dirs: Sequence[str | Path], n_resamples: int = DEFAULT_RESA
         raise ValueError("compare needs at least one run folder")
     rows, notes = [], []
     for rd in map(Path, run_dirs):
+        if rd.is_dir():
+            require_intact(rd)  # every recorded artefact against its checksum: damage names the file
         dataset, model = run_identity(rd)
-        require_intact(rd)  # every recorded artefact against its checksum: damage names the file
         res = best_layer_table(rd, n_resamples, seed, alpha)
         notes += [f"{rd}: {n}" for n in res.notes]
         t = res.table[res.table["concept"] == WEIGHTED]
