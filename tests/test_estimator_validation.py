@@ -125,6 +125,8 @@ def test_complex_non_numeric_and_sparse_input_are_refused():
         SuperActivatorDetector().fit(sp.csr_matrix(ACTS), IDS, LABELS, GT)
     with pytest.raises(TypeError, match="token_activations: sparse input"):
         SuperActivatorDetector().fit(torch.from_numpy(ACTS).to_sparse(), IDS, LABELS, GT)
+    with pytest.raises(TypeError, match="concept_vectors: complex dtype"):
+        SuperActivatorDetector(concept_vectors=np.ones((2, 3)) * 1j).fit(np.ones((6, 3)), IDS, LABELS, GT)
     with pytest.raises(TypeError, match="sample_labels: sparse input"):
         SuperActivatorDetector().fit(ACTS, IDS, sp.csr_matrix(LABELS), GT)
     det = _fit()

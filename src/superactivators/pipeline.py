@@ -46,9 +46,9 @@ from .evaluate.prompting import METHOD_OF, PromptConfig, prompt_scores
 from .evaluate.scoring import ScoreSummary, summarise
 from .preflight import check_run, concept_types
 from .report.figdata import CURVES_FILE, HIST_FILE, HistogramAccumulator, save_curves
+from .store.artefacts import RUN_FILES, intact, load_json, record, remove_leftover_temps, unrecord
 from .store.distributed import DistEnv, embed_data_parallel, rank_embed_config
 from .store.embed import embed_dataset
-from .store.artefacts import RUN_FILES, intact, load_json, record, remove_leftover_temps, unrecord
 from .store.runs import run_lock
 from .store.tokens import TokenStore
 from .util.device import pick_device

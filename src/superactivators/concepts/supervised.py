@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from ..store.artefacts import ArtefactError, check_file_named, load_json, recording, rebuild_hint
+from ..store.artefacts import ArtefactError, check_file_named, load_json, rebuild_hint, recording
 from ..store.tokens import TokenStore, row_blocks
 from ..util.io import atomic_write_json
 

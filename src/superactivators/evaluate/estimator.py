@@ -215,7 +215,7 @@ class SuperActivatorDetector(BaseEstimator):
         cv = self.concept_vectors
         if cv is None or isinstance(cv, ConceptSet):
             return cv
-        V = as_numpy(cv, "concept_vectors", float_out=True)
+        V = as_numpy(dense_real(cv, "concept_vectors"), "concept_vectors", float_out=True)
         if V.ndim != 2:
             raise ValueError(f"concept_vectors must be [C, d], got shape {V.shape}")
         C, d = V.shape
@@ -244,8 +244,8 @@ class SuperActivatorDetector(BaseEstimator):
         return make_scorer(cs, device)(X)
 
     @staticmethod
-    def _labels(y, n_concepts: int | None = None, n_samples: int | None = None) -> np.ndarray:
-        return check_sample_labels(y, n_samples, n_concepts)
+    def _labels(y, n_concepts: int | None = None) -> np.ndarray:
+        return check_sample_labels(y, n_concepts=n_concepts)
 
     def _prepare(self, X, sample_index, valid, n_samples: int | None, token_labels=None):
         """Activations, offsets, validity and token labels, in sample-grouped row order."""
