@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from ..util.io import atomic_write_json
 from .tokens import MANIFEST, _pid_alive, check_file, file_checksum
 
 SUMS = "checksums.json"
@@ -58,7 +59,8 @@ def _sums(folder: Path) -> dict[str, dict] | None:
         return None
     try:
         out = json.loads(p.read_text())
-        if not isinstance(out, dict) or not all(isinstance(v, dict) and "blocks" in v for v in out.values()):
+        keys = {"size", "skip", "blocks"}
+        if not isinstance(out, dict) or not all(isinstance(v, dict) and keys <= v.keys() for v in out.values()):
             raise ValueError("not a table of file checksums")
         return out
     except (ValueError, UnicodeDecodeError) as err:
@@ -66,8 +68,6 @@ def _sums(folder: Path) -> dict[str, dict] | None:
 
 
 def _write_sums(folder: Path, sums: dict[str, dict]) -> None:
-    from ..util.io import atomic_write_json  # noqa: PLC0415
-
     atomic_write_json(Path(folder) / SUMS, sums)
 
 
