@@ -214,7 +214,7 @@ def test_leftover_temp_files_are_removed_by_verify_and_by_a_rerun(run, small_emo
     for p in dead:
         p.write_bytes(b"half")
     assert main(["verify", str(run)]) == 0
-    assert "removed 3 temporary file(s)" in capsys.readouterr().out
+    assert "leftover temporary files: removed 3" in capsys.readouterr().out
     assert not any(p.exists() for p in dead)
     for p in dead:
         p.write_bytes(b"half")

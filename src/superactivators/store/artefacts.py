@@ -279,8 +279,8 @@ def verify_artefacts(run_dir: Path) -> tuple[list[str], list[str]]:
             with FileLock(str(run_dir / LOCK_FILE), timeout=0) if (run_dir / LOCK_FILE).exists() \
                     else contextlib.nullcontext():
                 removed = remove_leftover_temps(run_dir)
-            checked.append(f"removed {len(removed)} temporary file(s) left by an interrupted run: "
+            checked.append(f"leftover temporary files: removed {len(removed)} left by an interrupted run: "
                            + ", ".join(str(p) for p in removed[:5]) + (" ..." if len(removed) > 5 else ""))
         except Timeout:
-            checked.append(f"{len(temps)} temporary file(s) kept: a run holds {run_dir}")
+            checked.append(f"leftover temporary files: {len(temps)} kept, a run holds {run_dir}")
     return checked, bad
