@@ -265,3 +265,16 @@ def test_a_deleted_recorded_file_fails_verify_but_is_left_to_its_reader(run):
     require_intact(run)  # report recomputes hist.npz; a loader names a missing file itself
     with pytest.raises(ArtefactError, match=r"hist\.npz: missing"):
         load_npz(f)
+
+
+def test_verify_keeps_temp_files_while_a_run_holds_the_folder(run):
+    from filelock import FileLock
+
+    from superactivators.store.runs import LOCK_FILE
+
+    tmp = run / ".detection_metrics.csv.tmp999999999"
+    tmp.write_bytes(b"half")
+    with FileLock(str(run / LOCK_FILE), timeout=0):
+        checked, bad = verify_artefacts(run)
+    assert tmp.exists() and not bad
+    assert any("leftover temporary files: 1 kept, a run holds" in line for line in checked)
