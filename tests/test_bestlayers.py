@@ -85,6 +85,12 @@ def test_old_runs_recompute_predictions_and_stale_stages_are_refused(tiny_run_pa
         np.savez(f, **z)
     for f in bad.glob(f"stages/*_{ct}_*/summary.npz"):
         f.unlink()
+    from superactivators.store.artefacts import SUMS, ArtefactError
+
+    with pytest.raises(ArtefactError, match=r"predictions.npz: content differs"):  # its checksum says so
+        best_layer_table(bad, n_resamples=50)
+    for f in bad.glob(f"stages/*_{ct}_*/{SUMS}"):  # a run from before checksums: the table check remains
+        f.unlink()
     res = best_layer_table(bad, n_resamples=50)
     assert any(ct in n and "reproduce" in n for n in res.notes)
     assert res.table.loc[res.table["concept_type"] == ct, "f1_lo"].isna().all()

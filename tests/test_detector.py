@@ -132,6 +132,11 @@ def test_saved_detector_or_run_config_cannot_switch_on_remote_code(run, tiny_ber
     assert d["embed"]["trust_remote_code"] is False
     d["embed"].update(model=str(model), trust_remote_code=True)  # what a crafted detector would carry
     (tmp_path / "det" / "detector.json").write_text(json.dumps(d))
+    from superactivators.store.artefacts import ArtefactError, record
+
+    with pytest.raises(ArtefactError, match="detector.json"):  # an edited file no longer matches its checksum
+        ConceptDetector.load(tmp_path / "det")
+    record(tmp_path / "det", ["detector.json"])  # a crafted detector carries checksums that match (CRC-32, not a signature)
     loaded = ConceptDetector.load(tmp_path / "det")
     assert loaded.embed.trust_remote_code is False
     loaded.detect(["Thank you so much."])

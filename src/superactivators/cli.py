@@ -270,10 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--layers", help="per-layer figures only for these layers, e.g. 3,6,9,12 (default: all)")
     s.set_defaults(func=cmd_report)
 
-    s = sub.add_parser("verify", help="check every store file of a run against its recorded checksums",
+    s = sub.add_parser("verify", help="check every file of a run (or a saved detector) against its recorded checksums",
                        description="Reads every block of every token store file of RUN_DIR (or of one store "
-                                   "folder) and compares it with the checksum recorded when it was written; "
-                                   "stage files are checked for being readable. Exit status 1 if any differs.")
+                                   "folder) and every other artefact recorded in a checksums.json (stage files, "
+                                   "stages.json, result tables, a saved detector's files) and compares each with "
+                                   "the checksum recorded when it was written; stage files are also read. "
+                                   "Temporary files left by a killed run are removed (kept while a run holds the "
+                                   "folder). Exit status 1 if any file differs.")
     s.add_argument("run_dir", type=Path)
     s.set_defaults(func=cmd_verify)
 

@@ -8,7 +8,6 @@ are present and which tokens carry them (tokens whose activation reaches the thr
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +22,7 @@ from .encoders.base import EmbedConfig
 from .encoders.factory import make_encoder
 from .evaluate.methods import LOC_SUPERACTIVATOR, MACRO, SA, WEIGHTED
 from .evaluate.scoring import make_scorer
+from .store.artefacts import ArtefactError, load_json, rebuild_hint, recording, require_intact
 from .store.layout import RunLayout
 from .store.runs import find_stages, find_store
 from .util.io import atomic_write_json
@@ -106,6 +106,7 @@ class ConceptDetector:
         """
         run_dir = Path(run_dir)
         run = RunLayout(run_dir)
+        require_intact(run.config, run.detection_metrics)  # concepts: checked on load
         cfg = yaml.safe_load(run.config.read_text())
         table = pd.read_csv(run.detection_metrics)
         rows = table[(table.method == SA) & (table.concept_type == concept_type)
@@ -145,23 +146,33 @@ class ConceptDetector:
         path.mkdir(parents=True, exist_ok=True)
         for layer, cs in self.concept_sets.items():
             cs.save(path / f"layer_{layer:02d}")
-        atomic_write_json(path / "detector.json", {
-            "embed": {**asdict(self.embed), "trust_remote_code": False},  # only ever a load-time choice
-            "modality": self.modality, "layers": sorted(self.concept_sets),
-            "thresholds": self.thresholds, "n_pct": self.n_pct,
-            "localization_thresholds": self.localization_thresholds,
-        })
+        with recording(path / "detector.json"):  # the detector's own checksums.json; checked by load
+            atomic_write_json(path / "detector.json", {
+                "embed": {**asdict(self.embed), "trust_remote_code": False},  # only ever a load-time choice
+                "modality": self.modality, "layers": sorted(self.concept_sets),
+                "thresholds": self.thresholds, "n_pct": self.n_pct,
+                "localization_thresholds": self.localization_thresholds,
+            })
 
     @classmethod
     def load(cls, path: str | Path, trust_remote_code: bool = False) -> "ConceptDetector":
-        """A saved detector; its model runs its own code only if ``trust_remote_code`` is passed here."""
+        """A saved detector; its model runs its own code only if ``trust_remote_code`` is passed here.
+
+        Every file is checked against the checksums recorded by :meth:`save`; a damaged one is an
+        error naming it."""
         path = Path(path)
-        d = json.loads((path / "detector.json").read_text())
-        return cls(
-            embed=EmbedConfig(**{**d["embed"], "trust_remote_code": trust_remote_code}), modality=d["modality"],
-            concept_sets={l: load_concepts(path / f"layer_{l:02d}") for l in d["layers"]},
-            thresholds=d["thresholds"], n_pct=d["n_pct"], localization_thresholds=d["localization_thresholds"],
-        )
+        if not (path / "detector.json").exists():
+            raise FileNotFoundError(f"no saved detector at {path} (missing detector.json)")
+        d = load_json(path / "detector.json")
+        try:
+            embed = EmbedConfig(**{**d["embed"], "trust_remote_code": trust_remote_code})
+            layers, thresholds, n_pct = [int(l) for l in d["layers"]], d["thresholds"], d["n_pct"]
+            modality, loc = d["modality"], d["localization_thresholds"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise ArtefactError(f"{path / 'detector.json'}: not a saved detector ({type(err).__name__}: {err}); "
+                                f"{rebuild_hint(path / 'detector.json')}") from None
+        return cls(embed=embed, modality=modality, concept_sets={l: load_concepts(path / f"layer_{l:02d}") for l in layers},
+                   thresholds=thresholds, n_pct=n_pct, localization_thresholds=loc)
 
     # --- inference ----------------------------------------------------------------------------
     def _enc(self):

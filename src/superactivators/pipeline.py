@@ -41,11 +41,12 @@ from .prompting.lm import PromptConfig, prompt_scores
 from .evaluate.scoring import ScoreSummary, summarise
 from .preflight import check_run, concept_types
 from .report.figdata import HistogramAccumulator, save_curves
+from .store.artefacts import RUN_FILES, intact, load_json, record, remove_leftover_temps, unrecord
 from .store.distributed import DistEnv, embed_data_parallel, rank_embed_config
 from .store.embed import embed_dataset
 from .store.layout import RunLayout, StageFolder, cached
 from .store.runs import run_lock
-from .store.tokens import TokenStore, store_is_complete
+from .store.tokens import MANIFEST, TokenStore, store_is_complete
 from .util.device import pick_device
 from .util.io import atomic_write_bytes, atomic_write_json, stable_hash
 
@@ -128,7 +129,7 @@ def concept_stage(store: TokenStore, layer: int, ct: ConceptType, cfg: RunConfig
     if ct.labelled:
         stage = run.stage(layer, ct.name, key)
         if stage.done:
-            return stage.path
+            return intact(stage.path)
         cs = _fitted(stage.concepts, lambda: ct.fit(store, layer, run.units))
         gcs = _fitted(stage.global_concepts, lambda: ct.fit_global(store, layer, run.units)) \
             if want_global else None
@@ -137,7 +138,7 @@ def concept_stage(store: TokenStore, layer: int, ct: ConceptType, cfg: RunConfig
         rule = [tail_rule_key(cfg.protocol)] if cfg.protocol == "seed" else []
         stage = run.stage(layer, ct.name, stable_hash([key, [float(g) for g in cfg.detect.grid]] + rule))
         if stage.done:
-            return stage.path
+            return intact(stage.path)
         units = run.unit_stage(layer, ct.name, key)
         ucs = _fitted(units.concepts, lambda: ct.fit(store, layer, run.units))
         ugcs = _fitted(units.global_concepts, lambda: ct.fit_global(store, layer, run.units)) \
@@ -158,6 +159,7 @@ def concept_stage(store: TokenStore, layer: int, ct: ConceptType, cfg: RunConfig
     summary.method_scores.update(own)
     hist.result().save(stage.hist)
     summary.save(stage.summary)
+    record(stage.path)  # matches.csv and anything else not recorded by its writer
     return stage.path
 
 
@@ -165,7 +167,8 @@ def check_concept_types(cfg: RunConfig, ds: Dataset, sdir: Path) -> list[Concept
     """Every concept type's checks, before anything is embedded (the store's shape when it is
     already complete, else the model's config; no weights are loaded)."""
     types = concept_types(cfg)
-    if store_is_complete(sdir):
+    manifest = sdir / MANIFEST
+    if manifest.exists() and (load_json(manifest) or {}).get("complete"):  # a damaged manifest names itself
         st = TokenStore(sdir)
         shape = ModelShape(tuple(st.layers), st.dim)
     else:
@@ -204,6 +207,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
 
 def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunResult:
     run_dir = cfg.run_dir
+    remove_leftover_temps(run_dir)  # a killed run's temporary files; this run holds the folder
     sdir = store_dir_for(cfg, ds)
     ctypes = check_concept_types(cfg, ds, sdir)
     store = embed_dataset(ds, cfg.embed, sdir, encoder=image_encoder_for_run(cfg, ds, sdir), progress=progress)
@@ -229,7 +233,7 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
             summary.sample_scores.update(prompted)
             results = run_detection(summary, store.labels, store.splits, cfg.detect.methods,
                                     cfg.detect.grid, cfg.detect.best_threshold, rule=cfg.protocol)
-            save_curves(stage.curves, results, cfg.detect.grid)
+            save_curves(stage.curves, results, cfg.detect.grid)  # each records its checksum
             save_predictions(stage.predictions, results, store.splits)
             stage_index.append({"layer": layer, "concept_type": ct.name, "dir": run.relative(stage.path),
                                 "store": run.relative(sdir)})
@@ -243,6 +247,7 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
                                   "results": results, "loc": loc_tables[-1]})
             bar.update()
     bar.close()
+    unrecord(run_dir, RUN_FILES)  # rewritten below, recorded again at the end
     atomic_write_bytes(run.config, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
     atomic_write_json(run.stages_index, stage_index)  # which stage folders this config used
     table = pd.concat(tables, ignore_index=True)
@@ -262,6 +267,9 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
         if attr is not None:
             atomic_write_bytes(run.attribution_metrics, attr.to_csv(index=False).encode())
     best = write_best_layers(run_dir, seed=cfg.seed)  # per-concept best layers, weighted F1 +- bootstrap error
+    for st in stage_index:  # the stage caches written above (localisation, attributions) and older stages' files
+        record(run_dir / st["dir"])
+    record(run_dir, RUN_FILES)
     return RunResult(run_dir, store, table, macro, time.time() - t0, {"store": sdir}, localization=loc,
                      attribution=attr, best=best)
 

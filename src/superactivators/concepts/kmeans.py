@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..store.artefacts import load_npz, recording
 from ..store.tokens import TokenStore
 from ..util.io import atomic_save_npz
 from .supervised import ConceptSet, _fit_separators, _split_token_mask, gather_rows, normalise
@@ -61,12 +62,13 @@ class KMeansFit:
         return len(self.centers)
 
     def save(self, path: Path) -> None:
-        atomic_save_npz(Path(path), centers=self.centers, rows=self.rows, labels=self.labels, sizes=self.sizes,
-                        mean=self.mean, scale=np.float64(self.scale), space=np.array(self.space))
+        with recording(Path(path)):
+            atomic_save_npz(Path(path), centers=self.centers, rows=self.rows, labels=self.labels, sizes=self.sizes,
+                            mean=self.mean, scale=np.float64(self.scale), space=np.array(self.space))
 
     @classmethod
     def load(cls, path: Path) -> "KMeansFit":
-        z = np.load(path)
+        z = load_npz(path)
         return cls(z["centers"], z["rows"], z["labels"], z["sizes"], z["mean"], float(z["scale"]), str(z["space"]))
 
 

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..store.artefacts import check_file_named, load_json, recording
 from ..util.io import atomic_write_json
 from .supervised import ConceptSet
 
@@ -265,14 +266,16 @@ class SAEConceptSet(ConceptSet):
         for name in ("threshold", "full_vectors", "full_bias", "topk_units"):
             value = getattr(self, name)
             if value is not None:
-                np.save(Path(path) / f"{name}.npy", value)
-        atomic_write_json(Path(path) / "sae.json", extra)
+                with recording(Path(path) / f"{name}.npy"):
+                    np.save(Path(path) / f"{name}.npy", value)
+        with recording(Path(path) / "sae.json"):
+            atomic_write_json(Path(path) / "sae.json", extra)
 
     @classmethod
     def load(cls, path: str | Path) -> "SAEConceptSet":
         base = ConceptSet.load(path)
-        extra = json.loads((Path(path) / "sae.json").read_text())
-        arrays = {n: np.load(Path(path) / f"{n}.npy") for n in ("threshold", "full_vectors", "full_bias", "topk_units")
+        extra = load_json(Path(path) / "sae.json")
+        arrays = {n: np.load(check_file_named(Path(path) / f"{n}.npy")) for n in ("threshold", "full_vectors", "full_bias", "topk_units")
                   if (Path(path) / f"{n}.npy").exists()}
         return cls(**base.__dict__, **arrays, **extra)
 

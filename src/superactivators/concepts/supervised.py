@@ -14,7 +14,7 @@ sample labels; they serve the CLS / pooled-embedding baseline.
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from ..store.artefacts import ArtefactError, check_file_named, load_json, rebuild_hint, recording
 from ..store.tokens import TokenStore, row_blocks
 from ..util.io import atomic_write_json
 
@@ -58,23 +59,36 @@ class ConceptSet:
         """Safetensors weights plus a ``cfg.json`` sidecar; the config is written last."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        tmp = path / ".concepts.safetensors.tmp"
-        save_file({"vectors": np.ascontiguousarray(self.vectors, dtype=np.float32),
-                   "bias": np.ascontiguousarray(self.bias, dtype=np.float32),
-                   "center": np.ascontiguousarray(self.center, dtype=np.float32)}, str(tmp))
-        tmp.replace(path / "concepts.safetensors")
+        tmp = path / f".concepts.safetensors.tmp{os.getpid()}"
+        with recording(path / "concepts.safetensors"):
+            save_file({"vectors": np.ascontiguousarray(self.vectors, dtype=np.float32),
+                       "bias": np.ascontiguousarray(self.bias, dtype=np.float32),
+                       "center": np.ascontiguousarray(self.center, dtype=np.float32)}, str(tmp))
+            tmp.replace(path / "concepts.safetensors")
         cfg = {"kind": self.kind, "names": self.names, "scoring": self.scoring, "layer": self.layer,
                "space": self.space, "scale": self.scale}
         if self.units is not None:
             cfg["units"] = self.units
-        atomic_write_json(path / "cfg.json", cfg)
+        with recording(path / "cfg.json"):
+            atomic_write_json(path / "cfg.json", cfg)
 
     @classmethod
     def load(cls, path: str | Path) -> "ConceptSet":
+        """A saved set, each file checked against its recorded checksum; damage names the file."""
         path = Path(path)
-        cfg = json.loads((path / "cfg.json").read_text())
-        w = load_file(str(path / "concepts.safetensors"))
-        return cls(vectors=w["vectors"], bias=w["bias"], center=w["center"], **cfg)
+        cfg = load_json(path / "cfg.json")
+        wpath = check_file_named(path / "concepts.safetensors")
+        try:
+            w = load_file(str(wpath))
+            arrays = {k: w[k] for k in ("vectors", "bias", "center")}
+        except Exception as err:  # SafetensorError, KeyError, ...
+            raise ArtefactError(f"{wpath}: damaged concept set ({type(err).__name__}: {err}); "
+                                f"{rebuild_hint(wpath)}") from None
+        try:
+            return cls(**arrays, **cfg)
+        except TypeError as err:  # keys missing or unknown
+            raise ArtefactError(f"{path / 'cfg.json'}: not a concept set's config ({err}); "
+                                f"{rebuild_hint(path / 'cfg.json')}") from None
 
     @staticmethod
     def exists(path: str | Path) -> bool:

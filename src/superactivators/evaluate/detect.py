@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..store.artefacts import load_npz, recording
 from ..util.io import atomic_save_npz
 from .calibrate import DEFAULT_GRID, TailRule, best_f1_thresholds, calibrate_tail, positive_populations
 from .methods import BY_NAME, MACRO, METHODS, WEIGHTED, variant
@@ -202,7 +203,8 @@ def save_predictions(path: Path, results: Sequence[MethodResult], splits: np.nda
             raise ValueError(f"{r.method}: test predictions {r.test_pred.shape}, expected {(len(test_ids), len(r.names))}")
         arrays["names"] = np.array(r.names)
         arrays[f"pred__{r.method}"] = np.packbits(r.test_pred.astype(bool), axis=0)
-    atomic_save_npz(Path(path), **arrays)
+    with recording(Path(path)):
+        atomic_save_npz(Path(path), **arrays)
 
 
 @dataclass
@@ -215,7 +217,7 @@ class StagePredictions:
 
     @classmethod
     def load(cls, path: Path) -> "StagePredictions":
-        z = np.load(path)
+        z = load_npz(path)
         n = len(z["test_ids"])
         names = [str(v) for v in z["names"]] if "names" in z.files else []
         pred = {k[6:]: np.unpackbits(z[k], axis=0, count=n).astype(bool) for k in z.files if k.startswith("pred__")}

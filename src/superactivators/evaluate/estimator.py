@@ -40,6 +40,15 @@ from .detect import MethodResult, results_table
 from .methods import BY_NAME, DETECTION, GLOBAL, MACRO, SA, Method, split, variant
 from .metrics import Confusion
 from .scoring import group_by_concept, in_concept_values, make_scorer, segment_scores
+from .validation import (
+    check_features,
+    check_finite_valid,
+    check_grid,
+    check_sample_labels,
+    check_token_labels,
+    check_valid,
+    dense_real,
+)
 
 ESTIMATOR_METHODS: tuple[str, ...] = (
     *(m.name for m in DETECTION if m.in_estimator),
@@ -95,7 +104,8 @@ def sample_offsets(sample_index, n_tokens: int, n_samples: int | None = None) ->
             raise ValueError(f"sample_index: negative sample id {int(idx.min())}")
         n = int(idx.max()) + 1 if n_samples is None and len(idx) else (n_samples or 0)
         if len(idx) and idx.max() >= n:
-            raise ValueError(f"sample_index: sample id {int(idx.max())} but only {n} samples")
+            raise ValueError(f"sample_index: sample id {int(idx.max())} but only {n} samples"
+                             + ("" if n_samples is None else " (rows of sample_labels)"))
         if np.any(np.diff(idx) < 0):
             order = np.argsort(idx, kind="stable")
             idx = idx[order]
@@ -151,9 +161,11 @@ class SuperActivatorDetector(BaseEstimator):
 
     Parameters
     ----------
-    grid : percentages N of in-concept tokens kept; the threshold for N is the ``k``-th largest
-        in-concept token activation, ``k = max(1, ceil(N n / 100))`` of ``n`` (``protocol='ours'``),
-        or their linear ``(1 - N/100)`` quantile (``protocol='seed'``); N picked per concept by F1.
+    grid : percentages N of in-concept tokens kept (non-empty, finite, each in ``(0, 100]``); the
+        threshold for N is the ``k``-th largest in-concept token activation of the ``n`` on
+        calibration, ``k = max(1, ceil(N * n / 100))`` (exactly the top ``k`` reach it, ties
+        aside; no interpolation) under ``protocol='ours'``, or their linear ``(1 - N/100)``
+        quantile under ``protocol='seed'``; N picked per concept by F1.
     method : ``'superactivator'`` or a baseline: ``'max_token'``, ``'mean_token'``,
         ``'last_token'``, ``'random_token'``, ``'global'`` (one activation row per sample, e.g. the
         CLS token), each calibrated on its positive samples' scores; ``'<baseline>@best_threshold'``
@@ -172,7 +184,17 @@ class SuperActivatorDetector(BaseEstimator):
 
     Fitted attributes: ``thresholds_ [C]``, ``n_pct_ [C]`` (chosen N; NaN for best-threshold),
     ``cal_f1_ [C]``, ``threshold_grid_ [C, G]`` and ``cal_f1_curve_ [C, G]`` (grid methods),
-    ``concept_names_``, ``n_concepts_``, ``n_features_in_``.
+    ``concept_names_``, ``n_concepts_``, ``n_features_in_``. A concept that cannot be calibrated
+    (no in-concept calibration token, or no positive sample) gets NaN for both ``thresholds_``
+    and ``n_pct_``: it is never detected (``score >= NaN`` is False) and its
+    ``decision_function`` is NaN.
+
+    Inputs are checked first, sklearn-style (:mod:`superactivators.evaluate.validation`): dense,
+    real, numeric arrays or tensors of the right rank; every shape against the others and
+    against ``fit`` (concepts, ``n_features_in_``, token rows of ``valid`` / ``token_labels``,
+    label rows against the samples); labels and ``valid`` 0/1; activations finite on every valid
+    token (padding, ``valid`` False, may hold NaN); methods of an unfitted detector raise
+    ``NotFittedError``.
     """
 
     def __init__(self, grid: Sequence[float] = DEFAULT_GRID, method: str = SA, concept_vectors=None,
@@ -203,7 +225,7 @@ class SuperActivatorDetector(BaseEstimator):
         cv = self.concept_vectors
         if cv is None or isinstance(cv, ConceptSet):
             return cv
-        V = as_numpy(cv, "concept_vectors", float_out=True)
+        V = as_numpy(dense_real(cv, "concept_vectors"), "concept_vectors", float_out=True)
         if V.ndim != 2:
             raise ValueError(f"concept_vectors must be [C, d], got shape {V.shape}")
         C, d = V.shape
@@ -216,8 +238,7 @@ class SuperActivatorDetector(BaseEstimator):
 
     def _activations(self, X) -> np.ndarray:
         """Activations ``[T, C]``: ``X`` itself, or ``X`` scored against the concept vectors."""
-        if not isinstance(X, (np.ndarray, torch.Tensor)):
-            X = np.asarray(X)
+        X = dense_real(X, "token_activations")  # sparse, complex, non-numeric refused
         cs = self.concept_set_ if hasattr(self, "concept_set_") else self._concept_set()
         if cs is None:
             A = as_numpy(X, "token_activations", float_out=True)
@@ -234,29 +255,17 @@ class SuperActivatorDetector(BaseEstimator):
 
     @staticmethod
     def _labels(y, n_concepts: int | None = None) -> np.ndarray:
-        lab = as_numpy(y, "sample_labels")
-        lab = lab[:, None] if lab.ndim == 1 else lab
-        if lab.ndim != 2:
-            raise ValueError(f"sample_labels must be [N, C] (or [N] for one concept), got shape {lab.shape}")
-        if lab.dtype != bool and not np.isin(lab, (0, 1)).all():
-            raise ValueError("sample_labels must be 0/1 (or bool)")
-        if n_concepts is not None and lab.shape[1] != n_concepts:
-            raise ValueError(f"sample_labels have {lab.shape[1]} concept columns but the activations {n_concepts}")
-        return lab.astype(bool, copy=False)
+        return check_sample_labels(y, n_concepts=n_concepts)
 
     def _prepare(self, X, sample_index, valid, n_samples: int | None, token_labels=None):
         """Activations, offsets, validity and token labels, in sample-grouped row order."""
         A = self._activations(X)
+        if A.shape[0] == 0:
+            raise ValueError("token_activations: no token rows")
         offsets, order = sample_offsets(sample_index, A.shape[0], n_samples)
-        v = None if valid is None else as_numpy(valid, "valid").astype(bool, copy=False).reshape(-1)
-        if v is not None and len(v) != A.shape[0]:
-            raise ValueError(f"valid has {len(v)} entries but there are {A.shape[0]} tokens")
-        gt = None
-        if token_labels is not None:
-            gt = as_numpy(token_labels, "token_labels").astype(bool, copy=False)
-            gt = gt[:, None] if gt.ndim == 1 else gt
-            if gt.shape != A.shape:
-                raise ValueError(f"token_labels have shape {gt.shape}, activations {A.shape}")
+        v = check_valid(valid, A.shape[0])
+        gt = check_token_labels(token_labels, A.shape)
+        check_finite_valid(A, None if self._parts()[0] == "global" else v)  # the NaN policy
         if order is not None:  # group each sample's tokens (a copy; sorted ids avoid it)
             A = A[order]
             v = None if v is None else v[order]
@@ -287,6 +296,7 @@ class SuperActivatorDetector(BaseEstimator):
         about. ``valid [T]``: False for padding tokens, which never count.
         """
         rec, free = self._parts()
+        grid = check_grid(self.grid)
         cs = self._concept_set()
         self.concept_set_ = cs
         labels = self._labels(sample_labels)
@@ -312,9 +322,13 @@ class SuperActivatorDetector(BaseEstimator):
                 pops = positive_populations(scores, labels)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                cb = calibrate_tail(scores, pops, labels, self.grid, self.protocol)
-            self.thresholds_, self.n_pct_, self.cal_f1_ = cb.threshold, cb.n_pct, cb.f1
+                cb = calibrate_tail(scores, pops, labels, grid, self.protocol)
+            self.thresholds_, self.n_pct_, self.cal_f1_ = cb.threshold, cb.n_pct.astype(float), cb.f1
             self.threshold_grid_, self.cal_f1_curve_ = cb.thresholds, cb.f1_curve
+        # uncalibratable (no population / no positive): NaN for N and tau, not grid[0] or +inf
+        uncal = np.isnan(self.threshold_grid_).all(axis=1) if not free else ~labels.any(axis=0)
+        self.thresholds_ = np.where(uncal, np.nan, self.thresholds_)
+        self.n_pct_ = np.where(uncal, np.nan, self.n_pct_)
         if self.concept_names is not None:
             names = list(self.concept_names)
         elif cs is not None:
@@ -335,13 +349,23 @@ class SuperActivatorDetector(BaseEstimator):
 
             raise NotFittedError("this SuperActivatorDetector is not fitted yet; call fit first")
 
-    def sample_scores(self, token_activations, sample_index=None, valid=None) -> np.ndarray:
-        """The method's score per sample and concept ``[N, C]`` (SuperActivator: max token)."""
+    def _fitted_input(self, X):
+        """``X`` checked (dense, real) and its width against ``n_features_in_``, on a fitted detector."""
         self._check_fitted()
-        A, offsets, v, _ = self._prepare(token_activations, sample_index, valid, None)
+        X = dense_real(X, "token_activations")
+        if X.ndim == 2 and self.concept_set_ is None:  # embeddings: their width is checked where they are scored
+            check_features(int(X.shape[1]), self.n_features_in_, "activation columns, one per concept")
+        return X
+
+    def _scores(self, X, sample_index, valid, n_samples: int | None = None) -> np.ndarray:
+        A, offsets, v, _ = self._prepare(self._fitted_input(X), sample_index, valid, n_samples)
         if A.shape[1] != self.n_concepts_:
             raise ValueError(f"fitted on {self.n_concepts_} concepts, got activations for {A.shape[1]}")
         return self._sample_scores(A, offsets, v)
+
+    def sample_scores(self, token_activations, sample_index=None, valid=None) -> np.ndarray:
+        """The method's score per sample and concept ``[N, C]`` (SuperActivator: max token)."""
+        return self._scores(token_activations, sample_index, valid)
 
     def decision_function(self, token_activations, sample_index=None, valid=None) -> np.ndarray:
         """Score minus threshold ``[N, C]``: ``>= 0`` where the concept is detected."""
@@ -354,24 +378,31 @@ class SuperActivatorDetector(BaseEstimator):
     def predict_tokens(self, token_activations, valid=None) -> np.ndarray:
         """``[T, C]`` bool, in the input's row order: the SuperActivators, tokens whose activation
         reaches the concept's threshold (padding never)."""
-        self._check_fitted()
+        X = self._fitted_input(token_activations)
         rec, _ = self._parts()
         if not rec.token_threshold:
             raise ValueError(f"predict_tokens needs a token-level threshold; method {self.method!r} thresholds "
                              "a per-sample aggregate")
-        A = self._activations(token_activations)
+        A = self._activations(X)
+        if A.shape[1] != self.n_concepts_:
+            raise ValueError(f"fitted on {self.n_concepts_} concepts, got activations for {A.shape[1]}")
+        v = check_valid(valid, A.shape[0])
+        check_finite_valid(A, v)
         out = A >= self.thresholds_[None, :]
-        if valid is not None:
-            out &= as_numpy(valid, "valid").astype(bool).reshape(-1, 1)
+        if v is not None:
+            out &= v[:, None]
         return out
 
     def confusion(self, token_activations, sample_index, sample_labels, valid=None) -> Confusion:
-        """TP / FP / FN / TN per concept on these samples."""
-        pred = self.predict(token_activations, sample_index, valid)
-        return Confusion.from_predictions(pred, self._labels(sample_labels, self.n_concepts_))
+        """TP / FP / FN / TN per concept on these samples (one label row per sample)."""
+        self._check_fitted()
+        lab = self._labels(sample_labels, self.n_concepts_)
+        pred = self._scores(token_activations, sample_index, valid, n_samples=lab.shape[0]) >= self.thresholds_[None, :]
+        return Confusion.from_predictions(pred, lab)
 
     def evaluate(self, token_activations, sample_index, sample_labels, valid=None) -> pd.DataFrame:
         """Per-concept precision, recall, F1 plus macro and weighted rows (detection_metrics.csv's columns)."""
+        self._check_fitted()
         res = MethodResult(self.method, self.concept_names_, self.thresholds_, self.n_pct_, self.cal_f1_,
                            self.confusion(token_activations, sample_index, sample_labels, valid))
         return results_table([res])

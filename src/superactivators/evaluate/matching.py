@@ -41,6 +41,7 @@ import torch
 
 from ..concepts.supervised import ConceptSet
 from ..store.tokens import Shard, TokenStore
+from ..store.artefacts import load_npz, recording
 from ..util.io import atomic_save_npz
 from .calibrate import DEFAULT_GRID, TailRule, best_f1_thresholds, column_tail_thresholds
 from .detect import MethodResult, run_detection
@@ -132,13 +133,14 @@ class UnitSummary:
 
     def save(self, path: Path) -> None:
         arrays = {f"score__{k}": v for k, v in self.sample_scores.items()}
-        atomic_save_npz(Path(path), **arrays, cal_units=self.cal_units, cal_acts=self.cal_acts,
-                        cal_truth=self.cal_truth,
-                        names=np.array(json.dumps({"units": self.unit_names, "global": self.global_names})))
+        with recording(Path(path)):
+            atomic_save_npz(Path(path), **arrays, cal_units=self.cal_units, cal_acts=self.cal_acts,
+                            cal_truth=self.cal_truth,
+                            names=np.array(json.dumps({"units": self.unit_names, "global": self.global_names})))
 
     @classmethod
     def load(cls, path: Path) -> "UnitSummary":
-        z = np.load(path)
+        z = load_npz(path)
         names = json.loads(str(z["names"]))
         return cls(names["units"], {k[7:]: z[k] for k in z.files if k.startswith("score__")}, names["global"],
                    z["cal_units"], z["cal_acts"], z["cal_truth"])

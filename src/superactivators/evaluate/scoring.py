@@ -19,6 +19,7 @@ import torch
 from ..concepts.sae import SAEScorer
 from ..concepts.supervised import ConceptSet
 from ..store.tokens import Shard, TokenStore
+from ..store.artefacts import load_npz, recording
 from ..util.io import atomic_save_npz
 from .methods import RANDOM_TOKEN, SUPERACTIVATOR_SAMPLE
 from .quantiles import StreamingQuantiles, float_keys, keys_to_floats, pack_populations, unpack_populations
@@ -411,11 +412,12 @@ class ScoreSummary:
             arrays[f"pop__{m}__values"] = (np.concatenate([np.asarray(v, np.float32) for v in pops])
                                            if pops else np.empty(0, np.float32))
         arrays["names"] = np.array(self.names)
-        atomic_save_npz(Path(path), **arrays)
+        with recording(Path(path)):
+            atomic_save_npz(Path(path), **arrays)
 
     @classmethod
     def load(cls, path: Path) -> "ScoreSummary":
-        z = np.load(path)
+        z = load_npz(path)  # checked against its recorded checksum; damage names the file
         pops = {}
         for k in z.files:
             if k.startswith("pop__") and k.endswith("__lengths"):

@@ -21,6 +21,7 @@ import yaml
 from ..evaluate.methods import METHODS, WEIGHTED, has_variant
 from ..stats.bestlayers import best_layer_table
 from ..stats.bootstrap import ALPHA, DEFAULT_RESAMPLES
+from ..store.artefacts import require_intact
 from ..store.layout import RunLayout
 from ..util.io import atomic_write_bytes
 
@@ -115,6 +116,8 @@ def compare_runs(run_dirs: Sequence[str | Path], n_resamples: int = DEFAULT_RESA
         raise ValueError("compare needs at least one run folder")
     rows, notes = [], []
     for rd in map(Path, run_dirs):
+        if rd.is_dir():
+            require_intact(rd)  # every recorded artefact against its checksum: damage names the file
         dataset, model = run_identity(rd)
         res = best_layer_table(rd, n_resamples, seed, alpha)
         notes += [f"{rd}: {n}" for n in res.notes]

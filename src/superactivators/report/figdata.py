@@ -26,6 +26,7 @@ from ..concepts.types import load_concepts
 from ..evaluate.scoring import PassContext, make_scorer, score_store
 from ..store.layout import StageFolder
 from ..store.tokens import Shard, TokenStore
+from ..store.artefacts import load_npz, recording
 from ..util.io import atomic_save_npz
 
 OUT, IN = 0, 1  # group index of out-of-concept / in-concept tokens
@@ -56,12 +57,13 @@ class TokenHistograms:
         return self.counts.sum(axis=2)
 
     def save(self, path: Path) -> None:
-        atomic_save_npz(Path(path), names=np.array(self.names), split=np.array(self.split), edges=self.edges,
-                        counts=self.counts, under=self.under, over=self.over, vmin=self.vmin, vmax=self.vmax)
+        with recording(Path(path)):
+            atomic_save_npz(Path(path), names=np.array(self.names), split=np.array(self.split), edges=self.edges,
+                            counts=self.counts, under=self.under, over=self.over, vmin=self.vmin, vmax=self.vmax)
 
     @classmethod
     def load(cls, path: Path) -> "TokenHistograms":
-        z = np.load(path)
+        z = load_npz(path)
         return cls(names=[str(n) for n in z["names"]], split=str(z["split"]), edges=z["edges"], counts=z["counts"],
                    under=z["under"], over=z["over"], vmin=z["vmin"], vmax=z["vmax"])
 
@@ -167,7 +169,8 @@ def save_curves(path: Path, results: Sequence, grid: Sequence[float]) -> None:
         arrays["names"] = np.array(r.names)
         arrays[f"cal__{r.method}"] = np.asarray(r.cal_f1_curve, dtype=np.float64)
         arrays[f"test__{r.method}"] = np.asarray(r.test_f1_curve, dtype=np.float64)
-    atomic_save_npz(Path(path), **arrays)
+    with recording(Path(path)):
+        atomic_save_npz(Path(path), **arrays)
 
 
 @dataclass
@@ -181,7 +184,7 @@ class F1Curves:
 
     @classmethod
     def load(cls, path: Path) -> "F1Curves":
-        z = np.load(path)
+        z = load_npz(path)
         names = [str(n) for n in z["names"]] if "names" in z.files else []
         return cls(grid=z["grid"], names=names,
                    cal={k[5:]: z[k] for k in z.files if k.startswith("cal__")},

@@ -39,6 +39,7 @@ from ..evaluate.scoring import ScoreSummary
 from ..stats.bestlayers import write_best_layers
 from ..stats.bootstrap import DEFAULT_RESAMPLES
 from ..stats.sweep import best_layers, headline, layer_curve, load_metrics, per_concept_rows, sweep_macro
+from ..store.artefacts import require_intact
 from ..store.layout import RunLayout, StageFolder
 from ..store.runs import StageRef, find_stages, find_store
 from ..store.tokens import Shard, TokenStore
@@ -510,6 +511,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, formats
         raise FileNotFoundError(f"run folder not found: {run_dir}")
     if not formats or formats[0] != "png":
         raise ValueError(f"formats must start with 'png' (the page shows PNG), got {list(formats)}")
+    require_intact(run_dir)  # every recorded artefact against its checksum: damage names the file
     out = Path(out_dir) if out_dir is not None else RunLayout(run_dir).report
     out.mkdir(parents=True, exist_ok=True)
     if workers is None:

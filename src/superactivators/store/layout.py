@@ -147,6 +147,12 @@ class RunLayout:
         return self.root / "attribution_metrics.csv"
 
     @property
+    def result_files(self) -> tuple[Path, ...]:
+        """The run-level files a finished run writes (each checksummed, store.artefacts)."""
+        return (self.config, self.stages_index, self.detection_metrics, self.macro_f1, self.localization_metrics,
+                self.attribution_metrics, self.best_layers)
+
+    @property
     def report(self) -> Path:
         return self.root / "report"
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 from filelock import FileLock, Timeout
 
+from .artefacts import load_json, verify_artefacts
 from .layout import RunLayout, StageFolder
 from .tokens import MANIFEST, StoreError, TokenStore
 
@@ -59,7 +58,7 @@ def find_stages(run_dir: Path) -> list[StageRef]:
     """
     run = RunLayout(run_dir)
     if run.stages_index.exists():
-        items = json.loads(run.stages_index.read_text())
+        items = load_json(run.stages_index)  # checked against its recorded checksum; damage names the file
         refs = [StageRef(int(i["layer"]), str(i["concept_type"]), run.root / i["dir"]) for i in items]
         return [r for r in refs if StageFolder(r.path).done]
     newest: dict[tuple[int, str], tuple[float, Path]] = {}
@@ -76,7 +75,7 @@ def find_store(run_dir: Path) -> TokenStore:
     """The run's token store (``stages.json`` names it; else the newest complete one)."""
     run = RunLayout(run_dir)
     if run.stages_index.exists():
-        items = json.loads(run.stages_index.read_text())
+        items = load_json(run.stages_index)
         if items and items[0].get("store"):
             return TokenStore(run.root / items[0]["store"])
     cands = sorted(run.store_manifests(), key=lambda p: p.stat().st_mtime, reverse=True)
@@ -92,7 +91,8 @@ def verify_run(run_dir: Path) -> tuple[list[str], list[str]]:
     """Full check of a run folder (or one store folder): ``(what was checked, problems)``.
 
     Every token store file against the checksums recorded when it was written (every block),
-    and every stage file (``.npz`` / ``.json``) for being readable.
+    then every other artefact (:func:`superactivators.store.artefacts.verify_artefacts`: stage
+    files, ``stages.json``, result tables, saved detectors; leftover temporary files).
     """
     run_dir = Path(run_dir)
     stores = [run_dir] if (run_dir / MANIFEST).exists() else [p.parent for p in RunLayout(run_dir).store_manifests()]
@@ -104,20 +104,5 @@ def verify_run(run_dir: Path) -> tuple[list[str], list[str]]:
             checked.append(f"store {sd}: {n} files" + ("" if n else " (written before checksums were recorded: not verifiable)"))
         except StoreError as err:
             bad += str(err).splitlines()
-    stages = RunLayout(run_dir).stages
-    for f in sorted(stages.glob("**/*")):
-        if f.suffix not in (".npz", ".json") or f.name.startswith("."):
-            continue
-        try:
-            if f.suffix == ".npz":
-                with np.load(f) as z:
-                    for k in z.files:
-                        z[k]
-            else:
-                json.loads(f.read_text())
-        except Exception as err:  # BadZipFile, EOFError, ValueError, ...
-            bad.append(f"{f}: damaged ({type(err).__name__}: {err})")
-    n_stage = sum(1 for f in stages.glob("**/*") if f.suffix in (".npz", ".json"))
-    if n_stage:
-        checked.append(f"stage files: {n_stage}")
-    return checked, bad
+    more, worse = verify_artefacts(run_dir)
+    return checked + more, bad + worse
