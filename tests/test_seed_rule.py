@@ -266,7 +266,7 @@ def test_seed_protocol_on_a_synthetic_store_equals_a_seed_style_implementation(s
 def test_pipeline_under_protocol_seed_thresholds_by_the_seed_rule(tmp_path, small_emotions, tiny_bert):
     """`protocol: seed` reaches calibration: every tail method's chosen threshold is the seed rule's."""
     from superactivators.config import config_from_dict
-    from superactivators.evaluate.detect import MACRO, WEIGHTED
+    from superactivators.evaluate.methods import MACRO, WEIGHTED
     from superactivators.evaluate.scoring import ScoreSummary
     from superactivators.pipeline import run_pipeline
     from superactivators.store.runs import find_stages
