@@ -15,7 +15,6 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from .concepts.supervised import ConceptSet
 from .concepts.types import load_concepts
@@ -24,6 +23,8 @@ from .encoders.factory import make_encoder
 from .evaluate.detect import MACRO, WEIGHTED
 from .evaluate.scoring import make_scorer
 from .util.io import atomic_write_json
+from .util.tables import read_table
+from .util.yamlio import load_yaml_file
 
 
 @dataclass
@@ -101,8 +102,8 @@ class ConceptDetector:
         folder's ``config.yaml`` cannot switch it on (a shared folder must not run code).
         """
         run_dir = Path(run_dir)
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-        table = pd.read_csv(run_dir / "detection_metrics.csv")
+        cfg = load_yaml_file(run_dir / "config.yaml")
+        table = read_table(run_dir / "detection_metrics.csv")
         rows = table[(table.method == "superactivator") & (table.concept_type == concept_type)
                      & ~table.concept.isin([MACRO, WEIGHTED])]
         if rows.empty:

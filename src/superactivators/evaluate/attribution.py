@@ -44,6 +44,7 @@ from torch import nn
 from ..concepts.supervised import ConceptSet
 from ..encoders.capture import LayerTap
 from ..store.tokens import TokenStore
+from ..util.tables import read_table
 from .calibrate import tail_thresholds
 from .localize import LocMethodResult, _f1, localization_table, twostage_scores
 from .metrics import Confusion
@@ -683,7 +684,7 @@ def run_attributions(make_encoder: Callable[[], Any], ds: Any, store: TokenStore
         stage = Path(job["stage"])
         path = stage / f"attribution_{key}.csv"
         if path.exists() and (stage / MAPS_FILE).exists():
-            tables.append(pd.read_csv(path))
+            tables.append(read_table(path))
             continue
         cs = load_concepts(job)
         if cs.scoring not in ("cosine", "signed_distance"):

@@ -46,6 +46,7 @@ import pandas as pd
 from ..concepts.supervised import ConceptSet
 from ..store.tokens import Shard, TokenStore
 from ..util.io import atomic_write_bytes
+from ..util.tables import read_table
 from .calibrate import DEFAULT_GRID, TAIL_RULE, tail_thresholds
 from .metrics import Confusion
 from .scoring import PassContext, ScoreSummary, make_scorer, score_store
@@ -504,7 +505,7 @@ def localize_stage(
     loc_grid = localization_grid(grid)
     path = Path(stage_dir) / f"localization_{stable_hash([list(grid), loc_grid, LOC_METHODS, seed, TAIL_RULE], 8)}.csv"
     if path.exists():
-        return pd.read_csv(path)
+        return read_table(path)
     sa = next((r for r in detection if r.method == "superactivator"), None)
     if sa is None:
         raise ValueError("localisation needs the 'superactivator' detection method (detect.methods)")

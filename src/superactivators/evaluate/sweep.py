@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..util.tables import read_table
 from .detect import AGGREGATES, MACRO, METHODS, MICRO, RATES, WEIGHTED, is_baseline
 from .metrics import Confusion
 
@@ -27,7 +28,7 @@ def load_metrics(run_dir: str | Path) -> pd.DataFrame:
     path = Path(run_dir) / "detection_metrics.csv"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a finished run folder?")
-    table = pd.read_csv(path)
+    table = read_table(path)
     missing = sorted({"layer", *KEYS, "cal_f1", "f1"} - set(table.columns))
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}")

@@ -28,7 +28,6 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from ..concepts.types import load_concepts
 from ..evaluate.calibrate import DEFAULT_GRID
@@ -41,6 +40,8 @@ from ..evaluate.sweep import best_layers, headline, layer_curve, load_metrics, p
 from ..store.runs import StageRef, find_stages, find_store
 from ..store.tokens import Shard, TokenStore
 from ..util.io import atomic_write_bytes
+from ..util.tables import read_table
+from ..util.yamlio import load_yaml_file
 from . import figures as F
 from .localization import localization_section
 from .figdata import CURVES_FILE, F1Curves, TokenHistograms, ensure_histograms, sample_token_activations, save_curves
@@ -49,7 +50,8 @@ log = logging.getLogger(__name__)
 
 def run_config(run_dir: Path) -> dict:
     path = run_dir / "config.yaml"
-    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    cfg = load_yaml_file(path) if path.exists() else {}
+    return cfg if isinstance(cfg, dict) else {}
 
 
 def ensure_curves(stage: StageRef, store: TokenStore, grid: Sequence[float], methods: Sequence[str]) -> F1Curves:
@@ -67,7 +69,7 @@ def load_best_layers(run_dir: Path, seed: int = 0) -> pd.DataFrame:
     ``detection_metrics.csv`` (runs from before it existed)."""
     path, metrics = run_dir / BEST_LAYERS_FILE, run_dir / "detection_metrics.csv"
     if path.exists() and path.stat().st_mtime >= metrics.stat().st_mtime:
-        return pd.read_csv(path)
+        return read_table(path, rebuild=f"delete it and run 'superactivators report {run_dir}' again")
     return write_best_layers(run_dir, seed=seed).table
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 from ..evaluate.attribution import MAPS_FILE, load_maps
 from ..evaluate.localize import LOC_METHODS, MACRO
 from ..store.tokens import TokenStore
+from ..util.tables import read_table
 from . import figures as F
 
 MAP_EXAMPLES = 3  # test samples per concept in the maps
@@ -58,9 +59,9 @@ def localization_section(run_dir: Path, store: TokenStore, ds, stages: Sequence,
     path = Path(run_dir) / "localization_metrics.csv"
     if not path.exists():
         return ""
-    loc = pd.read_csv(path)
+    loc = read_table(path)
     apath = Path(run_dir) / "attribution_metrics.csv"
-    attr = pd.read_csv(apath) if apath.exists() else None
+    attr = read_table(apath) if apath.exists() else None
     parts = ["<section id='localization'><h2>Localisation: which tokens carry the concept?</h2>",
              "<p class='muted'>Token-level precision, recall, F1 and IoU on <i>test</i> against the masks / spans; every "
              "threshold calibrated on <i>cal</i>. <b>superactivator</b>: tail threshold in the samples the detector flags; "
