@@ -10,8 +10,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .concepts.types import CONCEPT_TYPES
 from .data.seed import KINDS as GROUND_TRUTH_KINDS
 from .encoders.base import EmbedConfig
@@ -19,6 +17,7 @@ from .evaluate.attribution import ATTRIBUTIONS
 from .evaluate.calibrate import DEFAULT_GRID
 from .evaluate.detect import METHODS
 from .util.errors import ValidationError
+from .util.yamlio import load_yaml, load_yaml_file
 
 PROMPT_METHODS = ("prompt", "prompt_seed")
 #: ``protocol``: "ours" (the project's defaults) or "seed" (the seed study's choices where ours
@@ -358,10 +357,14 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` strings (values parsed as YAML) to a config dict."""
+    seen: set[str] = set()
     for item in overrides:
         if "=" not in item:
             raise ValidationError([f"--set {item!r}: must look like section.key=value"])
         key, raw = item.split("=", 1)
+        if key.strip() in seen:
+            raise ValidationError([f"--set {key.strip()}: given twice; keep one"])
+        seen.add(key.strip())
         node = data
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -369,18 +372,18 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(node, dict):
                 raise ValidationError([f"--set {item!r}: {p} is not a section"])
         try:
-            node[parts[-1]] = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            node[parts[-1]] = raw
+            node[parts[-1]] = load_yaml(raw, f"--set {key.strip()}")
+        except ValidationError as err:
+            if "written twice" in str(err):
+                raise
+            node[parts[-1]] = raw  # not YAML: the text as written
     return data
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml_file(path)  # a repeated key or an empty file is an error naming the file
     except FileNotFoundError:
         raise FileNotFoundError(f"config file not found: {path}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ValidationError([f"{path}: invalid YAML: {err}"]) from None
     return config_from_dict(apply_overrides(data, overrides or []))
