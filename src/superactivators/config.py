@@ -186,6 +186,8 @@ class RunConfig:
         bad = [x for x in c.types if x not in CONCEPT_TYPES]
         if bad:
             out.append(f"concepts.types: unknown concept type(s) {bad}; choose from {list(CONCEPT_TYPES)}")
+        if not t.methods:
+            out.append(f"detect.methods: empty; choose from {[*METHODS, *PROMPT_METHODS]}")
         bad = [m for m in t.methods if m not in (*METHODS, *PROMPT_METHODS)]
         if bad:
             out.append(f"detect.methods: unknown detection method(s) {bad}; choose from {[*METHODS, *PROMPT_METHODS]}")

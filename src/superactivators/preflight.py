@@ -13,10 +13,10 @@ import dataclasses
 
 from .concepts.types import ConceptType, concept_type
 from .config import RunConfig
-from .data.checks import check_dataset, warn_positives_without_spans
-from .data.datasets import Dataset, DatasetError, load_dataset, usable_concepts, withhold_token_truth
+from .data.checks import load_and_check, warn_positives_without_spans
+from .data.datasets import Dataset, DatasetError
 from .encoders.base import resolve_model_path
-from .encoders.checks import model_problems
+from .encoders.checks import empty_text_problems, model_problems
 from .encoders.factory import model_shape
 from .util.device import device_problem
 from .util.errors import ValidationError
@@ -34,23 +34,19 @@ def check_run(cfg: RunConfig) -> Dataset:
         problems.append(f"score_device: {why}")
     ds = None
     n_other = len(problems)  # config / device problems so far; dataset problems follow
-    try:
-        ds = load_dataset(cfg.data.path, concepts=cfg.data.concepts, ground_truth=cfg.data.ground_truth,
-                          columns=cfg.data.columns(), allow_outside_paths=cfg.data.allow_outside_paths)
-    except DatasetError as err:
-        problems += str(err).splitlines()
-    if ds is not None and cfg.data.sample_labels_only:  # withhold spans / masks: sample labels only
-        ds = withhold_token_truth(ds)
-    if ds is not None:
-        ds, found = check_dataset(ds, skip_bad_images=cfg.data.skip_bad_images)
-        problems += found
-        keep = usable_concepts(ds, need=("train", "cal"))
-        if not keep:
-            problems.append(f"{ds.source}: no concept has positives in both train and cal (and negatives in train)")
-        elif len(keep) < len(ds.concepts):
-            ds = ds.subset_concepts(keep)
+    d = cfg.data
+    checked = load_and_check(d.path, concepts=d.concepts, ground_truth=d.ground_truth, columns=d.columns(),
+                             allow_outside_paths=d.allow_outside_paths, sample_labels_only=d.sample_labels_only,
+                             skip_bad_images=d.skip_bad_images)
+    ds, problems = checked.ds, problems + checked.problems
+    if ds is not None and checked.usable and len(checked.usable) < len(ds.concepts):
+        ds = ds.subset_concepts(checked.usable)
     n_data = len(problems) - n_other
-    problems += model_problems(cfg.embed, ds.modality if ds is not None else None)
+    found = model_problems(cfg.embed, ds.modality if ds is not None else None)
+    problems += found
+    if ds is not None and ds.modality == "text" and not found and n_data == 0:
+        problems += empty_text_problems(cfg.embed, ds)  # the tokenizer only, before the store is created
+        n_data = len(problems) - n_other - len(found)
     if {"prompt", "prompt_seed"} & set(cfg.detect.methods) and cfg.detect.prompt_model:
         try:
             resolve_model_path(cfg.detect.prompt_model)

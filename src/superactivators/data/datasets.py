@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from ..util.files import regular_file_problem
 from .errors import DatasetError
 from .hf import HFParts, is_hf_source, read_hf
 from .labels import select_labels, split_columns
@@ -76,6 +77,9 @@ class Dataset:
         elif self.text_paths is not None:
             path = self.root / self.text_paths[i]
             where = f"{path} (row {i + 2} of {self.source})"
+            why = regular_file_problem(path)  # a FIFO would block the read
+            if why not in (None, "not found"):
+                raise DatasetError(f"text file {where} {why}")
             try:
                 txt = path.read_text(encoding="utf-8")
             except FileNotFoundError:
@@ -226,11 +230,19 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
     path = Path(path)
     if path.is_dir():
         path = path / "metadata.csv"
-    if not path.exists():
+    why = regular_file_problem(path)
+    if why == "not found":
         raise DatasetError(f"metadata file not found: {path}")
+    if why is not None:
+        raise DatasetError(f"{path} {why}")
+    if path.stat().st_size == 0:
+        raise DatasetError(f"{path}: empty file (0 bytes); a metadata.csv needs a header row (text_path or "
+                           "image_path, split, one column per concept) and one row per sample")
     _header_problems(path)
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DatasetError(f"{path}: no header row (the file holds only blank lines)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise DatasetError(f"{path}: cannot parse CSV: {err}") from None
     if df.empty:
