@@ -326,8 +326,8 @@ def test_text_the_tokenizer_reduces_to_nothing_is_found_before_the_store(tmp_pat
     with pytest.raises(ValidationError) as err:
         check_run(_cfg(tmp_path, data))
     assert err.value.problems == [
-        f"text file {tmp_path / 'd' / 't' / '7.txt'} (row 9 of {data}): the tokenizer of 'minilm' reduces this "
-        "text to no token (starts '\\u200b\\u200b')"]
+        (f"text file {tmp_path / 'd' / 't' / '7.txt'} (row 9 of {data}): the tokenizer of 'minilm' reduces this "
+        "text to no token (starts '\\u200b\\u200b')")]
     assert not (tmp_path / "runs").exists()
 
 
@@ -343,3 +343,12 @@ def test_dataset_info_runs_runs_dataset_checks(tmp_path, capsys):
     assert "split 'cal' has no samples" in err and "empty text file" in err
     # a clean dataset: exit 0
     assert main(["dataset-info", str(_text_data(tmp_path / "ok"))]) == 0
+
+
+def test_nameless_header_column(tmp_path):
+    """Found by the fuzz: a blank header cell became a concept called 'Unnamed: 1'."""
+    body = "".join(f"{i % 2},t{i},{s},\n" for i, s in enumerate(["train", "cal", "test"] * 2))
+    ds = load_dataset(_write(tmp_path, "c1,text,split,\n" + body))  # an empty trailing column: dropped
+    assert ds.concepts == ["c1"] and list(ds.metadata.columns) == []
+    with pytest.raises(DatasetError, match="column 1 holds values but has no name"):
+        load_dataset(_write(tmp_path, ",text,split,\n" + body))

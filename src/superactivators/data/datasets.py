@@ -159,8 +159,8 @@ def _restrict_spans(spans: list[dict[str, list[Span]]], keep: list[str]) -> list
     return [{c: v for c, v in sp.items() if c in keep} for sp in spans]
 
 
-def _header_problems(path: Path) -> None:
-    """Duplicate column names (pandas would silently rename them ``name.1``)."""
+def _header_problems(path: Path) -> list[int]:
+    """Blank or duplicate column names (pandas would silently call them ``Unnamed: 3`` / ``name.1``)."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), [])
@@ -170,6 +170,7 @@ def _header_problems(path: Path) -> None:
     dup = sorted({h for h in header if h in seen or seen.add(h)})  # type: ignore[func-returns-value]
     if dup:
         raise DatasetError(f"{path}: duplicate column name(s) {dup}; every column needs its own name")
+    return [i for i, h in enumerate(header) if not h.strip()]
 
 
 def outside_paths(root: Path, paths: list[str], column: str, source: Path) -> list[str]:
@@ -238,7 +239,7 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
     if path.stat().st_size == 0:
         raise DatasetError(f"{path}: empty file (0 bytes); a metadata.csv needs a header row (text_path or "
                            "image_path, split, one column per concept) and one row per sample")
-    _header_problems(path)
+    blank_names = _header_problems(path)
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
@@ -247,6 +248,10 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
         raise DatasetError(f"{path}: cannot parse CSV: {err}") from None
     if df.empty:
         raise DatasetError(f"{path}: no samples")
+    for i in blank_names:  # an empty trailing column (spreadsheet export) is dropped; one with values is not
+        if i < len(df.columns) and (df.iloc[:, i].str.strip() != "").any():
+            raise DatasetError(f"{path}: column {i + 1} holds values but has no name in the header")
+    df = df.drop(columns=[df.columns[i] for i in blank_names if i < len(df.columns)])
     if "split" not in df.columns:
         raise DatasetError(f"{path}: missing column 'split' (values train/cal/test)")
     splits = df["split"].str.strip().str.lower().to_numpy(dtype=object)
