@@ -167,7 +167,7 @@ def _header_problems(path: Path) -> list[int]:
     except UnicodeDecodeError as err:
         raise DatasetError(f"{path}: not UTF-8 text ({err})") from None
     seen: set[str] = set()
-    dup = sorted({h for h in header if h in seen or seen.add(h)})  # type: ignore[func-returns-value]
+    dup = sorted({h for h in header if h.strip() and (h in seen or seen.add(h))})  # type: ignore[func-returns-value]
     if dup:
         raise DatasetError(f"{path}: duplicate column name(s) {dup}; every column needs its own name")
     return [i for i, h in enumerate(header) if not h.strip()]
