@@ -352,3 +352,13 @@ def test_nameless_header_column(tmp_path):
     assert ds.concepts == ["c1"] and list(ds.metadata.columns) == []
     with pytest.raises(DatasetError, match="column 1 holds values but has no name"):
         load_dataset(_write(tmp_path, ",text,split,\n" + body))
+
+
+def test_parquet_null_label_is_an_error_not_zero(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["a", "b", "c"], "split": ["train", "cal", "test"],
+                             "c": pa.array([True, None, False], pa.bool_())}), tmp_path / "b.parquet")
+    with pytest.raises(DatasetError, match=r"row 1, column 'c': blank label"):
+        load_dataset(tmp_path / "b.parquet")

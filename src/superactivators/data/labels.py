@@ -32,8 +32,8 @@ def _norm(cells: Sequence[object]) -> np.ndarray:
     return np.array([str(c).strip().lower() for c in cells], dtype=object)
 
 
-def _rows(idx: np.ndarray) -> str:
-    rows = ", ".join(str(int(i) + 2) for i in idx[:_SHOW_ROWS])  # + header, 1-based
+def _rows(idx: np.ndarray, row0: int = 2) -> str:
+    rows = ", ".join(str(int(i) + row0) for i in idx[:_SHOW_ROWS])  # csv: + header, 1-based
     return rows + (f" and {idx.size - _SHOW_ROWS} more" if idx.size > _SHOW_ROWS else "")
 
 
@@ -66,11 +66,12 @@ def looks_like_labels(cells: Sequence[object]) -> bool:
 
 
 def parse_label_column(name: str, cells: Sequence[object], where: str,
-                       missing: str = MISSING_LABELS) -> np.ndarray:
+                       missing: str = MISSING_LABELS, row0: int = 2) -> np.ndarray:
     """The 0/1 labels of concept column ``name``; one error line naming the column and the bad rows.
 
     ``missing`` says what a blank cell is: ``error`` (the default) or ``allow`` (read as 0; for
-    the benchmarks issue's ``data.missing_labels``).
+    the benchmarks issue's ``data.missing_labels``). ``row0``: the row number of the first cell
+    in messages (2 in a CSV with its header; 0 for a table's row index).
     """
     v = _norm(cells)
     pos = np.isin(v, TRUE_VALUES)
@@ -79,12 +80,12 @@ def parse_label_column(name: str, cells: Sequence[object], where: str,
     bad = np.flatnonzero(~ok & ~blank)
     if bad.size:
         shown = sorted({str(cells[int(i)]) for i in bad[:_SHOW_ROWS]})
-        raise DatasetError(f"{where}: row {_rows(bad)}, column {name!r}: expected 0 or 1, got "
+        raise DatasetError(f"{where}: row {_rows(bad, row0)}, column {name!r}: expected 0 or 1, got "
                            f"{', '.join(repr(s) for s in shown)} ({bad.size} cell(s); yes/no and true/false are "
                            "read as 1/0 too)")
     if blank.any() and missing != "allow":
         idx = np.flatnonzero(blank)
-        raise DatasetError(f"{where}: row {_rows(idx)}, column {name!r}: blank label ({idx.size} cell(s)); "
+        raise DatasetError(f"{where}: row {_rows(idx, row0)}, column {name!r}: blank label ({idx.size} cell(s)); "
                            "every sample needs 0 or 1")
     return pos.astype(np.uint8)
 
