@@ -1,8 +1,10 @@
 """Everything a run can check before any model loads, reported at once, one line per problem.
 
-The config's types and ranges, the dataset (columns, splits, paths inside its folder, text
-files readable as UTF-8, image and mask headers and sizes, concepts that can be learnt and
-calibrated), the model (resolves offline, its config reads, the layers exist) and the devices.
+The config's types and ranges, the dataset (:func:`~.data.checks.load_and_check`, the very checks
+``dataset-info`` makes: columns, label cells, spans, splits, paths inside its folder, regular
+files only, text files readable as UTF-8, image and mask headers and sizes, concepts that can be
+learnt and calibrated), texts the tokenizer reduces to no token, the model (resolves offline,
+its config reads, the layers exist) and the devices.
 Why up front: a bad file found after minutes of embedding, or a traceback from deep inside a
 library, costs the user far more than a list of lines naming the key, column or file.
 """
@@ -32,7 +34,6 @@ def check_run(cfg: RunConfig) -> Dataset:
     why = device_problem(cfg.score_device)
     if why:
         problems.append(f"score_device: {why}")
-    ds = None
     n_other = len(problems)  # config / device problems so far; dataset problems follow
     d = cfg.data
     checked = load_and_check(d.path, concepts=d.concepts, ground_truth=d.ground_truth, columns=d.columns(),
