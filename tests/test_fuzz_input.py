@@ -305,3 +305,30 @@ def test_fuzz_yaml_config(tmp_path_factory, cfg, edits):
     from superactivators.config import config_from_dict
 
     assert got.to_dict() == config_from_dict(plain).to_dict()
+
+
+set_items = st.lists(st.tuples(st.sampled_from(["embed.batch_size", "data.concepts", "name", "detect.grid", "seed",
+                                                "embed", "x.y.z", "data.split_map"]),
+                               st.sampled_from(["4", "abc", "[1, 2]", "{a: 1, a: 2}", "{a: cal}", "", "null", "[",
+                                                "nan", "- a\n- a", "1e400", "{", "[[[[[[]]]]]]"])),
+                     max_size=3)
+
+
+@FUZZ
+@given(set_items)
+def test_fuzz_set_values(items):
+    from superactivators.config import apply_overrides, config_from_dict
+
+    args = [f"{k}={v}" for k, v in items]
+    try:
+        with deadline(20):
+            config_from_dict(apply_overrides({}, args))
+    except ValidationError as err:
+        event("refused")
+        keys = {k for k, _ in items}
+        for line in err.problems:
+            assert "\n" not in line and (line.startswith("--set ") or KEY_LINE.match(line)
+                                         or any(k in line for k in keys)), line
+        return
+    event("accepted")
+    assert len({k for k, _ in items}) == len(items)  # a key given twice is never accepted
