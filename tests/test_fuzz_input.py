@@ -28,7 +28,7 @@ from superactivators.data.checks import load_and_check
 from superactivators.data.datasets import load_dataset
 from superactivators.util.errors import ValidationError
 
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
+FUZZ = settings(max_examples=120, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 TRUE = ("1", "1.0", "yes", "true", "y", "t")
 FALSE = ("0", "0.0", "no", "false", "n", "f")
