@@ -292,7 +292,7 @@ def test_fifo_metadata_and_config_are_refused(tmp_path):
     with deadline(20), pytest.raises(DatasetError, match="metadata.csv is a FIFO"):
         load_dataset(tmp_path)
     os.mkfifo(tmp_path / "c.yaml")
-    with deadline(20), pytest.raises(ValidationError, match="c.yaml: is a FIFO"):
+    with deadline(20), pytest.raises(ValidationError, match="c.yaml is a FIFO"):
         load_config(tmp_path / "c.yaml")
 
 

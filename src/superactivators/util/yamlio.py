@@ -67,7 +67,7 @@ def load_yaml_file(path: str | Path, allow_empty: bool = False) -> Any:
     if why:
         if why == "not found":
             raise FileNotFoundError(f"{path}: file not found")
-        raise ValidationError([f"{path}: {why}"])
+        raise ValidationError([f"{path} {why}"])
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
