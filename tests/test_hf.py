@@ -111,7 +111,7 @@ def test_bad_columns_are_named(tmp_path):
         return tmp_path / "b.parquet"
 
     base = {"text": ["a", "b", "c"], "split": ["train", "cal", "test"]}
-    with pytest.raises(DatasetError, match=r"row 2, column 'c': expected 0 or 1, got 2"):
+    with pytest.raises(DatasetError, match=r"row 2, column 'c': expected 0 or 1, got '2'"):
         load_dataset(write(**base, c=[0, 1, 2]))
     with pytest.raises(DatasetError, match=r"row 1, column 'split': unknown split 'holdout'"):
         load_dataset(write(text=["a", "b", "c"], split=["train", "holdout", "test"], c=[0, 1, 1]))

@@ -29,10 +29,15 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset_info(args: argparse.Namespace) -> int:
-    from .data.datasets import dataset_summary, load_dataset
+    from .data.checks import load_and_check
+    from .data.datasets import DatasetError, dataset_summary
 
-    ds = load_dataset(args.path, concepts=args.concepts, ground_truth=args.ground_truth)
-    print(dataset_summary(ds, amounts=not args.no_counts))
+    # the very checks ``run`` makes of a dataset (one code path); a problem exits non-zero
+    checked = load_and_check(args.path, concepts=args.concepts, ground_truth=args.ground_truth)
+    if checked.ds is not None:
+        print(dataset_summary(checked.ds, amounts=not args.no_counts and not checked.problems))
+    if checked.problems:
+        raise DatasetError(checked.problems)
     return 0
 
 

@@ -9,8 +9,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .concepts.options import CONCEPT_TYPES, ConceptConfig
 from .data.masks import MaskOptions
 from .data.options import DataConfig
@@ -18,6 +16,7 @@ from .encoders.base import DEVICE_HELP, DEVICE_RE, EmbedConfig
 from .evaluate.options import DetectConfig
 from .localize.options import LocalizeConfig
 from .util.errors import ValidationError
+from .util.yamlio import load_yaml, load_yaml_file
 
 __all__ = ["CONCEPT_TYPES", "PROTOCOLS", "SECTIONS", "ConceptConfig", "DataConfig", "DetectConfig", "EmbedConfig",
            "LocalizeConfig", "RunConfig", "apply_overrides", "config_from_dict", "load_config"]
@@ -190,10 +189,14 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` strings (values parsed as YAML) to a config dict."""
+    seen: set[str] = set()
     for item in overrides:
         if "=" not in item:
             raise ValidationError([f"--set {item!r}: must look like section.key=value"])
         key, raw = item.split("=", 1)
+        if key.strip() in seen:
+            raise ValidationError([f"--set {key.strip()}: given twice; keep one"])
+        seen.add(key.strip())
         node = data
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -201,18 +204,18 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(node, dict):
                 raise ValidationError([f"--set {item!r}: {p} is not a section"])
         try:
-            node[parts[-1]] = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            node[parts[-1]] = raw
+            node[parts[-1]] = load_yaml(raw, f"--set {key.strip()}")
+        except ValidationError as err:
+            if "written twice" in str(err):
+                raise
+            node[parts[-1]] = raw  # not YAML: the text as written
     return data
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml_file(path)  # a repeated key or an empty file is an error naming the file
     except FileNotFoundError:
         raise FileNotFoundError(f"config file not found: {path}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ValidationError([f"{path}: invalid YAML: {err}"]) from None
     return config_from_dict(apply_overrides(data, overrides or []))

@@ -14,7 +14,6 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from .concepts.supervised import ConceptSet
 from .concepts.types import load_concepts
@@ -26,6 +25,8 @@ from .store.artefacts import ArtefactError, load_json, rebuild_hint, recording, 
 from .store.layout import RunLayout
 from .store.runs import find_stages, find_store
 from .util.io import atomic_write_json
+from .util.tables import read_table
+from .util.yamlio import load_yaml_file
 
 
 @dataclass
@@ -107,8 +108,8 @@ class ConceptDetector:
         run_dir = Path(run_dir)
         run = RunLayout(run_dir)
         require_intact(run.config, run.detection_metrics)  # concepts: checked on load
-        cfg = yaml.safe_load(run.config.read_text())
-        table = pd.read_csv(run.detection_metrics)
+        cfg = load_yaml_file(run.config)
+        table = read_table(run.detection_metrics)
         rows = table[(table.method == SA) & (table.concept_type == concept_type)
                      & ~table.concept.isin([MACRO, WEIGHTED])]
         if rows.empty:
@@ -233,7 +234,7 @@ def _localization_thresholds(run: RunLayout, concept_type: str, rows: pd.DataFra
     ``localization_metrics.csv``; empty when the run did not localise, e.g. no spans / masks)."""
     if not run.localization_metrics.exists():
         return {}
-    loc = pd.read_csv(run.localization_metrics)
+    loc = read_table(run.localization_metrics)
     loc = loc[(loc["method"] == LOC_SUPERACTIVATOR.name) & (loc["concept_type"] == concept_type)]
     thr = loc.set_index(["concept", "layer"])["threshold"]
     out = {}

@@ -1,8 +1,10 @@
 """Everything a run can check before any model loads, reported at once, one line per problem.
 
-The config's types and ranges, the dataset (columns, splits, paths inside its folder, text
-files readable as UTF-8, image and mask headers and sizes, concepts that can be learnt and
-calibrated), the model (resolves offline, its config reads, the layers exist) and the devices.
+The config's types and ranges, the dataset (:func:`~.data.checks.load_and_check`, the very checks
+``dataset-info`` makes: columns, label cells, spans, splits, paths inside its folder, regular
+files only, text files readable as UTF-8, image and mask headers and sizes, concepts that can be
+learnt and calibrated), texts the tokenizer reduces to no token, the model (resolves offline,
+its config reads, the layers exist) and the devices.
 Why up front: a bad file found after minutes of embedding, or a traceback from deep inside a
 library, costs the user far more than a list of lines naming the key, column or file.
 """
@@ -12,11 +14,11 @@ from __future__ import annotations
 
 from .concepts.types import ConceptType, concept_type
 from .config import RunConfig
-from .data.checks import check_dataset, warn_positives_without_spans
-from .data.datasets import Dataset, DatasetError, load_dataset, usable_concepts, withhold_token_truth
+from .data.checks import load_and_check, warn_positives_without_spans
+from .data.datasets import Dataset, DatasetError
 from .evaluate.methods import PROMPT_METHODS
 from .encoders.base import resolve_model_path
-from .encoders.checks import model_problems
+from .encoders.checks import empty_text_problems, model_problems
 from .encoders.factory import model_shape
 from .util.device import device_problem
 from .util.errors import ValidationError
@@ -32,25 +34,20 @@ def check_run(cfg: RunConfig) -> Dataset:
     why = device_problem(cfg.score_device)
     if why:
         problems.append(f"score_device: {why}")
-    ds = None
     n_other = len(problems)  # config / device problems so far; dataset problems follow
-    try:
-        ds = load_dataset(cfg.data.path, concepts=cfg.data.concepts, ground_truth=cfg.data.ground_truth,
-                          columns=cfg.data.columns(), allow_outside_paths=cfg.data.allow_outside_paths)
-    except DatasetError as err:
-        problems += str(err).splitlines()
-    if ds is not None and cfg.data.sample_labels_only:  # withhold spans / masks: sample labels only
-        ds = withhold_token_truth(ds)
-    if ds is not None:
-        ds, found = check_dataset(ds, skip_bad_images=cfg.data.skip_bad_images)
-        problems += found
-        keep = usable_concepts(ds, need=("train", "cal"))
-        if not keep:
-            problems.append(f"{ds.source}: no concept has positives in both train and cal (and negatives in train)")
-        elif len(keep) < len(ds.concepts):
-            ds = ds.subset_concepts(keep)
+    d = cfg.data
+    checked = load_and_check(d.path, concepts=d.concepts, ground_truth=d.ground_truth, columns=d.columns(),
+                             allow_outside_paths=d.allow_outside_paths, sample_labels_only=d.sample_labels_only,
+                             skip_bad_images=d.skip_bad_images)
+    ds, problems = checked.ds, problems + checked.problems
+    if ds is not None and checked.usable and len(checked.usable) < len(ds.concepts):
+        ds = ds.subset_concepts(checked.usable)
     n_data = len(problems) - n_other
-    problems += model_problems(cfg.embed, ds.modality if ds is not None else None)
+    found = model_problems(cfg.embed, ds.modality if ds is not None else None)
+    problems += found
+    if ds is not None and ds.modality == "text" and not found and n_data == 0:
+        problems += empty_text_problems(cfg.embed, ds)  # the tokenizer only, before the store is created
+        n_data = len(problems) - n_other - len(found)
     if set(PROMPT_METHODS) & set(cfg.detect.methods) and cfg.detect.prompt_model:
         try:
             resolve_model_path(cfg.detect.prompt_model)

@@ -1,7 +1,7 @@
 """Up-front checks of a loaded dataset, before any model loads: every problem is one line.
 
-What is checked: every split has samples; every text file exists, is UTF-8 and not blank;
-every image and mask opens and each mask has its image's size (headers only, via
+What is checked: every split has samples; every text file exists, is a regular file (a FIFO,
+device or socket is refused without opening it), is UTF-8 and not blank; every image and mask opens and each mask has its image's size (headers only, via
 :func:`superactivators.data.masks.check_images`). What is reported (warnings): positive samples
 without any span for their concept, whose every token then counts as in-concept.
 """
@@ -9,10 +9,13 @@ without any span for their concept, whose every token then counts as in-concept.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from .datasets import SPLITS, Dataset, DatasetError
+from ..util.files import regular_file_problem
+from .datasets import SPLITS, Dataset, DatasetError, load_dataset, usable_concepts, withhold_token_truth
 from .masks import check_images
 
 
@@ -31,6 +34,10 @@ def text_file_problems(ds: Dataset) -> list[str]:
     for i, rel in enumerate(ds.text_paths):
         path = ds.root / rel
         where = f"{path} (row {i + 2} of {ds.source})"
+        why = regular_file_problem(path)  # checked without opening: a FIFO would block the read
+        if why not in (None, "not found"):
+            out.append(f"text file {where} {why}")
+            continue
         try:
             txt = path.read_bytes().decode("utf-8")
         except FileNotFoundError:
@@ -78,3 +85,32 @@ def check_dataset(ds: Dataset, skip_bad_images: bool = False) -> tuple[Dataset, 
         except DatasetError as err:
             problems += str(err).splitlines()
     return ds, problems
+
+
+@dataclass
+class CheckedData:
+    """A dataset after :func:`load_and_check`: ``ds`` (None when it could not be read), the
+    concepts that can be learnt (``usable``) and one line per problem."""
+
+    ds: Dataset | None
+    usable: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def load_and_check(path: str | Path, concepts: list[str] | str | None = None, ground_truth: str = "auto",
+                   columns: dict | None = None, allow_outside_paths: bool = False, sample_labels_only: bool = False,
+                   skip_bad_images: bool = False) -> CheckedData:
+    """Every dataset check a run makes before any model loads; ``run`` (preflight) and
+    ``dataset-info`` both come here, so the two never disagree about a dataset."""
+    try:
+        ds = load_dataset(path, concepts=concepts, ground_truth=ground_truth, columns=columns,
+                          allow_outside_paths=allow_outside_paths)
+    except DatasetError as err:
+        return CheckedData(None, [], list(err.problems))
+    if sample_labels_only:  # withhold spans / masks: sample labels only
+        ds = withhold_token_truth(ds)
+    ds, problems = check_dataset(ds, skip_bad_images=skip_bad_images)
+    keep = usable_concepts(ds, need=("train", "cal"))
+    if not keep:
+        problems.append(f"{ds.source}: no concept has positives in both train and cal (and negatives in train)")
+    return CheckedData(ds, keep, problems)

@@ -6,14 +6,13 @@ column, a 0/1 column per concept (names may be ``group::name``) and a ``split`` 
 concept -> list of [start, end) character spans) for text, a ``mask_path`` column (label
 map, see :mod:`superactivators.data.masks`) for images.
 
-Columns that are neither reserved nor 0/1 (e.g. CLEVR's ``class``) are kept as metadata.
-A column that is *mostly* 0/1 but holds another value is an error naming file, row, column.
+Which columns are concepts and which are metadata (e.g. CLEVR's ``class``):
+:mod:`superactivators.data.labels`; a bad or blank label cell is an error naming file, column, rows.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 import warnings
@@ -24,17 +23,17 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from ..util.files import regular_file_problem
 from .errors import DatasetError
 from .hf import HFParts, is_hf_source, read_hf
-from .labels import select_labels
+from .labels import select_labels, split_columns
+from .spans import parse_span_cell
 from .seed import GroundTruth, MetaRows, TextTruth, find_ground_truth, resolve_concepts
 
 SPLITS = ("train", "cal", "test")
 RESERVED = {"image_path", "text_path", "text", "split", "spans", "mask_path", "id"}
 # names the result tables use for aggregate rows (``__macro__``, ``__weighted__``, ``__micro__``, ...)
 RESERVED_CONCEPT = re.compile(r"^__.*__$")
-TRUE_VALUES = ("1", "1.0", "yes", "true", "y", "t")
-FALSE_VALUES = ("0", "0.0", "no", "false", "n", "f")
 MASK_PREFIX = "mask::"
 
 Modality = Literal["text", "image"]
@@ -78,6 +77,9 @@ class Dataset:
         elif self.text_paths is not None:
             path = self.root / self.text_paths[i]
             where = f"{path} (row {i + 2} of {self.source})"
+            why = regular_file_problem(path)  # a FIFO would block the read
+            if why not in (None, "not found"):
+                raise DatasetError(f"text file {where} {why}")
             try:
                 txt = path.read_text(encoding="utf-8")
             except FileNotFoundError:
@@ -141,48 +143,15 @@ class Dataset:
         )
 
 
-def _parse_binary(df: pd.DataFrame, col: str, source: Path) -> np.ndarray | None:
-    """0/1 values of ``col``, None if the column is plainly not a label column."""
-    raw = df[col]
-    as_str = raw.astype(str).str.strip().str.lower()
-    pos = as_str.isin(TRUE_VALUES)
-    ok = pos | as_str.isin(FALSE_VALUES)
-    if ok.all():
-        return pos.to_numpy(dtype=np.uint8)
-    if ok.mean() < 0.5:
-        return None  # metadata such as CLEVR's 'class'
-    bad = int(np.flatnonzero(~ok.to_numpy())[0])
-    raise DatasetError(
-        f"{source}: row {bad + 2}, column {col!r}: expected 0 or 1, got {raw.iloc[bad]!r} "
-        "(yes/no and true/false are read as 1/0 too)"
-    )
-
-
 def _parse_spans(df: pd.DataFrame, concepts: list[str], source: Path) -> list[dict[str, list[Span]]]:
+    """Every row's spans (:func:`~superactivators.data.spans.parse_span_cell`; blank: none)."""
     out: list[dict[str, list[Span]]] = []
     for row, cell in enumerate(df["spans"].tolist()):
         if cell is None or (isinstance(cell, float) and np.isnan(cell)) or str(cell).strip() == "":
             out.append({})
             continue
-        where = f"{source}: row {row + 2}, column 'spans'"
-        try:
-            obj = json.loads(cell)
-        except ValueError as err:
-            raise DatasetError(f"{where}: invalid JSON ({err})") from None
-        if not isinstance(obj, dict):
-            raise DatasetError(f"{where}: expected a JSON object {{\"concept\": [[start, end], ...]}}, "
-                               f"got a JSON {type(obj).__name__}")
-        try:
-            spans = {str(c): [(int(a), int(b)) for a, b in v] for c, v in obj.items()}
-        except (ValueError, TypeError) as err:
-            raise DatasetError(f"{where}: each concept needs a list of [start, end] pairs ({err})") from None
-        for c, lst in spans.items():
-            if c not in concepts:
-                raise DatasetError(f"{source}: row {row + 2}, column 'spans': unknown concept {c!r}")
-            for a, b in lst:
-                if not 0 <= a < b:
-                    raise DatasetError(f"{source}: row {row + 2}, column 'spans': bad span [{a}, {b}) for {c!r}")
-        out.append(spans)
+        out.append(parse_span_cell(str(cell), f"{source}: row {row + 2}, column 'spans'", set(concepts),
+                                   set(df.columns)))
     return out
 
 
@@ -190,17 +159,18 @@ def _restrict_spans(spans: list[dict[str, list[Span]]], keep: list[str]) -> list
     return [{c: v for c, v in sp.items() if c in keep} for sp in spans]
 
 
-def _header_problems(path: Path) -> None:
-    """Duplicate column names (pandas would silently rename them ``name.1``)."""
+def _header_problems(path: Path) -> list[int]:
+    """Blank or duplicate column names (pandas would silently call them ``Unnamed: 3`` / ``name.1``)."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), [])
     except UnicodeDecodeError as err:
         raise DatasetError(f"{path}: not UTF-8 text ({err})") from None
     seen: set[str] = set()
-    dup = sorted({h for h in header if h in seen or seen.add(h)})  # type: ignore[func-returns-value]
+    dup = sorted({h for h in header if h.strip() and (h in seen or seen.add(h))})  # type: ignore[func-returns-value]
     if dup:
         raise DatasetError(f"{path}: duplicate column name(s) {dup}; every column needs its own name")
+    return [i for i, h in enumerate(header) if not h.strip()]
 
 
 def outside_paths(root: Path, paths: list[str], column: str, source: Path) -> list[str]:
@@ -261,15 +231,27 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
     path = Path(path)
     if path.is_dir():
         path = path / "metadata.csv"
-    if not path.exists():
+    why = regular_file_problem(path)
+    if why == "not found":
         raise DatasetError(f"metadata file not found: {path}")
-    _header_problems(path)
+    if why is not None:
+        raise DatasetError(f"{path} {why}")
+    if path.stat().st_size == 0:
+        raise DatasetError(f"{path}: empty file (0 bytes); a metadata.csv needs a header row (text_path or "
+                           "image_path, split, one column per concept) and one row per sample")
+    blank_names = _header_problems(path)
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DatasetError(f"{path}: no header row (the file holds only blank lines)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise DatasetError(f"{path}: cannot parse CSV: {err}") from None
     if df.empty:
         raise DatasetError(f"{path}: no samples")
+    for i in blank_names:  # an empty trailing column (spreadsheet export) is dropped; one with values is not
+        if i < len(df.columns) and (df.iloc[:, i].str.strip() != "").any():
+            raise DatasetError(f"{path}: column {i + 1} holds values but has no name in the header")
+    df = df.drop(columns=[df.columns[i] for i in blank_names if i < len(df.columns)])
     if "split" not in df.columns:
         raise DatasetError(f"{path}: missing column 'split' (values train/cal/test)")
     splits = df["split"].str.strip().str.lower().to_numpy(dtype=object)
@@ -287,21 +269,13 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
         )
     modality: Modality = "image" if has_img else "text"
 
-    label_cols: dict[str, np.ndarray] = {}
-    meta_cols: list[str] = []
-    for col in df.columns:
-        if col in RESERVED:
-            continue
-        vals = _parse_binary(df, col, path)
-        if vals is None:
-            meta_cols.append(col)
-        else:
-            label_cols[col] = vals
+    free = [c for c in df.columns if c not in RESERVED]
+    concepts = resolve_concepts(concepts, free, path.parent.name, path)
+    label_cols, meta_cols = split_columns({c: df[c].tolist() for c in free}, concepts, str(path))
     reserved = [c for c in label_cols if RESERVED_CONCEPT.match(c)]
     if reserved:
         raise DatasetError(f"{path}: concept column name(s) {reserved} are reserved for aggregate rows "
                            "(names of the form __name__); rename them")
-    concepts = resolve_concepts(concepts, list(label_cols), path.parent.name, path)
     names, labels = select_labels(label_cols, concepts, str(path))
 
     def _col(c: str) -> list[str] | None:

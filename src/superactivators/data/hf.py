@@ -33,7 +33,7 @@ import pandas as pd
 from ..util.io import atomic_write_bytes, stable_hash
 from .builtin import cache_root
 from .errors import DatasetError
-from .labels import select_labels
+from .labels import is_concept_column, looks_like_labels, parse_label_column, select_labels
 
 COLUMN_KEYS = ("text_column", "image_column", "mask_column", "concept_columns", "span_column", "split_column",
                "split_map")
@@ -247,29 +247,22 @@ class LazyImageFiles(Sequence):
 
 # --- columns -> Dataset -------------------------------------------------------------------
 
-def _binary(col, name: str, where: str) -> np.ndarray | None:
-    """0/1 values of a column (bool, integers, 0/1 strings), None for a non-label column."""
+def _binary(col, name: str, where: str, listed: bool = False) -> np.ndarray | None:
+    """0/1 values of a label column (bool, numbers, 0/1-like strings), None for a metadata column;
+    the same rules as metadata.csv (:mod:`superactivators.data.labels`), rows counted from 0.
+    A null is a blank label: an error, never silently 0."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     t = col.type
-    if pa.types.is_boolean(t):
-        return col.fill_null(False).to_numpy(zero_copy_only=False).astype(np.uint8)
-    if pa.types.is_integer(t) or pa.types.is_floating(t):
-        v = col.to_numpy(zero_copy_only=False)
-        ok = np.isin(v, (0, 1))
-    elif pa.types.is_string(t) or pa.types.is_large_string(t):
-        s = pc.utf8_trim_whitespace(col).to_numpy(zero_copy_only=False)
-        ok = np.isin(s, ("0", "1", "0.0", "1.0"))
-        v = np.where(ok, s, "0").astype(float)
-    else:
+    if not (pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_floating(t)
+            or pa.types.is_string(t) or pa.types.is_large_string(t)):
         return None
-    if ok.all():
-        return v.astype(np.uint8)
-    if ok.mean() < 0.5:
-        return None
-    bad = int(np.flatnonzero(~ok)[0])
-    raise DatasetError(f"{where}: row {bad}, column {name!r}: expected 0 or 1, got {col[bad].as_py()!r}")
+    cells = ["" if v is None else str(v) for v in col.to_pylist()]
+    if listed or is_concept_column(name, cells):
+        return parse_label_column(name, cells, where, row0=0)
+    if looks_like_labels(cells):  # refused naming the rows (data.concept_columns keeps it as metadata)
+        parse_label_column(name, cells, where, row0=0)
+    return None
 
 
 def _multi_label(table: _Table, name: str, where: str) -> tuple[list[str], np.ndarray]:
@@ -396,7 +389,7 @@ def read_hf(path: str | Path, concepts: Sequence[str] | None = None, name: str |
         for c in cand:
             if c not in names_in:
                 raise DatasetError(f"{where}: concept column {c!r} not found (columns: {names_in})")
-            v = _binary(table.column(c), c, where)
+            v = _binary(table.column(c), c, where, listed=cc is not None)
             if v is None:
                 if cc is not None:
                     raise DatasetError(f"{where}: concept column {c!r} is not 0/1")

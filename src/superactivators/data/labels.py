@@ -1,12 +1,129 @@
-"""Concept columns -> the label matrix, shared by the metadata.csv and the Arrow / Parquet readers."""
+"""Concept columns -> the label matrix, shared by the metadata.csv and the Arrow / Parquet readers.
+
+Which column is a concept (metadata.csv): one whose name has the ``group::name`` form, or whose
+non-blank cells are all 0/1-like (``0``/``1``, ``yes``/``no``, ``true``/``false``, ...). Every
+cell of a concept column must be 0/1-like: a bad or blank cell is an error naming the column
+and its rows. A column that only *looks* like labels gone wrong (two distinct values such as
+``positive``/``negative`` or ``2``/``-1``; mostly 0/1; a few distinct values among them 0/1)
+is refused too instead of silently becoming metadata and dropping the concept from the run;
+listing the concepts in ``data.concepts`` keeps such a column as metadata. Other columns
+(CLEVR's ``class``) are metadata.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from .errors import DatasetError
+
+TRUE_VALUES = ("1", "1.0", "yes", "true", "y", "t")
+FALSE_VALUES = ("0", "0.0", "no", "false", "n", "f")
+GROUP_SEP = "::"
+NOT_CONCEPT_PREFIXES = ("mask::",)  # ``mask::NAME`` columns hold mask paths, not labels
+#: What a blank label cell means. The one place to change: "error" (now); the benchmarks issue's
+#: opt-in ``data.missing_labels: allow`` will pass "allow" through :func:`parse_label_column`.
+MISSING_LABELS = "error"
+_SHOW_ROWS = 5
+
+
+def _norm(cells: Sequence[object]) -> np.ndarray:
+    return np.array([str(c).strip().lower() for c in cells], dtype=object)
+
+
+def _rows(idx: np.ndarray, row0: int = 2) -> str:
+    rows = ", ".join(str(int(i) + row0) for i in idx[:_SHOW_ROWS])  # csv: + header, 1-based
+    return rows + (f" and {idx.size - _SHOW_ROWS} more" if idx.size > _SHOW_ROWS else "")
+
+
+def is_group_name(name: str) -> bool:
+    """``group::name`` (both parts non-empty), not a ``mask::`` path column."""
+    head, sep, tail = name.partition(GROUP_SEP)
+    return bool(sep and head.strip() and tail.strip()) and not name.startswith(NOT_CONCEPT_PREFIXES)
+
+
+def is_concept_column(name: str, cells: Sequence[object]) -> bool:
+    """A concept by its name (``group::name``) or by its values (every non-blank cell 0/1-like)."""
+    if name.startswith(NOT_CONCEPT_PREFIXES):
+        return False
+    if is_group_name(name):
+        return True
+    v = _norm(cells)
+    filled = v[v != ""]
+    return bool(filled.size) and bool(np.isin(filled, TRUE_VALUES + FALSE_VALUES).all())
+
+
+def looks_like_labels(cells: Sequence[object]) -> bool:
+    """A non-concept column that is probably a label column written wrongly (see the module docstring)."""
+    v = _norm(cells)
+    filled = v[v != ""]
+    if not filled.size:
+        return False
+    distinct = set(filled.tolist())
+    like = np.isin(filled, TRUE_VALUES + FALSE_VALUES)
+    return len(distinct) == 2 or like.mean() >= 0.5 or (bool(like.any()) and len(distinct) <= 4)
+
+
+def parse_label_column(name: str, cells: Sequence[object], where: str,
+                       missing: str = MISSING_LABELS, row0: int = 2) -> np.ndarray:
+    """The 0/1 labels of concept column ``name``; one error line naming the column and the bad rows.
+
+    ``missing`` says what a blank cell is: ``error`` (the default) or ``allow`` (read as 0; for
+    the benchmarks issue's ``data.missing_labels``). ``row0``: the row number of the first cell
+    in messages (2 in a CSV with its header; 0 for a table's row index).
+    """
+    v = _norm(cells)
+    pos = np.isin(v, TRUE_VALUES)
+    ok = pos | np.isin(v, FALSE_VALUES)
+    blank = v == ""
+    bad = np.flatnonzero(~ok & ~blank)
+    if bad.size:
+        shown = sorted({str(cells[int(i)]) for i in bad[:_SHOW_ROWS]})
+        raise DatasetError(f"{where}: row {_rows(bad, row0)}, column {name!r}: expected 0 or 1, got "
+                           f"{', '.join(repr(s) for s in shown)} ({bad.size} cell(s); yes/no and true/false are "
+                           "read as 1/0 too)")
+    if blank.any() and missing != "allow":
+        idx = np.flatnonzero(blank)
+        raise DatasetError(f"{where}: row {_rows(idx, row0)}, column {name!r}: blank label ({idx.size} cell(s)); "
+                           "every sample needs 0 or 1")
+    return pos.astype(np.uint8)
+
+
+def split_columns(columns: dict[str, Sequence[object]], listed: Sequence[str] | None,
+                  where: str) -> tuple[dict[str, np.ndarray], list[str]]:
+    """(label arrays of every concept column, metadata column names) of a metadata table.
+
+    ``listed``: the concepts the run asks for (``data.concepts``), or None for every concept
+    column. A listed column is parsed as labels whatever its values; when concepts are listed, a
+    column that merely looks like labels (:func:`looks_like_labels`) stays metadata; when not,
+    it is an error.
+    """
+    want = set(listed or ())
+    labels: dict[str, np.ndarray] = {}
+    meta: list[str] = []
+    problems: list[str] = []
+    for name, cells in columns.items():
+        concept = name in want or is_concept_column(name, cells)
+        if not concept:
+            if listed is None and not name.startswith(NOT_CONCEPT_PREFIXES) and looks_like_labels(cells):
+                v = _norm(cells)
+                bad = np.flatnonzero(~np.isin(v, TRUE_VALUES + FALSE_VALUES))
+                shown = sorted({str(cells[int(i)]) for i in bad[:_SHOW_ROWS]})
+                problems.append(
+                    f"{where}: row {_rows(bad)}, column {name!r}: expected 0 or 1, got "
+                    f"{', '.join(repr(s) for s in shown)} ({bad.size} cell(s) of a column that looks like a "
+                    "concept column; write 0/1, or list the concepts in data.concepts to keep it as metadata)")
+            else:
+                meta.append(name)
+            continue
+        try:
+            labels[name] = parse_label_column(name, cells, where)
+        except DatasetError as err:
+            problems += err.problems
+    if problems:
+        raise DatasetError(problems)
+    return labels, meta
 
 
 def select_labels(label_cols: dict[str, np.ndarray], concepts: Sequence[str] | None, where: str,

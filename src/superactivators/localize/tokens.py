@@ -51,6 +51,7 @@ from ..evaluate.scoring import PassContext, ScoreSummary, make_scorer, score_sto
 from ..store.layout import StageFolder
 from ..store.tokens import Shard, TokenStore
 from ..util.io import atomic_write_bytes, stable_hash
+from ..util.tables import read_table
 
 #: Added to the detection grid for localisation: its optimum keeps most in-concept tokens (on the
 #: image demo, N = 95 %, the detection grid's broadest value, won for 131 of 168 concept x layer x
@@ -505,7 +506,7 @@ def localize_stage(
     key = stable_hash([list(grid), loc_grid, LOC_METHODS, seed, tail_rule_key(rule)], 8)
     path = StageFolder(Path(stage_dir)).localization(key)
     if path.exists():
-        return pd.read_csv(path)
+        return read_table(path)
     sa = next((r for r in detection if r.method == SA), None)
     if sa is None:
         raise ValueError(f"localisation needs the {SA!r} detection method (detect.methods)")

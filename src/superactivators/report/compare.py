@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from ..evaluate.methods import METHODS, WEIGHTED, has_variant
 from ..stats.bestlayers import best_layer_table
@@ -24,6 +23,7 @@ from ..stats.bootstrap import ALPHA, DEFAULT_RESAMPLES
 from ..store.artefacts import require_intact
 from ..store.layout import RunLayout
 from ..util.io import atomic_write_bytes
+from ..util.yamlio import load_yaml_file
 
 BEST, TIED = "*", "†"
 LEGEND = (f"{BEST} best in its row; {TIED} not significantly below the best (paired bootstrap of weighted F1 "
@@ -36,7 +36,8 @@ def run_identity(run_dir: Path) -> tuple[str, str]:
     path = RunLayout(run_dir).config
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a run folder?")
-    cfg = yaml.safe_load(path.read_text()) or {}
+    cfg = load_yaml_file(path)
+    cfg = cfg if isinstance(cfg, dict) else {}
     data = str((cfg.get("data") or {}).get("path", "?"))
     dataset = data.split(":", 1)[1] if data.startswith("builtin:") else (
         Path(data).parent.name if Path(data).suffix == ".csv" else Path(data).name)

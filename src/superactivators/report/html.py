@@ -28,7 +28,6 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from ..concepts.types import load_concepts
 from ..data.datasets import SAMPLE_LABELS_NOTE
@@ -44,6 +43,8 @@ from ..store.layout import RunLayout, StageFolder
 from ..store.runs import StageRef, find_stages, find_store
 from ..store.tokens import Shard, TokenStore
 from ..util.io import atomic_write_bytes
+from ..util.tables import read_table
+from ..util.yamlio import load_yaml_file
 from . import figures as F
 from .figdata import F1Curves, TokenHistograms, ensure_histograms, sample_token_activations, save_curves
 from .localization import localization_section
@@ -52,7 +53,8 @@ log = logging.getLogger(__name__)
 
 def run_config(run_dir: Path) -> dict:
     path = RunLayout(run_dir).config
-    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    cfg = load_yaml_file(path) if path.exists() else {}
+    return cfg if isinstance(cfg, dict) else {}
 
 
 def ensure_curves(stage: StageRef, store: TokenStore, grid: Sequence[float], methods: Sequence[str],
@@ -72,7 +74,7 @@ def load_best_layers(run_dir: Path, seed: int = 0) -> pd.DataFrame:
     ``detection_metrics.csv`` (runs from before it existed)."""
     path, metrics = RunLayout(run_dir).best_layers, RunLayout(run_dir).detection_metrics
     if path.exists() and path.stat().st_mtime >= metrics.stat().st_mtime:
-        return pd.read_csv(path)
+        return read_table(path, rebuild=f"delete it and run 'superactivators report {run_dir}' again")
     return write_best_layers(run_dir, seed=seed).table
 
 

@@ -21,6 +21,7 @@ from ..evaluate.methods import ACTIVATION_MAPS, LOC_METHODS, MACRO, SA
 from ..localize.attribution import load_maps
 from ..store.layout import RunLayout, StageFolder
 from ..store.tokens import TokenStore
+from ..util.tables import read_table
 from . import figures as F
 
 MAP_EXAMPLES = 3  # test samples per concept in the maps
@@ -58,9 +59,9 @@ def localization_section(run_dir: Path, store: TokenStore, ds, stages: Sequence,
     path = RunLayout(run_dir).localization_metrics
     if not path.exists():
         return ""
-    loc = pd.read_csv(path)
+    loc = read_table(path)
     apath = RunLayout(run_dir).attribution_metrics
-    attr = pd.read_csv(apath) if apath.exists() else None
+    attr = read_table(apath) if apath.exists() else None
     parts = ["<section id='localization'><h2>Localisation: which tokens carry the concept?</h2>",
              "<p class='muted'>Token-level precision, recall, F1 and IoU on <i>test</i> against the masks / spans; every "
              "threshold calibrated on <i>cal</i>. <b>superactivator</b>: tail threshold in the samples the detector flags; "

@@ -18,6 +18,7 @@ from ..evaluate.detect import RATES
 from ..evaluate.methods import AGGREGATES, MACRO, METHODS, MICRO, SA, WEIGHTED, is_baseline
 from ..evaluate.metrics import Confusion
 from ..store.layout import RunLayout
+from ..util.tables import read_table
 
 KEYS = ["concept_type", "method", "concept"]
 COUNTS = ["tp", "fp", "fn", "tn"]
@@ -29,7 +30,7 @@ def load_metrics(run_dir: str | Path) -> pd.DataFrame:
     path = RunLayout(run_dir).detection_metrics
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a finished run folder?")
-    table = pd.read_csv(path)
+    table = read_table(path)
     missing = sorted({"layer", *KEYS, "cal_f1", "f1"} - set(table.columns))
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ...util.files import regular_file_problem
 from ..errors import DatasetError
 
 Span = tuple[int, int]
@@ -144,6 +145,9 @@ def read_csv(path: Path, what: str) -> pd.DataFrame:
     """A ground-truth CSV as strings; missing or unparsable files are errors naming them."""
     if not path.exists():
         raise DatasetError(f"{what} not found: {path}")
+    why = regular_file_problem(path)  # a FIFO would block the read
+    if why is not None:
+        raise DatasetError(f"{what} {path} {why}")
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
