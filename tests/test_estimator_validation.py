@@ -33,8 +33,9 @@ def test_threshold_is_the_kth_largest_not_a_linear_quantile_and_uncalibratable_i
     assert np.isnan(det.n_pct_[1]) and np.isnan(det.thresholds_[1])
     assert not det.predict(ACTS, IDS)[:, 1].any() and not det.predict_tokens(ACTS)[:, 1].any()
     assert np.isnan(det.decision_function(ACTS, IDS)[:, 1]).all()
-    assert "k``-th largest" in SuperActivatorDetector.__doc__ and "linear" not in SuperActivatorDetector.__doc__.split(
-        "method :")[0]
+    grid_doc = SuperActivatorDetector.__doc__.split("method :")[0]
+    # our rule is the k-th largest; "linear" appears only for the seed's rule (protocol='seed')
+    assert "k``-th largest" in grid_doc and grid_doc.count("linear") == grid_doc.count("protocol='seed'") == 1
     free = SuperActivatorDetector(method="max_token@best_threshold").fit(ACTS, IDS, LABELS, GT)
     assert np.isnan(free.thresholds_[1]) and np.isnan(free.n_pct_[1])  # no positive sample: not +inf
     assert det.n_features_in_ == 2 and det.n_concepts_ == 2

@@ -10,9 +10,7 @@ import csv
 import io
 import json
 import re
-import signal
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,8 @@ from superactivators.data.checks import load_and_check
 from superactivators.data.datasets import load_dataset
 from superactivators.util.errors import ValidationError
 
+from .timeouts import deadline
+
 FUZZ = settings(max_examples=120, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 TRUE = ("1", "1.0", "yes", "true", "y", "t")
@@ -38,19 +38,6 @@ CELLS = ["", " ", "0", "1", "2", "-1", "yes", "No", "TRUE", "positive", "negativ
          "Cal", " test ", "\u200b", "é", "a,b", 'q"q', "line\nbreak", "{}", '{"joy": [[0, 1]]}', *NA]
 
 
-@contextmanager
-def deadline(seconds: int):
-    """A hang is a failure, not a stuck test suite."""
-    def _boom(*_):
-        raise TimeoutError(f"input took more than {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, _boom)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def _names_something(line: str, where: str) -> bool:

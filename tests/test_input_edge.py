@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,8 @@ from superactivators.util.errors import ValidationError
 from superactivators.util.tables import TableError, read_table
 from superactivators.util.yamlio import load_yaml_file
 
+from .timeouts import deadline
+
 #: every spelling pandas' CSV reader turns into NaN by default (pandas._libs.parsers.STR_NA_VALUES, less "")
 NA_SPELLINGS = ["#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
                 "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
@@ -34,19 +34,6 @@ def test_na_spellings_list_is_pandas_own():
     assert set(NA_SPELLINGS) == set(STR_NA_VALUES) - {""}
 
 
-@contextmanager
-def deadline(seconds: int):
-    """Fail instead of hanging (a FIFO opened for reading blocks until a writer comes)."""
-    def _boom(*_):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, _boom)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def _write(root: Path, text: str) -> Path:

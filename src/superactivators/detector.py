@@ -107,8 +107,9 @@ class ConceptDetector:
         """
         run_dir = Path(run_dir)
         run = RunLayout(run_dir)
-        require_intact(run.config, run.detection_metrics)  # concepts: checked on load
+        require_intact(run.config)  # each file against its checksum first; concepts: checked on load
         cfg = load_yaml_file(run.config)
+        require_intact(run.detection_metrics)
         table = read_table(run.detection_metrics)
         rows = table[(table.method == SA) & (table.concept_type == concept_type)
                      & ~table.concept.isin([MACRO, WEIGHTED])]
