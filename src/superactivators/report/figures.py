@@ -384,11 +384,12 @@ def image_samples_figure(panels: Sequence[ImagePanel], threshold: float, title: 
     vals = np.concatenate([p.acts[p.valid] for p in panels])
     top = max(vals.max(), threshold) if vals.size and np.isfinite(threshold) else (vals.max() if vals.size else 1.0)
     vmin, vmax = (float(vals.min()), float(top)) if vals.size else (0.0, 1.0)
-    h = 4.5 * len(panels) + (0.5 if title else 0.1)
+    head = 1.0 if title else 0.55  # inches above the first row: the title, then the row's two-line titles
+    h = 4.5 * len(panels) + head - 0.45
     with plt.rc_context(dict(STYLE, **{"figure.constrained_layout.use": False})):
         fig = Figure(figsize=(9.4, h))
         gs = fig.add_gridspec(len(panels), 3, width_ratios=[1, 1, 0.045], left=0.01, right=0.91, wspace=0.06,
-                              bottom=0.1 / h, top=1 - (0.75 if title else 0.55) / h, hspace=0.2)
+                              bottom=0.1 / h, top=1 - head / h, hspace=0.2)
         axes = np.array([[fig.add_subplot(gs[i, 0]), fig.add_subplot(gs[i, 1])] for i in range(len(panels))])
         cax = fig.add_subplot(gs[:, 2])
     hm = None
@@ -398,7 +399,7 @@ def image_samples_figure(panels: Sequence[ImagePanel], threshold: float, title: 
         a0.imshow(p.image, extent=extent, interpolation="bilinear")
         hm = a0.imshow(np.where(p.valid, p.acts, np.nan), extent=extent, cmap="magma", alpha=0.6, vmin=vmin,
                        vmax=vmax, interpolation="nearest")
-        a0.set_title(f"{p.label}\nraw token activations" if p.label else "raw token activations", loc="left",
+        a0.set_title(f"{p.label}\nraw patch activations" if p.label else "raw patch activations", loc="left",
                      fontsize=10.5)
         sup = p.valid & (p.acts >= threshold)
         a1.imshow(p.image, extent=extent, interpolation="bilinear")
@@ -424,8 +425,8 @@ def image_samples_figure(panels: Sequence[ImagePanel], threshold: float, title: 
     cb.set_label("activation (left panels)")
     if np.isfinite(threshold):
         cb.ax.axhline(threshold, color=SUPER, linewidth=2.5)
-    if title:
-        fig.suptitle(title, fontweight="bold", x=0.01, ha="left")
+    if title:  # a fixed 0.08 inch from the top whatever the rows (a figure-fraction y drifts into them)
+        fig.suptitle(title, fontweight="bold", x=0.01, ha="left", va="top", y=1 - 0.08 / h)
     return fig
 
 

@@ -414,12 +414,8 @@ class ReportBuilder:
         if store.info.token_ground_truth == "sample":  # say it where the headline numbers are
             heads.insert(0, "<div class='card' id='sample-labels-note'><div class='card-t'>sample labels only</div>"
                             f"<div>{html.escape(SAMPLE_LABELS_NOTE[0].upper() + SAMPLE_LABELS_NOTE[1:])}</div></div>")
-        # first view: the first concept type at the layer where SuperActivator's macro F1 on cal peaks
-        sa_curve = curve[(curve["method"] == "superactivator") & (curve["concept_type"] == ctypes[0])]
-        rank = "cal_f1" if "cal_f1" in sa_curve else "f1"
-        default_layer = (int(sa_curve.sort_values([rank, "layer"], ascending=[False, True])["layer"].iloc[0])
-                         if len(sa_curve) else layers[0])
-        state = {"ct": ctypes[0], "layer": default_layer, "concept": names[0]}
+        drawn = self._drawn_layers() or list(layers)
+        state = self._first_view(curve, ctypes, drawn, names)
         stage_tables = {}
         rows = per_concept_rows(table)
         for (ct, layer, concept), sub in rows.groupby(["concept_type", "layer", "concept"], sort=False):
@@ -440,7 +436,7 @@ class ReportBuilder:
             n=store.n_samples, ntok=store.n_tokens, splits=", ".join(f"{k} {v}" for k, v in n_split.items()),
             layers=", ".join(map(str, layers)), ctypes=", ".join(map(html.escape, ctypes)), nconcepts=len(names),
             cards="".join(heads), peak=PEAK_NOTE, n_boot=DEFAULT_RESAMPLES,
-            opt_ct=opts(ctypes), opt_layer=opts(layers, lambda v: f"layer {v}"), opt_concept=opts(names),
+            opt_ct=opts(ctypes), opt_layer=opts(drawn, lambda v: f"layer {v}"), opt_concept=opts(names),
             best_table=html_table(self.best_table.rename(columns={"best_layer": "best layer"}), table_id="t-best",
                                   filter_box=True),
             choice_table=html_table(self._layer_choice(), table_id="t-choice", filter_box=True),
@@ -449,9 +445,29 @@ class ReportBuilder:
             all_table=html_table(table, table_id="t-all", filter_box=True),
             ex_kind=ex_kind, notes=f"<ul class='notes'>{notes}</ul>" if notes else "",
             data=json.dumps(data).replace("</", "<\\/"), css=CSS, js=JS,
-            image_fig=IMAGE_FIG if ex_kind == "image" else "",
+            image_fig=IMAGE_FIG if ex_kind == "image" else TEXT_EXAMPLES,
+            legend=IMAGE_LEGEND if ex_kind == "image" else TEXT_LEGEND,
         )
         return self._initial_src(page, state)
+
+    def _drawn_layers(self) -> list[int]:
+        """Layers with per-layer figures (``--layers`` draws a subset): the only ones the menu offers."""
+        keys = [k for view in ("concept", "methods_layer", "f1n_layer") for k in self.figs.get(view, {})]
+        return sorted({int(k.split("|")[1]) for k in keys})
+
+    def _first_view(self, curve: pd.DataFrame, ctypes: list[str], drawn: list[int], names: list[str]) -> dict:
+        """The selection the page opens on: the headline's (first) concept type at its best drawn
+        layer (SuperActivator's macro F1 on cal, ties to the shallower layer) and the first concept
+        with a figure there, so that no panel starts empty."""
+        have = {tuple(k.split("|")[:2]) for k in self.figs.get("concept", {})}
+        ct = next((t for t in ctypes if any(h[0] == t for h in have)), ctypes[0])
+        sa_curve = curve[(curve["method"] == "superactivator") & (curve["concept_type"] == ct)
+                         & curve["layer"].isin(drawn)]
+        rank = "cal_f1" if "cal_f1" in sa_curve else "f1"
+        layer = (int(sa_curve.sort_values([rank, "layer"], ascending=[False, True])["layer"].iloc[0])
+                 if len(sa_curve) else drawn[0])
+        concept = next((n for n in names if f"{ct}|{layer}|{n}" in self.figs.get("concept", {})), names[0])
+        return {"ct": ct, "layer": layer, "concept": concept}
 
     def _initial_src(self, page: str, state: dict) -> str:
         """Give every figure its initial ``src`` so that the page shows the default view without
@@ -517,10 +533,18 @@ PEAK_NOTE = ("SuperActivator macro F1 on test as a function of N (the share of i
              "the threshold), one line per layer: where the tail separates concept from noise. The paper reports "
              "peaks at 5-10 %.")
 
-IMAGE_FIG = """<figure><img data-view="image_examples" data-key="concept" alt="image samples with token activations">\
+IMAGE_FIG = """<figure><img data-view="image_examples" data-key="concept" alt="image samples with patch activations">\
 <div class="missing" hidden>no image samples for this selection</div>
-<figcaption>Left: each patch's activation over the image; right: SuperActivator patches (≥ τ) framed in vermillion, annotated
-concept patches dashed blue. <a class="svg" href="#">SVG</a></figcaption></figure>"""
+<figcaption><a class="svg" href="#">SVG</a></figcaption></figure>"""
+
+TEXT_EXAMPLES = '<div data-frag="examples" data-key="concept"></div>'
+
+TEXT_LEGEND = """Token shade = activation (white: at or below the median out-of-concept token, darkest blue: τ);
+<span class="tok sa">framed bold</span> = SuperActivator (activation ≥ τ); <span class="tok gt">underlined</span> = annotated
+concept evidence. Hover a token for its value. The same samples are shown at every layer."""
+
+IMAGE_LEGEND = """Left: each patch's activation over the image; right: SuperActivator patches (activation ≥ τ) framed in
+vermillion, annotated concept patches dashed blue. The same images are shown at every layer."""
 
 CSS = """
 :root{--sa:#D55E00;--blue:#0072B2;--ink:#1d2330;--muted:#5b6475;--line:#e3e6ec;--bg:#f7f8fa}
@@ -682,10 +706,8 @@ A sample is detected when any of its tokens reaches the concept's tail threshold
 <h3>Every method for this concept at this layer</h3>
 <div data-frag="stage_table" data-key="concept"></div>
 <h3>Test samples</h3>
-<div class="legend" data-kind="{ex_kind}">Token shade = activation (white: at or below the median out-of-concept token, darkest blue: τ);
-<span class="tok sa">framed bold</span> = SuperActivator (activation ≥ τ); <span class="tok gt">underlined</span> = annotated concept evidence. Hover a token for its value. The same samples are shown at every layer.</div>
+<div class="legend" data-kind="{ex_kind}">{legend}</div>
 {image_fig}
-<div data-frag="examples" data-key="concept"></div>
 </section>
 <section id="layer">
 <h2>Layer <span class="cur-layer"></span> <span class="muted">· <span class="cur-ct"></span> concepts</span></h2>
