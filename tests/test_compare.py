@@ -36,6 +36,13 @@ def test_compare_two_runs_table_and_marks(tiny_run_pair):
     assert tex.count("\\textbf{") == 4 and "\\begin{tabular}" in tex and "max\\_token" in tex
     if long["tied"].any():
         assert TIED in text and "$^\\dagger$" in tex
+    # SuperActivator against every other method, worded both ways from the two-sided test
+    others = long[long["method"] != "superactivator"]
+    assert others["sa_verdict"].notna().all() and long.loc[long["method"] == "superactivator", "sa_verdict"].isna().all()
+    for _, r in others.iterrows():
+        assert r["sa_verdict"] == ("no significant difference" if r["sa_p_two"] >= 0.05 or r["sa_diff"] == 0 else
+                                   "significantly better" if r["sa_diff"] > 0 else "significantly worse")
+        assert f"{r['method']:<20} {r['sa_diff']:+.3f}  {r['sa_verdict']} (p = {r['sa_p_two']:.3f})" in text
 
 
 def test_compare_cli_writes_csv_markdown_latex(tiny_run_pair, tmp_path, capsys):

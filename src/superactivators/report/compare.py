@@ -5,6 +5,8 @@ with every concept at its own best layer (chosen on ``cal``), weighted by test p
 the seed's bootstrap error (:mod:`superactivators.evaluate.stats`). Per row the best method is
 marked, and every other method whose gap to the best is not significant (paired bootstrap on
 the same test resamples, one-sided p >= 0.05) is flagged: the data cannot tell it from the best.
+Beside it, SuperActivator against every other method in words from the two-sided paired test
+(``sa_verdict``: significantly better / significantly worse / no significant difference; ``sa_p_two``).
 Written as CSV (long, every number), Markdown and LaTeX.
 """
 
@@ -20,7 +22,7 @@ import yaml
 
 from ..evaluate.bestlayers import best_layer_table
 from ..evaluate.detect import METHODS, WEIGHTED
-from ..evaluate.stats import ALPHA, DEFAULT_RESAMPLES
+from ..evaluate.stats import ALPHA, DEFAULT_RESAMPLES, significance_words
 from ..util.io import atomic_write_bytes
 
 BEST, TIED = "*", "†"
@@ -72,10 +74,24 @@ class Comparison:
             rows[key] = [cells.get(m, "") for m in self.methods()]
         return pd.DataFrame.from_dict(rows, orient="index", columns=self.methods())
 
+    def verdicts(self) -> list[str]:
+        """One line per row and method: SuperActivator against it, in words (two-sided paired test)."""
+        out = []
+        if "sa_verdict" not in self.long.columns:
+            return out
+        for key, g in self.long.groupby("row", sort=False):
+            out.append(f"{key}: SuperActivator vs")
+            for _, r in g[g["sa_verdict"].notna()].iterrows():
+                out.append(f"  {r['method']:<20} {r['sa_diff']:+.3f}  {r['sa_verdict']} (p = {r['sa_p_two']:.3f})")
+        return out
+
     def text(self) -> str:
         with pd.option_context("display.width", 250, "display.max_columns", 50, "display.max_colwidth", 40):
             out = self.wide("text").to_string()
-        return out + "\n" + LEGEND + "".join(f"\nnote: {n}" for n in self.notes)
+        lines = self.verdicts()
+        sig = ("\n" + "\n".join(lines) + "\n(paired bootstrap of weighted F1, two-sided p < "
+               f"{ALPHA:g}: significantly better / worse)") if lines else ""
+        return out + "\n" + LEGEND + sig + "".join(f"\nnote: {n}" for n in self.notes)
 
     def markdown(self) -> str:
         w = self.wide("md")
@@ -126,11 +142,15 @@ def compare_runs(run_dirs: Sequence[str | Path], n_resamples: int = DEFAULT_RESA
             boot = res.boot.get(ct)
             for m, r in g.iterrows():
                 p = float(boot.paired(best, m, "weighted").p) if boot is not None and m != best else np.nan
+                sa = boot.paired("superactivator", m, "weighted") \
+                    if boot is not None and m != "superactivator" and "superactivator" in g.index else None
                 rows.append({"row": f"{dataset} · {model} · {ct}", "run": str(rd), "dataset": dataset, "model": model,
                              "concept_type": ct, "method": m, "f1": r["f1"], "f1_err": r.get("f1_err", np.nan),
                              "f1_lo": r.get("f1_lo", np.nan), "f1_hi": r.get("f1_hi", np.nan),
                              "n_concepts": r.get("n_concepts", np.nan), "support": r.get("support", np.nan),
-                             "best": m == best, "p_vs_best": p, "tied": bool(m != best and p >= alpha)})
+                             "best": m == best, "p_vs_best": p, "tied": bool(m != best and p >= alpha),
+                             "sa_diff": float(sa.diff) if sa else np.nan, "sa_p_two": float(sa.p_two) if sa else np.nan,
+                             "sa_verdict": significance_words(float(sa.diff), float(sa.p_two), alpha) if sa else None})
     long = pd.DataFrame(rows)
     # two runs of the same dataset, model and concept type: tell them apart by folder
     runs_per_row = long.groupby("row")["run"].transform("nunique")

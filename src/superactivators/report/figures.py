@@ -252,13 +252,13 @@ def method_comparison_figure(per_concept: pd.DataFrame, title: str, methods: Seq
 
     ``per_concept`` has columns method, concept, f1 (concepts without test positives removed
     by the caller). Without ``summary`` a bar is the macro F1 of the dots. With ``summary``
-    (index method; columns f1, and optionally f1_err and sa_p) a bar is that value, typically
-    F1 weighted by test positives, with ``± f1_err`` as an error bar, and every baseline is
-    marked by the paired test against SuperActivator: ``*`` when SuperActivator is better at
-    p < 0.05, ``n.s.`` when not.
+    (index method; columns f1, and optionally f1_err, sa_diff and sa_p_two, or the older
+    one-sided sa_p) a bar is that value, typically F1 weighted by test positives, with
+    ``± f1_err`` as an error bar, and every baseline is marked by the paired test against
+    SuperActivator: ``SA better *`` / ``SA worse *`` at two-sided p < 0.05, ``n.s.`` when not.
     """
     methods = list(methods or dict.fromkeys(per_concept["method"]))
-    marks = summary is not None and "sa_p" in summary.columns
+    marks = summary is not None and ("sa_p" in summary.columns or "sa_p_two" in summary.columns)
     fig, axes = new_figure(9.4 if marks else 7.6, 0.55 * len(methods) + 1.5)
     ax = axes[0]
     ax.grid(axis="y", visible=False)
@@ -277,18 +277,20 @@ def method_comparison_figure(per_concept: pd.DataFrame, title: str, methods: Seq
         label = f"{value:.3f}" + (f" ± {err:.3f}" if np.isfinite(err) else "")
         ax.text(0.012, y, label, va="center", ha="left", fontsize=10.5, zorder=4,
                 fontweight="bold" if m == "superactivator" else "normal", color="white" if m == "superactivator" else "black")
-        p = float(summary.loc[m, "sa_p"]) if has and "sa_p" in summary.columns else np.nan
+        pcol = "sa_p_two" if summary is not None and "sa_p_two" in summary.columns else "sa_p"
+        p = float(summary.loc[m, pcol]) if has and pcol in summary.columns else np.nan
         if m != "superactivator" and np.isfinite(p):
-            lower = has and "sa_diff" in summary.columns and float(summary.loc[m, "sa_diff"]) < 0
-            mark = "SA better *" if p < 0.05 else ("SA lower, n.s." if lower else "n.s.")
+            d = float(summary.loc[m, "sa_diff"]) if "sa_diff" in summary.columns else 1.0
+            sig = p < 0.05 and (pcol == "sa_p" or d != 0)
+            mark = ("SA better *" if d > 0 else "SA worse *") if sig else ("SA lower, n.s." if d < 0 else "n.s.")
             ax.text(1.04, y, f"{mark}\np = {p:.3f}", va="center", ha="left", fontsize=9, transform=ax.get_yaxis_transform(),
-                    color=SUPER if p < 0.05 else "#5b6475", zorder=4, clip_on=False)
+                    color=(SUPER if d > 0 else OKABE_ITO["blue"]) if sig else "#5b6475", zorder=4, clip_on=False)
     ax.set_yticks(range(len(methods))[::-1], [method_label(m) for m in methods])
     ax.set_xlim(0, 1.02)
     ax.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     what = "weighted by test positives ± error" if summary is not None else "macro over concepts"
     ax.set_xlabel(f"test F1 (bar: {what}; dots: single concepts)")
-    ax.set_title(title + ("\nright: paired bootstrap, SuperActivator better than the method (one-sided p)" if marks else ""),
+    ax.set_title(title + ("\nright: SuperActivator vs the method, paired bootstrap (two-sided p)" if marks else ""),
                  loc="left")
     return fig
 

@@ -36,7 +36,7 @@ from ..data.datasets import SAMPLE_LABELS_NOTE
 from ..evaluate.detect import MACRO, METHODS, WEIGHTED, is_baseline, run_detection
 from ..evaluate.scoring import ScoreSummary
 from ..evaluate.bestlayers import BEST_LAYERS_FILE, write_best_layers
-from ..evaluate.stats import DEFAULT_RESAMPLES
+from ..evaluate.stats import ALPHA, BETTER, DEFAULT_RESAMPLES, WORSE, significance_words
 from ..evaluate.sweep import best_layers, headline, layer_curve, load_metrics, per_concept_rows, sweep_macro
 from ..store.runs import StageRef, find_stages, find_store
 from ..store.tokens import Shard, TokenStore
@@ -67,7 +67,9 @@ def load_best_layers(run_dir: Path, seed: int = 0) -> pd.DataFrame:
     ``detection_metrics.csv`` (runs from before it existed)."""
     path, metrics = run_dir / BEST_LAYERS_FILE, run_dir / "detection_metrics.csv"
     if path.exists() and path.stat().st_mtime >= metrics.stat().st_mtime:
-        return pd.read_csv(path)
+        table = pd.read_csv(path)
+        if "sa_p" not in table.columns or "sa_p_two" in table.columns:  # else from before the two-sided test
+            return table
     return write_best_layers(run_dir, seed=seed).table
 
 
@@ -387,10 +389,10 @@ class ReportBuilder:
             bm = str(base_rows["f1"].idxmax())
             b = base_rows.loc[bm]
             d = float(sa["f1"] - b["f1"])
-            p = b.get("sa_p", np.nan)
-            sig = "" if pd.isna(p) else (
-                f" <span class='sig yes'>significant, p = {p:.3f}</span>" if p < 0.05
-                else f" <span class='sig no'>not significant, p = {p:.3f}</span>")
+            p = b.get("sa_p_two", np.nan)
+            words = significance_words(d, float(p), ALPHA) if pd.notna(p) else ""
+            cls = {BETTER: "yes", WORSE: "worse"}.get(words, "no")
+            sig = f" <span class='sig {cls}'>{words}, p = {p:.3f}</span>" if words else ""
             text = (f"<div>vs <b>{b['f1']:.3f}{pm(b)}</b> for the best baseline ({F.method_label(bm)}) "
                     f"<span class='delta {'good' if d >= 0 else 'bad'}'>{d:+.3f}</span>{sig}</div>")
         return (f"<div class='card'><div class='card-t'>{html.escape(ct)} concepts</div>"
@@ -569,7 +571,7 @@ section{background:#fff;border:1px solid var(--line);border-radius:10px;padding:
 .delta{font-weight:700;padding:1px 6px;border-radius:5px}
 .delta.good{background:#e3f4ec;color:#006b4e}.delta.bad{background:#fbe9e1;color:#a23d00}
 .pm{font-size:18px;font-weight:600;margin-left:4px}
-.sig{font-size:12.5px;padding:1px 6px;border-radius:5px}.sig.yes{background:#e3f4ec;color:#006b4e}.sig.no{background:#eef0f4;color:#5b6475}
+.sig{font-size:12.5px;padding:1px 6px;border-radius:5px}.sig.yes{background:#e3f4ec;color:#006b4e}.sig.no{background:#eef0f4;color:#5b6475}.sig.worse{background:#fbe9e1;color:#a23d00}
 figure{margin:8px 0}
 figure img{max-width:100%;height:auto;border:1px solid var(--line);border-radius:6px;background:#fff}
 figcaption{font-size:13px;color:var(--muted)}
@@ -682,7 +684,8 @@ layers {layers} · concept types {ctypes} · {nconcepts} concepts · thresholds 
 <h2>Does the tail beat the aggregators?</h2>
 <p class="muted">Each concept is read at its own best layer (highest F1 on <i>cal</i>); cards and method bars are test F1
 weighted by test positives (the paper's number) ± the seed's bootstrap error ({n_boot} resamples of the test samples);
-"significant" = SuperActivator beats that method in a paired bootstrap on the same resamples (one-sided p &lt; 0.05).
+SuperActivator is "significantly better" or "significantly worse" than a method when a paired bootstrap on the same
+resamples rejects "no difference" (two-sided p &lt; 0.05); otherwise there is "no significant difference".
 A sample is detected when any of its tokens reaches the concept's tail threshold τ (SuperActivator); the baselines threshold one score per sample.</p>
 <div class="cards">{cards}</div>
 {notes}
@@ -690,7 +693,7 @@ A sample is detected when any of its tokens reaches the concept's tail threshold
 <figcaption>Macro test F1 per layer (one line per method); dotted: SuperActivator with each concept at its best layer. <a class="svg" href="#">SVG</a></figcaption></figure>
 <div class="row">
 <figure><img data-view="methods_best" data-key="ct" alt="method comparison at the best layers"><div class="missing" hidden>no figure</div>
-<figcaption>Method comparison for <b class="cur-ct"></b> concepts at their best layers: bar = weighted F1 ± error, dot = one concept; right: SuperActivator better (* p &lt; 0.05) or not (n.s.). <a class="svg" href="#">SVG</a></figcaption></figure>
+<figcaption>Method comparison for <b class="cur-ct"></b> concepts at their best layers: bar = weighted F1 ± error, dot = one concept; right: SuperActivator significantly better or worse than the method (two-sided p &lt; 0.05), or no significant difference (n.s.). <a class="svg" href="#">SVG</a></figcaption></figure>
 <figure><img data-view="f1n_all" data-key="ct" alt="F1 vs N per layer"><div class="missing" hidden>no figure</div>
 <figcaption>{peak} <a class="svg" href="#">SVG</a></figcaption></figure>
 </div>
@@ -722,7 +725,8 @@ A sample is detected when any of its tokens reaches the concept's tail threshold
 <h2>Tables</h2>
 <p class="muted">Click a column header to sort; type to filter.</p>
 <h3>Best layer per concept and method (chosen on cal, metrics on test; f1_lo / f1_hi: 95 % bootstrap interval,
-f1_err: the seed's error; sa_diff, sa_p: SuperActivator minus the method, paired bootstrap, one-sided p)</h3>{best_table}
+f1_err: the seed's error; sa_diff: SuperActivator minus the method; paired bootstrap: sa_p one-sided p of "not better",
+sa_p_two two-sided p of "no difference", sa_verdict its words)</h3>{best_table}
 <h3>Macro over concepts at their best layers</h3>{swept_table}
 <h3>Macro test F1 per layer</h3>{macro_table}
 <h3>Every detection metric</h3>{all_table}
