@@ -64,24 +64,86 @@ def _run(cfg, args: argparse.Namespace) -> int:
     return 0
 
 
+def _detect_inputs(args: argparse.Namespace) -> list[str]:
+    """The texts (or image paths) to detect in: the positionals, then ``--file``'s non-blank lines."""
+    inputs = list(args.inputs)
+    if args.file is not None:
+        path = Path(args.file).expanduser()
+        if not path.is_file():
+            raise ValidationError(f"--file: not found: {path.resolve()}")
+        inputs += [ln.rstrip("\r\n") for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return inputs
+
+
+def _detection_record(item: str, found, det) -> dict:
+    """One input's result for ``--json``: every concept with its verdict, maximum, τ and evidence."""
+    from dataclasses import asdict  # noqa: PLC0415
+
+    return {"input": item, "found": [n for n in det.concepts if found.present[n]], "concepts": {
+        n: {"present": bool(found.present[n]), "max_activation": float(found.max_activation[n]),
+            "threshold": float(det.thresholds[n]),
+            "evidence": [{k: v for k, v in asdict(e).items() if v is not None} for e in found.evidence.get(n, [])]}
+        for n in det.concepts}}
+
+
 def cmd_detect(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+
     from .detector import ConceptDetector
 
+    run = Path(args.run_dir).expanduser()
+    if not (run / "config.yaml").is_file() or not (run / "detection_metrics.csv").is_file():
+        raise ValidationError(f"not a finished run folder: {run.resolve()} (no config.yaml and detection_metrics.csv)")
+    inputs = _detect_inputs(args)  # bad --file before the model loads
+    if not inputs and not args.save:
+        raise ValidationError("nothing to detect: give texts (image paths with --images) after the run folder, "
+                              "or --file PATH (one per line)")
     det = ConceptDetector.from_run(args.run_dir, args.concept_type, args.layer,
                                    trust_remote_code=args.trust_remote_code)
+    if args.images and det.modality != "image":
+        raise ValidationError(f"--images: {Path(args.run_dir).resolve()} is a {det.modality} run; give texts")
+    if det.modality == "image":
+        missing = [str(Path(p).expanduser().resolve()) for p in inputs if not Path(p).expanduser().is_file()]
+        if missing:
+            raise ValidationError([f"image not found: {m}" for m in missing])
+    out = sys.stderr if args.json else sys.stdout
     if args.save:
         det.save(args.save)
-        print(f"saved detector to {args.save}")
-    inputs = list(args.inputs)
+        print(f"saved detector to {args.save}", file=out)
     if not inputs:
         return 0
-    for text, found in zip(inputs, det.detect(inputs)):
+    results = det.detect(inputs)
+    if args.json:
+        print(json.dumps([_detection_record(t, f, det) for t, f in zip(inputs, results)], indent=1))
+        return 0
+    for text, found in zip(inputs, results):
         print(f"\n{text[:100]!r}")
-        for name in det.concepts:
-            if found.present[name]:
-                ev = ", ".join(f"{e.text or e.index!r} ({e.activation:.2f})" for e in found.evidence[name])
-                print(f"  {name}: present (max {found.max_activation[name]:.3f} >= {det.thresholds[name]:.3f}); tokens: {ev}")
+        hits = [name for name in det.concepts if found.present[name]]
+        for name in hits:
+            ev = ", ".join(e.describe() for e in found.evidence[name])
+            print(f"  {name}: present (max {found.max_activation[name]:.3f} >= {det.thresholds[name]:.3f}); "
+                  f"{'patches' if det.modality == 'image' else 'tokens'}: {ev}")
+        if not hits:
+            name = max(det.concepts, key=lambda n: found.max_activation[n] - det.thresholds[n])
+            print(f"  no concept found (closest: {name}, max {found.max_activation[name]:.3f} < "
+                  f"{det.thresholds[name]:.3f})")
     return 0
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """A sub-command parser whose options may come before, between or after its positionals
+    (``detect RUN --layer 2 "a text" --json``): argparse's intermixed parsing."""
+
+    _inner = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._inner:  # parse_known_intermixed_args calls back into this method
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
 
 
 def cmd_make_dataset(args: argparse.Namespace) -> int:
@@ -264,9 +326,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="overwrite a dataset already in OUT_DIR")
     s.set_defaults(func=cmd_make_dataset)
 
-    s = sub.add_parser("detect", help="detect concepts in new texts (or images) with a finished run's detector")
+    s = sub.add_parser("detect", help="detect concepts in new texts (or images) with a finished run's detector",
+                       description="Options may come anywhere after 'detect'. Exit status 2 with one line when "
+                                   "there is nothing to detect or RUN_DIR is not a run folder.")
+    s.__class__ = _IntermixedParser  # options anywhere (this sub-command only)
     s.add_argument("run_dir", type=Path)
-    s.add_argument("inputs", nargs="*", help="texts (text runs) or image paths (image runs)")
+    s.add_argument("inputs", nargs="*", help="texts (text runs) or image paths (image runs, with --images)")
+    s.add_argument("--file", type=Path, metavar="PATH",
+                   help="also read inputs from PATH, one per line (texts; image paths with --images)")
+    s.add_argument("--images", action="store_true", help="the inputs are image paths (the run must be an image run)")
+    s.add_argument("--json", action="store_true",
+                   help="print one JSON list (input, concepts found, per concept verdict, max, τ, evidence) and "
+                        "nothing else on stdout")
     s.add_argument("--concept-type", default="linsep", help="concept type whose vectors to use")
     s.add_argument("--layer", default="best", help="a layer index, or 'best' per concept on cal")
     s.add_argument("--save", type=Path, help="also save the fitted detector to this folder")

@@ -73,6 +73,16 @@ class RunResult:
     attribution: pd.DataFrame | None = None  # localisation on the attributed test samples, every method
     best: BestLayers | None = None  # best_layers.csv: each concept at its best layer, with bootstrap errors
 
+    def __repr__(self) -> str:  # a few lines, not the tables and the store
+        from .report.results import run_result_text  # noqa: PLC0415
+
+        return run_result_text(self)
+
+    def _repr_html_(self) -> str:
+        from .report.results import run_result_html  # noqa: PLC0415
+
+        return run_result_html(self)
+
 
 def prepare_dataset(cfg: RunConfig) -> Dataset:
     """Check config, dataset and model before anything loads (:func:`superactivators.preflight.check_run`);

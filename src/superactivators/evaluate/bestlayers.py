@@ -56,6 +56,9 @@ class BestLayers:
     n_resamples: int = DEFAULT_RESAMPLES
     seed: int = 0
 
+    def __repr__(self) -> str:  # the headline lines, not the table and the resamples
+        return f"BestLayers ({len(self.table)} rows, {self.n_resamples} resamples, seed {self.seed})\n" + format_headline(self)
+
     def headline(self, concept_type: str) -> pd.DataFrame:
         """Weighted and macro F1 (with error) per method for one concept type, methods as rows."""
         t = self.table[(self.table["concept_type"] == concept_type) & self.table["concept"].isin([WEIGHTED, MACRO])]
