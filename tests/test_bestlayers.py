@@ -108,11 +108,11 @@ def test_old_runs_recompute_predictions_and_stale_stages_are_refused(tiny_run_pa
 def test_headline_names_weighted_and_macro(tiny_run_pair):
     res = best_layer_table(tiny_run_pair[0], n_resamples=100)
     text = format_headline(res)
-    assert "weighted" in text and "macro" in text and "superactivator" in text
+    assert "weighted" in text and "macro" in text and "\n  SA " in text
     w = res.table[(res.table["concept"] == WEIGHTED) & (res.table["method"] == "superactivator")]
     assert f"{w['f1'].iloc[0]:.3f}" in text
     others = res.table[(res.table["concept"] == WEIGHTED) & (res.table["method"] != "superactivator")]
     for _, r in others.iterrows():  # SuperActivator against each method, in words, two-sided p
-        assert f"SA {r['sa_diff']:+.3f}: {r['sa_verdict']} (p={r['sa_p_two']:.3f})" in text
-    assert "two-sided" in text
+        assert f"SA {r['sa_diff']:+.3f} {r['sa_verdict']} (p={r['sa_p_two']:.3f})" in text
+    assert "two-sided" in text and max(map(len, text.splitlines())) <= 100
     assert (res.table["concept"] == MACRO).sum() == (res.table["concept"] == WEIGHTED).sum()

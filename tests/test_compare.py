@@ -9,6 +9,7 @@ from superactivators.cli import main
 from superactivators.evaluate.bestlayers import BEST_LAYERS_FILE
 from superactivators.evaluate.detect import WEIGHTED
 from superactivators.report.compare import BEST, TIED, compare_runs
+from superactivators.util.tables import short_name
 
 
 def test_compare_two_runs_table_and_marks(tiny_run_pair):
@@ -29,7 +30,7 @@ def test_compare_two_runs_table_and_marks(tiny_run_pair):
     for ct, f1 in zip(mine["concept_type"], mine["f1"]):
         assert f1 == pytest.approx(w[ct])
     text = cmp.text()
-    assert BEST in text and "superactivator" in text and f"{mine['f1'].iloc[0]:.3f}" in text
+    assert BEST in text and "SA" in text and f"{mine['f1'].iloc[0]:.3f}" in text
     rows = [ln for ln in cmp.markdown().splitlines() if ln.startswith("| ")][1:]
     assert len(rows) == 4 and all(ln.count("**") == 2 for ln in rows)  # one bold best per row
     tex = cmp.latex()
@@ -42,14 +43,15 @@ def test_compare_two_runs_table_and_marks(tiny_run_pair):
     for _, r in others.iterrows():
         assert r["sa_verdict"] == ("no significant difference" if r["sa_p_two"] >= 0.05 or r["sa_diff"] == 0 else
                                    "significantly better" if r["sa_diff"] > 0 else "significantly worse")
-        assert f"{r['method']:<20} {r['sa_diff']:+.3f}  {r['sa_verdict']} (p = {r['sa_p_two']:.3f})" in text
+        assert f"{short_name(r['method']):<13} {r['sa_diff']:+.3f}  {r['sa_verdict']} (p = {r['sa_p_two']:.3f})" in text
 
 
 def test_compare_cli_writes_csv_markdown_latex(tiny_run_pair, tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", *map(str, tiny_run_pair), "--out", str(out), "--resamples", "100"]) == 0
     printed = capsys.readouterr().out
-    assert "weighted by test positives" in printed and "superactivator" in printed
+    assert "weighted by test positives" in printed and "SuperActivator vs" in printed
+    assert all(len(line) <= 100 for line in printed.splitlines() if str(tmp_path) not in line)
     for name in ("compare.csv", "compare.md", "compare.tex"):
         assert (out / name).stat().st_size > 0
     assert set(pd.read_csv(out / "compare.csv")["concept_type"]) == {"mean", "linsep"}

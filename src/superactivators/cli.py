@@ -36,6 +36,7 @@ def cmd_dataset_info(args: argparse.Namespace) -> int:
 
 def _run(cfg, args: argparse.Namespace) -> int:
     from .pipeline import format_macro, run_pipeline, suppress_noisy_warnings
+    from .util.tables import wrap
 
     suppress_noisy_warnings()
     t0 = time.time()
@@ -51,15 +52,16 @@ def _run(cfg, args: argparse.Namespace) -> int:
     if res.localization is not None:
         from .evaluate.localize import format_localization
 
-        print("\nLocalisation on test: macro token-level F1 / IoU in samples the SuperActivator detector flags "
-              "(superactivator = tail threshold; positive = all tokens > 0; topk = median in-concept count)")
+        print("\n" + wrap("Localisation on test: macro token-level F1 / IoU in samples the SuperActivator detector "
+                          "flags (superactivator = tail threshold; positive = all tokens > 0; topk = median "
+                          "in-concept count)"))
         print(format_localization(res.localization))
         print(f"wrote {res.run_dir / 'localization_metrics.csv'}")
     if res.attribution is not None:
         from .evaluate.attribution import format_attribution
 
-        print("\nLocalisation on the attributed test samples (detected by SuperActivator; every method on the same "
-              "samples): macro token-level P / R / F1 / IoU and seconds (cal + test maps)")
+        print("\n" + wrap("Localisation on the attributed test samples (detected by SuperActivator; every method on "
+                          "the same samples): macro token-level P / R / F1 / IoU and seconds (cal + test maps)"))
         print(format_attribution(res.attribution))
         print(f"wrote {res.run_dir / 'attribution_metrics.csv'}")
     print(f"wall time {time.time() - t0:.1f} s, peak RSS {_peak_rss_mb():.0f} MB")
@@ -262,8 +264,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .report.compare import compare_runs
 
     cmp = compare_runs(args.run_dirs, n_resamples=args.resamples, seed=args.seed, all_methods=args.all_methods)
-    print("Test F1, each concept at its best layer (chosen on cal), weighted by test positives ± bootstrap error "
-          f"({args.resamples} resamples, seed {args.seed})")
+    from .util.tables import wrap
+
+    print(wrap("Test F1, each concept at its best layer (chosen on cal), weighted by test positives ± bootstrap "
+               f"error ({args.resamples} resamples, seed {args.seed}); SA = superactivator, *_tok = *_token"))
     print(cmp.text())
     if args.out:
         for path in cmp.write(args.out).values():

@@ -292,8 +292,9 @@ def format_macro(macro: pd.DataFrame) -> str:
     plain = [c for c in df.columns if is_baseline(c)]
     if "superactivator" in df.columns and plain:
         df.insert(1, "margin_vs_best_baseline", df["superactivator"] - df[plain].max(axis=1))
-    with pd.option_context("display.width", 200, "display.max_columns", 50):
-        return df.round(3).to_string()
+    from .util.tables import frame_text  # noqa: PLC0415
+
+    return frame_text(df)  # method names shortened, wrapped to 100 columns (full table: the CSV)
 
 
 def suppress_noisy_warnings() -> None:

@@ -42,7 +42,7 @@ def check_run(cfg: RunConfig) -> Dataset:
     if ds is not None and cfg.data.sample_labels_only:  # withhold spans / masks: sample labels only
         ds = withhold_token_truth(ds)
     if ds is not None:
-        ds, found = check_dataset(ds, skip_bad_images=cfg.data.skip_bad_images)
+        ds, found = check_dataset(ds, skip_bad_images=cfg.data.skip_bad_images, clip_spans=cfg.data.clip_spans)
         problems += found
         keep = usable_concepts(ds, need=("train", "cal"))
         if not keep:

@@ -8,6 +8,7 @@ without any span for their concept, whose every token then counts as in-concept.
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -29,7 +30,7 @@ def text_file_problems(ds: Dataset) -> list[str]:
     out = []
     for i, rel in enumerate(ds.text_paths):
         path = ds.root / rel
-        where = f"{path} (row {i + 2} of {ds.source})"
+        where = f"{os.path.abspath(path)} (row {i + 2} of {ds.source})"
         try:
             txt = path.read_bytes().decode("utf-8")
         except FileNotFoundError:
@@ -68,9 +69,14 @@ def warn_positives_without_spans(ds: Dataset) -> dict[str, int]:
     return counts
 
 
-def check_dataset(ds: Dataset, skip_bad_images: bool = False) -> tuple[Dataset, list[str]]:
-    """The dataset (bad images skipped when asked) and one line per problem found."""
+def check_dataset(ds: Dataset, skip_bad_images: bool = False, clip_spans: bool = False) -> tuple[Dataset, list[str]]:
+    """The dataset (bad images skipped when asked) and one line per problem found (spans outside
+    their texts: a warning each and cut when ``clip_spans``)."""
+    from .spancheck import span_problems
+
     problems = split_problems(ds) + text_file_problems(ds)
+    if not problems:
+        problems += span_problems(ds, clip=clip_spans)
     if ds.modality == "image":
         from .masks import check_images
 

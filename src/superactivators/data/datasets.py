@@ -78,7 +78,7 @@ class Dataset:
             where = f"{self.source}, row {i + 2}, column 'text'"
         elif self.text_paths is not None:
             path = self.root / self.text_paths[i]
-            where = f"{path} (row {i + 2} of {self.source})"
+            where = f"{os.path.abspath(path)} (row {i + 2} of {self.source})"
             try:
                 txt = path.read_text(encoding="utf-8")
             except FileNotFoundError:
@@ -109,7 +109,7 @@ class Dataset:
             with Image.open(path) as im:
                 return im.convert("RGB")
         except FileNotFoundError:
-            raise DatasetError(f"image not found: {path} (row {i + 2} of {self.source})") from None
+            raise DatasetError(f"image not found: {os.path.abspath(path)} (row {i + 2} of {self.source})") from None
         except Exception as err:  # PIL raises several types for corrupt files
             raise DatasetError(f"cannot read image {path} (row {i + 2} of {self.source}): {err}") from None
 
@@ -260,7 +260,7 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
     if path.is_dir():
         path = path / "metadata.csv"
     if not path.exists():
-        raise DatasetError(f"metadata file not found: {path}")
+        raise DatasetError(f"metadata file not found: {path.resolve()}")
     _header_problems(path)
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -472,6 +472,11 @@ def dataset_summary(ds: Dataset, amounts: bool = True) -> str:
         res = ", at mask resolution" if ds.truth.unit == "pixels" else ""
         lines += ["", f"token-level truth per concept (in-concept {ds.truth.unit}{res}; with_truth: positives "
                   "that have it, the others count every token):", table.to_string()]
+    elif amounts and ds.truth is None and ds.spans is not None:  # inline / spans-column truth
+        from .spancheck import span_amounts
+
+        lines += ["", "token-level truth per concept (spans; characters / words inside them; with_truth: positives "
+                  "that have spans, the others count every token):", span_amounts(ds).to_string()]
     if not ds.has_token_ground_truth():
         lines[5:5] = ["note: " + SAMPLE_LABELS_NOTE]
     if len(ds.metadata.columns):

@@ -322,7 +322,19 @@ def _rise_masks(n: int, rows: int, cols: int, rng: np.random.Generator) -> np.nd
 
 def attribute(adapter: _Adapter, method: str, x: torch.Tensor, extra: tuple, target: int,
               opts: AttributionOptions) -> torch.Tensor:
-    """Per-token attribution maps ``[B, T]`` (T = patches, or every token position for text)."""
+    """Per-token attribution maps ``[B, T]`` (T = patches, or every token position for text).
+
+    captum's "Input Tensor 0 did not already require gradients" (it switches them on itself, as
+    it must for the maps) tells the user nothing: silenced here, where it is raised."""
+    import warnings  # noqa: PLC0415
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Input Tensor \d+ did not already require gradients")
+        return _attribute(adapter, method, x, extra, target, opts)
+
+
+def _attribute(adapter: _Adapter, method: str, x: torch.Tensor, extra: tuple, target: int,
+               opts: AttributionOptions) -> torch.Tensor:
     import captum.attr as ca
 
     fwd = adapter.forward
@@ -718,5 +730,7 @@ def format_attribution(table: pd.DataFrame) -> str:
     pv = pv.reindex(columns=[c for c in ("precision", "recall", "f1", "iou", "seconds") if c in pv.columns])
     pv = pv.reset_index()
     pv["method"] = pd.Categorical(pv["method"], order, ordered=True)
-    with pd.option_context("display.width", 200, "display.max_rows", 200):
-        return pv.sort_values(["layer", "concept_type", "method"]).round(3).to_string(index=False)
+    from ..util.tables import frame_text  # noqa: PLC0415
+
+    with pd.option_context("display.max_rows", 200):
+        return frame_text(pv.sort_values(["layer", "concept_type", "method"]), index=False)

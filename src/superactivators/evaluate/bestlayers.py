@@ -232,25 +232,28 @@ def write_best_layers(run_dir: str | Path, n_resamples: int = DEFAULT_RESAMPLES,
 
 
 def format_headline(res: BestLayers) -> str:
-    """Weighted (the paper's) and macro F1 at the per-concept best layers, one line per method."""
+    """Weighted (the paper's) and macro F1 at the per-concept best layers, one line per method,
+    fitted to 100 columns (intervals and every p-value are in best_layers.csv)."""
+    from ..util.tables import short_name, wrap  # noqa: PLC0415
+
     lines = []
     t = res.table
     for ct in dict.fromkeys(t["concept_type"]):
-        lines.append(f"{ct}: test F1 with each concept at its best layer (chosen on cal); "
-                     f"weighted by test positives ± error [95% interval], macro; SuperActivator minus the method, "
-                     f"paired bootstrap, two-sided p (< {ALPHA:g}: significantly better / worse)")
+        lines.append(wrap(f"{ct}: test F1 with each concept at its best layer (chosen on cal), weighted by test "
+                          f"positives ± error, and macro; SA = SuperActivator minus the method, paired bootstrap, "
+                          f"two-sided p (< {ALPHA:g}: significantly better / worse)"))
         sub = t[t["concept_type"] == ct]
         w = sub[sub["concept"] == WEIGHTED].set_index("method")
         m = sub[sub["concept"] == MACRO].set_index("method")
         for meth in w.index:
             r = w.loc[meth]
-            err = f" ± {r['f1_err']:.3f} [{r['f1_lo']:.3f}, {r['f1_hi']:.3f}]" if "f1_err" in r and pd.notna(r.get("f1_err")) else ""
+            err = f" ± {r['f1_err']:.3f}" if "f1_err" in r and pd.notna(r.get("f1_err")) else ""
             sig = ""
             if pd.notna(r.get("sa_p_two", np.nan)):
-                sig = f"  SA {r['sa_diff']:+.3f}: {r.get('sa_verdict') or TIE} (p={r['sa_p_two']:.3f})"
-            lines.append(f"  {meth:<28} weighted {r['f1']:.3f}{err}  macro {m.loc[meth, 'f1']:.3f}{sig}")
+                sig = f"  SA {r['sa_diff']:+.3f} {r.get('sa_verdict') or TIE} (p={r['sa_p_two']:.3f})"
+            lines.append(f"  {short_name(meth):<13} {r['f1']:.3f}{err}  macro {m.loc[meth, 'f1']:.3f}{sig}")
     if res.notes:
-        lines += [f"  note: {n}" for n in res.notes]
+        lines += [wrap(f"  note: {n}", indent="    ") for n in res.notes]
     return "\n".join(lines)
 
 

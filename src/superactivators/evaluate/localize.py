@@ -530,5 +530,6 @@ def format_localization(table: pd.DataFrame) -> str:
     """Macro token-level F1 and IoU per (layer, concept type) and method, as text."""
     pv = localization_macro(table)
     pv.columns = [f"{metric}:{method}" for metric, method in pv.columns]
-    with pd.option_context("display.width", 250, "display.max_columns", 60):
-        return pv.round(3).to_string()
+    from ..util.tables import frame_text  # noqa: PLC0415
+
+    return frame_text(pv)  # 100 columns; the full table is localization_metrics.csv

@@ -9,6 +9,7 @@ at that layer only, so the choice never sees ``test``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ def load_metrics(run_dir: str | Path) -> pd.DataFrame:
     """A run's ``detection_metrics.csv``, with a clear error when the run is not finished."""
     path = Path(run_dir) / "detection_metrics.csv"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a finished run folder?")
+        raise FileNotFoundError(f"{os.path.abspath(path)} not found: is {run_dir} a finished run folder?")
     table = pd.read_csv(path)
     missing = sorted({"layer", *KEYS, "cal_f1", "f1"} - set(table.columns))
     if missing:

@@ -12,6 +12,7 @@ Written as CSV (long, every number), Markdown and LaTeX.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ def run_identity(run_dir: Path) -> tuple[str, str]:
     """(dataset, model) of a run, from its ``config.yaml``."""
     path = run_dir / "config.yaml"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a run folder?")
+        raise FileNotFoundError(f"{os.path.abspath(path)} not found: is {run_dir} a run folder?")
     cfg = yaml.safe_load(path.read_text()) or {}
     data = str((cfg.get("data") or {}).get("path", "?"))
     dataset = data.split(":", 1)[1] if data.startswith("builtin:") else (
@@ -76,22 +77,25 @@ class Comparison:
 
     def verdicts(self) -> list[str]:
         """One line per row and method: SuperActivator against it, in words (two-sided paired test)."""
+        from ..util.tables import short_name  # noqa: PLC0415
+
         out = []
         if "sa_verdict" not in self.long.columns:
             return out
         for key, g in self.long.groupby("row", sort=False):
             out.append(f"{key}: SuperActivator vs")
             for _, r in g[g["sa_verdict"].notna()].iterrows():
-                out.append(f"  {r['method']:<20} {r['sa_diff']:+.3f}  {r['sa_verdict']} (p = {r['sa_p_two']:.3f})")
+                out.append(f"  {short_name(r['method']):<13} {r['sa_diff']:+.3f}  {r['sa_verdict']} (p = {r['sa_p_two']:.3f})")
         return out
 
     def text(self) -> str:
-        with pd.option_context("display.width", 250, "display.max_columns", 50, "display.max_colwidth", 40):
-            out = self.wide("text").to_string()
+        from ..util.tables import frame_text, wrap  # noqa: PLC0415
+
+        out = frame_text(self.wide("text"))  # 100 columns, blocks of methods; every number in compare.csv
         lines = self.verdicts()
         sig = ("\n" + "\n".join(lines) + "\n(paired bootstrap of weighted F1, two-sided p < "
                f"{ALPHA:g}: significantly better / worse)") if lines else ""
-        return out + "\n" + LEGEND + sig + "".join(f"\nnote: {n}" for n in self.notes)
+        return out + "\n" + wrap(LEGEND) + sig + "".join(f"\n{wrap('note: ' + n, indent='  ')}" for n in self.notes)
 
     def markdown(self) -> str:
         w = self.wide("md")

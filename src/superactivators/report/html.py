@@ -520,7 +520,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, formats
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"run folder not found: {run_dir}")
+        raise FileNotFoundError(f"run folder not found: {os.path.abspath(run_dir)}")
     if not formats or formats[0] != "png":
         raise ValueError(f"formats must start with 'png' (the page shows PNG), got {list(formats)}")
     out = Path(out_dir) if out_dir is not None else run_dir / "report"

@@ -73,7 +73,11 @@ SHORT_METHODS = {"superactivator": "SA", "superactivator_sample": "SA_sample", "
 
 
 def short_name(name: str) -> str:
-    """``max_token@best_threshold`` -> ``max_tok@best``: method names short enough for a console table."""
+    """``max_token@best_threshold`` -> ``max_tok@best`` (and ``f1:max_token`` -> ``f1:max_tok``):
+    method names short enough for a console table."""
+    metric, colon, method = str(name).rpartition(":")
+    if colon and metric and not metric.endswith(":"):  # "metric:method", not a concept "a::b"
+        return f"{metric}:{short_name(method)}"
     base, at, rest = str(name).partition("@")
     return SHORT_METHODS.get(base, base) + ("@best" if at and rest == "best_threshold" else (at + rest))
 
@@ -90,3 +94,10 @@ def frame_text(df: pd.DataFrame, width: int = WIDTH, index: bool = True, digits:
     if "method" in out.columns:
         out["method"] = [short_name(v) for v in out["method"]]
     return out.round(digits).to_string(index=index, line_width=width)
+
+
+def wrap(text: str, width: int = WIDTH, indent: str = "") -> str:
+    """A long line (legend, header) wrapped to ``width`` columns."""
+    import textwrap  # noqa: PLC0415
+
+    return "\n".join(textwrap.wrap(text, width, subsequent_indent=indent, break_on_hyphens=False))
