@@ -76,3 +76,31 @@ def test_errors_are_one_line(run_dir, tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: --file: not found: {(tmp_path / 'missing.txt').resolve()}"
     assert main(["detect", run_dir, "--images", "x.png"]) == 2
     assert "is a text run" in capsys.readouterr().err
+
+
+def test_images_from_a_file_with_json_patch_boxes(image_run, tmp_path, capsys, monkeypatch):
+    from superactivators.data.datasets import load_dataset
+    from superactivators.detector import ConceptDetector
+
+    real = ConceptDetector.from_run
+
+    def always(*a, **k):
+        det = real(*a, **k)
+        det.thresholds = {n: -1e9 for n in det.thresholds}
+        return det
+
+    monkeypatch.setattr(ConceptDetector, "from_run", staticmethod(always))
+    ds = load_dataset(image_run.run_dir.parent.parent / "shapes")
+    paths = [str(ds.image_path(int(i))) for i in ds.split_indices("test")[:2]]
+    lst = tmp_path / "images.txt"
+    lst.write_text("\n".join(paths) + "\n")
+    assert main(["detect", str(image_run.run_dir), "--file", str(lst), "--images", "--concept-type", "mean",
+                 "--layer", "2", "--json"]) == 0
+    recs = json.loads(capsys.readouterr().out)
+    assert [r["input"] for r in recs] == paths
+    ev = recs[0]["concepts"]["color::red"]["evidence"][0]
+    r, c = divmod(ev["index"], 4)  # 4 x 4 patches over a 64 x 64 image: 16 pixels each
+    assert (ev["row"], ev["col"], ev["box"]) == (r, c, [16 * c, 16 * r, 16 * c + 16, 16 * r + 16])
+    assert main(["detect", str(image_run.run_dir), "--images", str(tmp_path / "missing.png"),
+                 "--concept-type", "mean"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: image not found: {tmp_path / 'missing.png'}"

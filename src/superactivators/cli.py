@@ -40,7 +40,7 @@ def _run(cfg, args: argparse.Namespace) -> int:
 
     suppress_noisy_warnings()
     t0 = time.time()
-    res = run_pipeline(cfg, progress=not args.quiet)
+    res = run_pipeline(cfg, progress=not args.quiet, force=bool(getattr(args, "force", False)))
     print(f"\nMacro F1 on test (rows: layer, concept type; columns: detection method) -- {res.run_dir}")
     print(format_macro(res.macro))
     print(f"\nwrote {res.run_dir / 'detection_metrics.csv'}")
@@ -213,6 +213,7 @@ def demo_config(args: argparse.Namespace):
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    args.force = True  # a demo variant (--kmeans, --set) replaces an earlier demo's results; stages are reused
     model = getattr(args, "model", "minilm") or "minilm"
     if model != "minilm" and not getattr(args, "images", False):
         from .demo import decoder_demo_config
@@ -295,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.add_argument("--trust-remote-code", action="store_true",
                    help="allow the model's own Python code (auto_map) to run; never taken from a config file")
+    s.add_argument("--force", action="store_true",
+                   help="replace the results (and report/) of a different config under the same run name")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("embed", help="only the embed stage of a run config; data-parallel under torchrun",

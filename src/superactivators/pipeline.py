@@ -49,6 +49,7 @@ from .preflight import check_run, concept_types
 from .report.figdata import CURVES_FILE, HIST_FILE, HistogramAccumulator, save_curves
 from .store.distributed import DistEnv, embed_data_parallel, rank_embed_config
 from .store.embed import embed_dataset
+from .store.confighash import record_run_config
 from .store.runs import run_lock
 from .store.tokens import TokenStore
 from .util.device import pick_device
@@ -207,17 +208,21 @@ def ask_prompt_model(cfg: RunConfig, ds: Dataset, cache_dir: Path, progress: boo
     return out
 
 
-def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
+def run_pipeline(cfg: RunConfig, progress: bool = True, force: bool = False) -> RunResult:
     """Run every stage for every (layer, concept type); returns the metrics table.
 
     Nothing is written before config, dataset and model pass every check; the run folder is
     then held under a lock (a second run on it refuses), and ``config.yaml`` is written with
-    the results, so it always describes the results beside it.
+    the results, so it always describes the results beside it. A folder holding results of a
+    different config refuses (``force``: they are replaced; :mod:`superactivators.store.confighash`).
     """
+    from .store.confighash import check_run_config  # noqa: PLC0415
+
     t0 = time.time()
     ds = prepare_dataset(cfg)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(cfg.run_dir):
+        check_run_config(cfg.run_dir, cfg.to_dict(), force)
         return _run_locked(cfg, ds, progress, t0)
 
 
@@ -261,6 +266,7 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
             bar.update()
     bar.close()
     atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+    record_run_config(run_dir, cfg.to_dict())
     atomic_write_json(run_dir / "stages.json", stage_index)  # which stage folders this config used
     table = pd.concat(tables, ignore_index=True)
     atomic_write_bytes(run_dir / "detection_metrics.csv", table.to_csv(index=False).encode())

