@@ -4,9 +4,9 @@ a cut under data.clip_spans); dataset-info counts inline-span truth per concept 
 from __future__ import annotations
 
 import json
+import warnings
 
 import pandas as pd
-import pytest
 
 from superactivators.cli import main
 from superactivators.data.checks import check_dataset
@@ -41,8 +41,12 @@ def test_span_past_the_end_is_an_error_naming_file_row_and_concept(tmp_path, cap
                            "(9 characters)")
     # under the option: a warning each naming them, the span cut (or dropped), no problem
     ds = load_dataset(path)
-    with pytest.warns(UserWarning, match=r"row 4, column 'spans': span \[6, 40\) for 'joy' .* cut to \[6, 15\)"):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
         ds, problems = check_dataset(ds, clip_spans=True)
+    msgs = [str(w.message) for w in seen]
+    assert len(msgs) == 2 and "row 4, column 'spans': span [6, 40) for 'joy'" in msgs[0] and "cut to [6, 15)" in msgs[0]
+    assert "row 6, column 'spans': span [20, 30) for 'sad' lies wholly outside" in msgs[1] and "dropped" in msgs[1]
     assert not problems and ds.spans[2]["joy"] == [(0, 5), (6, 15)] and ds.spans[4]["sad"] == []
     # through the CLI: exit 2 before any model loads, the same line
     cfg = tmp_path / "run.yaml"

@@ -47,9 +47,9 @@ from .evaluate.prompting import METHOD_OF, PromptConfig, prompt_scores
 from .evaluate.scoring import ScoreSummary, summarise
 from .preflight import check_run, concept_types
 from .report.figdata import CURVES_FILE, HIST_FILE, HistogramAccumulator, save_curves
+from .store.confighash import check_run_config, record_run_config
 from .store.distributed import DistEnv, embed_data_parallel, rank_embed_config
 from .store.embed import embed_dataset
-from .store.confighash import record_run_config
 from .store.runs import run_lock
 from .store.tokens import TokenStore
 from .util.device import pick_device
@@ -216,8 +216,6 @@ def run_pipeline(cfg: RunConfig, progress: bool = True, force: bool = False) -> 
     the results, so it always describes the results beside it. A folder holding results of a
     different config refuses (``force``: they are replaced; :mod:`superactivators.store.confighash`).
     """
-    from .store.confighash import check_run_config  # noqa: PLC0415
-
     t0 = time.time()
     ds = prepare_dataset(cfg)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
