@@ -42,6 +42,7 @@ def _run(cfg, args: argparse.Namespace) -> int:
     t0 = time.time()
     res = run_pipeline(cfg, progress=not args.quiet, force=bool(getattr(args, "force", False)))
     print(f"\nMacro F1 on test (rows: layer, concept type; columns: detection method) -- {res.run_dir}")
+    print("(SA = superactivator, *_tok = *_token, @best = @best_threshold, SA_margin = SA - best baseline)")
     print(format_macro(res.macro))
     print(f"\nwrote {res.run_dir / 'detection_metrics.csv'}")
     if res.best is not None:

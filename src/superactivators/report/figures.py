@@ -386,7 +386,7 @@ def image_samples_figure(panels: Sequence[ImagePanel], threshold: float, title: 
     vals = np.concatenate([p.acts[p.valid] for p in panels])
     top = max(vals.max(), threshold) if vals.size and np.isfinite(threshold) else (vals.max() if vals.size else 1.0)
     vmin, vmax = (float(vals.min()), float(top)) if vals.size else (0.0, 1.0)
-    head = 1.0 if title else 0.55  # inches above the first row: the title, then the row's two-line titles
+    head = 0.85 if title else 0.55  # inches above the first row: the title, then the row's two-line titles
     h = 4.5 * len(panels) + head - 0.45
     with plt.rc_context(dict(STYLE, **{"figure.constrained_layout.use": False})):
         fig = Figure(figsize=(9.4, h))
