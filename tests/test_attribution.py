@@ -230,3 +230,24 @@ def test_mean_token_target_is_the_mean_of_token_scores(linear_setup) -> None:
     np.testing.assert_allclose(ig.sum(1).detach().numpy(), adapter.forward(x)[:, 0].detach().numpy(), rtol=1e-4)
     with pytest.raises(ValueError, match="attribution target"):
         AttributionOptions(target="cls")
+
+
+def test_captums_require_gradients_warning_is_silenced_where_raised(linear_setup) -> None:
+    """captum warns "Input Tensor 0 did not already require gradients" for gradient methods on a
+    plain input; attribute() keeps it from the user, and the warning filters are left as they were."""
+    import warnings
+
+    import captum.attr as ca
+
+    adapter, x, _, _, _, _ = linear_setup
+    with warnings.catch_warnings(record=True) as raw:  # the warning exists without the filter
+        warnings.simplefilter("always")
+        ca.Saliency(adapter.forward).attribute(x, target=0)
+    assert any("did not already require gradients" in str(w.message) for w in raw)
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for method in ("saliency", "integrated_gradients"):
+            attribute(adapter, method, x, (), 0, AttributionOptions(ig_steps=4, batch_size=4))
+    assert not [w for w in seen if "require gradients" in str(w.message)]
+    assert warnings.filters == before

@@ -23,7 +23,8 @@ def test_pipeline_writes_best_layers_with_intervals(tiny_run_pair):
     run = tiny_run_pair[0]
     csv = pd.read_csv(RunLayout(run).best_layers)
     for col in ("best_layer", "n_pct", "threshold", "tp", "fp", "fn", "tn", "support", "precision", "recall", "f1",
-                "accuracy", "fpr", "tnr", "fnr", "f1_lo", "f1_hi", "f1_err", "sa_diff", "sa_p", "sa_better"):
+                "accuracy", "fpr", "tnr", "fnr", "f1_lo", "f1_hi", "f1_err", "sa_diff", "sa_p", "sa_better",
+                "sa_p_two", "sa_verdict"):
         assert col in csv.columns, col
     per = csv[~csv["concept"].isin(AGGREGATES)]
     # the per-concept rows are the sweep's choice on cal, with the table's counts at that layer
@@ -39,6 +40,13 @@ def test_pipeline_writes_best_layers_with_intervals(tiny_run_pair):
     np.testing.assert_allclose(per["f1_err"], (per["f1_hi"] - per["f1_lo"]) / 2)
     sa = csv["method"] == "superactivator"
     assert csv.loc[sa, "sa_p"].isna().all() and csv.loc[~sa, "sa_p"].between(0, 1).all()
+    # the two-sided p is at most twice the one-sided one, and its words follow its sign and size
+    other = csv[~sa]
+    assert (other["sa_p_two"] <= 2 * other["sa_p"] + 1e-12).all()
+    for _, r in other.iterrows():
+        want = ("no significant difference" if r["sa_p_two"] >= 0.05 or r["sa_diff"] == 0
+                else "significantly better" if r["sa_diff"] > 0 else "significantly worse")
+        assert r["sa_verdict"] == want
     # the paired difference on the whole test split is SuperActivator's F1 minus the method's
     sa_f1 = per[per["method"] == "superactivator"].set_index(["concept_type", "concept"])["f1"]
     other = per[per["method"] != "superactivator"]
@@ -100,7 +108,11 @@ def test_old_runs_recompute_predictions_and_stale_stages_are_refused(tiny_run_pa
 def test_headline_names_weighted_and_macro(tiny_run_pair):
     res = best_layer_table(tiny_run_pair[0], n_resamples=100)
     text = format_headline(res)
-    assert "weighted" in text and "macro" in text and "superactivator" in text
+    assert "weighted" in text and "macro" in text and "\n  SA " in text
     w = res.table[(res.table["concept"] == WEIGHTED) & (res.table["method"] == "superactivator")]
     assert f"{w['f1'].iloc[0]:.3f}" in text
+    others = res.table[(res.table["concept"] == WEIGHTED) & (res.table["method"] != "superactivator")]
+    for _, r in others.iterrows():  # SuperActivator against each method, in words, two-sided p
+        assert f"SA {r['sa_diff']:+.3f} {r['sa_verdict']} (p={r['sa_p_two']:.3f})" in text
+    assert "two-sided" in text and max(map(len, text.splitlines())) <= 100
     assert (res.table["concept"] == MACRO).sum() == (res.table["concept"] == WEIGHTED).sum()

@@ -9,6 +9,7 @@ from superactivators.cli import main
 from superactivators.store.layout import RunLayout
 from superactivators.evaluate.methods import WEIGHTED
 from superactivators.report.compare import BEST, TIED, compare_runs
+from superactivators.evaluate.methods import short_label
 
 
 def test_compare_two_runs_table_and_marks(tiny_run_pair):
@@ -29,20 +30,28 @@ def test_compare_two_runs_table_and_marks(tiny_run_pair):
     for ct, f1 in zip(mine["concept_type"], mine["f1"]):
         assert f1 == pytest.approx(w[ct])
     text = cmp.text()
-    assert BEST in text and "superactivator" in text and f"{mine['f1'].iloc[0]:.3f}" in text
+    assert BEST in text and "SA" in text and f"{mine['f1'].iloc[0]:.3f}" in text
     rows = [ln for ln in cmp.markdown().splitlines() if ln.startswith("| ")][1:]
     assert len(rows) == 4 and all(ln.count("**") == 2 for ln in rows)  # one bold best per row
     tex = cmp.latex()
     assert tex.count("\\textbf{") == 4 and "\\begin{tabular}" in tex and "max\\_token" in tex
     if long["tied"].any():
         assert TIED in text and "$^\\dagger$" in tex
+    # SuperActivator against every other method, worded both ways from the two-sided test
+    others = long[long["method"] != "superactivator"]
+    assert others["sa_verdict"].notna().all() and long.loc[long["method"] == "superactivator", "sa_verdict"].isna().all()
+    for _, r in others.iterrows():
+        assert r["sa_verdict"] == ("no significant difference" if r["sa_p_two"] >= 0.05 or r["sa_diff"] == 0 else
+                                   "significantly better" if r["sa_diff"] > 0 else "significantly worse")
+        assert f"{short_label(r['method']):<13} {r['sa_diff']:+.3f}  {r['sa_verdict']} (p = {r['sa_p_two']:.3f})" in text
 
 
 def test_compare_cli_writes_csv_markdown_latex(tiny_run_pair, tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", *map(str, tiny_run_pair), "--out", str(out), "--resamples", "100"]) == 0
     printed = capsys.readouterr().out
-    assert "weighted by test positives" in printed and "superactivator" in printed
+    assert "weighted by test positives" in printed and "SuperActivator vs" in printed
+    assert all(len(line) <= 100 for line in printed.splitlines() if str(tmp_path) not in line)
     for name in ("compare.csv", "compare.md", "compare.tex"):
         assert (out / name).stat().st_size > 0
     assert set(pd.read_csv(out / "compare.csv")["concept_type"]) == {"mean", "linsep"}

@@ -103,3 +103,24 @@ def test_hist_quantile_by_hand():
     assert F.hist_quantile(edges, counts, 1.0) == pytest.approx(3.0)
     assert F.hist_quantile(edges, counts, 0.125) == pytest.approx(0.5)
     assert np.isnan(F.hist_quantile(edges, np.zeros(3), 0.5))
+
+
+def test_image_samples_title_clears_the_row_titles():
+    """The bold figure title sits above the first row's two-line titles for 1 and 3 rows (a
+    figure-fraction position drifted into them as rows were added)."""
+    from superactivators.report.figures import ImagePanel, image_samples_figure
+
+    rng = np.random.default_rng(0)
+    for n in (1, 3):
+        panels = [ImagePanel(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), rng.normal(size=(4, 4)),
+                             np.ones((4, 4), bool), None, f"sample {i} · strongest positive · positive")
+                  for i in range(n)]
+        fig = image_samples_figure(panels, 0.5, "color::red  ·  mean concept  ·  layer 2")
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        r = FigureCanvasAgg(fig).get_renderer()
+        sup = fig._suptitle.get_window_extent(r)
+        for ax in fig.axes[:2]:
+            t = ax._left_title.get_window_extent(r)  # set_title(loc="left")
+            assert sup.y0 > t.y1, (n, sup, t)  # title strictly above the row titles (pixel y grows upwards)
+        assert sup.y1 <= fig.bbox.y1  # and inside the figure

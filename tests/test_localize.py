@@ -265,7 +265,7 @@ def test_pipeline_writes_localisation_for_text_spans(small_emotions: Path, tiny_
     again = run_pipeline(cfg, progress=False)  # from the stage cache: same table
     pd.testing.assert_frame_equal(again.localization, res.localization, check_dtype=False)
     off = config_from_dict({**cfg.to_dict(), "detect": {**cfg.to_dict()["detect"], "localize": False}})
-    assert run_pipeline(off, progress=False).localization is None
+    assert run_pipeline(off, progress=False, force=True).localization is None  # a changed config: replaced
 
 
 def test_kmeans_concepts_localise_through_their_matched_units(small_emotions: Path, tiny_bert: Path,

@@ -195,7 +195,7 @@ def test_models_cli_lists_families_and_sweeps(capsys):
     out = capsys.readouterr().out
     for fam in FAMILIES:
         assert fam.name in out
-    assert "4, 25, 46, 67, 88, 100 %" in out and "1, 8, 16, 23, 31, 39, 42" in out
+    assert "4, 25, 46, 67, 88, 100 %" in out and "1,8,16,23,31,39,42" in out
 
 
 # --------------------------------------------------------------------------- hooks and early stop

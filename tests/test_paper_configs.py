@@ -42,8 +42,8 @@ GRID = [(d, m) for m, (_, _, ds) in MODELS.items() for d in ds]
 def expected(dataset: str, model: str) -> dict:
     hub, bs, _ = MODELS[model]
     return {
-        "name": f"{dataset}-{model}", "output_dir": "runs/paper", "protocol": "seed",
-        "data": {"path": f"Data/{DATASETS[dataset][0]}/metadata.csv", "concepts": "seed"},
+        "name": f"{dataset}-{model}", "output_dir": "../../runs/paper", "protocol": "seed",
+        "data": {"path": f"../../Data/{DATASETS[dataset][0]}/metadata.csv", "concepts": "seed"},
         "embed": {"model": hub, "layers": "sweep", "batch_size": bs, "dtype": "auto"},
         "concepts": {"types": ["mean", "linsep"]},
     }
@@ -59,6 +59,9 @@ def test_config_keys_and_values(dataset, model):
     path = CONFIGS / f"{dataset}-{model}.yaml"
     assert yaml.safe_load(path.read_text()) == expected(dataset, model)  # every key, nothing else
     cfg = load_config(path)  # and it validates as a run config
+    root = CONFIGS.parents[1]  # its paths are read from its own folder: the repository's Data/ and runs/
+    assert cfg.data.path == str(root / "Data" / DATASETS[dataset][0] / "metadata.csv")
+    assert cfg.output_dir == str(root / "runs" / "paper") and cfg.embed.model == MODELS[model][0]
     assert cfg.protocol == "seed" and cfg.embed.protocol == "seed" and cfg.detect.methods[:2] == [
         "superactivator", "superactivator_sample"]
 

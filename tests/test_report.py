@@ -114,3 +114,24 @@ def test_cli_report(tiny_report_run, capsys, tmp_path):
 def test_report_formats_must_start_with_png(tiny_report_run, bad):
     with pytest.raises(ValueError, match="png"):
         build_report(tiny_report_run.run_dir, formats=bad)
+
+
+def test_headline_card_words_the_gap_both_ways(tiny_report_run):
+    """The card says 'significantly better / worse' or 'no significant difference' from the
+    two-sided test of best_layers.csv, never the one-sided 'not significant'."""
+    import re
+
+    import pandas as pd
+
+    from superactivators.evaluate.detect import WEIGHTED, is_baseline
+
+    page = tiny_report_run.page.read_text()
+    bl = pd.read_csv(tiny_report_run.run_dir / "best_layers.csv")
+    assert "not significant," not in page
+    for ct in ("mean", "linsep"):
+        w = bl[(bl["concept_type"] == ct) & (bl["concept"] == WEIGHTED)].set_index("method")
+        base = w[[is_baseline(m) for m in w.index]]
+        r = base.loc[base["f1"].idxmax()]
+        card = re.search(rf"<div class='card'><div class='card-t'>{ct} concepts</div>(.*?)</div></div>", page, re.S)
+        assert card, ct
+        assert f"{r['sa_verdict']}, p = {r['sa_p_two']:.3f}" in card.group(1)

@@ -54,14 +54,70 @@ IMGS = "return Array.from(document.images).map(i => [i.getAttribute('src'), i.co
 ALL_LOADED = "return Array.from(document.images).every(i => i.hidden || i.complete)"
 
 
+# every "no figure ..." / "no image samples ..." placeholder and "nothing to show" fragment that is visible
+MISSING = ("return Array.from(document.querySelectorAll('.missing, [data-frag] p.muted'))"
+           ".filter(e => e.offsetParent !== null).map(e => e.closest('figure, div[data-frag]').outerHTML.slice(0, 160))")
+
+
+def _open(drv, page) -> None:
+    drv.get(page.resolve().as_uri())
+    _wait(drv, "return document.readyState === 'complete'")
+    _wait(drv, ALL_LOADED)
+
+
+def _first_load_checks(drv, drawn_layers: set[int]) -> None:
+    """The first view has every figure: no placeholder is visible, and the layer menu offers only
+    layers whose figures were drawn."""
+    assert not drv.execute_script(MISSING), f"placeholders on first load: {drv.execute_script(MISSING)}"
+    opts = drv.execute_script("return Array.from(document.querySelectorAll('#sel-layer option')).map(o => o.value)")
+    assert {int(v) for v in opts} == drawn_layers
+    imgs = drv.execute_script(IMGS)
+    assert imgs and not [i for i in imgs if not i[0] or i[2] == 0 or i[3]]
+
+
+def _screenshot(drv, path) -> None:
+    drv.execute_script("window.scrollTo(0, 0)")
+    height = min(int(drv.execute_script("return document.body.scrollHeight")), 9000)
+    drv.set_window_size(1400, height)
+    assert drv.save_screenshot(str(path)) and path.stat().st_size > 20000
+    print(f"\nreport screenshot: {path}")
+
+
+def test_image_report_first_load_has_every_figure(image_run, browser, tmp_path):
+    """The image demo draws every third layer: the page must open on a drawn layer (here the one
+    that is not the cal peak, so the sweep's best layer alone would show empty panels), offer
+    only drawn layers and speak of patches, not tokens."""
+    import pandas as pd
+
+    from superactivators.evaluate.detect import MACRO
+    from superactivators.report.html import build_report
+
+    m = pd.read_csv(image_run.run_dir / "detection_metrics.csv")
+    sa = m[(m["method"] == "superactivator") & (m["concept"] == MACRO)].sort_values(["cal_f1", "layer"],
+                                                                                   ascending=[False, True])
+    drawn = int(sa["layer"].iloc[-1])  # the worst layer on cal: the sweep's default would miss it
+    page = build_report(image_run.run_dir, tmp_path / "r", formats=("png",), n_examples=2, workers=1, layers=[drawn])
+    drv = browser
+    _open(drv, page)
+    _first_load_checks(drv, {drawn})
+    legend = drv.execute_script("return document.querySelector('#concept .legend').textContent")
+    assert "patch" in legend and "token" not in legend.lower() and "hover" not in legend.lower()
+    severe = [e for e in drv.get_log("browser") if e.get("level") == "SEVERE"]
+    assert not severe, f"console errors: {severe}"
+    _screenshot(drv, tmp_path / "image_report_screenshot.png")
+
+
 def test_report_in_chromium(tiny_report_run, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
     drv = browser
-    drv.get(tiny_report_run.page.resolve().as_uri())
-    _wait(drv, "return document.readyState === 'complete'")
-    _wait(drv, ALL_LOADED)
+    _open(drv, tiny_report_run.page)
+    from superactivators.store.runs import find_stages
+
+    _first_load_checks(drv, {s.layer for s in find_stages(tiny_report_run.run_dir)})
+    legend = drv.execute_script("return document.querySelector('#concept .legend').textContent")
+    assert "token" in legend.lower()
 
     imgs = drv.execute_script(IMGS)
     assert len(imgs) >= 6
@@ -116,9 +172,4 @@ def test_report_in_chromium(tiny_report_run, browser, tmp_path):
     severe = [e for e in drv.get_log("browser") if e.get("level") == "SEVERE"]
     assert not severe, f"console errors: {severe}"
 
-    drv.execute_script("window.scrollTo(0, 0)")
-    height = min(int(drv.execute_script("return document.body.scrollHeight")), 9000)
-    drv.set_window_size(1400, height)
-    shot = tmp_path / "report_screenshot.png"
-    assert drv.save_screenshot(str(shot)) and shot.stat().st_size > 20000
-    print(f"\nreport screenshot: {shot}")
+    _screenshot(drv, tmp_path / "report_screenshot.png")

@@ -67,7 +67,7 @@ def test_saelens_sae_end_to_end_on_smollm2(smol_store):
     tmp, data, store = smol_store
     out = train_sae(store, 10, tmp / "sae_e2e", SAETrainOptions(architecture="topk", d_sae=128, k=8, steps=30,
                                                                 batch_size=128))
-    res = run_pipeline(_run_cfg(tmp, data, ["sae"], str(out)), progress=False)
+    res = run_pipeline(_run_cfg(tmp, data, ["sae"], str(out)), progress=False, force=True)  # other types: replaced
     assert res.store.path == store.path  # the same store, reused
     t = res.table
     assert set(t.concept_type) == {"sae"} and set(t.layer) == {10}

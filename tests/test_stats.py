@@ -10,6 +10,8 @@ from superactivators.stats.bootstrap import (
     bootstrap_counts,
     one_sided_p,
     resample_indices,
+    significance_words,
+    two_sided_p,
     resample_weights,
 )
 
@@ -103,7 +105,9 @@ def test_paired_identical_methods_are_not_significant():
         np.testing.assert_array_equal(pr.lo, 0)
         np.testing.assert_array_equal(pr.hi, 0)
         np.testing.assert_array_equal(pr.p, 1.0)
+        np.testing.assert_array_equal(pr.p_two, 1.0)
         assert not np.any(pr.significant())
+    assert boot.paired("superactivator", "copy", "weighted").words() == "no significant difference"
 
 
 def test_paired_dominating_method_is_significant():
@@ -119,11 +123,32 @@ def test_paired_dominating_method_is_significant():
     assert pr.p == pytest.approx(1 / 501) and pr.significant()
     back = boot.paired("noisy", "superactivator", "weighted")  # the other direction: p = 1
     assert back.p == 1.0 and not back.significant()
+    # two-sided: 2 / (B + 1) both ways, so the loss is told from a tie
+    assert pr.p_two == pytest.approx(2 / 501) and back.p_two == pytest.approx(2 / 501)
+    assert pr.words() == "significantly better" and back.words() == "significantly worse"
 
 
 def test_one_sided_p_by_hand():
     d = np.array([0.1, -0.2, 0.0, 0.3])[:, None]
     np.testing.assert_allclose(one_sided_p(d), [(1 + 2) / 5])
+
+
+def test_two_sided_p_by_hand():
+    # B = 9: #{d <= 0} = 2 (-0.1, 0.0), #{d >= 0} = 8 -> min(3, 9) / 10 doubled = 0.6
+    d = np.array([-0.1, 0.2, 0.3, 0.0, 0.5, 0.1, 0.2, 0.4, 0.3])
+    assert two_sided_p(d) == pytest.approx(0.6)
+    # B = 4 all negative: #{d >= 0} = 0 -> 2 * 1 / 5 = 0.4; mirrored the same; capped at 1
+    assert two_sided_p(np.full(4, -0.2)) == pytest.approx(0.4) == two_sided_p(np.full(4, 0.2))
+    assert two_sided_p(np.zeros(7)) == 1.0
+    # per column
+    np.testing.assert_allclose(two_sided_p(np.array([[0.1, -0.1], [0.2, 0.3]])), [2 / 3, 1.0])
+
+
+def test_significance_words_both_ways():
+    assert significance_words(0.1, 0.01) == "significantly better"
+    assert significance_words(-0.012, 0.02) == "significantly worse"
+    assert significance_words(-0.012, 0.05) == "no significant difference"  # p must be below alpha
+    assert significance_words(0.3, float("nan")) == "no significant difference"
 
 
 def test_bootstrap_counts_are_exact_and_checked():

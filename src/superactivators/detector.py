@@ -25,18 +25,32 @@ from .store.artefacts import ArtefactError, load_json, rebuild_hint, recording, 
 from .store.layout import RunLayout
 from .store.runs import find_stages, find_store
 from .util.io import atomic_write_json
+from .util.console import fmt_num, limited, text_table
 from .util.tables import read_table
 from .util.yamlio import load_yaml_file
 
 
 @dataclass
 class TokenEvidence:
-    """One token that carries a concept: its index, activation and (text) character span."""
+    """One token that carries a concept: its index, activation and (text) character span, or
+    (images) its patch row / column and the pixel box ``(x0, y0, x1, y1)`` it covers in the input."""
 
     index: int
     activation: float
     span: tuple[int, int] | None = None
     text: str | None = None
+    row: int | None = None
+    col: int | None = None
+    box: tuple[int, int, int, int] | None = None
+
+    def describe(self) -> str:
+        """``'joy' (0.81)`` for a text token, ``patch r3 c5 px 42,70-56,84 (0.81)`` for an image patch."""
+        if self.text is not None:
+            return f"{self.text!r} ({self.activation:.2f})"
+        if self.row is not None:
+            px = "" if self.box is None else " px {},{}-{},{}".format(*self.box)
+            return f"patch r{self.row} c{self.col}{px} ({self.activation:.2f})"
+        return f"token {self.index} ({self.activation:.2f})"
 
 
 @dataclass
@@ -61,6 +75,19 @@ class Detection:
         if found or not self.max_activation:
             return found
         return [max(self.max_activation, key=lambda c: self.max_activation[c] - self.thresholds.get(c, 0.0))]
+
+    def _rows(self) -> list[list[str]]:
+        return [[name, "yes" if self.present[name] else "–", f"{self.max_activation[name]:.3f}",
+                 fmt_num(self.thresholds.get(name, float("nan"))),
+                 ", ".join(e.describe() for e in self.evidence.get(name, [])[:3])] for name in self.present]
+
+    def __repr__(self) -> str:
+        """A short table: per concept, present or not, max activation, τ and the top evidence."""
+        n = sum(self.present.values())
+        rows, more = limited(self._rows())
+        head = f"Detection: {n} of {len(self.present)} concepts present" + ("" if n else " (no concept found)")
+        return "\n".join([head, text_table(["concept", "present", "max", "τ", "evidence"], rows,
+                                             numeric=[False, False, True, True, False])] + ([more] if more else []))
 
     def _repr_html_(self) -> str:
         from .report.notebook import detection_html  # noqa: PLC0415 - matplotlib only when rendered
@@ -91,6 +118,17 @@ class ConceptDetector:
         """Unlabelled concept types: the unit (cluster, SAE unit) each concept was matched to."""
         return {n: u for cs in self.concept_sets.values() for n, u in zip(cs.names, cs.units or [])}
 
+    def __repr__(self) -> str:
+        """A short table (concept, layer, N, τ), not the vectors: ``print(detector)`` fits a terminal."""
+        rows = [[name, str(layer), fmt_num(self.n_pct.get(name, float("nan"))), fmt_num(self.thresholds[name])]
+                for layer, cs in sorted(self.concept_sets.items()) for name in cs.names]
+        rows, more = limited(rows)
+        kinds = ", ".join(dict.fromkeys(cs.kind for cs in self.concept_sets.values()))
+        head = (f"ConceptDetector: {len(self.concepts)} {kinds} concepts on {self.embed.model} ({self.modality}), "
+                f"layers {', '.join(map(str, sorted(self.concept_sets)))}")
+        return "\n".join([head, text_table(["concept", "layer", "N %", "τ"], rows, numeric=[False, True, True, True])]
+                         + ([more] if more else []))
+
     def _repr_html_(self) -> str:
         from .report.notebook import detector_html  # noqa: PLC0415
 
@@ -107,8 +145,14 @@ class ConceptDetector:
         """
         run_dir = Path(run_dir)
         run = RunLayout(run_dir)
+        if not run.config.is_file():
+            raise FileNotFoundError(f"not a finished run folder: {run_dir.resolve()} (no config.yaml and "
+                                    "detection_metrics.csv; give the folder `superactivators run` printed)")
         require_intact(run.config)  # each file against its checksum first; concepts: checked on load
         cfg = load_yaml_file(run.config)
+        if not run.detection_metrics.is_file():
+            raise FileNotFoundError(f"not a finished run folder: {run_dir.resolve()} (no detection_metrics.csv; "
+                                    "give the folder `superactivators run` printed)")
         require_intact(run.detection_metrics)
         table = read_table(run.detection_metrics)
         rows = table[(table.method == SA) & (table.concept_type == concept_type)
@@ -201,7 +245,8 @@ class ConceptDetector:
         acts, lengths, batch = self.activations(inputs)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         out = []
-        grid = getattr(self._enc(), "patch_grid", None)
+        enc = self._enc()
+        grid = getattr(enc, "patch_grid", None)
         for i, (a0, n) in enumerate(zip(starts, lengths)):
             det = Detection(present={}, max_activation={}, thresholds=dict(self.thresholds),
                             activations={name: a[a0:a0 + n] for name, a in acts.items()},
@@ -224,7 +269,7 @@ class ConceptDetector:
                     for k in idx:
                         span = None if batch.char_spans is None else tuple(int(v) for v in batch.char_spans[a0 + k])
                         text = inputs[i][span[0]:span[1]] if span is not None and isinstance(inputs[i], str) else None
-                        ev.append(TokenEvidence(int(k), float(seg[k]), span, text))
+                        ev.append(TokenEvidence(int(k), float(seg[k]), span, text, *_patch_place(enc, det, int(k))))
                     det.evidence[name] = ev
             out.append(det)
         return out
@@ -244,6 +289,20 @@ def _localization_thresholds(run: RunLayout, concept_type: str, rows: pd.DataFra
         if v is not None and np.isfinite(float(v)):
             out[str(c)] = float(v)
     return out
+
+
+def _patch_place(enc, det: Detection, k: int) -> tuple[int | None, int | None, tuple[int, int, int, int] | None]:
+    """Patch row, column and pixel box of token ``k`` of an image detection (Nones for text)."""
+    if det.patch_grid is None:
+        return None, None, None
+    r, c = divmod(k, int(det.patch_grid[1]))
+    geometry, patch = getattr(enc, "geometry", None), getattr(enc, "patch_size", None)
+    if det.image is None or geometry is None or patch is None:
+        return r, c, None
+    from .data.patchbox import patch_box  # noqa: PLC0415
+
+    h, w = det.image.shape[:2]
+    return r, c, patch_box(geometry.place(h, w), int(patch), r, c)
 
 
 def _as_rgb(x) -> np.ndarray | None:

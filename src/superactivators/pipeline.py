@@ -32,7 +32,7 @@ from .encoders.base import Encoder
 from .encoders.factory import make_encoder, model_shape
 from .evaluate.calibrate import tail_rule_key
 from .evaluate.detect import macro_pivot, results_table, run_detection, save_predictions
-from .evaluate.methods import GLOBAL, PROMPT_METHOD_OF, SA, is_baseline
+from .evaluate.methods import GLOBAL, PROMPT_METHOD_OF, SA, is_baseline, short_label
 from .localize.attribution import AttributionOptions, run_attributions
 from .localize.tokens import localize_stage
 from .stats.bestlayers import BestLayers, write_best_layers
@@ -42,11 +42,13 @@ from .evaluate.scoring import ScoreSummary, summarise
 from .preflight import check_run, concept_types
 from .report.figdata import HistogramAccumulator, save_curves
 from .store.artefacts import RUN_FILES, intact, load_json, record, remove_leftover_temps, unrecord
+from .store.confighash import check_run_config, record_run_config
 from .store.distributed import DistEnv, embed_data_parallel, rank_embed_config
 from .store.embed import embed_dataset
 from .store.layout import RunLayout, StageFolder, cached
 from .store.runs import run_lock
 from .store.tokens import MANIFEST, TokenStore, store_is_complete
+from .util.console import frame_text
 from .util.device import pick_device
 from .util.io import atomic_write_bytes, atomic_write_json, stable_hash
 
@@ -68,6 +70,16 @@ class RunResult:
     attribution: pd.DataFrame | None = None  # localisation on the attributed test samples, every method
     best: BestLayers | None = None  # best_layers.csv: each concept at its best layer, with bootstrap errors
 
+    def __repr__(self) -> str:  # a few lines, not the tables and the store
+        from .report.results import run_result_text  # noqa: PLC0415
+
+        return run_result_text(self)
+
+    def _repr_html_(self) -> str:
+        from .report.results import run_result_html  # noqa: PLC0415
+
+        return run_result_html(self)
+
 
 def prepare_dataset(cfg: RunConfig) -> Dataset:
     """Check config, dataset and model before anything loads (:func:`superactivators.preflight.check_run`);
@@ -79,7 +91,8 @@ def dataset_key(ds: Dataset, cache: Path | None = None) -> str:
     """Hash of the dataset's labels, splits and source, and of the content of every file it reads
     (texts, images, masks; :func:`superactivators.data.fingerprint.content_key`, cached in ``cache``)."""
     src = Path(ds.source).read_bytes() if ds.source else b""
-    return stable_hash([stable_hash(src.decode("utf-8", "replace")), ds.concepts, content_key(ds, cache)], 10)
+    cols = [getattr(ds, "columns", None)] if getattr(ds, "columns", None) else []  # a CSV's column mapping
+    return stable_hash([stable_hash(src.decode("utf-8", "replace")), ds.concepts, content_key(ds, cache), *cols], 10)
 
 
 def store_dir_for(cfg: RunConfig, ds: Dataset) -> Path:
@@ -191,17 +204,19 @@ def ask_prompt_model(cfg: RunConfig, ds: Dataset, cache_dir: Path, progress: boo
     return out
 
 
-def run_pipeline(cfg: RunConfig, progress: bool = True) -> RunResult:
+def run_pipeline(cfg: RunConfig, progress: bool = True, force: bool = False) -> RunResult:
     """Run every stage for every (layer, concept type); returns the metrics table.
 
     Nothing is written before config, dataset and model pass every check; the run folder is
     then held under a lock (a second run on it refuses), and ``config.yaml`` is written with
-    the results, so it always describes the results beside it.
+    the results, so it always describes the results beside it. A folder holding results of a
+    different config refuses (``force``: they are replaced; :mod:`superactivators.store.confighash`).
     """
     t0 = time.time()
     ds = prepare_dataset(cfg)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(cfg.run_dir):
+        check_run_config(cfg.run_dir, cfg.to_dict(), force)
         return _run_locked(cfg, ds, progress, t0)
 
 
@@ -249,6 +264,7 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
     bar.close()
     unrecord(run_dir, RUN_FILES)  # rewritten below, recorded again at the end
     atomic_write_bytes(run.config, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+    record_run_config(run_dir, cfg.to_dict())
     atomic_write_json(run.stages_index, stage_index)  # which stage folders this config used
     table = pd.concat(tables, ignore_index=True)
     atomic_write_bytes(run.detection_metrics, table.to_csv(index=False).encode())
@@ -280,8 +296,7 @@ def format_macro(macro: pd.DataFrame) -> str:
     plain = [c for c in df.columns if is_baseline(c)]
     if SA in df.columns and plain:
         df.insert(1, "margin_vs_best_baseline", df[SA] - df[plain].max(axis=1))
-    with pd.option_context("display.width", 200, "display.max_columns", 50):
-        return df.round(3).to_string()
+    return frame_text(df, short=short_label)  # method names shortened, wrapped to 100 columns (full table: the CSV)
 
 
 def suppress_noisy_warnings() -> None:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -96,7 +97,7 @@ def resolve_sae_path(spec: str) -> Path:
     ref = spec[len("hf://"):] if spec.startswith("hf://") else spec
     parts = [p for p in ref.split("/") if p]
     if spec.startswith((".", "/", "~")) or len(parts) < 2:
-        raise FileNotFoundError(f"SAE folder not found: {spec} (give a folder or an HF repo id org/name[/subfolder])")
+        raise FileNotFoundError(f"SAE folder not found: {os.path.abspath(os.path.expanduser(spec))} (give a folder or an HF repo id org/name[/subfolder])")
     repo, sub = "/".join(parts[:2]), "/".join(parts[2:])
     from huggingface_hub import snapshot_download  # noqa: PLC0415
 

@@ -8,6 +8,7 @@ without any span for their concept, whose every token then counts as in-concept.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ def text_file_problems(ds: Dataset) -> list[str]:
     out = []
     for i, rel in enumerate(ds.text_paths):
         path = ds.root / rel
-        where = f"{path} (row {i + 2} of {ds.source})"
+        where = f"{os.path.abspath(path)} (row {i + 2} of {ds.source})"
         why = regular_file_problem(path)  # checked without opening: a FIFO would block the read
         if why not in (None, "not found"):
             out.append(f"text file {where} {why}")
@@ -76,9 +77,14 @@ def warn_positives_without_spans(ds: Dataset) -> dict[str, int]:
     return counts
 
 
-def check_dataset(ds: Dataset, skip_bad_images: bool = False) -> tuple[Dataset, list[str]]:
-    """The dataset (bad images skipped when asked) and one line per problem found."""
+def check_dataset(ds: Dataset, skip_bad_images: bool = False, clip_spans: bool = False) -> tuple[Dataset, list[str]]:
+    """The dataset (bad images skipped when asked) and one line per problem found (spans outside
+    their texts: a warning each and cut when ``clip_spans``)."""
+    from .spancheck import span_problems
+
     problems = split_problems(ds) + text_file_problems(ds)
+    if not problems:
+        problems += span_problems(ds, clip=clip_spans)
     if ds.modality == "image":
         try:
             ds, _ = check_images(ds, skip_bad=skip_bad_images)
@@ -99,7 +105,7 @@ class CheckedData:
 
 def load_and_check(path: str | Path, concepts: list[str] | str | None = None, ground_truth: str = "auto",
                    columns: dict | None = None, allow_outside_paths: bool = False, sample_labels_only: bool = False,
-                   skip_bad_images: bool = False) -> CheckedData:
+                   skip_bad_images: bool = False, clip_spans: bool = False) -> CheckedData:
     """Every dataset check a run makes before any model loads; ``run`` (preflight) and
     ``dataset-info`` both come here, so the two never disagree about a dataset."""
     try:
@@ -109,7 +115,7 @@ def load_and_check(path: str | Path, concepts: list[str] | str | None = None, gr
         return CheckedData(None, [], list(err.problems))
     if sample_labels_only:  # withhold spans / masks: sample labels only
         ds = withhold_token_truth(ds)
-    ds, problems = check_dataset(ds, skip_bad_images=skip_bad_images)
+    ds, problems = check_dataset(ds, skip_bad_images=skip_bad_images, clip_spans=clip_spans)
     keep = usable_concepts(ds, need=("train", "cal"))
     if not keep:
         problems.append(f"{ds.source}: no concept has positives in both train and cal (and negatives in train)")

@@ -59,6 +59,7 @@ class Dataset:
     metadata: pd.DataFrame = field(default_factory=pd.DataFrame)
     truth: GroundTruth | None = None  # a seed ground-truth source (superactivators.data.seed)
     allow_outside_paths: bool = False  # files may lie outside ``root`` (recorded so readers honour it)
+    columns: dict | None = None  # a metadata.csv's column options (recorded so readers apply them too)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -76,7 +77,7 @@ class Dataset:
             where = f"{self.source}, row {i + 2}, column 'text'"
         elif self.text_paths is not None:
             path = self.root / self.text_paths[i]
-            where = f"{path} (row {i + 2} of {self.source})"
+            where = f"{os.path.abspath(path)} (row {i + 2} of {self.source})"
             why = regular_file_problem(path)  # a FIFO would block the read
             if why not in (None, "not found"):
                 raise DatasetError(f"text file {where} {why}")
@@ -110,7 +111,7 @@ class Dataset:
             with Image.open(path) as im:
                 return im.convert("RGB")
         except FileNotFoundError:
-            raise DatasetError(f"image not found: {path} (row {i + 2} of {self.source})") from None
+            raise DatasetError(f"image not found: {os.path.abspath(path)} (row {i + 2} of {self.source})") from None
         except Exception as err:  # PIL raises several types for corrupt files
             raise DatasetError(f"cannot read image {path} (row {i + 2} of {self.source}): {err}") from None
 
@@ -218,9 +219,6 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
     if is_hf_source(path):
         return _from_hf(read_hf(path, concepts=[concepts] if isinstance(concepts, str) else concepts, name=name,
                                 columns=columns))
-    if columns:
-        raise DatasetError(f"{path}: column options {sorted(columns)} apply to Parquet / Arrow / datasets "
-                           "sources, not to a metadata.csv")
     path_str = str(path)
     if path_str.startswith("builtin:"):
         from .builtin import builtin_dataset_path
@@ -233,7 +231,7 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
         path = path / "metadata.csv"
     why = regular_file_problem(path)
     if why == "not found":
-        raise DatasetError(f"metadata file not found: {path}")
+        raise DatasetError(f"metadata file not found: {path.resolve()}")
     if why is not None:
         raise DatasetError(f"{path} {why}")
     if path.stat().st_size == 0:
@@ -252,6 +250,11 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
         if i < len(df.columns) and (df.iloc[:, i].str.strip() != "").any():
             raise DatasetError(f"{path}: column {i + 1} holds values but has no name in the header")
     df = df.drop(columns=[df.columns[i] for i in blank_names if i < len(df.columns)])
+    if columns:  # the Parquet readers' column options (superactivators.data.csvcolumns)
+        from .csvcolumns import map_columns
+
+        df, picked = map_columns(df, columns, path)
+        concepts = picked if picked is not None and concepts is None else concepts
     if "split" not in df.columns:
         raise DatasetError(f"{path}: missing column 'split' (values train/cal/test)")
     splits = df["split"].str.strip().str.lower().to_numpy(dtype=object)
@@ -302,6 +305,7 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
         spans=_restrict_spans(_parse_spans(df, list(label_cols), path), names) if "spans" in df.columns else None,
         metadata=df[meta_cols].copy(),
         allow_outside_paths=allow_outside_paths,
+        columns=dict(columns) if columns else None,
     )
     if not allow_outside_paths:
         _confine(ds)
@@ -442,6 +446,11 @@ def dataset_summary(ds: Dataset, amounts: bool = True) -> str:
         res = ", at mask resolution" if ds.truth.unit == "pixels" else ""
         lines += ["", f"token-level truth per concept (in-concept {ds.truth.unit}{res}; with_truth: positives "
                   "that have it, the others count every token):", table.to_string()]
+    elif amounts and ds.truth is None and ds.spans is not None:  # inline / spans-column truth
+        from .spancheck import span_amounts
+
+        lines += ["", "token-level truth per concept (spans; characters / words inside them; with_truth: positives "
+                  "that have spans, the others count every token):", span_amounts(ds).to_string()]
     if not ds.has_token_ground_truth():
         lines[5:5] = ["note: " + SAMPLE_LABELS_NOTE]
     if len(ds.metadata.columns):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,7 +152,7 @@ def _open(spec: str, split_map: Mapping[str, str]) -> tuple[_Table, Path, dict]:
         return _Table(table), Path(files[0]).parent if files else Path("."), {"hub": spec, "cache_files": files}
     p = Path(spec)
     if not p.exists():
-        raise DatasetError(f"dataset not found: {p}")
+        raise DatasetError(f"dataset not found: {os.path.abspath(p)}")
     if p.is_file() and p.suffix == ".parquet":
         st = p.stat()
         return _Table(parquet=p), p.parent, {"file": str(p.resolve()), "size": st.st_size, "mtime": st.st_mtime_ns}
@@ -226,7 +227,7 @@ class LazyImageFiles(Sequence):
         if data is None and path:
             src = Path(path) if Path(path).is_absolute() else self.data_root / path
             if not src.exists():
-                raise DatasetError(f"{self.where}: row {i}, column {self.column!r}: image file not found: {src}")
+                raise DatasetError(f"{self.where}: row {i}, column {self.column!r}: image file not found: {os.path.abspath(src)}")
             return str(src.resolve())
         if data is None:
             if self.column.startswith("mask"):

@@ -45,6 +45,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -318,7 +319,7 @@ def _read_array(path: Path, what: str) -> np.ndarray:
             with Image.open(path) as im:
                 arr = np.asarray(im)
     except FileNotFoundError:
-        raise DatasetError(f"{what} not found: {path}") from None
+        raise DatasetError(f"{what} not found: {os.path.abspath(path)}") from None
     except Exception as err:  # PIL raises many kinds (UnidentifiedImageError, OSError, SyntaxError)
         raise DatasetError(f"cannot read {what} {path}: {err}") from None
     if arr.ndim == 3:
@@ -517,7 +518,7 @@ def _probe(path: Path, full: bool, what: str = "image") -> tuple[str | None, tup
             arr = np.load(path, mmap_mode="r")
             return None, (tuple(int(v) for v in arr.shape[:2]) if arr.ndim >= 2 else None)  # type: ignore[return-value]
         except FileNotFoundError:
-            return f"{what} not found: {path}", None
+            return f"{what} not found: {os.path.abspath(path)}", None
         except Exception as err:  # truncated or not an .npy file
             return f"cannot read {what} {path}: {err}", None
     from PIL import Image
@@ -528,7 +529,7 @@ def _probe(path: Path, full: bool, what: str = "image") -> tuple[str | None, tup
                 im.load()
             w, h = im.size
     except FileNotFoundError:
-        return f"{what} not found: {path}", None
+        return f"{what} not found: {os.path.abspath(path)}", None
     except Exception as err:  # PIL raises many kinds (UnidentifiedImageError, OSError, SyntaxError)
         return f"cannot read {what} {path}: {err}", None
     return None, (int(h), int(w))

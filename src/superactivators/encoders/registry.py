@@ -463,6 +463,8 @@ def reference_table(n_samples: int = 5000) -> list[LayerRow]:
 
 def format_families() -> str:
     """Human-readable list of families and their default sweeps (``superactivators models``)."""
+    import textwrap  # noqa: PLC0415
+
     lines = ["Model families (layers: 'sweep' selects the default sweep; any 'P%', index or 'all' works):", ""]
     for f in FAMILIES:
         sweep = ", ".join(f"{p:g}" for p in f.sweep) + " %"
@@ -470,12 +472,15 @@ def format_families() -> str:
         lines.append(f"{'':14s} model_type: {', '.join(f.model_types)}")
         if f.hub_ids:
             lines.append(f"{'':14s} known ids: {', '.join(f.hub_ids)}")
-        lines.append(f"{'':14s} {f.notes}")
+        lines += textwrap.wrap(f.notes, 100, initial_indent=" " * 15, subsequent_indent=" " * 15,
+                               break_on_hyphens=False)
     lines += ["", "Seed checkpoints: sweep -> layer (the seed's rule: floor(p * n / 100), clamped to [1, n]):", ""]
-    lines.append(f"{'model':41s} {'family':13s} {'n':>3s} {'d':>5s} {'tokens':>6s} {'GB':>5s}  sweep layers")
-    for r in reference_table():
-        lines.append(f"{r.hub_id:41s} {r.family:13s} {r.n_layers:3d} {r.hidden_size:5d} {r.tokens_typical:6d} "
-                     f"{r.store_gb_5000:5.1f}  {', '.join(map(str, r.layers))}")
+    from ..util.console import text_table  # noqa: PLC0415
+
+    rows = [[r.hub_id, r.family, r.n_layers, r.hidden_size, r.tokens_typical, f"{r.store_gb_5000:.1f}",
+             ",".join(map(str, r.layers))] for r in reference_table()]
+    lines.append(text_table(["model", "family", "n", "d", "tokens", "GB", "sweep layers"], rows,
+                            numeric=[False, False, True, True, True, True, True]))
     lines += ["", "tokens = typical stored tokens per sample; GB = one layer of 5,000 samples in fp16.",
               "Mllama images: 1600 patches per 560-px tile, 1-4 tiles by aspect ratio (3200 = a 640x480 photo);",
               "text: ~200-token paragraphs. Details: docs/models.md."]

@@ -343,6 +343,14 @@ class SuperActivatorDetector(BaseEstimator):
             else int(token_activations.shape[1])
         return self
 
+    def __repr__(self, N_CHAR_MAX: int = 700) -> str:
+        """scikit-learn's parameter line, then (fitted) the short table of concepts, N and τ."""
+        head = super().__repr__(N_CHAR_MAX)
+        return head if not hasattr(self, "thresholds_") else head + "\n" + fitted_table(self, "text")
+
+    def _repr_html_(self) -> str:
+        return super()._repr_html_() if not hasattr(self, "thresholds_") else fitted_table(self, "html")
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "thresholds_"):
             from sklearn.exceptions import NotFittedError
@@ -411,6 +419,22 @@ class SuperActivatorDetector(BaseEstimator):
         """Macro F1 over the concepts with at least one positive sample (the ``__macro__`` row)."""
         t = self.evaluate(token_activations, sample_index, sample_labels, valid)
         return float(t.loc[t.concept == MACRO, "f1"].iloc[0])
+
+
+def fitted_table(est: SuperActivatorDetector, kind: str = "text") -> str:
+    """A fitted estimator's concepts with their chosen N and threshold τ (text or HTML)."""
+    import html  # noqa: PLC0415
+
+    from ..util.console import fmt_num, html_table, limited, text_table  # noqa: PLC0415
+
+    layer = getattr(est.concept_set_, "layer", -1) if est.concept_set_ is not None else -1
+    rows = [[n, "–" if layer < 0 else str(layer), fmt_num(p), fmt_num(t)]
+            for n, p, t in zip(est.concept_names_, est.n_pct_, est.thresholds_)]
+    heads = ["concept", "layer", "N %", "τ"]
+    if kind == "html":
+        return f"<b>SuperActivatorDetector</b> ({html.escape(est.method)}), {len(rows)} concepts" + html_table(heads, rows)
+    rows, more = limited(rows)
+    return "\n".join([text_table(heads, rows, numeric=[False, True, True, True])] + ([more] if more else []))
 
 
 @dataclass

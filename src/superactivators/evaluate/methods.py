@@ -47,6 +47,7 @@ class Method:
     default: bool = True  # in ``detect.methods`` unless the user picks
     prompt_protocol: str | None = None  # asked of a language model under this prompting protocol
     in_estimator: bool = True  # offered by ``SuperActivatorDetector(method=...)``
+    short: str = ""  # console name, so that a method table fits 100 columns (default: the name)
 
     @property
     def free_reference(self) -> bool:
@@ -59,14 +60,15 @@ class Method:
         return self.score == "max_token"
 
 
-SUPERACTIVATOR = Method("superactivator", "SuperActivator", "tail", "max_token", "in_concept_tokens")
+SUPERACTIVATOR = Method("superactivator", "SuperActivator", "tail", "max_token", "in_concept_tokens", short="SA")
 SUPERACTIVATOR_SAMPLE = Method("superactivator_sample", "SuperActivator (sample labels)", "tail", "max_token",
-                               "top_tokens", in_estimator=False)
+                               "top_tokens", in_estimator=False, short="SA_sample")
 GLOBAL = Method("global", "global (CLS/pooled)", "baseline", "global", "positive_samples")
-MAX_TOKEN = Method("max_token", "max token", "baseline", "max_token", "positive_samples")
-MEAN_TOKEN = Method("mean_token", "mean token", "baseline", "mean_token", "positive_samples")
-LAST_TOKEN = Method("last_token", "last token", "baseline", "last_token", "positive_samples")
-RANDOM_TOKEN = Method("random_token", "random token", "baseline", "random_token", "positive_samples")
+MAX_TOKEN = Method("max_token", "max token", "baseline", "max_token", "positive_samples", short="max_tok")
+MEAN_TOKEN = Method("mean_token", "mean token", "baseline", "mean_token", "positive_samples", short="mean_tok")
+LAST_TOKEN = Method("last_token", "last token", "baseline", "last_token", "positive_samples", short="last_tok")
+RANDOM_TOKEN = Method("random_token", "random token", "baseline", "random_token", "positive_samples",
+                      short="rand_tok")
 PROMPT = Method("prompt", "prompting (yes-no margin)", "baseline", "prompt", "positive_samples", default=False,
                 prompt_protocol="margin", in_estimator=False)
 PROMPT_SEED = Method("prompt_seed", "prompting (seed's Yes/No)", "decision", "prompt_seed", "none", default=False,
@@ -131,6 +133,26 @@ def label(name: str) -> str:
     base, var = split(name)
     rec = BY_NAME.get(base)
     return (rec.label if rec is not None else base) + (" @best thr." if var else "")
+
+
+#: console names of table columns that are not methods
+SHORT_COLUMNS = {"margin_vs_best_baseline": "SA_margin", "concept_type": "type"}
+#: console spelling of each variant
+SHORT_VARIANTS = {BEST_THRESHOLD: "best"}
+
+
+def short_label(name: str) -> str:
+    """A result row's (or table column's) console name: ``max_token@best_threshold`` ->
+    ``max_tok@best``, ``f1:max_token`` -> ``f1:max_tok``; short enough for a 100-column table."""
+    metric, colon, method = str(name).rpartition(":")
+    if colon and metric and not metric.endswith(":"):  # "metric:method", not a concept "a::b"
+        return f"{metric}:{short_label(method)}"
+    if name in SHORT_COLUMNS:
+        return SHORT_COLUMNS[name]
+    base, var = split(str(name))
+    rec = BY_NAME.get(base)
+    out = (rec.short or rec.name) if rec is not None else base
+    return out + (f"{VARIANT_SEP}{SHORT_VARIANTS.get(var, var)}" if var else "")
 
 
 def order(names: list[str] | tuple[str, ...]) -> list[str]:

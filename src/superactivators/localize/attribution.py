@@ -44,7 +44,7 @@ from torch import nn
 from ..concepts.supervised import ConceptSet
 from ..encoders.capture import LayerTap
 from ..evaluate.calibrate import tail_thresholds
-from ..evaluate.methods import LOC_SUPERACTIVATOR, LOC_TWOSTAGE, MACRO, SA
+from ..evaluate.methods import LOC_SUPERACTIVATOR, LOC_TWOSTAGE, MACRO, SA, short_label
 from ..evaluate.metrics import Confusion
 from ..evaluate.scoring import make_scorer
 from ..store.layout import StageFolder
@@ -53,6 +53,7 @@ from ..util.io import atomic_save_npz, atomic_write_bytes, stable_hash
 from ..util.tables import read_table
 from .options import ATTRIBUTIONS, TARGETS, LocalizeConfig
 from .tokens import LocMethodResult, _f1, localization_grid, localization_table, twostage_scores
+from ..util.console import frame_text
 
 
 
@@ -332,7 +333,19 @@ def _rise_masks(n: int, rows: int, cols: int, rng: np.random.Generator) -> np.nd
 
 def attribute(adapter: _Adapter, method: str, x: torch.Tensor, extra: tuple, target: int,
               opts: AttributionOptions) -> torch.Tensor:
-    """Per-token attribution maps ``[B, T]`` (T = patches, or every token position for text)."""
+    """Per-token attribution maps ``[B, T]`` (T = patches, or every token position for text).
+
+    captum's "Input Tensor 0 did not already require gradients" (it switches them on itself, as
+    it must for the maps) tells the user nothing: silenced here, where it is raised."""
+    import warnings  # noqa: PLC0415
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Input Tensor \d+ did not already require gradients")
+        return _attribute(adapter, method, x, extra, target, opts)
+
+
+def _attribute(adapter: _Adapter, method: str, x: torch.Tensor, extra: tuple, target: int,
+               opts: AttributionOptions) -> torch.Tensor:
     import captum.attr as ca
 
     fwd = adapter.forward
@@ -723,5 +736,6 @@ def format_attribution(table: pd.DataFrame) -> str:
     pv = pv.reindex(columns=[c for c in ("precision", "recall", "f1", "iou", "seconds") if c in pv.columns])
     pv = pv.reset_index()
     pv["method"] = pd.Categorical(pv["method"], order, ordered=True)
-    with pd.option_context("display.width", 200, "display.max_rows", 200):
-        return pv.sort_values(["layer", "concept_type", "method"]).round(3).to_string(index=False)
+
+    with pd.option_context("display.max_rows", 200):
+        return frame_text(pv.sort_values(["layer", "concept_type", "method"]), index=False, short=short_label)

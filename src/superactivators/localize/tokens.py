@@ -45,13 +45,14 @@ import pandas as pd
 
 from ..concepts.supervised import ConceptSet
 from ..evaluate.calibrate import DEFAULT_GRID, tail_rule_key, tail_thresholds
-from ..evaluate.methods import LOC_METHODS, LOC_SUPERACTIVATOR, MACRO, SA
+from ..evaluate.methods import LOC_METHODS, LOC_SUPERACTIVATOR, MACRO, SA, short_label
 from ..evaluate.metrics import Confusion
 from ..evaluate.scoring import PassContext, ScoreSummary, make_scorer, score_store
 from ..store.layout import StageFolder
 from ..store.tokens import Shard, TokenStore
 from ..util.io import atomic_write_bytes, stable_hash
 from ..util.tables import read_table
+from ..util.console import frame_text
 
 #: Added to the detection grid for localisation: its optimum keeps most in-concept tokens (on the
 #: image demo, N = 95 %, the detection grid's broadest value, won for 131 of 168 concept x layer x
@@ -532,5 +533,5 @@ def format_localization(table: pd.DataFrame) -> str:
     """Macro token-level F1 and IoU per (layer, concept type) and method, as text."""
     pv = localization_macro(table)
     pv.columns = [f"{metric}:{method}" for metric, method in pv.columns]
-    with pd.option_context("display.width", 250, "display.max_columns", 60):
-        return pv.round(3).to_string()
+
+    return frame_text(pv, short=short_label)  # 100 columns; the full table is localization_metrics.csv

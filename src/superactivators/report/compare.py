@@ -5,11 +5,14 @@ with every concept at its own best layer (chosen on ``cal``), weighted by test p
 the seed's bootstrap error (:mod:`superactivators.stats.bootstrap`). Per row the best method is
 marked, and every other method whose gap to the best is not significant (paired bootstrap on
 the same test resamples, one-sided p >= 0.05) is flagged: the data cannot tell it from the best.
+Beside it, SuperActivator against every other method in words from the two-sided paired test
+(``sa_verdict``: significantly better / significantly worse / no significant difference; ``sa_p_two``).
 Written as CSV (long, every number), Markdown and LaTeX.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +20,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..evaluate.methods import METHODS, WEIGHTED, has_variant
+from ..evaluate.methods import METHODS, SA, WEIGHTED, has_variant, short_label
 from ..stats.bestlayers import best_layer_table
-from ..stats.bootstrap import ALPHA, DEFAULT_RESAMPLES
+from ..stats.bootstrap import ALPHA, DEFAULT_RESAMPLES, significance_words
 from ..store.artefacts import require_intact
 from ..store.layout import RunLayout
 from ..util.io import atomic_write_bytes
 from ..util.yamlio import load_yaml_file
+from ..util.console import frame_text, wrap
 
 BEST, TIED = "*", "†"
 LEGEND = (f"{BEST} best in its row; {TIED} not significantly below the best (paired bootstrap of weighted F1 "
@@ -35,7 +39,7 @@ def run_identity(run_dir: Path) -> tuple[str, str]:
     """(dataset, model) of a run, from its ``config.yaml``."""
     path = RunLayout(run_dir).config
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a run folder?")
+        raise FileNotFoundError(f"{os.path.abspath(path)} not found: is {run_dir} a run folder?")
     cfg = load_yaml_file(path)
     cfg = cfg if isinstance(cfg, dict) else {}
     data = str((cfg.get("data") or {}).get("path", "?"))
@@ -75,10 +79,25 @@ class Comparison:
             rows[key] = [cells.get(m, "") for m in self.methods()]
         return pd.DataFrame.from_dict(rows, orient="index", columns=self.methods())
 
+    def verdicts(self) -> list[str]:
+        """One line per row and method: SuperActivator against it, in words (two-sided paired test)."""
+
+        out = []
+        if "sa_verdict" not in self.long.columns:
+            return out
+        for key, g in self.long.groupby("row", sort=False):
+            out.append(f"{key}: SuperActivator vs")
+            for _, r in g[g["sa_verdict"].notna()].iterrows():
+                out.append(f"  {short_label(r['method']):<13} {r['sa_diff']:+.3f}  {r['sa_verdict']} (p = {r['sa_p_two']:.3f})")
+        return out
+
     def text(self) -> str:
-        with pd.option_context("display.width", 250, "display.max_columns", 50, "display.max_colwidth", 40):
-            out = self.wide("text").to_string()
-        return out + "\n" + LEGEND + "".join(f"\nnote: {n}" for n in self.notes)
+
+        out = frame_text(self.wide("text"), short=short_label)  # 100 columns, blocks of methods; every number in compare.csv
+        lines = self.verdicts()
+        sig = ("\n" + "\n".join(lines) + "\n(paired bootstrap of weighted F1, two-sided p < "
+               f"{ALPHA:g}: significantly better / worse)") if lines else ""
+        return out + "\n" + wrap(LEGEND) + sig + "".join(f"\n{wrap('note: ' + n, indent='  ')}" for n in self.notes)
 
     def markdown(self) -> str:
         w = self.wide("md")
@@ -131,11 +150,15 @@ def compare_runs(run_dirs: Sequence[str | Path], n_resamples: int = DEFAULT_RESA
             boot = res.boot.get(ct)
             for m, r in g.iterrows():
                 p = float(boot.paired(best, m, "weighted").p) if boot is not None and m != best else np.nan
+                sa = boot.paired(SA, m, "weighted") \
+                    if boot is not None and m != SA and SA in g.index else None
                 rows.append({"row": f"{dataset} · {model} · {ct}", "run": str(rd), "dataset": dataset, "model": model,
                              "concept_type": ct, "method": m, "f1": r["f1"], "f1_err": r.get("f1_err", np.nan),
                              "f1_lo": r.get("f1_lo", np.nan), "f1_hi": r.get("f1_hi", np.nan),
                              "n_concepts": r.get("n_concepts", np.nan), "support": r.get("support", np.nan),
-                             "best": m == best, "p_vs_best": p, "tied": bool(m != best and p >= alpha)})
+                             "best": m == best, "p_vs_best": p, "tied": bool(m != best and p >= alpha),
+                             "sa_diff": float(sa.diff) if sa else np.nan, "sa_p_two": float(sa.p_two) if sa else np.nan,
+                             "sa_verdict": significance_words(float(sa.diff), float(sa.p_two), alpha) if sa else None})
     long = pd.DataFrame(rows)
     # two runs of the same dataset, model and concept type: tell them apart by folder
     runs_per_row = long.groupby("row")["run"].transform("nunique")

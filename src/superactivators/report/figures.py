@@ -250,13 +250,13 @@ def method_comparison_figure(per_concept: pd.DataFrame, title: str, methods: Seq
 
     ``per_concept`` has columns method, concept, f1 (concepts without test positives removed
     by the caller). Without ``summary`` a bar is the macro F1 of the dots. With ``summary``
-    (index method; columns f1, and optionally f1_err and sa_p) a bar is that value, typically
-    F1 weighted by test positives, with ``± f1_err`` as an error bar, and every baseline is
-    marked by the paired test against SuperActivator: ``*`` when SuperActivator is better at
-    p < 0.05, ``n.s.`` when not.
+    (index method; columns f1, and optionally f1_err, sa_diff and sa_p_two, or the older
+    one-sided sa_p) a bar is that value, typically F1 weighted by test positives, with
+    ``± f1_err`` as an error bar, and every baseline is marked by the paired test against
+    SuperActivator: ``SA better *`` / ``SA worse *`` at two-sided p < 0.05, ``n.s.`` when not.
     """
     methods = list(methods or dict.fromkeys(per_concept["method"]))
-    marks = summary is not None and "sa_p" in summary.columns
+    marks = summary is not None and ("sa_p" in summary.columns or "sa_p_two" in summary.columns)
     fig, axes = new_figure(9.4 if marks else 7.6, 0.55 * len(methods) + 1.5)
     ax = axes[0]
     ax.grid(axis="y", visible=False)
@@ -275,18 +275,20 @@ def method_comparison_figure(per_concept: pd.DataFrame, title: str, methods: Seq
         label = f"{value:.3f}" + (f" ± {err:.3f}" if np.isfinite(err) else "")
         ax.text(0.012, y, label, va="center", ha="left", fontsize=10.5, zorder=4,
                 fontweight="bold" if m == SA else "normal", color="white" if m == SA else "black")
-        p = float(summary.loc[m, "sa_p"]) if has and "sa_p" in summary.columns else np.nan
+        pcol = "sa_p_two" if summary is not None and "sa_p_two" in summary.columns else "sa_p"
+        p = float(summary.loc[m, pcol]) if has and pcol in summary.columns else np.nan
         if m != SA and np.isfinite(p):
-            lower = has and "sa_diff" in summary.columns and float(summary.loc[m, "sa_diff"]) < 0
-            mark = "SA better *" if p < 0.05 else ("SA lower, n.s." if lower else "n.s.")
+            d = float(summary.loc[m, "sa_diff"]) if "sa_diff" in summary.columns else 1.0
+            sig = p < 0.05 and (pcol == "sa_p" or d != 0)
+            mark = ("SA better *" if d > 0 else "SA worse *") if sig else ("SA lower, n.s." if d < 0 else "n.s.")
             ax.text(1.04, y, f"{mark}\np = {p:.3f}", va="center", ha="left", fontsize=9, transform=ax.get_yaxis_transform(),
-                    color=SUPER if p < 0.05 else "#5b6475", zorder=4, clip_on=False)
+                    color=(SUPER if d > 0 else OKABE_ITO["blue"]) if sig else "#5b6475", zorder=4, clip_on=False)
     ax.set_yticks(range(len(methods))[::-1], [method_label(m) for m in methods])
     ax.set_xlim(0, 1.02)
     ax.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     what = "weighted by test positives ± error" if summary is not None else "macro over concepts"
     ax.set_xlabel(f"test F1 (bar: {what}; dots: single concepts)")
-    ax.set_title(title + ("\nright: paired bootstrap, SuperActivator better than the method (one-sided p)" if marks else ""),
+    ax.set_title(title + ("\nright: SuperActivator vs the method, paired bootstrap (two-sided p)" if marks else ""),
                  loc="left")
     return fig
 
@@ -382,11 +384,12 @@ def image_samples_figure(panels: Sequence[ImagePanel], threshold: float, title: 
     vals = np.concatenate([p.acts[p.valid] for p in panels])
     top = max(vals.max(), threshold) if vals.size and np.isfinite(threshold) else (vals.max() if vals.size else 1.0)
     vmin, vmax = (float(vals.min()), float(top)) if vals.size else (0.0, 1.0)
-    h = 4.5 * len(panels) + (0.5 if title else 0.1)
+    head = 0.85 if title else 0.55  # inches above the first row: the title, then the row's two-line titles
+    h = 4.5 * len(panels) + head - 0.45
     with plt.rc_context(dict(STYLE, **{"figure.constrained_layout.use": False})):
         fig = Figure(figsize=(9.4, h))
         gs = fig.add_gridspec(len(panels), 3, width_ratios=[1, 1, 0.045], left=0.01, right=0.91, wspace=0.06,
-                              bottom=0.1 / h, top=1 - (0.75 if title else 0.55) / h, hspace=0.2)
+                              bottom=0.1 / h, top=1 - head / h, hspace=0.2)
         axes = np.array([[fig.add_subplot(gs[i, 0]), fig.add_subplot(gs[i, 1])] for i in range(len(panels))])
         cax = fig.add_subplot(gs[:, 2])
     hm = None
@@ -396,7 +399,7 @@ def image_samples_figure(panels: Sequence[ImagePanel], threshold: float, title: 
         a0.imshow(p.image, extent=extent, interpolation="bilinear")
         hm = a0.imshow(np.where(p.valid, p.acts, np.nan), extent=extent, cmap="magma", alpha=0.6, vmin=vmin,
                        vmax=vmax, interpolation="nearest")
-        a0.set_title(f"{p.label}\nraw token activations" if p.label else "raw token activations", loc="left",
+        a0.set_title(f"{p.label}\nraw patch activations" if p.label else "raw patch activations", loc="left",
                      fontsize=10.5)
         sup = p.valid & (p.acts >= threshold)
         a1.imshow(p.image, extent=extent, interpolation="bilinear")
@@ -422,8 +425,8 @@ def image_samples_figure(panels: Sequence[ImagePanel], threshold: float, title: 
     cb.set_label("activation (left panels)")
     if np.isfinite(threshold):
         cb.ax.axhline(threshold, color=SUPER, linewidth=2.5)
-    if title:
-        fig.suptitle(title, fontweight="bold", x=0.01, ha="left")
+    if title:  # a fixed 0.08 inch from the top whatever the rows (a figure-fraction y drifts into them)
+        fig.suptitle(title, fontweight="bold", x=0.01, ha="left", va="top", y=1 - 0.08 / h)
     return fig
 
 

@@ -36,7 +36,7 @@ from ..evaluate.detect import run_detection
 from ..evaluate.methods import MACRO, METHODS, SA, WEIGHTED, has_variant, is_baseline
 from ..evaluate.scoring import ScoreSummary
 from ..stats.bestlayers import write_best_layers
-from ..stats.bootstrap import DEFAULT_RESAMPLES
+from ..stats.bootstrap import ALPHA, BETTER, DEFAULT_RESAMPLES, WORSE, significance_words
 from ..stats.sweep import best_layers, headline, layer_curve, load_metrics, per_concept_rows, sweep_macro
 from ..store.artefacts import require_intact
 from ..store.layout import RunLayout, StageFolder
@@ -74,7 +74,9 @@ def load_best_layers(run_dir: Path, seed: int = 0) -> pd.DataFrame:
     ``detection_metrics.csv`` (runs from before it existed)."""
     path, metrics = RunLayout(run_dir).best_layers, RunLayout(run_dir).detection_metrics
     if path.exists() and path.stat().st_mtime >= metrics.stat().st_mtime:
-        return read_table(path, rebuild=f"delete it and run 'superactivators report {run_dir}' again")
+        table = read_table(path, rebuild=f"delete it and run 'superactivators report {run_dir}' again")
+        if "sa_p" not in table.columns or "sa_p_two" in table.columns:  # else from before the two-sided test
+            return table
     return write_best_layers(run_dir, seed=seed).table
 
 
@@ -320,8 +322,9 @@ class ReportBuilder:
         src = store.info.dataset.get("source")
         try:
             outside = bool(store.info.dataset.get("allow_outside_paths", False))  # as the run allowed
+            cols = store.info.dataset.get("columns") if not str(src).endswith(".json") else None  # CSV mapping
             return load_dataset(src, concepts=store.concepts, ground_truth="none",
-                                allow_outside_paths=outside) if src else None
+                                allow_outside_paths=outside, columns=cols) if src else None
         except Exception as err:  # report without examples rather than fail
             self.notes.append(f"example samples left out: cannot read the dataset {src!r} ({err})")
             return None
@@ -396,10 +399,10 @@ class ReportBuilder:
             bm = str(base_rows["f1"].idxmax())
             b = base_rows.loc[bm]
             d = float(sa["f1"] - b["f1"])
-            p = b.get("sa_p", np.nan)
-            sig = "" if pd.isna(p) else (
-                f" <span class='sig yes'>significant, p = {p:.3f}</span>" if p < 0.05
-                else f" <span class='sig no'>not significant, p = {p:.3f}</span>")
+            p = b.get("sa_p_two", np.nan)
+            words = significance_words(d, float(p), ALPHA) if pd.notna(p) else ""
+            cls = {BETTER: "yes", WORSE: "worse"}.get(words, "no")
+            sig = f" <span class='sig {cls}'>{words}, p = {p:.3f}</span>" if words else ""
             text = (f"<div>vs <b>{b['f1']:.3f}{pm(b)}</b> for the best baseline ({F.method_label(bm)}) "
                     f"<span class='delta {'good' if d >= 0 else 'bad'}'>{d:+.3f}</span>{sig}</div>")
         return (f"<div class='card'><div class='card-t'>{html.escape(ct)} concepts</div>"
@@ -423,12 +426,8 @@ class ReportBuilder:
         if store.info.token_ground_truth == "sample":  # say it where the headline numbers are
             heads.insert(0, "<div class='card' id='sample-labels-note'><div class='card-t'>sample labels only</div>"
                             f"<div>{html.escape(SAMPLE_LABELS_NOTE[0].upper() + SAMPLE_LABELS_NOTE[1:])}</div></div>")
-        # first view: the first concept type at the layer where SuperActivator's macro F1 on cal peaks
-        sa_curve = curve[(curve["method"] == SA) & (curve["concept_type"] == ctypes[0])]
-        rank = "cal_f1" if "cal_f1" in sa_curve else "f1"
-        default_layer = (int(sa_curve.sort_values([rank, "layer"], ascending=[False, True])["layer"].iloc[0])
-                         if len(sa_curve) else layers[0])
-        state = {"ct": ctypes[0], "layer": default_layer, "concept": names[0]}
+        drawn = self._drawn_layers() or list(layers)
+        state = self._first_view(curve, ctypes, drawn, names)
         stage_tables = {}
         rows = per_concept_rows(table)
         for (ct, layer, concept), sub in rows.groupby(["concept_type", "layer", "concept"], sort=False):
@@ -449,7 +448,7 @@ class ReportBuilder:
             n=store.n_samples, ntok=store.n_tokens, splits=", ".join(f"{k} {v}" for k, v in n_split.items()),
             layers=", ".join(map(str, layers)), ctypes=", ".join(map(html.escape, ctypes)), nconcepts=len(names),
             cards="".join(heads), peak=PEAK_NOTE, n_boot=DEFAULT_RESAMPLES,
-            opt_ct=opts(ctypes), opt_layer=opts(layers, lambda v: f"layer {v}"), opt_concept=opts(names),
+            opt_ct=opts(ctypes), opt_layer=opts(drawn, lambda v: f"layer {v}"), opt_concept=opts(names),
             best_table=html_table(self.best_table.rename(columns={"best_layer": "best layer"}), table_id="t-best",
                                   filter_box=True),
             choice_table=html_table(self._layer_choice(), table_id="t-choice", filter_box=True),
@@ -458,9 +457,29 @@ class ReportBuilder:
             all_table=html_table(table, table_id="t-all", filter_box=True),
             ex_kind=ex_kind, notes=f"<ul class='notes'>{notes}</ul>" if notes else "",
             data=json.dumps(data).replace("</", "<\\/"), css=CSS, js=JS,
-            image_fig=IMAGE_FIG if ex_kind == "image" else "",
+            image_fig=IMAGE_FIG if ex_kind == "image" else TEXT_EXAMPLES,
+            legend=IMAGE_LEGEND if ex_kind == "image" else TEXT_LEGEND,
         )
         return self._initial_src(page, state)
+
+    def _drawn_layers(self) -> list[int]:
+        """Layers with per-layer figures (``--layers`` draws a subset): the only ones the menu offers."""
+        keys = [k for view in ("concept", "methods_layer", "f1n_layer") for k in self.figs.get(view, {})]
+        return sorted({int(k.split("|")[1]) for k in keys})
+
+    def _first_view(self, curve: pd.DataFrame, ctypes: list[str], drawn: list[int], names: list[str]) -> dict:
+        """The selection the page opens on: the headline's (first) concept type at its best drawn
+        layer (SuperActivator's macro F1 on cal, ties to the shallower layer) and the first concept
+        with a figure there, so that no panel starts empty."""
+        have = {tuple(k.split("|")[:2]) for k in self.figs.get("concept", {})}
+        ct = next((t for t in ctypes if any(h[0] == t for h in have)), ctypes[0])
+        sa_curve = curve[(curve["method"] == SA) & (curve["concept_type"] == ct)
+                         & curve["layer"].isin(drawn)]
+        rank = "cal_f1" if "cal_f1" in sa_curve else "f1"
+        layer = (int(sa_curve.sort_values([rank, "layer"], ascending=[False, True])["layer"].iloc[0])
+                 if len(sa_curve) else drawn[0])
+        concept = next((n for n in names if f"{ct}|{layer}|{n}" in self.figs.get("concept", {})), names[0])
+        return {"ct": ct, "layer": layer, "concept": concept}
 
     def _initial_src(self, page: str, state: dict) -> str:
         """Give every figure its initial ``src`` so that the page shows the default view without
@@ -510,7 +529,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, formats
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"run folder not found: {run_dir}")
+        raise FileNotFoundError(f"run folder not found: {os.path.abspath(run_dir)}")
     if not formats or formats[0] != "png":
         raise ValueError(f"formats must start with 'png' (the page shows PNG), got {list(formats)}")
     require_intact(run_dir)  # every recorded artefact against its checksum: damage names the file
@@ -527,10 +546,18 @@ PEAK_NOTE = ("SuperActivator macro F1 on test as a function of N (the share of i
              "the threshold), one line per layer: where the tail separates concept from noise. The paper reports "
              "peaks at 5-10 %.")
 
-IMAGE_FIG = """<figure><img data-view="image_examples" data-key="concept" alt="image samples with token activations">\
+IMAGE_FIG = """<figure><img data-view="image_examples" data-key="concept" alt="image samples with patch activations">\
 <div class="missing" hidden>no image samples for this selection</div>
-<figcaption>Left: each patch's activation over the image; right: SuperActivator patches (≥ τ) framed in vermillion, annotated
-concept patches dashed blue. <a class="svg" href="#">SVG</a></figcaption></figure>"""
+<figcaption><a class="svg" href="#">SVG</a></figcaption></figure>"""
+
+TEXT_EXAMPLES = '<div data-frag="examples" data-key="concept"></div>'
+
+TEXT_LEGEND = """Token shade = activation (white: at or below the median out-of-concept token, darkest blue: τ);
+<span class="tok sa">framed bold</span> = SuperActivator (activation ≥ τ); <span class="tok gt">underlined</span> = annotated
+concept evidence. Hover a token for its value. The same samples are shown at every layer."""
+
+IMAGE_LEGEND = """Left: each patch's activation over the image; right: SuperActivator patches (activation ≥ τ) framed in
+vermillion, annotated concept patches dashed blue. The same images are shown at every layer."""
 
 CSS = """
 :root{--sa:#D55E00;--blue:#0072B2;--ink:#1d2330;--muted:#5b6475;--line:#e3e6ec;--bg:#f7f8fa}
@@ -555,7 +582,7 @@ section{background:#fff;border:1px solid var(--line);border-radius:10px;padding:
 .delta{font-weight:700;padding:1px 6px;border-radius:5px}
 .delta.good{background:#e3f4ec;color:#006b4e}.delta.bad{background:#fbe9e1;color:#a23d00}
 .pm{font-size:18px;font-weight:600;margin-left:4px}
-.sig{font-size:12.5px;padding:1px 6px;border-radius:5px}.sig.yes{background:#e3f4ec;color:#006b4e}.sig.no{background:#eef0f4;color:#5b6475}
+.sig{font-size:12.5px;padding:1px 6px;border-radius:5px}.sig.yes{background:#e3f4ec;color:#006b4e}.sig.no{background:#eef0f4;color:#5b6475}.sig.worse{background:#fbe9e1;color:#a23d00}
 figure{margin:8px 0}
 figure img{max-width:100%;height:auto;border:1px solid var(--line);border-radius:6px;background:#fff}
 figcaption{font-size:13px;color:var(--muted)}
@@ -668,7 +695,8 @@ layers {layers} · concept types {ctypes} · {nconcepts} concepts · thresholds 
 <h2>Does the tail beat the aggregators?</h2>
 <p class="muted">Each concept is read at its own best layer (highest F1 on <i>cal</i>); cards and method bars are test F1
 weighted by test positives (the paper's number) ± the seed's bootstrap error ({n_boot} resamples of the test samples);
-"significant" = SuperActivator beats that method in a paired bootstrap on the same resamples (one-sided p &lt; 0.05).
+SuperActivator is "significantly better" or "significantly worse" than a method when a paired bootstrap on the same
+resamples rejects "no difference" (two-sided p &lt; 0.05); otherwise there is "no significant difference".
 A sample is detected when any of its tokens reaches the concept's tail threshold τ (SuperActivator); the baselines threshold one score per sample.</p>
 <div class="cards">{cards}</div>
 {notes}
@@ -676,7 +704,7 @@ A sample is detected when any of its tokens reaches the concept's tail threshold
 <figcaption>Macro test F1 per layer (one line per method); dotted: SuperActivator with each concept at its best layer. <a class="svg" href="#">SVG</a></figcaption></figure>
 <div class="row">
 <figure><img data-view="methods_best" data-key="ct" alt="method comparison at the best layers"><div class="missing" hidden>no figure</div>
-<figcaption>Method comparison for <b class="cur-ct"></b> concepts at their best layers: bar = weighted F1 ± error, dot = one concept; right: SuperActivator better (* p &lt; 0.05) or not (n.s.). <a class="svg" href="#">SVG</a></figcaption></figure>
+<figcaption>Method comparison for <b class="cur-ct"></b> concepts at their best layers: bar = weighted F1 ± error, dot = one concept; right: SuperActivator significantly better or worse than the method (two-sided p &lt; 0.05), or no significant difference (n.s.). <a class="svg" href="#">SVG</a></figcaption></figure>
 <figure><img data-view="f1n_all" data-key="ct" alt="F1 vs N per layer"><div class="missing" hidden>no figure</div>
 <figcaption>{peak} <a class="svg" href="#">SVG</a></figcaption></figure>
 </div>
@@ -692,10 +720,8 @@ A sample is detected when any of its tokens reaches the concept's tail threshold
 <h3>Every method for this concept at this layer</h3>
 <div data-frag="stage_table" data-key="concept"></div>
 <h3>Test samples</h3>
-<div class="legend" data-kind="{ex_kind}">Token shade = activation (white: at or below the median out-of-concept token, darkest blue: τ);
-<span class="tok sa">framed bold</span> = SuperActivator (activation ≥ τ); <span class="tok gt">underlined</span> = annotated concept evidence. Hover a token for its value. The same samples are shown at every layer.</div>
+<div class="legend" data-kind="{ex_kind}">{legend}</div>
 {image_fig}
-<div data-frag="examples" data-key="concept"></div>
 </section>
 <section id="layer">
 <h2>Layer <span class="cur-layer"></span> <span class="muted">· <span class="cur-ct"></span> concepts</span></h2>
@@ -710,7 +736,8 @@ A sample is detected when any of its tokens reaches the concept's tail threshold
 <h2>Tables</h2>
 <p class="muted">Click a column header to sort; type to filter.</p>
 <h3>Best layer per concept and method (chosen on cal, metrics on test; f1_lo / f1_hi: 95 % bootstrap interval,
-f1_err: the seed's error; sa_diff, sa_p: SuperActivator minus the method, paired bootstrap, one-sided p)</h3>{best_table}
+f1_err: the seed's error; sa_diff: SuperActivator minus the method; paired bootstrap: sa_p one-sided p of "not better",
+sa_p_two two-sided p of "no difference", sa_verdict its words)</h3>{best_table}
 <h3>Macro over concepts at their best layers</h3>{swept_table}
 <h3>Macro test F1 per layer</h3>{macro_table}
 <h3>Every detection metric</h3>{all_table}

@@ -43,9 +43,10 @@ def detection_html(det) -> str:
         n_sa = int(np.sum(acts >= thr)) if acts is not None and np.isfinite(thr) else 0
         rows.append(f"<tr><td>{html.escape(name)}</td><td class=\"{'yes' if present else ''}\">"
                     f"{'present' if present else '–'}</td><td>{det.max_activation[name]:.3f}</td>"
-                    f"<td>{thr:.3f}</td><td>{n_sa}</td></tr>")
+                    f"<td>{thr:.3f}</td><td>{n_sa}</td>"
+                    f"<td>{html.escape(', '.join(e.describe() for e in det.evidence.get(name, [])[:3]))}</td></tr>")
     table = ("<table><tr><th>concept</th><th>verdict</th><th>max activation</th><th>τ</th>"
-             "<th>SuperActivators</th></tr>" + "".join(rows) + "</table>")
+             "<th>SuperActivators</th><th>evidence</th></tr>" + "".join(rows) + "</table>")
     parts = []
     for name in det.shown_concepts():
         acts, thr = det.activations.get(name), det.thresholds.get(name, np.inf)

@@ -11,8 +11,9 @@ recomputed from ``summary.npz`` and the table's thresholds); the recomputed conf
 must equal the table's, else that concept type gets no intervals and a note says why. Added
 columns: ``f1_lo``, ``f1_hi``, ``f1_err`` (see :mod:`~.bootstrap` for the seed's error), and for
 every method but SuperActivator the paired comparison ``sa_diff`` = F1(SuperActivator) - F1(method),
-``sa_diff_lo``, ``sa_diff_hi``, ``sa_p`` (one-sided p of "SuperActivator is not better") and
-``sa_better`` (``sa_p < 0.05``).
+``sa_diff_lo``, ``sa_diff_hi``, ``sa_p`` (one-sided p of "SuperActivator is not better"),
+``sa_better`` (``sa_p < 0.05``), ``sa_p_two`` (two-sided p of "no difference") and ``sa_verdict``
+(significantly better / significantly worse / no significant difference, from ``sa_p_two``).
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ import numpy as np
 import pandas as pd
 
 from ..evaluate.detect import StagePredictions
-from ..evaluate.methods import MACRO, MICRO, SA, WEIGHTED, score_of
+from ..evaluate.methods import MACRO, MICRO, SA, WEIGHTED, score_of, short_label
 from ..evaluate.scoring import ScoreSummary
 from ..store.layout import RunLayout, StageFolder
 from ..store.runs import find_stages, find_store
 from ..util.io import atomic_write_bytes
-from .bootstrap import ALPHA, DEFAULT_RESAMPLES, Bootstrap
+from .bootstrap import ALPHA, DEFAULT_RESAMPLES, TIE, Bootstrap, significance_words
 from .sweep import KEYS, aggregate_rows, best_layers, load_metrics, order_methods
+from ..util.console import wrap
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,9 @@ class BestLayers:
     notes: list[str] = field(default_factory=list)
     n_resamples: int = DEFAULT_RESAMPLES
     seed: int = 0
+
+    def __repr__(self) -> str:  # the headline lines, not the table and the resamples
+        return f"BestLayers ({len(self.table)} rows, {self.n_resamples} resamples, seed {self.seed})\n" + format_headline(self)
 
     def headline(self, concept_type: str) -> pd.DataFrame:
         """Weighted and macro F1 (with error) per method for one concept type, methods as rows."""
@@ -181,10 +186,10 @@ def _with_intervals(b: pd.DataFrame, a: pd.DataFrame, pred: dict[str, pd.DataFra
     idx = pd.MultiIndex.from_product([methods, concepts], names=["method", "concept"])
     per = pd.DataFrame({"f1_lo": pc.lo.ravel(), "f1_hi": pc.hi.ravel(), "f1_err": pc.err.ravel()}, index=idx)
     if SA in methods:
-        cols = {"sa_diff": [], "sa_diff_lo": [], "sa_diff_hi": [], "sa_p": []}
+        cols = {"sa_diff": [], "sa_diff_lo": [], "sa_diff_hi": [], "sa_p": [], "sa_p_two": []}
         for m in methods:
             pr = boot.paired(SA, m)
-            vals = (pr.diff, pr.lo, pr.hi, pr.p) if m != SA else (np.full(len(concepts), np.nan),) * 4
+            vals = (pr.diff, pr.lo, pr.hi, pr.p, pr.p_two) if m != SA else (np.full(len(concepts), np.nan),) * 5
             for key, v in zip(cols, vals):
                 cols[key].append(np.asarray(v, dtype=float))
         for key, v in cols.items():
@@ -197,12 +202,15 @@ def _with_intervals(b: pd.DataFrame, a: pd.DataFrame, pred: dict[str, pd.DataFra
             r = {"method": m, "concept": kind_row, "f1_lo": iv.lo[i], "f1_hi": iv.hi[i], "f1_err": iv.err[i]}
             if SA in methods and m != SA:
                 pr = boot.paired(SA, m, kind)
-                r.update(sa_diff=float(pr.diff), sa_diff_lo=float(pr.lo), sa_diff_hi=float(pr.hi), sa_p=float(pr.p))
+                r.update(sa_diff=float(pr.diff), sa_diff_lo=float(pr.lo), sa_diff_hi=float(pr.hi), sa_p=float(pr.p),
+                         sa_p_two=float(pr.p_two))
             rows.append(r)
     a = a.merge(pd.DataFrame(rows), on=["method", "concept"], how="left")
     for df in (b, a):
         if "sa_p" in df.columns:
             df["sa_better"] = np.where(df["sa_p"].notna(), df["sa_p"] < alpha, None)
+            df["sa_verdict"] = [significance_words(d, p, alpha) if pd.notna(p) else None
+                                for d, p in zip(df["sa_diff"], df["sa_p_two"])]
     return b, a, boot
 
 
@@ -214,24 +222,27 @@ def write_best_layers(run_dir: str | Path, n_resamples: int = DEFAULT_RESAMPLES,
 
 
 def format_headline(res: BestLayers) -> str:
-    """Weighted (the paper's) and macro F1 at the per-concept best layers, one line per method."""
+    """Weighted (the paper's) and macro F1 at the per-concept best layers, one line per method,
+    fitted to 100 columns (intervals and every p-value are in best_layers.csv)."""
+
     lines = []
     t = res.table
     for ct in dict.fromkeys(t["concept_type"]):
-        lines.append(f"{ct}: test F1 with each concept at its best layer (chosen on cal); "
-                     f"weighted by test positives ± error [95% interval], macro; * = SuperActivator better (p < 0.05)")
+        lines.append(wrap(f"{ct}: test F1 with each concept at its best layer (chosen on cal), weighted by test "
+                          f"positives ± error, and macro; SA = SuperActivator minus the method, paired bootstrap, "
+                          f"two-sided p (< {ALPHA:g}: significantly better / worse)"))
         sub = t[t["concept_type"] == ct]
         w = sub[sub["concept"] == WEIGHTED].set_index("method")
         m = sub[sub["concept"] == MACRO].set_index("method")
         for meth in w.index:
             r = w.loc[meth]
-            err = f" ± {r['f1_err']:.3f} [{r['f1_lo']:.3f}, {r['f1_hi']:.3f}]" if "f1_err" in r and pd.notna(r.get("f1_err")) else ""
+            err = f" ± {r['f1_err']:.3f}" if "f1_err" in r and pd.notna(r.get("f1_err")) else ""
             sig = ""
-            if "sa_p" in r and pd.notna(r.get("sa_p")):
-                sig = f"  SA-this {r['sa_diff']:+.3f} (p={r['sa_p']:.3f}){' *' if r['sa_p'] < ALPHA else ''}"
-            lines.append(f"  {meth:<28} weighted {r['f1']:.3f}{err}  macro {m.loc[meth, 'f1']:.3f}{sig}")
+            if pd.notna(r.get("sa_p_two", np.nan)):
+                sig = f"  SA {r['sa_diff']:+.3f} {r.get('sa_verdict') or TIE} (p={r['sa_p_two']:.3f})"
+            lines.append(f"  {short_label(meth):<13} {r['f1']:.3f}{err}  macro {m.loc[meth, 'f1']:.3f}{sig}")
     if res.notes:
-        lines += [f"  note: {n}" for n in res.notes]
+        lines += [wrap(f"  note: {n}", indent="    ") for n in res.notes]
     return "\n".join(lines)
 
 

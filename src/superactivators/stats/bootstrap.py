@@ -24,7 +24,9 @@ each sample in each resample and the per-sample indicators ``X [n, 3K]`` of TP, 
   positives (``1 / C`` for macro); micro has no such formula and gets ``(hi - lo) / 2``;
 - paired: ``d = F1(a) - F1(b)`` per resample; interval of ``d`` and the one-sided p-value
   ``(1 + #{d <= 0}) / (B + 1)`` of "a is not better than b" (identical methods give p = 1;
-  ``a`` better on every resample gives ``1 / (B + 1)``).
+  ``a`` better on every resample gives ``1 / (B + 1)``), and the two-sided p-value
+  ``min(1, 2 min(p(d <= 0), p(d >= 0)))`` of "no difference" (``p_two``), which words the gap
+  either way: significantly better, significantly worse, or no significant difference.
 """
 
 from __future__ import annotations
@@ -102,6 +104,24 @@ def one_sided_p(diff: np.ndarray) -> np.ndarray:
     return (1 + (diff <= 0).sum(axis=0)) / (diff.shape[0] + 1)
 
 
+def two_sided_p(diff: np.ndarray) -> np.ndarray:
+    """``min(1, 2 min((1 + #{d <= 0}), (1 + #{d >= 0})) / (B + 1))`` along axis 0: the p-value
+    of "no difference", so that a significant loss is told from a tie."""
+    B = diff.shape[0]
+    le, ge = (1 + (diff <= 0).sum(axis=0)) / (B + 1), (1 + (diff >= 0).sum(axis=0)) / (B + 1)
+    return np.minimum(1.0, 2 * np.minimum(le, ge))
+
+
+BETTER, WORSE, TIE = "significantly better", "significantly worse", "no significant difference"
+
+
+def significance_words(diff: float, p_two: float, alpha: float = ALPHA) -> str:
+    """How ``a`` compares with ``b`` from the point difference and the two-sided p-value."""
+    if not np.isfinite(p_two) or p_two >= alpha or diff == 0:
+        return TIE
+    return BETTER if diff > 0 else WORSE
+
+
 @dataclass
 class Interval:
     """A point value with its bootstrap interval and error."""
@@ -114,15 +134,24 @@ class Interval:
 
 @dataclass
 class Paired:
-    """``a - b``: the point difference, its interval and the one-sided p-value of a <= b."""
+    """``a - b``: the point difference, its interval, the one-sided p-value of a <= b and the
+    two-sided one of a == b."""
 
     diff: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
     p: np.ndarray
+    p_two: np.ndarray | None = None
 
     def significant(self, alpha: float = ALPHA) -> np.ndarray:
         return self.p < alpha
+
+    def words(self, alpha: float = ALPHA) -> str | list[str]:
+        """:func:`significance_words` of the two-sided test (a list for per-concept arrays)."""
+        d, p = np.asarray(self.diff, float), np.asarray(self.p_two if self.p_two is not None else np.nan, float)
+        if d.ndim == 0:
+            return significance_words(float(d), float(p), alpha)
+        return [significance_words(float(x), float(y), alpha) for x, y in zip(d, np.broadcast_to(p, d.shape))]
 
 
 AGG_KINDS = ("macro", "weighted", "micro")
@@ -230,4 +259,4 @@ class Bootstrap:
             p = self.aggregate_point(kind)
             d, d0 = s[:, i] - s[:, j], p[i] - p[j]
         lo, hi = percentile_interval(d, self.confidence)
-        return Paired(np.asarray(d0), lo, hi, one_sided_p(d))
+        return Paired(np.asarray(d0), lo, hi, one_sided_p(d), two_sided_p(d))

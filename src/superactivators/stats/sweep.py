@@ -9,6 +9,7 @@ at that layer only, so the choice never sees ``test``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ def load_metrics(run_dir: str | Path) -> pd.DataFrame:
     """A run's ``detection_metrics.csv``, with a clear error when the run is not finished."""
     path = RunLayout(run_dir).detection_metrics
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a finished run folder?")
+        raise FileNotFoundError(f"{os.path.abspath(path)} not found: is {run_dir} a finished run folder?")
     table = read_table(path)
     missing = sorted({"layer", *KEYS, "cal_f1", "f1"} - set(table.columns))
     if missing:

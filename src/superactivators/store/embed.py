@@ -196,6 +196,7 @@ def embed_dataset(
         modality=ds.modality, dtype=cfg.store_dtype, model=enc.describe(),
         dataset={"name": ds.name, "source": str(ds.source), "truth": truth_label(ds),
                  "allow_outside_paths": ds.allow_outside_paths,
+                 **({"columns": ds.columns} if getattr(ds, "columns", None) else {}),
                  # positives whose every token counts as in-concept (no span for that concept)
                  "positives_without_spans": positives_without_spans(ds)}, token_ground_truth=gt_kind,
         patch_grid=getattr(enc, "patch_grid", None),

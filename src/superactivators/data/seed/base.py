@@ -8,6 +8,7 @@ sample at a time (:meth:`MaskTruth.masks`), never all at once.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,7 +145,7 @@ def binary_frame(df: pd.DataFrame, cols: Iterable[str], path: Path, line_offset:
 def read_csv(path: Path, what: str) -> pd.DataFrame:
     """A ground-truth CSV as strings; missing or unparsable files are errors naming them."""
     if not path.exists():
-        raise DatasetError(f"{what} not found: {path}")
+        raise DatasetError(f"{what} not found: {os.path.abspath(path)}")
     why = regular_file_problem(path)  # a FIFO would block the read
     if why is not None:
         raise DatasetError(f"{what} {path} {why}")

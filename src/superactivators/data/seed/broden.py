@@ -21,6 +21,7 @@ Metadata ``image_path`` values are the paths inside Broden's ``images/`` (``pasc
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -158,7 +159,7 @@ class BrodenRelease(MaskTruth):
                     with Image.open(path) as im:
                         hw = (im.height, im.width)
                 except FileNotFoundError:
-                    raise DatasetError(f"Broden segmentation not found: {path} ({where})") from None
+                    raise DatasetError(f"Broden segmentation not found: {os.path.abspath(path)} ({where})") from None
                 except (OSError, ValueError) as err:
                     raise DatasetError(f"cannot read Broden segmentation {path} ({where}): {err}") from None
                 if hw != seg:
@@ -173,7 +174,7 @@ class BrodenRelease(MaskTruth):
             with Image.open(path) as im:
                 rgb = np.asarray(im.convert("RGB"), dtype=np.int32)
         except FileNotFoundError:
-            raise DatasetError(f"Broden segmentation not found: {path} (row {row + 2} of {self.rows.source})") from None
+            raise DatasetError(f"Broden segmentation not found: {os.path.abspath(path)} (row {row + 2} of {self.rows.source})") from None
         except (OSError, ValueError) as err:
             raise DatasetError(f"cannot read Broden segmentation {path} (row {row + 2} of "
                                f"{self.rows.source}): {err}") from None

@@ -20,6 +20,7 @@ Only the annotations of the metadata's images are kept after reading (COCO's tra
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +45,7 @@ def _read_json(path: Path) -> dict:
         with open(path, encoding="utf-8") as fh:
             obj = json.load(fh)
     except FileNotFoundError:
-        raise DatasetError(f"COCO annotation file not found: {path}") from None
+        raise DatasetError(f"COCO annotation file not found: {os.path.abspath(path)}") from None
     except (ValueError, UnicodeDecodeError) as err:  # truncated / not JSON
         raise DatasetError(f"{path}: not a valid COCO instances file ({err})") from None
     if not isinstance(obj, dict):

@@ -17,6 +17,7 @@ sample's file.
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from pathlib import Path
@@ -55,7 +56,7 @@ def seed_text_files(root: Path) -> tuple[Path, Path] | None:
     word = pick[0]
     para = root / word.name.replace("word_level_", "paragraph_level_", 1)
     if not para.exists():
-        raise DatasetError(f"{word} needs its paragraph-level file, not found: {para}")
+        raise DatasetError(f"{word} needs its paragraph-level file, not found: {os.path.abspath(para)}")
     return word, para
 
 

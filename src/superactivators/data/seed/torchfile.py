@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ def load_row_list(path: Path, n_rows: int, source: Path, what: str) -> list[Any]
     import torch
 
     if not path.exists():
-        raise DatasetError(f"{what} file not found: {path}")
+        raise DatasetError(f"{what} file not found: {os.path.abspath(path)}")
     try:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
