@@ -29,7 +29,7 @@ def test_options_anywhere_file_and_json(run_dir, tmp_path, capsys):
         assert set(r["concepts"]) == {"emotion::joy", "emotion::fear"}
         for name, c in r["concepts"].items():
             assert c["present"] == (c["max_activation"] >= c["threshold"]) == (name in r["found"])
-            assert all(e["activation"] >= c["threshold"] and "text" in e for e in c["evidence"])
+            assert all(e["activation"] >= c["evidence_threshold"] and "text" in e for e in c["evidence"])
 
 
 def test_no_concept_found_is_said(run_dir, capsys, monkeypatch):
@@ -56,6 +56,7 @@ def test_present_concepts_are_listed_with_tokens(run_dir, capsys, monkeypatch):
     def always(*a, **k):
         det = real(*a, **k)
         det.thresholds = {n: -1e9 for n in det.thresholds}
+        det.localization_thresholds = dict(det.thresholds)  # every patch is evidence
         return det
 
     monkeypatch.setattr(ConceptDetector, "from_run", staticmethod(always))
@@ -87,6 +88,7 @@ def test_images_from_a_file_with_json_patch_boxes(image_run, tmp_path, capsys, m
     def always(*a, **k):
         det = real(*a, **k)
         det.thresholds = {n: -1e9 for n in det.thresholds}
+        det.localization_thresholds = dict(det.thresholds)  # every patch is evidence
         return det
 
     monkeypatch.setattr(ConceptDetector, "from_run", staticmethod(always))

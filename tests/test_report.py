@@ -123,7 +123,7 @@ def test_headline_card_words_the_gap_both_ways(tiny_report_run):
 
     import pandas as pd
 
-    from superactivators.evaluate.detect import WEIGHTED, is_baseline
+    from superactivators.evaluate.methods import WEIGHTED, is_baseline
 
     page = tiny_report_run.page.read_text()
     bl = pd.read_csv(tiny_report_run.run_dir / "best_layers.csv")

@@ -89,7 +89,7 @@ def test_image_report_first_load_has_every_figure(image_run, browser, tmp_path):
     only drawn layers and speak of patches, not tokens."""
     import pandas as pd
 
-    from superactivators.evaluate.detect import MACRO
+    from superactivators.evaluate.methods import MACRO
     from superactivators.report.html import build_report
 
     m = pd.read_csv(image_run.run_dir / "detection_metrics.csv")

@@ -63,6 +63,7 @@ def test_detector_and_detection_reprs(tiny_report_run):
             assert any(ln.split()[:2] == [name, str(layer)] and f"{det.thresholds[name]:.4g}" in ln
                        for ln in text.splitlines())
     det.thresholds = {n: -1e9 for n in det.thresholds}  # every concept present: evidence for each
+    det.localization_thresholds = dict(det.thresholds)  # and every token is evidence
     found = det.detect(["I was so happy and grateful today", "x"])
     r = repr(found[0]).splitlines()
     assert r[0] == f"Detection: {len(det.concepts)} of {len(det.concepts)} concepts present"
@@ -78,6 +79,7 @@ def test_image_evidence_has_patch_row_column_and_pixel_box(image_run):
 
     det = ConceptDetector.from_run(image_run.run_dir, "mean", layer=2)
     det.thresholds = {n: -1e9 for n in det.thresholds}
+    det.localization_thresholds = dict(det.thresholds)  # every patch is evidence
     ds = load_dataset(image_run.run_dir.parent.parent / "shapes")
     found = det.detect([ds.image_path(int(ds.split_indices("test")[0]))])[0]
     # 64 x 64 shapes images resized to the tiny ViT's 32 x 32 input, 4 x 4 patches of 8 -> 16 pixels each

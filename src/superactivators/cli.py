@@ -96,6 +96,8 @@ def _detection_record(item: str, found, det) -> dict:
     return {"input": item, "found": [n for n in det.concepts if found.present[n]], "concepts": {
         n: {"present": bool(found.present[n]), "max_activation": float(found.max_activation[n]),
             "threshold": float(det.thresholds[n]),
+            # evidence tokens reach the localisation threshold calibrated on cal (else the detection one)
+            "evidence_threshold": float(det.localization_thresholds.get(n, det.thresholds[n])),
             "evidence": [{k: v for k, v in asdict(e).items() if v is not None} for e in found.evidence.get(n, [])]}
         for n in det.concepts}}
 
