@@ -195,6 +195,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from .encoders.base import EmbedConfig
+    from .store.cache import format_entries, list_entries, remove_entries, states_root
+
+    root = Path(args.dir).expanduser() if args.dir else states_root(EmbedConfig())
+    if args.action == "ls":
+        print(format_entries(root, list_entries(root)))
+        return 0
+    if not args.entries and not args.all:
+        print("error: cache rm needs entry names (see 'superactivators cache ls') or --all", file=sys.stderr)
+        return 2
+    sizes = {e.name: e.bytes for e in list_entries(root)}
+    removed = remove_entries(root, list(args.entries), everything=args.all)
+    print(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}, "
+          f"{sum(sizes[n] for n in removed) / 1e6:.1f} MB freed from {root}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from .report.compare import compare_runs
 
@@ -293,6 +311,18 @@ def build_parser() -> argparse.ArgumentParser:
                                    "stage files are checked for being readable. Exit status 1 if any differs.")
     s.add_argument("run_dir", type=Path)
     s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("cache", help="list or remove the hidden states shared between runs",
+                       description="Runs on the same inputs and model share one embedding, kept in "
+                                   "$SUPERACTIVATORS_STATES_CACHE (else $SUPERACTIVATORS_CACHE/states, else "
+                                   "~/.cache/superactivators/states). 'ls' lists the entries with their size and "
+                                   "the runs using them; 'rm NAME...' (or --all) deletes them: a run that used "
+                                   "one embeds again when it next runs.")
+    s.add_argument("action", choices=["ls", "rm"])
+    s.add_argument("entries", nargs="*", metavar="NAME", help="entries to remove (names as 'cache ls' shows them)")
+    s.add_argument("--all", action="store_true", help="rm: every entry")
+    s.add_argument("--dir", help="the cache folder (default: as runs with embed.store_cache: auto use it)")
+    s.set_defaults(func=cmd_cache)
 
     s = sub.add_parser("compare", help="the paper's table over finished runs: weighted F1 ± error, best per row "
                                        "marked, non-significant gaps flagged (CSV, Markdown, LaTeX)")

@@ -48,7 +48,7 @@ from .evaluate.scoring import ScoreSummary, summarise
 from .preflight import check_run, concept_types
 from .report.figdata import CURVES_FILE, HIST_FILE, HistogramAccumulator, save_curves
 from .store.distributed import DistEnv, embed_data_parallel, rank_embed_config
-from .store.embed import embed_dataset
+from .store.cache import cached_store
 from .store.runs import run_lock
 from .store.tokens import TokenStore
 from .util.device import pick_device
@@ -214,7 +214,8 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
     run_dir = cfg.run_dir
     sdir = store_dir_for(cfg, ds)
     ctypes = check_concept_types(cfg, ds, sdir)
-    store = embed_dataset(ds, cfg.embed, sdir, encoder=image_encoder_for_run(cfg, ds, sdir), progress=progress)
+    store = cached_store(ds, cfg.embed, sdir, lambda: image_encoder_for_run(cfg, ds, sdir), _mask_options(cfg),
+                         run_dir / FINGERPRINTS, progress)  # hidden states shared between runs (store/cache.py)
     for ct in ctypes:  # again on the real store: covers models whose shape is only known once built
         ct.check(ModelShape(tuple(store.layers), store.dim))
     if store.info.token_ground_truth == "sample":
@@ -305,6 +306,9 @@ def embed_command(cfg, progress: bool = True) -> TokenStore:
     with contextlib.nullcontext() if env.is_distributed else run_lock(cfg.run_dir):
         sdir = store_dir_for(cfg, ds)
         check_concept_types(cfg, ds, sdir)  # fail before the model loads
+        if not env.is_distributed:  # one process: through the shared states cache, as a run
+            return cached_store(ds, cfg.embed, sdir, lambda: image_encoder_for_run(cfg, ds, sdir),
+                                _mask_options(cfg), cfg.run_dir / FINGERPRINTS, progress)
         encoder = image_encoder_for_run(cfg, ds, sdir)  # images: mask options travel with it
         return embed_data_parallel(ds, cfg.embed, sdir, env, encoder=encoder, progress=progress,
                                    lock_dir=cfg.run_dir if env.is_distributed else None)
