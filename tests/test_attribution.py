@@ -270,3 +270,19 @@ def test_text_occlusion_ablates_each_real_token_once(tiny_bert: Path) -> None:
                 want = full - float(adapter.forward(xo, *ei[:2])[0, 0])
                 assert abs(float(occ[i, j]) - want) < 1e-4
         assert torch.all(occ[i, ~extra[1][i]] == 0)  # special and padding positions: no value
+
+
+def test_demos_run_the_gradient_attributions_unless_asked_for_all(tmp_path: Path) -> None:
+    """The first command stays quick: perturbation attributions only with --attributions."""
+    from superactivators.cli import build_parser, demo_config
+    from superactivators.demo import image_demo_config
+
+    fast = {"integrated_gradients", "saliency", "gradcam"}
+    args = build_parser().parse_args(["demo", "--output-dir", str(tmp_path)])
+    assert set(demo_config(args).localize.attributions) == fast
+    args = build_parser().parse_args(["demo", "--output-dir", str(tmp_path), "--attributions"])
+    assert demo_config(args).localize.attributions == list(ATTRIBUTIONS)
+    data = str(tmp_path / "shapes")  # an existing dataset path: nothing is generated
+    assert set(image_demo_config(tmp_path, [f"data.path={data}"]).localize.attributions) == fast
+    assert image_demo_config(tmp_path, [f"data.path={data}"], perturbation=True).localize.attributions == \
+        list(ATTRIBUTIONS)

@@ -97,12 +97,17 @@ def test_truth_mode_and_settings_share_states_but_not_truth(tmp_path, small_emot
 
 
 def test_views_check_their_states_and_rebuild_when_removed(tmp_path, small_emotions, tiny_bert, states_cache,
-                                                           capsys) -> None:
+                                                           capsys, monkeypatch) -> None:
     ds = load_dataset(small_emotions)
     cfg = EmbedConfig(model=str(tiny_bert), layers=[2], batch_size=8, shard_tokens=1500)
     sdir = tmp_path / "run" / "store"
     store = cached_store(ds, cfg, sdir, progress=False)
     entry = Path(store.info.states["path"])
+    man = json.loads((sdir / "manifest.json").read_text())
+    (sdir / "manifest.json").write_text(json.dumps({**man, "complete": False}))  # a view left unfinished
+    with monkeypatch.context() as m:
+        _no_model(m)
+        assert cached_store(ds, cfg, sdir, progress=False).info.complete  # rebuilt from the cached states
     x0 = np.array(store.tokens(2, store.shards[0]))
     shard = entry / "layer_02" / f"{store.shards[0].name}.npy"
     raw = bytearray(shard.read_bytes())

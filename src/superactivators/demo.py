@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import RunConfig, apply_overrides, config_from_dict
-from .evaluate.attribution import ATTRIBUTIONS, COSTLY
+from .evaluate.attribution import ATTRIBUTIONS
 
 DECODER_DEMOS = ("smollm2", "gemma3-270m", "qwen2.5-0.5b")
 DEMO_NAME = "demo-images"
@@ -27,11 +27,16 @@ DEMO_N = 600
 DEMO_SEED = 0
 
 
-def demo_attributions(costly: bool = False) -> list[str]:
-    """The demos' attribution methods: the gradient ones and occlusion, plus lime / kernel_shap /
-    rise with ``costly`` (``--attributions``). Why: the three perturbation methods took ~80 % of
-    the demos' wall time on 2 CPU cores (a forward pass per perturbed sample and concept)."""
-    return [m for m in ATTRIBUTIONS if costly or m not in COSTLY]
+#: a forward pass per perturbed input: per token or patch (occlusion) or per sample of the budget
+PERTURBATION = ("occlusion", "lime", "kernel_shap", "rise")
+
+
+def demo_attributions(perturbation: bool = False) -> list[str]:
+    """The demos' attribution methods: the gradient ones (integrated gradients, saliency,
+    Grad-CAM), plus the perturbation ones with ``perturbation`` (``--attributions``). Why: the
+    perturbation methods took ~80 % of the demos' wall time on 2 CPU cores (text occlusion alone
+    363 of 685 s of maps)."""
+    return [m for m in ATTRIBUTIONS if perturbation or m not in PERTURBATION]
 
 
 def ensure_shapes(path: Path, n: int = DEMO_N, seed: int = DEMO_SEED) -> Path:
@@ -46,8 +51,8 @@ def ensure_shapes(path: Path, n: int = DEMO_N, seed: int = DEMO_SEED) -> Path:
 
 
 def image_demo_config(output_dir: str | Path, overrides: list[str] | None = None,
-                      costly_attributions: bool = False) -> RunConfig:
-    """The image demo's run config (lime / kernel_shap / rise only with ``costly_attributions``);
+                      perturbation: bool = False) -> RunConfig:
+    """The image demo's run config (the perturbation attributions only with ``perturbation``);
     generates the default dataset if it is missing."""
     data_dir = Path(output_dir) / DEMO_NAME / "shapes"
     data = {
@@ -58,7 +63,7 @@ def image_demo_config(output_dir: str | Path, overrides: list[str] | None = None
         "concepts": {"types": ["mean", "linsep"]},
         # attribution baselines at the linsep concepts' best layer; a 4 x 4-patch occlusion window
         # and 16 perturbations keep them to minutes on 2 CPU cores (DINOv2-small: ~0.2 s a forward)
-        "localize": {"attributions": demo_attributions(costly_attributions), "attribution_types": ["linsep"], "attribution_samples": 2,
+        "localize": {"attributions": demo_attributions(perturbation), "attribution_types": ["linsep"], "attribution_samples": 2,
                      "attribution_budget": 16, "ig_steps": 4, "occlusion_window": 4},
     }
     cfg = config_from_dict(apply_overrides(data, list(overrides or [])))

@@ -200,10 +200,11 @@ def cached_store(ds: Dataset, cfg: EmbedConfig, sdir: Path, make_encoder: Callab
     """
     sdir = Path(sdir)
     root = states_root(cfg)
-    if "states" in _manifest(sdir):  # a view (over the cache): as it is, or dropped when its states are gone
+    if "states" in _manifest(sdir):  # a view (over the cache): as it is, or dropped when unfinished / orphaned
         store = _open_view(sdir)
         if store is not None:
             return store
+        shutil.rmtree(sdir, ignore_errors=True)  # rebuilt below: a view is cheap
     if root is None or (sdir / MANIFEST).exists():
         # no cache, or a self-contained store begun here: finished, or resumed in place
         if _complete(sdir):
