@@ -172,3 +172,38 @@ def test_interrupted_states_resume(tmp_path, small_emotions, tiny_bert, monkeypa
     for s in whole.shards:  # resumed at a shard, not a bucketing window: other batches, fp16 rounding apart
         np.testing.assert_allclose(resumed.tokens(1, s), whole.tokens(1, s), rtol=0, atol=2e-3)
         np.testing.assert_array_equal(resumed.token_labels(s), whole.token_labels(s))
+
+
+def test_image_states_shared_with_their_patch_truth(tmp_path, monkeypatch, capsys) -> None:
+    import torch
+    from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
+
+    from superactivators.data.masks import MaskOptions
+    from superactivators.data.shapes import generate_shapes
+    from superactivators.encoders.factory import make_encoder
+    from superactivators.encoders.vision import ImageEncoder
+
+    generate_shapes(tmp_path / "shapes", n=24, seed=0, size=64)
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       image_size=32, patch_size=8), add_pooling_layer=False).eval().save_pretrained(tmp_path / "vit")
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "vit")
+    ds = load_dataset(tmp_path / "shapes", concepts=["color::red", "shape::sphere"])
+    cfg = EmbedConfig(model=str(tmp_path / "vit"), layers=[2], batch_size=8)
+    opts = MaskOptions()
+    first = cached_store(ds, cfg, tmp_path / "a", lambda: make_encoder(cfg, "image", opts), opts, progress=False)
+    own = embed_dataset(ds, cfg, tmp_path / "own", encoder=make_encoder(cfg, "image", opts), progress=False)
+    with monkeypatch.context() as m:
+        m.setattr(ImageEncoder, "__init__", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded")))
+        second = cached_store(ds, cfg, tmp_path / "b", lambda: make_encoder(cfg, "image", opts), opts, progress=False)
+        with pytest.raises(AssertionError, match="model loaded"):  # other mask options: other patch truth
+            cached_store(ds, cfg, tmp_path / "c", lambda: make_encoder(cfg, "image", MaskOptions(coverage=0.2)),
+                         MaskOptions(coverage=0.2), progress=False)
+    assert "reusing cached hidden states" in capsys.readouterr().out
+    assert second.info.token_ground_truth == own.info.token_ground_truth == "masks"
+    for st in (first, second):
+        np.testing.assert_array_equal(st.valid, own.valid)
+        for s in own.shards:
+            np.testing.assert_array_equal(st.token_labels(s), own.token_labels(s))
+            np.testing.assert_array_equal(st.tokens(2, s), own.tokens(2, s))
+        assert (st.path / "layer_02" / "mean.npy").read_bytes() == (own.path / "layer_02" / "mean.npy").read_bytes()

@@ -4,8 +4,8 @@ A run's token store (``RUN/stores/NAME-KEY/``) is a *view*: its labels, splits, 
 train statistics (what varies per run), over a *states-only* store in the cache that holds the
 index (token counts, validity, character offsets) and the hidden states (what the model gives).
 The cache entry is keyed by everything that changes the states: the content of the inputs (the
-texts in order; for images the content of every image and mask file, and the mask options,
-since patch truth comes out of the same pass), the model (and the file sizes and times of a
+texts in order; for images the content of every image and mask file, the labels and the mask
+options, since patch truth comes out of the same pass), the model (and the file sizes and times of a
 local model folder), layers, max length, compute and store dtypes, the global token, the
 protocol's tokenisation. Not by the run's name, folder, concept types, ``sample_labels_only``
 or span truth: a second run that differs only there reuses the states and says so in one line.
@@ -98,7 +98,9 @@ def states_key(ds: Dataset, cfg: EmbedConfig, masks: MaskOptions | None = None,
     else:  # validity, the mean global token and patch truth come out of the encoder's pass
         m = masks or MaskOptions()
         extra.update(files=content_key(ds, fingerprints), images=[str(p) for p in ds.image_paths or []],
-                     concepts=list(ds.concepts), mask_coverage=m.coverage, content_coverage=m.content)
+                     concepts=list(ds.concepts), mask_coverage=m.coverage, content_coverage=m.content,
+                     labels=hashlib.blake2b(np.ascontiguousarray(ds.labels, dtype=np.uint8).tobytes(),
+                                            digest_size=16).hexdigest())  # masks may follow the labels
         if ds.source is not None and ds.source.name.endswith(DESCRIPTOR_SUFFIX):  # its files: in the descriptor
             extra["descriptor"] = hashlib.blake2b(Path(ds.source).read_bytes(), digest_size=16).hexdigest()
     return cfg.key(extra)
