@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -10,6 +13,20 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# hidden states shared between runs (superactivators.store.cache) never go to the user's cache:
+# a folder of this session for session fixtures, one per test otherwise (states_cache below).
+# Converted packaged models ($SUPERACTIVATORS_CACHE/models) stay shared between tests and sessions.
+_SESSION_STATES = tempfile.mkdtemp(prefix="superactivators-states-")
+os.environ["SUPERACTIVATORS_STATES_CACHE"] = _SESSION_STATES
+atexit.register(shutil.rmtree, _SESSION_STATES, True)
+
+
+@pytest.fixture(autouse=True)
+def states_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Each test's own shared-states folder: a test sees only the states its own runs cached."""
+    path = tmp_path_factory.mktemp("states")
+    monkeypatch.setenv("SUPERACTIVATORS_STATES_CACHE", str(path))
+    return path
 
 def _reference_data() -> Path:
     """``shared/reference-data`` beside the checkout or any folder above it (worktrees sit deeper)."""

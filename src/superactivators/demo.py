@@ -29,6 +29,18 @@ DEMO_N = 600
 DEMO_SEED = 0
 
 
+#: a forward pass per perturbed input: per token or patch (occlusion) or per sample of the budget
+PERTURBATION = ("occlusion", "lime", "kernel_shap", "rise")
+
+
+def demo_attributions(perturbation: bool = False) -> list[str]:
+    """The demos' attribution methods: the gradient ones (integrated gradients, saliency,
+    Grad-CAM), plus the perturbation ones with ``perturbation`` (``--attributions``). Why: the
+    perturbation methods took ~80 % of the demos' wall time on 2 CPU cores (text occlusion alone
+    363 of 685 s of maps)."""
+    return [m for m in ATTRIBUTIONS if perturbation or m not in PERTURBATION]
+
+
 def ensure_shapes(path: Path, n: int = DEMO_N, seed: int = DEMO_SEED) -> Path:
     """Generate the shapes dataset at ``path`` unless its ``metadata.csv`` is already there."""
     path = Path(path)
@@ -40,11 +52,12 @@ def ensure_shapes(path: Path, n: int = DEMO_N, seed: int = DEMO_SEED) -> Path:
     return path
 
 
-def text_demo_config(output_dir: str | Path, overrides: list[str] | None = None, kmeans: bool = False) -> RunConfig:
+def text_demo_config(output_dir: str | Path, overrides: list[str] | None = None, kmeans: bool = False,
+                     perturbation: bool = False) -> RunConfig:
     """The default demo: the built-in emotions texts through the packaged MiniLM, every layer.
 
     ``kmeans`` adds unsupervised k-means concepts (and separators per cluster), each labelled
-    concept matched to its best cluster on cal.
+    concept matched to its best cluster on cal; ``perturbation`` the perturbation attributions.
     """
     data = {
         "name": "demo",
@@ -53,8 +66,8 @@ def text_demo_config(output_dir: str | Path, overrides: list[str] | None = None,
         "embed": {"model": "minilm", "layers": "all", "batch_size": 32, "max_length": 256},
         "concepts": {"types": ["mean", "linsep"]},
         # attribution baselines at the linsep concepts' best layer, sized for 2 CPU cores
-        "localize": {"attributions": list(ATTRIBUTIONS), "attribution_types": ["linsep"], "attribution_samples": 4,
-                     "attribution_budget": 24, "ig_steps": 8},
+        "localize": {"attributions": demo_attributions(perturbation), "attribution_types": ["linsep"],
+                     "attribution_samples": 4, "attribution_budget": 24, "ig_steps": 8},
     }
     if kmeans:
         # k sized for this dataset (~40k train tokens, 540 train samples, 8 concepts): 256 token
@@ -66,8 +79,10 @@ def text_demo_config(output_dir: str | Path, overrides: list[str] | None = None,
     return config_from_dict(apply_overrides(data, list(overrides or [])))
 
 
-def image_demo_config(output_dir: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """The image demo's run config; generates the default dataset if it is missing."""
+def image_demo_config(output_dir: str | Path, overrides: list[str] | None = None,
+                      perturbation: bool = False) -> RunConfig:
+    """The image demo's run config (the perturbation attributions only with ``perturbation``);
+    generates the default dataset if it is missing."""
     data_dir = Path(output_dir) / DEMO_NAME / "shapes"
     data = {
         "name": DEMO_NAME,
@@ -77,7 +92,7 @@ def image_demo_config(output_dir: str | Path, overrides: list[str] | None = None
         "concepts": {"types": ["mean", "linsep"]},
         # attribution baselines at the linsep concepts' best layer; a 4 x 4-patch occlusion window
         # and 16 perturbations keep them to minutes on 2 CPU cores (DINOv2-small: ~0.2 s a forward)
-        "localize": {"attributions": list(ATTRIBUTIONS), "attribution_types": ["linsep"], "attribution_samples": 2,
+        "localize": {"attributions": demo_attributions(perturbation), "attribution_types": ["linsep"], "attribution_samples": 2,
                      "attribution_budget": 16, "ig_steps": 4, "occlusion_window": 4},
     }
     cfg = config_from_dict(apply_overrides(data, list(overrides or [])))

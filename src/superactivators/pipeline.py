@@ -44,7 +44,7 @@ from .report.figdata import HistogramAccumulator, save_curves
 from .store.artefacts import RUN_FILES, intact, load_json, record, remove_leftover_temps, unrecord
 from .store.confighash import check_run_config, record_run_config
 from .store.distributed import DistEnv, embed_data_parallel, rank_embed_config
-from .store.embed import embed_dataset
+from .store.cache import cached_store
 from .store.layout import RunLayout, StageFolder, cached
 from .store.runs import run_lock
 from .store.tokens import MANIFEST, TokenStore, store_is_complete
@@ -225,7 +225,8 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
     remove_leftover_temps(run_dir)  # a killed run's temporary files; this run holds the folder
     sdir = store_dir_for(cfg, ds)
     ctypes = check_concept_types(cfg, ds, sdir)
-    store = embed_dataset(ds, cfg.embed, sdir, encoder=image_encoder_for_run(cfg, ds, sdir), progress=progress)
+    store = cached_store(ds, cfg.embed, sdir, lambda: image_encoder_for_run(cfg, ds, sdir), cfg.mask_options(),
+                         RunLayout(run_dir).fingerprints, progress)  # hidden states shared between runs (store/cache.py)
     for ct in ctypes:  # again on the real store: covers models whose shape is only known once built
         ct.check(ModelShape(tuple(store.layers), store.dim))
     if store.info.token_ground_truth == "sample":
@@ -319,6 +320,9 @@ def embed_command(cfg, progress: bool = True) -> TokenStore:
     with contextlib.nullcontext() if env.is_distributed else run_lock(cfg.run_dir):
         sdir = store_dir_for(cfg, ds)
         check_concept_types(cfg, ds, sdir)  # fail before the model loads
+        if not env.is_distributed:  # one process: through the shared states cache, as a run
+            return cached_store(ds, cfg.embed, sdir, lambda: image_encoder_for_run(cfg, ds, sdir),
+                                cfg.mask_options(), RunLayout(cfg.run_dir).fingerprints, progress)
         encoder = image_encoder_for_run(cfg, ds, sdir)  # images: mask options travel with it
         return embed_data_parallel(ds, cfg.embed, sdir, env, encoder=encoder, progress=progress,
                                    lock_dir=cfg.run_dir if env.is_distributed else None)

@@ -52,6 +52,9 @@ class EmbedConfig:
     # set from the run's top-level ``protocol`` (docs/protocol.md): "seed" embeds texts without
     # special tokens or truncation (mean global) and pre-resizes Llama-3.2-Vision images to one tile
     protocol: str = "ours"
+    # where hidden states are shared between runs (superactivators.store.cache): auto
+    # ($SUPERACTIVATORS_STATES_CACHE, else $SUPERACTIVATORS_CACHE/states), off (inside the run), or a folder
+    store_cache: str = "auto"
 
     def normalise(self) -> None:
         """Canonical dtype names (``fp16`` -> ``float16``), so equal choices share a cache key."""
@@ -75,8 +78,8 @@ class EmbedConfig:
         return out + layer_spec_problems(self.layers)
 
     def key(self, extra: dict | None = None) -> str:
-        """Hash of everything that changes the stored values (not batch size or device)."""
-        skip = ("batch_size", "device", "device_map", "shard_tokens", "bucket_window") + (("protocol",) if self.protocol == "ours" else ())
+        """Hash of everything that changes the stored values (not batch size, device or where they are kept)."""
+        skip = ("batch_size", "device", "device_map", "shard_tokens", "bucket_window", "store_cache") + (("protocol",) if self.protocol == "ours" else ())
         d = {k: v for k, v in asdict(self).items() if k not in skip}
         d["model"] = canonical_model_name(self.model)  # aliases of one packaged model: one store
         d.update(extra or {})

@@ -367,11 +367,8 @@ def _attribute(adapter: _Adapter, method: str, x: torch.Tensor, extra: tuple, ta
         finally:
             adapter.close()
         return a.reshape(a.shape[0], -1)
-    if method == "occlusion" and adapter.modality == "text":  # one token at a time: feature ablation
-        fm = adapter.feature_mask(x, extra)[..., :1]
-        a = ca.FeatureAblation(fwd).attribute(x, baselines=base, target=target, additional_forward_args=fa,
-                                              feature_mask=fm, perturbations_per_eval=opts.batch_size)
-        return a[..., 0]
+    if method == "occlusion" and adapter.modality == "text":  # one real token at a time: feature ablation
+        return text_occlusion(fwd, x, base, extra, target, opts)
     if method == "occlusion":
         a = ca.Occlusion(fwd).attribute(x, baselines=base, target=target, additional_forward_args=fa,
                                         perturbations_per_eval=opts.batch_size,
@@ -393,6 +390,35 @@ def _attribute(adapter: _Adapter, method: str, x: torch.Tensor, extra: tuple, ta
     if method == "rise":
         return rise(adapter, x, extra, target, opts)
     raise ValueError(f"unknown attribution method {method!r}")
+
+
+def text_occlusion(fwd: Callable, x: torch.Tensor, base: torch.Tensor, extra: tuple, target: int,
+                   opts: AttributionOptions) -> torch.Tensor:
+    """Occlusion ``[B, T]`` of each sample's real (valid) tokens, one sample at a time.
+
+    Why per sample: captum ablates feature ``k`` in every example of a batch at once, so a
+    batch padded to its longest text paid a forward for each padding and special position of
+    the shorter ones. Each sample is cut to its attended length (right padding) and only its
+    valid tokens are features; a special token shares its neighbour's feature id, a no-op since
+    the baseline leaves special positions unchanged. Positions that are not valid get 0.
+    """
+    import captum.attr as ca
+
+    mask, valid = extra[0], extra[1]
+    out = torch.zeros(x.shape[:2], dtype=x.dtype, device=x.device)
+    for i in range(x.shape[0]):
+        n_att = int(mask[i].sum())
+        v = valid[i, :n_att].bool()
+        if not v.any():
+            continue
+        fm = (torch.cumsum(v.long(), 0) - 1).clamp_min(0)  # valid tokens 0..n-1; specials join a neighbour
+        fm = fm[None, :, None].expand(1, n_att, x.shape[2]).contiguous()
+        a = ca.FeatureAblation(fwd).attribute(
+            x[i:i + 1, :n_att], baselines=base[i:i + 1, :n_att], target=target,
+            additional_forward_args=(mask[i:i + 1, :n_att], valid[i:i + 1, :n_att]),
+            feature_mask=fm, perturbations_per_eval=opts.batch_size)
+        out[i, :n_att] = torch.where(v, a[0, :, 0], torch.zeros((), dtype=a.dtype, device=a.device))
+    return out
 
 
 def _feature_values(attr: torch.Tensor, fm: torch.Tensor) -> torch.Tensor:
@@ -694,7 +720,7 @@ def run_attributions(make_encoder: Callable[[], Any], ds: Any, store: TokenStore
     from pathlib import Path
 
     loc_grid = localization_grid(grid)
-    key = stable_hash([asdict(opts), loc_grid, ATTRIBUTIONS], 8)
+    key = stable_hash([asdict(opts), loc_grid, ATTRIBUTIONS, "text occlusion: valid tokens"], 8)
     encoder = None
     tables = []
     for job in choose_attribution_jobs(jobs, layer, types):

@@ -175,11 +175,14 @@ def embed_dataset(
     encoder=None,
     sample_range: tuple[int, int] | None = None,
     progress: bool = True,
+    states_only: bool = False,
 ) -> TokenStore:
     """Embed ``ds`` into a token store at ``out_dir``; resumes an interrupted run.
 
     ``sample_range`` restricts to a slice of samples (data-parallel ranks); the store is then
-    left unfinalised for the caller to merge.
+    left unfinalised for the caller to merge. ``states_only`` writes the model's side only (no
+    labels, splits, statistics or span truth; image mask truth stays, it comes from the same
+    pass): a shared cache entry, see :mod:`superactivators.store.cache`.
     """
     out_dir = Path(out_dir)
     if (out_dir / MANIFEST).exists():
@@ -190,16 +193,14 @@ def embed_dataset(
     enc = encoder or make_encoder(cfg, ds.modality)
     if enc.modality != ds.modality:
         raise ValueError(f"dataset is {ds.modality} but the encoder is for {enc.modality}")
-    gt_kind = "spans" if ds.spans is not None else ("masks" if has_masks(ds) else "sample")
+    spans = ds.spans is not None and not states_only  # span truth is each run's (a view's) own
     info = StoreInfo(
-        n_samples=len(ds), dim=enc.hidden_size, layers=enc.layers, concepts=ds.concepts,
+        n_samples=len(ds), dim=enc.hidden_size, layers=enc.layers,
+        concepts=[] if states_only and ds.modality == "text" else ds.concepts,
         modality=ds.modality, dtype=cfg.store_dtype, model=enc.describe(),
-        dataset={"name": ds.name, "source": str(ds.source), "truth": truth_label(ds),
-                 "allow_outside_paths": ds.allow_outside_paths,
-                 **({"columns": ds.columns} if getattr(ds, "columns", None) else {}),
-                 # positives whose every token counts as in-concept (no span for that concept)
-                 "positives_without_spans": positives_without_spans(ds)}, token_ground_truth=gt_kind,
-        patch_grid=getattr(enc, "patch_grid", None),
+        dataset={"name": ds.name, "source": str(ds.source)} if states_only else dataset_info(ds),
+        token_ground_truth=truth_kind(ds) if not states_only or ds.modality == "image" else "sample",
+        patch_grid=getattr(enc, "patch_grid", None), states_only=states_only,
     )
     lo, hi = sample_range or (0, len(ds))
     if not 0 <= lo <= hi <= len(ds):
@@ -227,7 +228,7 @@ def embed_dataset(
                 a = part.stop
                 gt_bits = (span_token_bits(ds, ids[part], batch.lengths, batch.char_spans,
                                            texts[part] if cfg.protocol == "seed" else None)
-                           if ds.spans is not None else None)
+                           if spans else None)
                 cut = batch.extra.get("truncated")
                 if cut is not None:  # counted before add(): a shard flushed there records it with itself
                     writer.info.dataset["truncated_samples"] = (writer.info.dataset.get("truncated_samples", 0)
@@ -242,17 +243,37 @@ def embed_dataset(
         writer.flush()
         return None  # type: ignore[return-value]
     store = writer.close()
+    if not states_only:
+        warn_store(store, cfg)
+    return store
+
+
+def truth_kind(ds: Dataset) -> str:
+    """The store's ``token_ground_truth`` for ``ds``: spans, masks or sample labels."""
+    return "spans" if ds.spans is not None else ("masks" if has_masks(ds) else "sample")
+
+
+def dataset_info(ds: Dataset) -> dict:
+    """What a store's manifest records of the run's dataset."""
+    return {"name": ds.name, "source": str(ds.source), "truth": truth_label(ds),
+            "allow_outside_paths": ds.allow_outside_paths,
+            **({"columns": ds.columns} if getattr(ds, "columns", None) else {}),
+            # positives whose every token counts as in-concept (no span for that concept)
+            "positives_without_spans": positives_without_spans(ds)}
+
+
+def warn_store(store: TokenStore, cfg: EmbedConfig) -> None:
+    """Warn about texts cut at ``max_length`` and positives left without an in-concept token."""
     n_cut = int(store.info.dataset.get("truncated_samples", 0))
     if n_cut:
         warnings.warn(f"{n_cut} of {store.n_samples} texts were cut at embed.max_length={cfg.max_length} tokens; "
-                      "their later tokens (and any spans there) are not in the store", stacklevel=2)
+                      "their later tokens (and any spans there) are not in the store", stacklevel=3)
     n_pos_no_tok = _positives_without_tokens(store)
     if n_pos_no_tok:
         warnings.warn(
             f"{n_pos_no_tok} positive (sample, concept) pairs have no in-concept token "
-            "(evidence truncated by max_length or masks too small)", stacklevel=2,
+            "(evidence truncated by max_length or masks too small)", stacklevel=3,
         )
-    return store
 
 
 def _positives_without_tokens(store: TokenStore) -> int:

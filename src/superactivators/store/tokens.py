@@ -9,6 +9,13 @@ Layout of a store folder (one dataset x one model, several layers)::
     layer_LL/globals_SSSSSSSSS.npy  per shard: global embeddings [n, d]
     layer_LL/mean.npy        train-split token mean [d] (after ``finalize``)
 
+A store can keep its hidden states elsewhere (:mod:`superactivators.store.cache`): a
+*states-only* store (``states_only``) holds the model's side (``index/`` without gt bits for
+text, ``layer_LL/`` shards and globals) and no labels, splits or statistics; a *view* (manifest
+``states: {"path", "key"}``) holds a run's side: ``labels.npy``, ``splits.npy``,
+``truth/SSSSSSSSS.npz`` (gt bits of span truth), ``layer_LL/mean.npy``, and reads the index
+and the states from the states-only store.
+
 Shards are named by their first sample index, cover contiguous sample ranges, and are
 written to a temporary name then renamed; the manifest lists a shard only once all its files
 are in place, so an interrupted run resumes from the last completed shard and never reads a
@@ -51,6 +58,10 @@ SAMPLE_BLOCKS = 16  # blocks of hidden states a store's default check on open re
 
 class StoreError(ValueError):
     """A store file is missing, truncated or does not match the checksum recorded when it was written."""
+
+
+class StatesMissingError(StoreError):
+    """A view's shared hidden states are gone (removed from the cache): embedding them again rebuilds it."""
 
 
 def _digest(algo: str, data) -> str:
@@ -172,6 +183,8 @@ class StoreInfo:
     format_version: int = FORMAT_VERSION
     sample_range: list[int] | None = None  # [lo, hi): a data-parallel part of a store, see distributed.py
     checksums: dict = field(default_factory=dict)  # file (relative) -> {"size", "skip", "blocks", "algo"}, see check_file
+    states_only: bool = False  # hidden states and index only: no labels, splits or norm (a shared cache entry)
+    states: dict | None = None  # a view: {"path", "key"} of the states-only store its index and states live in
 
 
 def _pid_alive(tmp_name: str) -> bool:
@@ -224,6 +237,8 @@ class StoreWriter:
             info.shards = old.shards
             info.checksums = old.checksums
             info.dataset = {**info.dataset, **{k: v for k, v in old.dataset.items() if k == "truncated_samples"}}
+        elif info.states_only:
+            atomic_write_json(existing, asdict(info))  # no labels or splits: they belong to each run
         else:
             atomic_save_npy(self.path / "labels.npy", labels.astype(np.uint8))
             atomic_save_npy(self.path / "splits.npy", np.asarray(splits, dtype="<U8"))
@@ -335,15 +350,22 @@ class StoreWriter:
         if self.next_sample != self.info.n_samples:
             raise RuntimeError(f"store has {self.next_sample} of {self.info.n_samples} samples")
         atomic_write_json(self.path / MANIFEST, asdict(self.info))
-        store = TokenStore(self.path, require_complete=False, verify="none")
-        for layer in self.info.layers:
-            mean, scale, n = store.compute_norm(layer, store.splits == "train")
-            atomic_save_npy(self.path / f"layer_{layer:02d}" / "mean.npy", mean)
-            self.info.checksums[f"layer_{layer:02d}/mean.npy"] = file_checksum(self.path / f"layer_{layer:02d}" / "mean.npy")
-            self.info.norm[str(layer)] = {"scale": scale, "n_train_tokens": n}
+        if not self.info.states_only:  # the statistics follow a run's splits: a view computes them
+            add_norm(TokenStore(self.path, require_complete=False, verify="none"), self.info)
         self.info.complete = True
         atomic_write_json(self.path / MANIFEST, asdict(self.info))
         return TokenStore(self.path, verify="none")  # just written and checksummed
+
+
+def add_norm(store: "TokenStore", info: StoreInfo) -> None:
+    """Train-split mean (``layer_LL/mean.npy`` in ``store.path``) and mean norm per layer, into ``info``."""
+    for layer in info.layers:
+        mean, scale, n = store.compute_norm(layer, store.splits == "train")
+        rel = f"layer_{layer:02d}/mean.npy"
+        (store.path / rel).parent.mkdir(parents=True, exist_ok=True)
+        atomic_save_npy(store.path / rel, mean)
+        info.checksums[rel] = file_checksum(store.path / rel)
+        info.norm[str(layer)] = {"scale": scale, "n_train_tokens": n}
 
 
 class TokenStore:
@@ -364,20 +386,37 @@ class TokenStore:
             raise StoreError(f"{mpath}: damaged store manifest ({err}); delete {self.path} to rebuild the store") from None
         if require_complete and not self.info.complete:
             raise RuntimeError(f"token store {self.path} is incomplete (interrupted?); re-run embed to resume")
+        self.states_path = self.path  # where index/ and the hidden states are
+        self._states_sums: dict = {}
+        if self.info.states is not None:
+            self.states_path = Path(self.info.states["path"])
+            try:
+                self._states_sums = json.loads((self.states_path / MANIFEST).read_text())["checksums"]
+            except (OSError, ValueError, KeyError):
+                raise StatesMissingError(
+                    f"{self.path}: its hidden states {self.states_path} are missing or damaged (removed with "
+                    "'superactivators cache rm'?); run again to embed them anew") from None
         self.shards = [Shard(**s) for s in self.info.shards]
         if verify != "none":
             bad = self.verify(full=verify == "full")
             if bad:
-                raise StoreError("\n".join([*bad, f"(delete {self.path} to rebuild the store)"]))
-        self.labels = self._load(self.path / "labels.npy")
-        self.splits = self._load(self.path / "splits.npy")
-        idx = [self._load(self.path / "index" / f"{s.name}.npz") for s in self.shards]
+                where = self.path if self.info.states is None else f"{self.path} (or its states {self.states_path})"
+                raise StoreError("\n".join([*bad, f"(delete {where} to rebuild the store)"]))
+        shared = self.info.states_only  # a states-only store: labels and splits belong to each run
+        self.labels = None if shared else self._load(self.path / "labels.npy")
+        self.splits = None if shared else self._load(self.path / "splits.npy")
+        idx = [self._load(self.states_path / "index" / f"{s.name}.npz") for s in self.shards]
         self.lengths = np.concatenate([z["lengths"] for z in idx]).astype(np.int64)
         self.offsets = np.zeros(len(self.lengths) + 1, dtype=np.int64)
         np.cumsum(self.lengths, out=self.offsets[1:])
         self.valid = np.concatenate([z["valid"] for z in idx])
         self.char_spans = (np.concatenate([z["char_spans"] for z in idx]) if "char_spans" in idx[0] else None) if idx else None
         self._gt_bits = (np.concatenate([z["gt"] for z in idx]) if "gt" in idx[0] else None) if idx else None
+        if self.info.states is not None and self.info.token_ground_truth == "spans":  # the run's own truth
+            truth = [self._load(self.path / "truth" / f"{s.name}.npz") for s in self.shards]
+            self._gt_bits = np.concatenate([z["gt"] for z in truth]) if truth else None
+        elif self.info.states is not None and self.info.token_ground_truth == "sample":
+            self._gt_bits = None
         self.sample_of_token = np.repeat(np.arange(len(self.lengths)), self.lengths)
 
     @staticmethod
@@ -399,25 +438,26 @@ class TokenStore:
         Without ``full``: every file's size, every small file in full, and :data:`SAMPLE_BLOCKS`
         blocks of the large ones picked at random (``rng``), so opening a store stays cheap.
         """
-        sums = self.info.checksums
-        if not sums:
+        files = [(self.path, rel, rec) for rel, rec in self.info.checksums.items()]
+        files += [(self.states_path, rel, rec) for rel, rec in self._states_sums.items()]  # a view's states
+        if not files:
             return []  # a store written before checksums were recorded
         bad: list[str] = []
-        big: list[tuple[str, int]] = []
-        for rel, rec in sums.items():
+        big: list[tuple[Path, str, dict, int]] = []
+        for root, rel, rec in files:
             n = len(rec["blocks"])
             if full or n <= 1 or not rel.startswith("layer_"):
-                why = check_file(self.path / rel, rec)
+                why = check_file(root / rel, rec)
             else:
-                why = check_file(self.path / rel, rec, blocks=[])  # size now, sampled blocks below
-                big += [(rel, k) for k in range(n)]
+                why = check_file(root / rel, rec, blocks=[])  # size now, sampled blocks below
+                big += [(root, rel, rec, k) for k in range(n)]
             if why:
                 bad.append(why)
         if big and not bad:
             rng = rng or np.random.default_rng()
             for j in rng.choice(len(big), size=min(SAMPLE_BLOCKS, len(big)), replace=False):
-                rel, k = big[int(j)]
-                why = check_file(self.path / rel, sums[rel], blocks=[k])
+                root, rel, rec, k = big[int(j)]
+                why = check_file(root / rel, rec, blocks=[k])
                 if why:
                     bad.append(why)
         return bad
@@ -446,7 +486,7 @@ class TokenStore:
     # --- data ---------------------------------------------------------------------------
     def tokens(self, layer: int, shard: Shard) -> np.ndarray:
         """Raw hidden states of one shard, memory-mapped ``[t, d]``."""
-        path = self.path / f"layer_{layer:02d}" / f"{shard.name}.npy"
+        path = self.states_path / f"layer_{layer:02d}" / f"{shard.name}.npy"
         x = self._load(path, mmap_mode="r")
         if x.shape != (shard.n_tokens, self.dim):
             raise StoreError(f"{path}: holds {x.shape}, expected ({shard.n_tokens}, {self.dim})")
@@ -454,7 +494,7 @@ class TokenStore:
 
     def globals(self, layer: int) -> np.ndarray:
         """Global (CLS / pooled / mean) embeddings ``[N, d]`` float32, raw."""
-        d = self.path / f"layer_{layer:02d}"
+        d = self.states_path / f"layer_{layer:02d}"
         return np.concatenate([self._load(d / f"globals_{s.name}.npy") for s in self.shards])
 
     def norm(self, layer: int) -> tuple[np.ndarray, float]:
