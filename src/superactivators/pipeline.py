@@ -123,7 +123,8 @@ def concept_stage(store: TokenStore, layer: int, ct: ConceptType, cfg: RunConfig
     """
     want_global = GLOBAL.name in cfg.detect.methods
     run = RunLayout(cfg.run_dir)
-    key = stable_hash([store.path.name, ct.name, ct.cache_key(), cfg.seed, want_global]
+    key = stable_hash([store.path.name, ct.name, ct.cache_key(), cfg.seed, want_global,
+                       f"rolling_window={cfg.detect.rolling_window}"]
                       + (["protocol=seed"] if cfg.protocol == "seed" else []))
     own: dict[str, np.ndarray] = {}
     if ct.labelled:
@@ -144,7 +145,8 @@ def concept_stage(store: TokenStore, layer: int, ct: ConceptType, cfg: RunConfig
         ugcs = _fitted(units.global_concepts, lambda: ct.fit_global(store, layer, run.units)) \
             if want_global else None
         us = cached(units.unit_summary, Path.exists, UnitSummary.load,
-                    lambda: summarise_units(store, ucs, ugcs, seed=cfg.seed, device=device), UnitSummary.save)
+                    lambda: summarise_units(store, ucs, ugcs, seed=cfg.seed, device=device,
+                                            rolling_window=cfg.detect.rolling_window), UnitSummary.save)
         m = match_to_concepts(us, store.labels, store.splits, store.concepts, cfg.detect.grid, cfg.protocol)
         cs = labelled_set(ucs, m.tokens, store.concepts)
         cs.save(stage.concepts)
@@ -155,7 +157,7 @@ def concept_stage(store: TokenStore, layer: int, ct: ConceptType, cfg: RunConfig
         own = m.summary.method_scores
     hist = HistogramAccumulator.for_store(store, cs, seed=cfg.seed, device=device)  # figures
     summary = summarise(store, cs, gcs, seed=cfg.seed, device=device, extra=[hist],
-                        independent_random=cfg.protocol == "seed")
+                        independent_random=cfg.protocol == "seed", rolling_window=cfg.detect.rolling_window)
     summary.method_scores.update(own)
     hist.result().save(stage.hist)
     summary.save(stage.summary)
