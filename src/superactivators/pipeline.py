@@ -234,7 +234,7 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
             summary = ScoreSummary.load(stage.summary)
             summary.sample_scores.update(prompted)
             results = run_detection(summary, store.labels, store.splits, cfg.detect.methods,
-                                    cfg.detect.grid, cfg.detect.best_threshold, rule=cfg.protocol)
+                                    cfg.detect.grid, cfg.detect.best_threshold, rule=cfg.protocol, known=store.known)
             save_curves(stage.curves, results, cfg.detect.grid)  # each records its checksum
             save_predictions(stage.predictions, results, store.splits)
             stage_index.append({"layer": layer, "concept_type": ct.name, "dir": run.relative(stage.path),

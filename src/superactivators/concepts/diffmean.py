@@ -3,7 +3,7 @@
 AxBench's strongest detector (Wu, Arora et al. 2025, Table 1). Positive tokens are a concept's
 in-concept train tokens (with sample labels only: every valid token of a positive sample, as
 :meth:`~superactivators.store.tokens.TokenStore.token_labels` gives them); negative tokens are
-every other valid train token. The vector lives in the layer's normalised space, where the
+every other valid train token (of a sample whose label for the concept is known). The vector lives in the layer's normalised space, where the
 centring cancels: ``w = (mean(h+) - mean(h-)) / scale``.
 
 Scoring is the dot product with ``w``. It is stored as ``signed_distance`` with zero bias, i.e.
@@ -46,25 +46,28 @@ def learn_diffmean_concepts(store: TokenStore, layer: int, concepts: list[int]) 
     mean, scale = store.norm(layer)
     train = _split_token_mask(store, "train")
     pos_sum = np.zeros((len(concepts), store.dim), dtype=np.float64)
-    all_sum = np.zeros(store.dim, dtype=np.float64)
+    neg_sum = np.zeros((len(concepts), store.dim), dtype=np.float64)
     pos_n = np.zeros(len(concepts), dtype=np.int64)
-    n = 0
+    neg_n = np.zeros(len(concepts), dtype=np.int64)
     for s, x in store.iter_shards(layer):
         m = train[s.token_start:s.token_stop]
         if not m.any():
             continue
         gt = store.token_labels(s, np.asarray(concepts))[m].astype(np.float32)  # [t, C]
+        sid = store.sample_of_token[s.token_start:s.token_stop][m]
+        # negatives: tokens of known labels outside the concept ([t, C] weights, 1 for a negative token)
+        neg = (1.0 - gt) if store.known is None else (1.0 - gt) * store.known[sid][:, concepts]
         at = 0
         for xb in row_blocks(x, m):
             xb -= mean
             pos_sum += gt[at:at + len(xb)].T @ xb
-            all_sum += xb.sum(axis=0, dtype=np.float64)
+            neg_sum += neg[at:at + len(xb)].T @ xb
             at += len(xb)
         pos_n += gt.sum(axis=0).astype(np.int64)
-        n += int(m.sum())
+        neg_n += neg.sum(axis=0).astype(np.int64)
     _check_counts(store, concepts, pos_n, "train tokens")
-    _check_counts(store, concepts, n - pos_n, "negative train tokens")
-    w = (pos_sum / pos_n[:, None] - (all_sum[None, :] - pos_sum) / (n - pos_n)[:, None]) / scale
+    _check_counts(store, concepts, neg_n, "negative train tokens")
+    w = (pos_sum / pos_n[:, None] - neg_sum / neg_n[:, None]) / scale
     return _concept_set([store.concepts[c] for c in concepts], w, layer, mean, scale)
 
 
@@ -75,7 +78,9 @@ def learn_global_diffmean(store: TokenStore, layer: int, concepts: list[int]) ->
     gmean = g[train].mean(axis=0)
     gscale = float(np.linalg.norm(g[train] - gmean, axis=1).mean()) or 1.0
     y = store.labels[train][:, concepts].astype(bool)
+    known = np.ones_like(y) if store.known is None else store.known[train][:, concepts]
+    x = (g[train] - gmean) / gscale
     _check_counts(store, concepts, y.sum(axis=0), "train samples")
-    _check_counts(store, concepts, (~y).sum(axis=0), "negative train samples")
-    w = diffmean_vectors((g[train] - gmean) / gscale, y)
+    _check_counts(store, concepts, (~y & known).sum(axis=0), "negative train samples")
+    w = np.stack([diffmean_vectors(x[known[:, c]], y[known[:, c], c:c + 1])[0] for c in range(len(concepts))])
     return _concept_set([store.concepts[c] for c in concepts], w, layer, gmean, gscale, space="globals")

@@ -26,7 +26,7 @@ import pandas as pd
 from ..util.files import regular_file_problem
 from .errors import DatasetError
 from .hf import HFParts, is_hf_source, read_hf
-from .labels import select_labels, split_columns
+from .labels import MISSING_LABELS, blank_cells, select_labels, split_columns
 from .spans import parse_span_cell
 from .seed import GroundTruth, MetaRows, TextTruth, find_ground_truth, resolve_concepts
 
@@ -59,6 +59,9 @@ class Dataset:
     metadata: pd.DataFrame = field(default_factory=pd.DataFrame)
     truth: GroundTruth | None = None  # a seed ground-truth source (superactivators.data.seed)
     allow_outside_paths: bool = False  # files may lie outside ``root`` (recorded so readers honour it)
+    # [N, C] bool: the label is known (None: every label is); unknown labels read 0 in ``labels``
+    # and the sample is left out of that concept's fit, calibration and metrics
+    known: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -140,6 +143,7 @@ class Dataset:
             inline_texts=self.inline_texts, text_paths=self.text_paths,
             image_paths=self.image_paths, mask_paths=self.mask_paths, spans=spans,
             metadata=self.metadata, truth=self.truth, allow_outside_paths=self.allow_outside_paths,
+            known=None if self.known is None else self.known[:, idx],
         )
 
 
@@ -201,7 +205,7 @@ def _confine(ds: "Dataset") -> None:
 
 def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name: str | None = None,
                  ground_truth: str = "auto", columns: dict | None = None,
-                 allow_outside_paths: bool = False) -> Dataset:
+                 allow_outside_paths: bool = False, missing_labels: str = MISSING_LABELS) -> Dataset:
     """Read a seed-format ``metadata.csv`` (or a folder holding one, or ``builtin:NAME``).
 
     ``concepts`` restricts and orders the concept columns (a list, or a preset: ``seed`` for the
@@ -214,6 +218,7 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
     with ``columns`` mapping their columns (``text_column``, ``concept_columns``, ...).
     File paths must resolve inside the folder of ``metadata.csv`` unless ``allow_outside_paths``
     (a shared dataset must not make a run read, and a report publish, ``/etc/passwd``).
+    ``missing_labels="allow"``: a blank label cell is an unknown label (``Dataset.known``), not an error.
     """
     if is_hf_source(path):
         return _from_hf(read_hf(path, concepts=[concepts] if isinstance(concepts, str) else concepts, name=name,
@@ -271,12 +276,13 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
 
     free = [c for c in df.columns if c not in RESERVED]
     concepts = resolve_concepts(concepts, free, path.parent.name, path)
-    label_cols, meta_cols = split_columns({c: df[c].tolist() for c in free}, concepts, str(path))
+    label_cols, meta_cols = split_columns({c: df[c].tolist() for c in free}, concepts, str(path), missing_labels)
     reserved = [c for c in label_cols if RESERVED_CONCEPT.match(c)]
     if reserved:
         raise DatasetError(f"{path}: concept column name(s) {reserved} are reserved for aggregate rows "
                            "(names of the form __name__); rename them")
     names, labels = select_labels(label_cols, concepts, str(path))
+    known = np.stack([~blank_cells(df[c].tolist()) for c in names], axis=1)
 
     def _col(c: str) -> list[str] | None:
         if c not in df.columns:
@@ -302,6 +308,7 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
         spans=_restrict_spans(_parse_spans(df, list(label_cols), path), names) if "spans" in df.columns else None,
         metadata=df[meta_cols].copy(),
         allow_outside_paths=allow_outside_paths,
+        known=None if known.all() else known,
     )
     if not allow_outside_paths:
         _confine(ds)

@@ -205,7 +205,8 @@ def embed_dataset(
         raise ValueError(f"sample_range {sample_range} is outside 0..{len(ds)}")
     partial = (lo, hi) != (0, len(ds))
     info.sample_range = [lo, hi] if partial else None
-    writer = StoreWriter(out_dir, info, ds.labels, ds.splits, shard_tokens=cfg.shard_tokens, first_sample=lo)
+    writer = StoreWriter(out_dir, info, ds.labels, ds.splits, shard_tokens=cfg.shard_tokens, first_sample=lo,
+                         known=ds.known)
     start = max(lo, writer.next_sample)
     if start > lo:
         log.info("resuming %s at sample %d", out_dir, start)
