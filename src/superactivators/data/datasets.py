@@ -31,7 +31,7 @@ from .spans import parse_span_cell
 from .seed import GroundTruth, MetaRows, TextTruth, find_ground_truth, resolve_concepts
 
 SPLITS = ("train", "cal", "test")
-RESERVED = {"image_path", "text_path", "text", "split", "spans", "mask_path", "id"}
+RESERVED = {"image_path", "text_path", "text", "split", "spans", "mask_path", "id", "context_chars"}
 # names the result tables use for aggregate rows (``__macro__``, ``__weighted__``, ``__micro__``, ...)
 RESERVED_CONCEPT = re.compile(r"^__.*__$")
 MASK_PREFIX = "mask::"
@@ -62,6 +62,9 @@ class Dataset:
     # [N, C] bool: the label is known (None: every label is); unknown labels read 0 in ``labels``
     # and the sample is left out of that concept's fit, calibration and metrics
     known: np.ndarray | None = None
+    # [N] int: the first characters of each text are context (a chat template, an instruction):
+    # embedded with the text but never stored, so never scored, calibrated or localised
+    context_chars: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -143,7 +146,7 @@ class Dataset:
             inline_texts=self.inline_texts, text_paths=self.text_paths,
             image_paths=self.image_paths, mask_paths=self.mask_paths, spans=spans,
             metadata=self.metadata, truth=self.truth, allow_outside_paths=self.allow_outside_paths,
-            known=None if self.known is None else self.known[:, idx],
+            known=None if self.known is None else self.known[:, idx], context_chars=self.context_chars,
         )
 
 
@@ -309,6 +312,7 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
         metadata=df[meta_cols].copy(),
         allow_outside_paths=allow_outside_paths,
         known=None if known.all() else known,
+        context_chars=_context_chars(df, path) if "context_chars" in df.columns else None,
     )
     if not allow_outside_paths:
         _confine(ds)
@@ -322,6 +326,23 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
                         f"{path}: row {row + 2}, column 'spans': span for {c!r} but its label is 0"
                     )
     return ds
+
+
+def _context_chars(df: pd.DataFrame, path: Path) -> np.ndarray:
+    """The ``context_chars`` column: a non-negative integer per row, shorter than the row's text."""
+    if "text" not in df.columns:
+        raise DatasetError(f"{path}: column 'context_chars' needs an inline 'text' column")
+    vals = pd.to_numeric(df["context_chars"].str.strip().replace("", "0"), errors="coerce")
+    bad = np.flatnonzero(vals.isna().to_numpy() | (vals.fillna(0) < 0).to_numpy() | (vals.fillna(0) % 1 != 0).to_numpy())
+    if bad.size:
+        raise DatasetError(f"{path}: row {int(bad[0]) + 2}, column 'context_chars': expected a whole number >= 0, "
+                           f"got {df['context_chars'].iloc[int(bad[0])]!r}")
+    out = vals.to_numpy(dtype=np.int64)
+    long = np.flatnonzero(out >= df["text"].str.len().to_numpy())
+    if long.size:
+        raise DatasetError(f"{path}: row {int(long[0]) + 2}, column 'context_chars': {int(out[long[0]])} covers the "
+                           "whole text (nothing left to score)")
+    return out
 
 
 def _from_hf(p: HFParts) -> Dataset:
