@@ -118,20 +118,25 @@ def stage_rows(summary: ScoreSummary, preds: StagePredictions, labels: np.ndarra
     return out
 
 
-def setting_table(run_dir: Path, data_path: Path, setting: str, concepts: list[str]) -> pd.DataFrame:
+def setting_table(run_dir: Path, data_path: Path, setting: str, concepts: list[str],
+                  with_hard: bool = True) -> pd.DataFrame:
     """The benchmark rows of one finished run on the AxBench dataset at ``data_path``: each
     (concept type, method, concept) at its best cal layer."""
     run = RunLayout(run_dir)
-    ds = load_dataset(data_path, concepts=concepts + [f"{HARD_NEGATIVE}::{c}" for c in concepts], missing_labels="allow")
+    hard_cols = [f"{HARD_NEGATIVE}::{c}" for c in concepts] if with_hard else []
+    ds = load_dataset(data_path, concepts=concepts + hard_cols, missing_labels="allow")
     rows = []
     for st in json.loads(run.stages_index.read_text()):
         stage = StageFolder(run.root / st["dir"])
         summary = ScoreSummary.load(stage.summary)
         preds = StagePredictions.load(stage.predictions)
         idx = [ds.concepts.index(n) for n in summary.names]
-        hidx = [ds.concepts.index(f"{HARD_NEGATIVE}::{n}") for n in summary.names]
         known = np.ones(ds.labels.shape, bool) if ds.known is None else ds.known
-        hard = ds.labels[:, hidx].astype(bool) & known[:, hidx]
+        if with_hard:
+            hidx = [ds.concepts.index(f"{HARD_NEGATIVE}::{n}") for n in summary.names]
+            hard = ds.labels[:, hidx].astype(bool) & known[:, hidx]
+        else:
+            hard = np.zeros((len(ds.labels), len(idx)), bool)
         for r in stage_rows(summary, preds, ds.labels[:, idx], known[:, idx], hard, ds.splits):
             rows.append({"setting": setting, "concept_type": st["concept_type"], "layer": st["layer"], **r})
     df = pd.DataFrame(rows)
@@ -154,8 +159,9 @@ def with_aggregates(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def headline(table: pd.DataFrame) -> str:
-    """AxBench's headline (mean AUROC over concepts, every setting) per method beside ours
-    (F1 at the calibrated threshold, TPR at 1 % FPR, hard-negative FPR)."""
+    """The benchmark's headline (AxBench: mean AUROC over concepts, every setting; sae-probes:
+    test AUROC, averaged over tasks) per method beside ours (F1 at the calibrated threshold, TPR
+    at 1 % FPR, hard-negative FPR where there are hard negatives)."""
     a = table[(table.setting == ALL) & (table.concept == MACRO)].copy()
     methods = order(list(a.method.unique()))
     a["method"] = pd.Categorical(a.method, methods, ordered=True)
@@ -190,16 +196,38 @@ def run_axbench(opts: BenchmarkOptions, progress: bool = True, formatter=None) -
     for folder in settings_in(opts.path):
         name = folder.name
         meta, concepts = write_axbench_dataset(folder, out / "data" / f"{name}-{opts.view}", opts.view, fmt, opts.seed)
-        cfg = config_from_dict({
-            "name": f"{name}-{opts.view}", "output_dir": str(out / "runs"), "seed": opts.seed,
-            "data": {"path": str(meta.parent), "concepts": concepts, "missing_labels": "allow"},
-            "embed": {"model": opts.model, "layers": opts.layers, "batch_size": opts.batch_size,
-                      "max_length": opts.max_length},
-            "concepts": {"types": list(opts.types)},
-            "detect": {"localize": False},
-        })
-        res = run_pipeline(cfg, progress=progress)
+        res = run_pipeline(_config(opts, f"{name}-{opts.view}", meta.parent, concepts), progress=progress)
         tables.append(setting_table(res.run_dir, meta.parent, name, concepts))
+    return _write(tables, out)
+
+
+def run_saeprobes(opts: BenchmarkOptions, tasks: Sequence[str], progress: bool = True,
+                  data_dir: Path | None = None) -> pd.DataFrame:
+    """Each sae-probes task (:mod:`superactivators.data.saeprobes`) through the pipeline; one setting per task."""
+    from .data.saeprobes import write_saeprobes_dataset
+    from .pipeline import run_pipeline
+
+    out = Path(opts.output_dir)
+    tables = []
+    for task in tasks:
+        meta, concept, tag = write_saeprobes_dataset(task, out / "data" / f"sae-probes-{task}", data_dir)
+        res = run_pipeline(_config(opts, f"sae-probes-{tag}", meta.parent, [concept]), progress=progress)
+        tables.append(setting_table(res.run_dir, meta.parent, tag, [concept], with_hard=False))
+    return _write(tables, out)
+
+
+def _config(opts: BenchmarkOptions, name: str, data: Path, concepts: list[str]):
+    return config_from_dict({
+        "name": name, "output_dir": str(Path(opts.output_dir) / "runs"), "seed": opts.seed,
+        "data": {"path": str(data), "concepts": concepts, "missing_labels": "allow"},
+        "embed": {"model": opts.model, "layers": opts.layers, "batch_size": opts.batch_size,
+                  "max_length": opts.max_length},
+        "concepts": {"types": list(opts.types)},
+        "detect": {"localize": False},
+    })
+
+
+def _write(tables: list[pd.DataFrame], out: Path) -> pd.DataFrame:
     table = with_aggregates(pd.concat(tables, ignore_index=True))
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "benchmark_metrics.csv", index=False)
