@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import roc_auc_score
 
 from superactivators.benchmark import ALL, COLUMNS, BenchmarkOptions, headline, ranking_metrics, run_axbench, tpr_at_fpr
 from superactivators.evaluate.methods import MACRO
@@ -27,7 +26,7 @@ def test_tpr_at_fpr_by_hand():
 
 @pytest.mark.parametrize("view", ["scoped", "multilabel"])
 def test_benchmark_table_on_the_fixture(tmp_path, tiny_bert, view):
-    setting = make_setting(tmp_path / "ax" / "prod_tiny", n_pos=12, n_neg=12)
+    make_setting(tmp_path / "ax" / "prod_tiny", n_pos=12, n_neg=12)
     opts = BenchmarkOptions(path=str(tmp_path / "ax"), view=view, model=str(tiny_bert), layers=[2],
                             types=["mean", "diffmean"], output_dir=str(tmp_path / "out"), batch_size=8)
     table = run_axbench(opts, progress=False, formatter=None)
@@ -50,3 +49,15 @@ def test_benchmark_table_on_the_fixture(tmp_path, tiny_bert, view):
     agg = csv[(csv.setting == ALL) & (csv.concept == MACRO)]
     assert len(agg) == 2 * rows.method.nunique()
     assert "AUROC" in headline(table)
+
+
+def test_cli_prints_the_headline(tmp_path, tiny_bert, capsys):
+    from superactivators.cli import main
+
+    make_setting(tmp_path / "ax" / "prod_tiny", n_pos=12, n_neg=12)
+    rc = main(["benchmark", "axbench", str(tmp_path / "ax"), "--model", str(tiny_bert), "--layers", "1,2",
+               "--types", "mean", "--output-dir", str(tmp_path / "out"), "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "AUROC" in out and "rolling_max" in out
+    csv = pd.read_csv(tmp_path / "out" / "benchmark_metrics.csv")
+    assert set(csv.layer.dropna()) <= {1, 2}

@@ -235,10 +235,11 @@ def _write(tables: list[pd.DataFrame], out: Path) -> pd.DataFrame:
 
 
 def parse_layers(text: str | None) -> list[int] | str:
-    if text is None or text in ("all", "default"):
+    """``--layers``: ``all``, ``sweep`` (the model family's default sweep) or indices ``2,4,6``."""
+    if text is None or text in ("all", "sweep"):
         return text or "all"
-    return [int(x) for x in str(text).split(",") if x.strip()]
+    try:
+        return [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--layers: expected all, sweep or comma-separated layer indices, got {text!r}") from None
 
-
-def format_types(types: Sequence[str]) -> str:
-    return ", ".join(types)

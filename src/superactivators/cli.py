@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scoped: each concept judged on its own eval rows (AxBench's protocol); multilabel: on "
                    "every eval row, other concepts' positives as negatives")
     b.add_argument("--model", default="minilm", help="model id, folder or packaged alias (default minilm)")
-    b.add_argument("--layers", default="all", help="'all' (default), 'default' (the family's sweep) or e.g. 2,4,6")
+    b.add_argument("--layers", default="all", help="'all' (default), 'sweep' (the family's default sweep) or e.g. 2,4,6")
     b.add_argument("--types", default="mean,diffmean,linsep", help="concept types (default mean,diffmean,linsep)")
     b.add_argument("--output-dir", default="benchmark-axbench", type=Path,
                    help="datasets, runs and benchmark_metrics.csv go here (default benchmark-axbench)")
@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sae-probes binary probing tasks (pip install --no-deps sae-probes)")
     b.add_argument("tasks", nargs="+", metavar="ID", help="task number, tag or both (102, twt_emotion, 102_twt_emotion)")
     b.add_argument("--model", default="minilm", help="model id, folder or packaged alias (default minilm)")
-    b.add_argument("--layers", default="all", help="'all' (default), 'default' (the family's sweep) or e.g. 2,4,6")
+    b.add_argument("--layers", default="all", help="'all' (default), 'sweep' (the family's default sweep) or e.g. 2,4,6")
     b.add_argument("--types", default="mean,diffmean,linsep", help="concept types (default mean,diffmean,linsep)")
     b.add_argument("--output-dir", default="benchmark-sae-probes", type=Path,
                    help="datasets, runs and benchmark_metrics.csv go here (default benchmark-sae-probes)")
