@@ -117,6 +117,22 @@ def test_chat_template_prefix_is_context(tiny_gpt2):
     tok.chat_template = "{% for m in messages %}<|user|>{{ m['content'] }}\n{% endfor %}<|assistant|>"
     text, n = chat_formatter(tok)("Why?", "Because.")
     assert text == "<|user|>Why?\n<|assistant|>Because." and text[n:] == "Because."
+    # a template that writes the BOS itself: GPT-2's tokenizer adds none, so the template's stays ...
+    tok.chat_template = "{{ bos_token }}" + tok.chat_template
+    text, n = chat_formatter(tok)("Why?", "Because.")
+    assert text == "<|endoftext|><|user|>Why?\n<|assistant|>Because." and text[n:] == "Because."
+
+    class AddsBos:  # ... a tokenizer that adds its own BOS (Gemma's) gets it once, from itself
+        chat_template, bos_token, bos_token_id = "t", "<bos>", 2
+
+        def __call__(self, text):
+            return {"input_ids": [2, 7]}
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            return f"<bos><user>{messages[0]['content']}<model>"
+
+    text, n = chat_formatter(AddsBos())("Why?", "Because.")
+    assert text == "<user>Why?<model>Because." and text[n:] == "Because."
 
 
 def test_context_tokens_are_embedded_but_not_stored(tmp_path, tiny_gpt2):

@@ -53,9 +53,16 @@ def chat_formatter(tokenizer: Any) -> Formatter | None:
     if not getattr(tokenizer, "chat_template", None):
         return None
 
+    bos = getattr(tokenizer, "bos_token", None)
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    if bos and (bos_id is None or list(tokenizer("x")["input_ids"][:1]) != [bos_id]):
+        bos = None  # the tokenizer adds no BOS of its own: keep the template's
+
     def fmt(instruction: str, response: str) -> tuple[str, int]:
         head = tokenizer.apply_chat_template([{"role": "user", "content": instruction}], tokenize=False,
                                              add_generation_prompt=True)
+        if bos and head.startswith(bos):  # the tokenizer adds its own BOS (Gemma's): not twice
+            head = head[len(bos):]
         return head + response, len(head)
 
     return fmt
