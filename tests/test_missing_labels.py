@@ -47,6 +47,17 @@ def _full(tmp_path):
     return p
 
 
+def test_parquet_nulls_are_unknown_labels(tmp_path):
+    p = tmp_path / "d.parquet"
+    pd.DataFrame({"text": ["a b", "c d", "e f", "g h"], "split": ["train", "cal", "test", "test"],
+                  "a": [1.0, 0.0, None, 1.0], "b": [0, 1, 1, 0]}).to_parquet(p)
+    with pytest.raises(DatasetError, match="column 'a': blank label"):
+        load_dataset(p, concepts=["a", "b"])
+    ds = load_dataset(p, concepts=["a", "b"], missing_labels="allow")
+    np.testing.assert_array_equal(ds.known, [[1, 1], [1, 1], [0, 1], [1, 1]])
+    np.testing.assert_array_equal(ds.labels[:, 0], [1, 0, 0, 1])
+
+
 def test_option_is_validated():
     assert DataConfig(missing_labels="allow").problems() == []
     assert DataConfig(missing_labels="zero").problems()[0].startswith("data.missing_labels: must be one of")

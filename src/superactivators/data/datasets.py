@@ -225,7 +225,7 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
     """
     if is_hf_source(path):
         return _from_hf(read_hf(path, concepts=[concepts] if isinstance(concepts, str) else concepts, name=name,
-                                columns=columns))
+                                columns=columns, missing_labels=missing_labels))
     if columns:
         raise DatasetError(f"{path}: column options {sorted(columns)} apply to Parquet / Arrow / datasets "
                            "sources, not to a metadata.csv")
@@ -357,7 +357,7 @@ def _from_hf(p: HFParts) -> Dataset:
                     raise DatasetError(f"{p.where}: row {row}, span column: span for {c!r} but its label is 0")
     return Dataset(name=p.name, root=p.root, modality=p.modality, concepts=p.concepts, labels=p.labels,
                    splits=p.splits, source=p.source, inline_texts=p.texts, image_paths=p.images,
-                   mask_paths=p.masks, spans=spans)
+                   mask_paths=p.masks, spans=spans, known=p.known)
 
 
 def _attach_truth(ds: Dataset, df: pd.DataFrame, label_cols: dict[str, np.ndarray], kind: str) -> None:
