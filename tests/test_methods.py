@@ -14,8 +14,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "superactivators"
 
 def test_lists_are_filters_over_the_records():
     assert M.METHODS == ("superactivator", "superactivator_sample", "global", "max_token", "mean_token",
-                         "last_token", "random_token")
-    assert M.BASELINES == ("global", "max_token", "mean_token", "last_token", "random_token")
+                         "last_token", "rolling_max", "random_token")
+    assert M.BASELINES == ("global", "max_token", "mean_token", "last_token", "rolling_max", "random_token")
     assert M.TAIL_METHODS == ("superactivator", "superactivator_sample")
     assert M.DECISION_METHODS == ("prompt_seed",)
     assert M.PROMPT_METHOD_OF == {"margin": "prompt", "seed": "prompt_seed"}

@@ -33,7 +33,7 @@ def test_problems_reach_the_user_through_config_from_dict():
         "score_device: 'gpu' is not a device; use auto, cpu, cuda, cuda:N or mps",
         "embed.batch_size: must be >= 1, got 0",
         "concepts.types: unknown concept type(s) ['nope']; choose from "
-        "['mean', 'linsep', 'kmeans', 'kmeans-linsep', 'sae']",
+        "['mean', 'diffmean', 'linsep', 'kmeans', 'kmeans-linsep', 'sae']",
     ]
 
 

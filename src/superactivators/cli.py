@@ -21,6 +21,30 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from .benchmark import BenchmarkOptions, headline, parse_layers, run_axbench, run_saeprobes
+    from .pipeline import suppress_noisy_warnings
+
+    suppress_noisy_warnings()
+    t0 = time.time()
+    opts = BenchmarkOptions(path=str(args.path), view=args.view, model=args.model, layers=parse_layers(args.layers),
+                            types=[t.strip() for t in args.types.split(",") if t.strip()],
+                            output_dir=str(args.output_dir), seed=args.seed, batch_size=args.batch_size)
+    if args.benchmark == "sae-probes":
+        table = run_saeprobes(opts, args.tasks, progress=not args.quiet)
+        print("\nsae-probes: test AUROC / AP / TPR at 1 % FPR from each method's per-sample scores, F1 at the "
+              "calibrated threshold; mean over tasks")
+    else:
+        table = run_axbench(opts, progress=not args.quiet)
+        print(f"\nAxBench ({args.view}): mean over concepts and settings; AUROC / AP / TPR at 1 % FPR from each "
+              "method's per-sample scores (hard negatives left out), F1 and hard-negative FPR at the calibrated "
+              "threshold")
+    print(headline(table))
+    print(f"\nwrote {Path(args.output_dir) / 'benchmark_metrics.csv'}")
+    print(f"wall time {time.time() - t0:.1f} s, peak RSS {_peak_rss_mb():.0f} MB")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .encoders.catalog import format_packaged
     from .encoders.registry import format_families
@@ -412,6 +436,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--all-methods", action="store_true",
                    help="also the METHOD@best_threshold references (thresholds tuned freely on cal)")
     s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("benchmark",
+                       help="run an external benchmark (AxBench) through the pipeline; writes benchmark_metrics.csv")
+    s_b = s.add_subparsers(dest="benchmark", required=True)
+    b = s_b.add_parser("axbench", parents=[flags["quiet"]], help="AxBench concept-detection settings (concept10 ...)")
+    b.add_argument("path", help="an AxBench setting folder (train_data.parquet, latent_eval_data.parquet, "
+                   "metadata.jsonl) or a folder of them")
+    b.add_argument("--view", default="scoped", choices=["scoped", "multilabel"],
+                   help="scoped: each concept judged on its own eval rows (AxBench's protocol); multilabel: on "
+                   "every eval row, other concepts' positives as negatives")
+    b.add_argument("--model", default="minilm", help="model id, folder or packaged alias (default minilm)")
+    b.add_argument("--layers", default="all", help="'all' (default), 'sweep' (the family's default sweep) or e.g. 2,4,6")
+    b.add_argument("--types", default="mean,diffmean,linsep", help="concept types (default mean,diffmean,linsep)")
+    b.add_argument("--output-dir", default="benchmark-axbench", type=Path,
+                   help="datasets, runs and benchmark_metrics.csv go here (default benchmark-axbench)")
+    b.add_argument("--seed", type=int, default=0, help="train / cal split and run seed (default 0)")
+    b.add_argument("--batch-size", type=int, default=16)
+    b.set_defaults(func=cmd_benchmark)
+    b = s_b.add_parser("sae-probes", parents=[flags["quiet"]],
+                       help="sae-probes binary probing tasks (pip install --no-deps sae-probes)")
+    b.add_argument("tasks", nargs="+", metavar="ID", help="task number, tag or both (102, twt_emotion, 102_twt_emotion)")
+    b.add_argument("--model", default="minilm", help="model id, folder or packaged alias (default minilm)")
+    b.add_argument("--layers", default="all", help="'all' (default), 'sweep' (the family's default sweep) or e.g. 2,4,6")
+    b.add_argument("--types", default="mean,diffmean,linsep", help="concept types (default mean,diffmean,linsep)")
+    b.add_argument("--output-dir", default="benchmark-sae-probes", type=Path,
+                   help="datasets, runs and benchmark_metrics.csv go here (default benchmark-sae-probes)")
+    b.add_argument("--seed", type=int, default=0, help="run seed (the task split uses the package's seed 42)")
+    b.add_argument("--batch-size", type=int, default=16)
+    b.set_defaults(func=cmd_benchmark, view="scoped", path=None)
 
     s = sub.add_parser("dataset-info", help="samples, concepts with positives per split, modality, token-level truth")
     s.add_argument("path", help="metadata.csv, its folder, or builtin:NAME")

@@ -136,7 +136,8 @@ def concept_stage(store: TokenStore, layer: int, ct: ConceptType, cfg: RunConfig
     """
     want_global = GLOBAL.name in cfg.detect.methods
     run = RunLayout(cfg.run_dir)
-    key = stable_hash([store.path.name, ct.name, ct.cache_key(), cfg.seed, want_global]
+    key = stable_hash([store.path.name, ct.name, ct.cache_key(), cfg.seed, want_global,
+                       f"rolling_window={cfg.detect.rolling_window}"]
                       + (["protocol=seed"] if cfg.protocol == "seed" else []))
     own: dict[str, np.ndarray] = {}
     if ct.labelled:
@@ -157,7 +158,8 @@ def concept_stage(store: TokenStore, layer: int, ct: ConceptType, cfg: RunConfig
         ugcs = _fitted(units.global_concepts, lambda: ct.fit_global(store, layer, run.units)) \
             if want_global else None
         us = cached(units.unit_summary, Path.exists, UnitSummary.load,
-                    lambda: summarise_units(store, ucs, ugcs, seed=cfg.seed, device=device), UnitSummary.save)
+                    lambda: summarise_units(store, ucs, ugcs, seed=cfg.seed, device=device,
+                                            rolling_window=cfg.detect.rolling_window), UnitSummary.save)
         m = match_to_concepts(us, store.labels, store.splits, store.concepts, cfg.detect.grid, cfg.protocol)
         cs = labelled_set(ucs, m.tokens, store.concepts)
         cs.save(stage.concepts)
@@ -168,7 +170,7 @@ def concept_stage(store: TokenStore, layer: int, ct: ConceptType, cfg: RunConfig
         own = m.summary.method_scores
     hist = HistogramAccumulator.for_store(store, cs, seed=cfg.seed, device=device)  # figures
     summary = summarise(store, cs, gcs, seed=cfg.seed, device=device, extra=[hist],
-                        independent_random=cfg.protocol == "seed")
+                        independent_random=cfg.protocol == "seed", rolling_window=cfg.detect.rolling_window)
     summary.method_scores.update(own)
     hist.result().save(stage.hist)
     summary.save(stage.summary)
@@ -248,7 +250,7 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
             summary = ScoreSummary.load(stage.summary)
             summary.sample_scores.update(prompted)
             results = run_detection(summary, store.labels, store.splits, cfg.detect.methods,
-                                    cfg.detect.grid, cfg.detect.best_threshold, rule=cfg.protocol)
+                                    cfg.detect.grid, cfg.detect.best_threshold, rule=cfg.protocol, known=store.known)
             save_curves(stage.curves, results, cfg.detect.grid)  # each records its checksum
             save_predictions(stage.predictions, results, store.splits)
             stage_index.append({"layer": layer, "concept_type": ct.name, "dir": run.relative(stage.path),

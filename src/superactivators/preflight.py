@@ -38,7 +38,8 @@ def check_run(cfg: RunConfig) -> Dataset:
     d = cfg.data
     checked = load_and_check(d.path, concepts=d.concepts, ground_truth=d.ground_truth, columns=d.columns(),
                              allow_outside_paths=d.allow_outside_paths, sample_labels_only=d.sample_labels_only,
-                             skip_bad_images=d.skip_bad_images, clip_spans=d.clip_spans)
+                             skip_bad_images=d.skip_bad_images, clip_spans=d.clip_spans,
+                             missing_labels=d.missing_labels)
     ds, problems = checked.ds, problems + checked.problems
     if ds is not None and checked.usable and len(checked.usable) < len(ds.concepts):
         ds = ds.subset_concepts(checked.usable)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-CONCEPT_TYPES = ("mean", "linsep", "kmeans", "kmeans-linsep", "sae")
+CONCEPT_TYPES = ("mean", "diffmean", "linsep", "kmeans", "kmeans-linsep", "sae")
 LINSEP_SOLVERS = ("logreg", "seed")  # logistic regression with bias (ours) | the seed's bias-free Adam
 
 

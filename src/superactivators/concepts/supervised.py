@@ -255,7 +255,10 @@ def learn_linsep_concepts(
     picks: list[np.ndarray] = []
     for c in range(len(concepts)):
         p = np.flatnonzero(gt_train[:, c])
-        n = np.flatnonzero(~gt_train[:, c])
+        n_ok = ~gt_train[:, c]
+        if store.known is not None:  # unknown labels (data.missing_labels: allow) are no negatives
+            n_ok &= store.known[store.sample_of_token[train_idx], concepts[c]]
+        n = np.flatnonzero(n_ok)
         k = min(max_per_class, len(p))
         picks.append((rng.choice(p, k, replace=False), rng.choice(n, min(len(n), max_per_class), replace=False)))
     rows = np.unique(np.concatenate([np.concatenate(pn) for pn in picks]))
@@ -304,6 +307,9 @@ def learn_global_concepts(store: TokenStore, layer: int, concepts: list[int], ki
     gscale = float(np.linalg.norm(g[train] - gmean, axis=1).mean()) or 1.0
     x = (g[train] - gmean) / gscale
     y = store.labels[train][:, concepts].astype(bool)
+    if store.known is not None and kind == "linsep" and not store.known[train][:, concepts].all():
+        raise ValueError("global linsep with unknown train labels is not supported; leave 'global' out of "
+                         "detect.methods or give every train sample its labels")
     _check_counts(store, concepts, y.sum(axis=0), "train samples")
     names = [store.concepts[c] for c in concepts]
     if kind == "mean":

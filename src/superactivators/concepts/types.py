@@ -1,6 +1,6 @@
 """Every concept type behind one interface, so the pipeline has one stage path for all of them.
 
-A :class:`ConceptType` says whether its concepts carry labels (``mean``, ``linsep``) or are
+A :class:`ConceptType` says whether its concepts carry labels (``mean``, ``diffmean``, ``linsep``) or are
 unlabelled units (``kmeans``, ``kmeans-linsep``, ``sae``) that the pipeline matches to the
 labelled concepts on ``cal``; checks what it needs of the model *before* anything is embedded
 (:meth:`ConceptType.check`, from the layers the run will store and the model's hidden size);
@@ -22,6 +22,7 @@ from ..encoders.base import ModelShape
 from ..store.tokens import TokenStore
 from ..util.io import stable_hash
 from .options import CONCEPT_TYPES, ConceptConfig
+from .diffmean import learn_diffmean_concepts, learn_global_diffmean
 from .kmeans import KMeansFit, fit_global_kmeans, fit_token_kmeans, kmeans_concepts, kmeans_linsep_concepts
 from .sae import GEMMA_SCOPE_FILE, SAE_CFG, SAEConceptSet, hook_name_of, load_sae, resolve_sae_path, sae_concept_set, sae_store_layer
 from .supervised import ConceptSet, learn_global_concepts, learn_linsep_concepts, learn_mean_concepts
@@ -75,6 +76,19 @@ class MeanType:
 
     def cache_key(self) -> dict:
         return {}
+
+
+@dataclass
+class DiffMeanType(MeanType):
+    """Mean of positive minus mean of negative train tokens (AxBench's DiffMean; dot product)."""
+
+    name: str = "diffmean"
+
+    def fit(self, store: TokenStore, layer: int, cache: Path) -> ConceptSet:
+        return learn_diffmean_concepts(store, layer, _all(store))
+
+    def fit_global(self, store: TokenStore, layer: int, cache: Path) -> ConceptSet:
+        return learn_global_diffmean(store, layer, _all(store))
 
 
 @dataclass
@@ -212,6 +226,8 @@ def concept_type(name: str, options: ConceptConfig | Mapping[str, Any] | None = 
     lin = {"max_per_class": int(o.linsep_max_tokens_per_class), "c_reg": float(o.linsep_c)}
     if name == "mean":
         return MeanType()
+    if name == "diffmean":
+        return DiffMeanType()
     if name == "linsep":
         return LinsepType(seed=seed, solver=solver, **lin)
     if name in ("kmeans", "kmeans-linsep"):

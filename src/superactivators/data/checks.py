@@ -105,12 +105,13 @@ class CheckedData:
 
 def load_and_check(path: str | Path, concepts: list[str] | str | None = None, ground_truth: str = "auto",
                    columns: dict | None = None, allow_outside_paths: bool = False, sample_labels_only: bool = False,
-                   skip_bad_images: bool = False, clip_spans: bool = False) -> CheckedData:
+                   skip_bad_images: bool = False, clip_spans: bool = False,
+                   missing_labels: str = "error") -> CheckedData:
     """Every dataset check a run makes before any model loads; ``run`` (preflight) and
     ``dataset-info`` both come here, so the two never disagree about a dataset."""
     try:
         ds = load_dataset(path, concepts=concepts, ground_truth=ground_truth, columns=columns,
-                          allow_outside_paths=allow_outside_paths)
+                          allow_outside_paths=allow_outside_paths, missing_labels=missing_labels)
     except DatasetError as err:
         return CheckedData(None, [], list(err.problems))
     if sample_labels_only:  # withhold spans / masks: sample labels only

@@ -26,12 +26,12 @@ import pandas as pd
 from ..util.files import regular_file_problem
 from .errors import DatasetError
 from .hf import HFParts, is_hf_source, read_hf
-from .labels import select_labels, split_columns
+from .labels import MISSING_LABELS, blank_cells, select_labels, split_columns
 from .spans import parse_span_cell
 from .seed import GroundTruth, MetaRows, TextTruth, find_ground_truth, resolve_concepts
 
 SPLITS = ("train", "cal", "test")
-RESERVED = {"image_path", "text_path", "text", "split", "spans", "mask_path", "id"}
+RESERVED = {"image_path", "text_path", "text", "split", "spans", "mask_path", "id", "context_chars"}
 # names the result tables use for aggregate rows (``__macro__``, ``__weighted__``, ``__micro__``, ...)
 RESERVED_CONCEPT = re.compile(r"^__.*__$")
 MASK_PREFIX = "mask::"
@@ -60,6 +60,12 @@ class Dataset:
     truth: GroundTruth | None = None  # a seed ground-truth source (superactivators.data.seed)
     allow_outside_paths: bool = False  # files may lie outside ``root`` (recorded so readers honour it)
     columns: dict | None = None  # a metadata.csv's column options (recorded so readers apply them too)
+    # [N, C] bool: the label is known (None: every label is); unknown labels read 0 in ``labels``
+    # and the sample is left out of that concept's fit, calibration and metrics
+    known: np.ndarray | None = None
+    # [N] int: the first characters of each text are context (a chat template, an instruction):
+    # embedded with the text but never stored, so never scored, calibrated or localised
+    context_chars: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -141,6 +147,7 @@ class Dataset:
             inline_texts=self.inline_texts, text_paths=self.text_paths,
             image_paths=self.image_paths, mask_paths=self.mask_paths, spans=spans,
             metadata=self.metadata, truth=self.truth, allow_outside_paths=self.allow_outside_paths,
+            known=None if self.known is None else self.known[:, idx], context_chars=self.context_chars,
         )
 
 
@@ -202,7 +209,7 @@ def _confine(ds: "Dataset") -> None:
 
 def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name: str | None = None,
                  ground_truth: str = "auto", columns: dict | None = None,
-                 allow_outside_paths: bool = False) -> Dataset:
+                 allow_outside_paths: bool = False, missing_labels: str = MISSING_LABELS) -> Dataset:
     """Read a seed-format ``metadata.csv`` (or a folder holding one, or ``builtin:NAME``).
 
     ``concepts`` restricts and orders the concept columns (a list, or a preset: ``seed`` for the
@@ -215,10 +222,11 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
     with ``columns`` mapping their columns (``text_column``, ``concept_columns``, ...).
     File paths must resolve inside the folder of ``metadata.csv`` unless ``allow_outside_paths``
     (a shared dataset must not make a run read, and a report publish, ``/etc/passwd``).
+    ``missing_labels="allow"``: a blank label cell is an unknown label (``Dataset.known``), not an error.
     """
     if is_hf_source(path):
         return _from_hf(read_hf(path, concepts=[concepts] if isinstance(concepts, str) else concepts, name=name,
-                                columns=columns))
+                                columns=columns, missing_labels=missing_labels))
     path_str = str(path)
     if path_str.startswith("builtin:"):
         from .builtin import builtin_dataset_path
@@ -274,12 +282,13 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
 
     free = [c for c in df.columns if c not in RESERVED]
     concepts = resolve_concepts(concepts, free, path.parent.name, path)
-    label_cols, meta_cols = split_columns({c: df[c].tolist() for c in free}, concepts, str(path))
+    label_cols, meta_cols = split_columns({c: df[c].tolist() for c in free}, concepts, str(path), missing_labels)
     reserved = [c for c in label_cols if RESERVED_CONCEPT.match(c)]
     if reserved:
         raise DatasetError(f"{path}: concept column name(s) {reserved} are reserved for aggregate rows "
                            "(names of the form __name__); rename them")
     names, labels = select_labels(label_cols, concepts, str(path))
+    known = np.stack([~blank_cells(df[c].tolist()) for c in names], axis=1)
 
     def _col(c: str) -> list[str] | None:
         if c not in df.columns:
@@ -306,6 +315,8 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
         metadata=df[meta_cols].copy(),
         allow_outside_paths=allow_outside_paths,
         columns=dict(columns) if columns else None,
+        known=None if known.all() else known,
+        context_chars=_context_chars(df, path) if "context_chars" in df.columns else None,
     )
     if not allow_outside_paths:
         _confine(ds)
@@ -321,6 +332,23 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
     return ds
 
 
+def _context_chars(df: pd.DataFrame, path: Path) -> np.ndarray:
+    """The ``context_chars`` column: a non-negative integer per row, shorter than the row's text."""
+    if "text" not in df.columns:
+        raise DatasetError(f"{path}: column 'context_chars' needs an inline 'text' column")
+    vals = pd.to_numeric(df["context_chars"].str.strip().replace("", "0"), errors="coerce")
+    bad = np.flatnonzero(vals.isna().to_numpy() | (vals.fillna(0) < 0).to_numpy() | (vals.fillna(0) % 1 != 0).to_numpy())
+    if bad.size:
+        raise DatasetError(f"{path}: row {int(bad[0]) + 2}, column 'context_chars': expected a whole number >= 0, "
+                           f"got {df['context_chars'].iloc[int(bad[0])]!r}")
+    out = vals.to_numpy(dtype=np.int64)
+    long = np.flatnonzero(out >= df["text"].str.len().to_numpy())
+    if long.size:
+        raise DatasetError(f"{path}: row {int(long[0]) + 2}, column 'context_chars': {int(out[long[0]])} covers the "
+                           "whole text (nothing left to score)")
+    return out
+
+
 def _from_hf(p: HFParts) -> Dataset:
     """A Dataset over a Parquet / Arrow / datasets table (texts and images stay lazy)."""
     spans = None
@@ -333,7 +361,7 @@ def _from_hf(p: HFParts) -> Dataset:
                     raise DatasetError(f"{p.where}: row {row}, span column: span for {c!r} but its label is 0")
     return Dataset(name=p.name, root=p.root, modality=p.modality, concepts=p.concepts, labels=p.labels,
                    splits=p.splits, source=p.source, inline_texts=p.texts, image_paths=p.images,
-                   mask_paths=p.masks, spans=spans)
+                   mask_paths=p.masks, spans=spans, known=p.known)
 
 
 def _attach_truth(ds: Dataset, df: pd.DataFrame, label_cols: dict[str, np.ndarray], kind: str) -> None:

@@ -34,7 +34,7 @@ import pandas as pd
 from ..util.io import atomic_write_bytes, stable_hash
 from .builtin import cache_root
 from .errors import DatasetError
-from .labels import is_concept_column, looks_like_labels, parse_label_column, select_labels
+from .labels import MISSING_LABELS, blank_cells, is_concept_column, looks_like_labels, parse_label_column, select_labels
 
 COLUMN_KEYS = ("text_column", "image_column", "mask_column", "concept_columns", "span_column", "split_column",
                "split_map")
@@ -248,7 +248,7 @@ class LazyImageFiles(Sequence):
 
 # --- columns -> Dataset -------------------------------------------------------------------
 
-def _binary(col, name: str, where: str, listed: bool = False) -> np.ndarray | None:
+def _binary(col, name: str, where: str, listed: bool = False, missing: str = MISSING_LABELS) -> np.ndarray | None:
     """0/1 values of a label column (bool, numbers, 0/1-like strings), None for a metadata column;
     the same rules as metadata.csv (:mod:`superactivators.data.labels`), rows counted from 0.
     A null is a blank label: an error, never silently 0."""
@@ -260,7 +260,7 @@ def _binary(col, name: str, where: str, listed: bool = False) -> np.ndarray | No
         return None
     cells = ["" if v is None else str(v) for v in col.to_pylist()]
     if listed or is_concept_column(name, cells):
-        return parse_label_column(name, cells, where, row0=0)
+        return parse_label_column(name, cells, where, missing=missing, row0=0)
     if looks_like_labels(cells):  # refused naming the rows (data.concept_columns keeps it as metadata)
         parse_label_column(name, cells, where, row0=0)
     return None
@@ -338,10 +338,11 @@ class HFParts:
     masks: LazyImageFiles | None = None
     span_cells: list[str] | None = None  # JSON per row
     where: str = ""
+    known: np.ndarray | None = None  # [N, C] bool, which labels are known (data.missing_labels: allow)
 
 
 def read_hf(path: str | Path, concepts: Sequence[str] | None = None, name: str | None = None,
-            columns: Mapping[str, Any] | None = None) -> HFParts:
+            columns: Mapping[str, Any] | None = None, missing_labels: str = MISSING_LABELS) -> HFParts:
     """Read a Parquet / Arrow file, a ``datasets`` folder or ``hf:ID`` (see the module docstring)."""
 
     spec, cols = str(path), dict(columns or {})
@@ -390,13 +391,17 @@ def read_hf(path: str | Path, concepts: Sequence[str] | None = None, name: str |
         for c in cand:
             if c not in names_in:
                 raise DatasetError(f"{where}: concept column {c!r} not found (columns: {names_in})")
-            v = _binary(table.column(c), c, where, listed=cc is not None)
+            v = _binary(table.column(c), c, where, listed=cc is not None, missing=missing_labels)
             if v is None:
                 if cc is not None:
                     raise DatasetError(f"{where}: concept column {c!r} is not 0/1")
                 continue
             label_cols[c] = v
     names, labels = select_labels(label_cols, concepts, where, " (set data.concept_columns)")
+    known = None
+    if missing_labels == "allow" and not isinstance(cc, str):  # nulls / blanks: unknown labels
+        known = np.stack([~blank_cells(table.column(c).to_pylist()) for c in names], axis=1)
+        known = None if known.all() else known
     span_cells = _spans_cells(table.column(span_col), where, span_col) if span_col is not None else None
 
     key = stable_hash([spec, {k: cols[k] for k in sorted(cols)}], 16)
@@ -413,4 +418,4 @@ def read_hf(path: str | Path, concepts: Sequence[str] | None = None, name: str |
         name=ds_name, root=cache, modality="image" if image_col else "text", concepts=names, labels=labels,
         splits=splits, source=descriptor, label_names=list(label_cols),
         texts=LazyTexts(table, text_col, where) if text_col else None, images=images, masks=masks,
-        span_cells=span_cells, where=where)
+        span_cells=span_cells, where=where, known=known)

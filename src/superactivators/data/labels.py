@@ -22,9 +22,12 @@ TRUE_VALUES = ("1", "1.0", "yes", "true", "y", "t")
 FALSE_VALUES = ("0", "0.0", "no", "false", "n", "f")
 GROUP_SEP = "::"
 NOT_CONCEPT_PREFIXES = ("mask::",)  # ``mask::NAME`` columns hold mask paths, not labels
-#: What a blank label cell means. The one place to change: "error" (now); the benchmarks issue's
-#: opt-in ``data.missing_labels: allow`` will pass "allow" through :func:`parse_label_column`.
+#: What a blank label cell means, by default: "error". The one switch: ``data.missing_labels``
+#: (:class:`~superactivators.data.options.DataConfig`) defaults to it; "allow" reads a blank cell
+#: as *unknown* for that (sample, concept): the sample is left out of that concept's fit,
+#: calibration and metrics and counts for the others (:func:`blank_cells`, ``Dataset.known``).
 MISSING_LABELS = "error"
+MISSING_CHOICES = ("error", "allow")
 _SHOW_ROWS = 5
 
 
@@ -90,8 +93,14 @@ def parse_label_column(name: str, cells: Sequence[object], where: str,
     return pos.astype(np.uint8)
 
 
+def blank_cells(cells: Sequence[object]) -> np.ndarray:
+    """``[n]`` bool: which cells of a label column are blank (missing labels; NaN / None included)."""
+    return np.array([c is None or (isinstance(c, float) and c != c) or str(c).strip() == "" for c in cells],
+                    dtype=bool)
+
+
 def split_columns(columns: dict[str, Sequence[object]], listed: Sequence[str] | None,
-                  where: str) -> tuple[dict[str, np.ndarray], list[str]]:
+                  where: str, missing: str = MISSING_LABELS) -> tuple[dict[str, np.ndarray], list[str]]:
     """(label arrays of every concept column, metadata column names) of a metadata table.
 
     ``listed``: the concepts the run asks for (``data.concepts``), or None for every concept
@@ -118,7 +127,7 @@ def split_columns(columns: dict[str, Sequence[object]], listed: Sequence[str] | 
                 meta.append(name)
             continue
         try:
-            labels[name] = parse_label_column(name, cells, where)
+            labels[name] = parse_label_column(name, cells, where, missing=missing)
         except DatasetError as err:
             problems += err.problems
     if problems:

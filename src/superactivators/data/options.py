@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .labels import MISSING_CHOICES, MISSING_LABELS
 from .masks import MaskOptions
 from .seed import KINDS as GROUND_TRUTH_KINDS
 
@@ -40,6 +41,9 @@ class DataConfig:
     span_column: str | None = None  # default 'spans'
     split_column: str | None = None  # default 'split' (a DatasetDict's splits give it)
     split_map: dict[str, str] | None = None  # e.g. {validation: cal}; validation -> cal by default
+    # a blank label cell: 'error', or 'allow' (that sample is left out of that concept's fit,
+    # calibration and metrics, and counts for the other concepts)
+    missing_labels: str = MISSING_LABELS
 
     def columns(self) -> dict:
         """The column options that are set (for :func:`superactivators.data.datasets.load_dataset`)."""
@@ -64,6 +68,8 @@ class DataConfig:
                 out.append(f"data.concepts: listed twice: {dup}")
             if not self.concepts:
                 out.append("data.concepts: empty list (leave it out to use every concept column)")
+        if self.missing_labels not in MISSING_CHOICES:
+            out.append(f"data.missing_labels: must be one of {list(MISSING_CHOICES)}, got {self.missing_labels!r}")
         if self.ground_truth not in GROUND_TRUTH_KINDS:
             out.append(f"data.ground_truth: unknown {self.ground_truth!r}; choose from {list(GROUND_TRUTH_KINDS)}")
         return out

@@ -138,7 +138,9 @@ class TextEncoder:
         return {l: cap.states[l].to(self.device) for l in self.layers}
 
     @torch.inference_mode()
-    def encode(self, texts: Sequence[str]) -> EncodedBatch:
+    def encode(self, texts: Sequence[str], context_chars: Sequence[int] | None = None) -> EncodedBatch:
+        """Hidden states of the valid tokens; ``context_chars[i]``: the first characters of text ``i``
+        are context, in the forward pass but not stored (a token ending inside them is dropped)."""
         # protocol "seed": as the seed study, no special tokens (no BOS / appended EOS) and no
         # truncation; ours: the tokenizer's own specials in the forward pass (never stored)
         seed = self.cfg.protocol == "seed"
@@ -151,6 +153,8 @@ class TextEncoder:
         special = enc.pop("special_tokens_mask").numpy().astype(bool)
         attn = enc["attention_mask"].numpy().astype(bool)
         valid = attn & ~special
+        if context_chars is not None:
+            valid &= offsets[..., 1] > np.asarray(context_chars, dtype=np.int64)[:, None]
         lengths = valid.sum(axis=1)
         if (lengths == 0).any():
             raise DatasetError(f"a text produced no tokens: {texts[int(np.argmin(lengths))]!r}")

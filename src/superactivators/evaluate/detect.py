@@ -67,30 +67,39 @@ def calibrate_method(
     names: list[str],
     grid: Sequence[float] = DEFAULT_GRID,
     rule: TailRule = "ours",
+    known: np.ndarray | None = None,
 ) -> MethodResult:
     """Thresholds from the tail of ``populations`` (``rule``: :data:`~.calibrate.TailRule`); N per
-    concept by ``cal`` F1; test metrics."""
+    concept by ``cal`` F1; test metrics. ``known [N, C]``: unknown labels count nowhere."""
     cal, test = splits == "cal", splits == "test"
-    cb = calibrate_tail(scores[cal], populations, labels[cal], grid, rule)
-    test_curve = f1_grid(scores[test][None, :, :] >= cb.thresholds.T[:, None, :], labels[test]).T
+    cb = calibrate_tail(_cal_scores(scores, cal, known), populations, labels[cal], grid, rule)
+    test_pred = scores[test][None, :, :] >= cb.thresholds.T[:, None, :]
+    test_curve = f1_grid(test_pred if known is None else test_pred & known[test][None], labels[test]).T
     chosen = cb.threshold
     pred = scores[test] >= chosen
     return MethodResult(
         method=method, names=names, threshold=chosen, n_pct=cb.n_pct, cal_f1=cb.f1,
-        test=Confusion.from_predictions(pred, labels[test]),
+        test=Confusion.from_predictions(pred, labels[test], None if known is None else known[test]),
         cal_f1_curve=cb.f1_curve, test_f1_curve=test_curve, test_pred=pred,
     )
 
 
+def _cal_scores(scores: np.ndarray, cal: np.ndarray, known: np.ndarray | None) -> np.ndarray:
+    """``scores[cal]`` with unknown labels at -inf: never predicted, labelled 0, they count only
+    as true negatives, which F1 (the calibration criterion) ignores."""
+    return scores[cal] if known is None else np.where(known[cal], scores[cal], -np.inf)
+
+
 def calibrate_best_threshold(method: str, scores: np.ndarray, labels: np.ndarray, splits: np.ndarray,
-                             names: list[str]) -> MethodResult:
+                             names: list[str], known: np.ndarray | None = None) -> MethodResult:
     """Upper reference: the threshold maximising ``cal`` F1, applied to ``test``."""
     cal, test = splits == "cal", splits == "test"
-    thr, f1 = best_f1_thresholds(scores[cal], labels[cal])
+    thr, f1 = best_f1_thresholds(_cal_scores(scores, cal, known), labels[cal])
     pred = scores[test] >= thr
     return MethodResult(
         method=variant(method), names=names, threshold=thr, n_pct=np.full(len(names), np.nan),
-        cal_f1=f1, test=Confusion.from_predictions(pred, labels[test]), test_pred=pred,
+        cal_f1=f1, test=Confusion.from_predictions(pred, labels[test], None if known is None else known[test]),
+        test_pred=pred,
     )
 
 
@@ -117,10 +126,17 @@ def run_detection(
     grid: Sequence[float] = DEFAULT_GRID,
     best_threshold: bool = True,
     rule: TailRule = "ours",
+    known: np.ndarray | None = None,
 ) -> list[MethodResult]:
     """Calibrate and evaluate every requested method from one :class:`ScoreSummary`; every
-    tail-calibrated method thresholds under ``rule`` (``protocol``: ``"ours"`` or ``"seed"``)."""
+    tail-calibrated method thresholds under ``rule`` (``protocol``: ``"ours"`` or ``"seed"``).
+    ``known [N, C]`` (the store's, ``data.missing_labels: allow``): an unknown label is read as 0
+    (no population member) and left out of the calibration F1 and the test counts."""
     labels = labels.astype(bool)
+    if known is not None:
+        known = np.asarray(known, dtype=bool)
+        if known.shape != labels.shape:
+            raise ValueError(f"known labels {known.shape} do not match the labels {labels.shape}")
     cal = splits == "cal"
     out: list[MethodResult] = []
     for m in methods:
@@ -144,10 +160,10 @@ def run_detection(
             pops = own or positive_populations(scores[cal], labels[cal])
         else:
             continue
-        out.append(calibrate_method(m, scores, pops, labels, splits, summary.names, grid, rule))
+        out.append(calibrate_method(m, scores, pops, labels, splits, summary.names, grid, rule, known))
         if best_threshold and rec.free_reference:
             free = summary.method_scores.get(variant(m), scores)
-            out.append(calibrate_best_threshold(m, free, labels, splits, summary.names))
+            out.append(calibrate_best_threshold(m, free, labels, splits, summary.names, known))
     return out
 
 

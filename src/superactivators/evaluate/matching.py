@@ -46,7 +46,7 @@ from ..util.io import atomic_save_npz
 from .calibrate import DEFAULT_GRID, TailRule, best_f1_thresholds, column_tail_thresholds
 from .detect import MethodResult, run_detection
 from .methods import BASELINES, BY_NAME, GLOBAL, METHODS, SA, base_of, variant
-from .scoring import PassContext, SampleReducer, ScoreSummary, make_scorer
+from .scoring import ROLLING_WINDOW, PassContext, SampleReducer, ScoreSummary, make_scorer
 
 BLOCK_BYTES = 256 << 20  # activations held at once while scoring
 PAIR_BLOCK = 1 << 25  # booleans per block when computing F1 for (N, sample, unit)
@@ -172,11 +172,12 @@ def summarise_units(
     max_cal_units: int = 2048,
     candidates_per_concept: int = 64,
     block_bytes: int = BLOCK_BYTES,
+    rolling_window: int = ROLLING_WINDOW,
 ) -> UnitSummary:
     """Per-sample reductions of every unit and cal in-concept token rows (module doc)."""
     K, C = len(cs.names), len(store.concepts)
     cal = store.splits == "cal"
-    reducer = SampleReducer(store.n_samples, K, seed=seed)
+    reducer = SampleReducer(store.n_samples, K, seed=seed, rolling_window=rolling_window)
     if K <= max_cal_units:
         units = np.arange(K)
         coll = CalTokenCollector(cal)

@@ -11,7 +11,7 @@ Kinds:
 - ``tail``: SuperActivator variants; the sample score is the max token, the threshold comes
   from a token-level population (the in-concept tokens, or the top tokens of positive samples).
 - ``baseline``: a pooled per-sample score (CLS / pooled embedding, max / mean / last / random
-  token, the prompted model's yes-no margin), calibrated by the same tail rule over the scores
+  token, max of rolling means, the prompted model's yes-no margin), calibrated by the same tail rule over the scores
   of the concept's positive ``cal`` samples.
 - ``decision``: the score is already a 0/1 answer (the seed's generated Yes / No).
 """
@@ -67,6 +67,10 @@ GLOBAL = Method("global", "global (CLS/pooled)", "baseline", "global", "positive
 MAX_TOKEN = Method("max_token", "max token", "baseline", "max_token", "positive_samples", short="max_tok")
 MEAN_TOKEN = Method("mean_token", "mean token", "baseline", "mean_token", "positive_samples", short="mean_tok")
 LAST_TOKEN = Method("last_token", "last token", "baseline", "last_token", "positive_samples", short="last_tok")
+#: max over windows of ``detect.rolling_window`` valid tokens of the window mean (the Gemini probes
+#: paper's pooling); windows never cross samples, shorter samples score their mean
+ROLLING_MAX = Method("rolling_max", "max of rolling means", "baseline", "rolling_max", "positive_samples",
+                     in_estimator=False, short="roll_max")
 RANDOM_TOKEN = Method("random_token", "random token", "baseline", "random_token", "positive_samples",
                       short="rand_tok")
 PROMPT = Method("prompt", "prompting (yes-no margin)", "baseline", "prompt", "positive_samples", default=False,
@@ -76,7 +80,7 @@ PROMPT_SEED = Method("prompt_seed", "prompting (seed's Yes/No)", "decision", "pr
 
 #: every detection method, in table order (SuperActivator first)
 DETECTION: tuple[Method, ...] = (SUPERACTIVATOR, SUPERACTIVATOR_SAMPLE, GLOBAL, MAX_TOKEN, MEAN_TOKEN, LAST_TOKEN,
-                                 RANDOM_TOKEN, PROMPT, PROMPT_SEED)
+                                 ROLLING_MAX, RANDOM_TOKEN, PROMPT, PROMPT_SEED)
 BY_NAME: dict[str, Method] = {m.name: m for m in DETECTION}
 
 SA = SUPERACTIVATOR.name

@@ -23,9 +23,14 @@ class Confusion:
     tn: np.ndarray
 
     @classmethod
-    def from_predictions(cls, pred: np.ndarray, truth: np.ndarray) -> "Confusion":
+    def from_predictions(cls, pred: np.ndarray, truth: np.ndarray, known: np.ndarray | None = None) -> "Confusion":
+        """Counts per concept; ``known`` (same shape, optional) leaves unknown labels out of every count."""
         pred = np.asarray(pred, dtype=bool)
         truth = np.asarray(truth, dtype=bool)
+        if known is not None:
+            k = np.asarray(known, dtype=bool)
+            return cls(tp=(pred & truth & k).sum(axis=0), fp=(pred & ~truth & k).sum(axis=0),
+                       fn=(~pred & truth & k).sum(axis=0), tn=(~pred & ~truth & k).sum(axis=0))
         return cls(
             tp=(pred & truth).sum(axis=0), fp=(pred & ~truth).sum(axis=0),
             fn=(~pred & truth).sum(axis=0), tn=(~pred & ~truth).sum(axis=0),

@@ -17,6 +17,7 @@ class DetectConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     grid: list[float] = field(default_factory=lambda: list(DEFAULT_GRID))
     best_threshold: bool = True
+    rolling_window: int = 8  # tokens per window of the rolling_max baseline (max over windows of the window mean)
     localize: bool = True  # token-level localisation metrics when the data has masks or spans
     # causal LM / VLM asked by method 'prompt' (calibrated logit(yes) - logit(no)) and/or
     # 'prompt_seed' (the seed's question, a greedy generated Yes/No, scored as it is)
@@ -38,6 +39,8 @@ class DetectConfig:
             out.append("detect.methods: 'prompt' / 'prompt_seed' needs detect.prompt_model (a causal LM or VLM id/folder)")
         if self.prompt_chat not in PROMPT_CHAT:
             out.append(f"detect.prompt_chat: must be auto, always or never, got {self.prompt_chat!r}")
+        if self.rolling_window < 1:
+            out.append(f"detect.rolling_window: must be >= 1, got {self.rolling_window}")
         if not self.grid:
             out.append("detect.grid: empty")
         bad_n = [g for g in self.grid if not 0 < g <= 100]

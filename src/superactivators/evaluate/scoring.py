@@ -21,7 +21,7 @@ from ..concepts.supervised import ConceptSet
 from ..store.tokens import Shard, TokenStore
 from ..store.artefacts import load_npz, recording
 from ..util.io import atomic_save_npz
-from .methods import RANDOM_TOKEN, SUPERACTIVATOR_SAMPLE
+from .methods import RANDOM_TOKEN, ROLLING_MAX, SUPERACTIVATOR_SAMPLE
 from .quantiles import StreamingQuantiles, float_keys, keys_to_floats, pack_populations, unpack_populations
 
 
@@ -139,6 +139,8 @@ class Accumulator(Protocol):
 
 
 TOKEN_REDUCTIONS = ("max_token", "mean_token", "last_token", "random_token")
+#: tokens per window of the ``rolling_max`` baseline (``detect.rolling_window``)
+ROLLING_WINDOW = 8
 
 
 def _transposed(a: np.ndarray, block: int = 2048) -> np.ndarray:
@@ -204,6 +206,44 @@ def segment_scores(acts: np.ndarray, starts: np.ndarray, valid: np.ndarray | Non
     return out
 
 
+def rolling_max(acts: np.ndarray, starts: np.ndarray, valid: np.ndarray | None, window: int,
+                col_block: int = 256) -> np.ndarray:
+    """Per sample ``[n, C]``: the max over windows of ``window`` consecutive valid tokens of the window mean.
+
+    Windows never cross samples; a sample with fewer valid tokens than ``window`` scores its
+    mean. Vectorised: one float64 cumulative sum over the shard's valid tokens, window sums as
+    differences of it, one ``maximum.reduceat`` per block of ``col_block`` concept columns.
+    """
+    if window < 1:
+        raise ValueError(f"rolling window must be >= 1, got {window}")
+    starts = np.asarray(starts, dtype=np.int64)
+    t = acts.shape[0]
+    if valid is not None and not bool(np.all(valid)):
+        n_valid = np.add.reduceat(valid.astype(np.int64), starts)
+        acts = acts[np.asarray(valid, dtype=bool)]
+    else:
+        n_valid = np.diff(np.append(starts, t))
+    vstarts = np.concatenate([[0], np.cumsum(n_valid)[:-1]]).astype(np.int64)
+    ends = vstarts + n_valid
+    n_tok = acts.shape[0]
+    owner = np.repeat(np.arange(len(n_valid)), n_valid)
+    win_ok = np.arange(n_tok) + window <= ends[owner]  # window starting here stays in its sample
+    short = n_valid < window
+    out = np.empty((len(n_valid), acts.shape[1]), dtype=np.float32)
+    for c0 in range(0, acts.shape[1], col_block):  # blocks of concept columns bound the float64 memory
+        a = acts[:, c0:c0 + col_block]
+        cs = np.zeros((n_tok + 1, a.shape[1]), dtype=np.float64)
+        np.cumsum(a, axis=0, dtype=np.float64, out=cs[1:])
+        win = np.full((n_tok, a.shape[1]), -np.inf)
+        if n_tok >= window:
+            win[:n_tok - window + 1] = (cs[window:] - cs[:-window]) / window
+        win[~win_ok] = -np.inf
+        res = np.maximum.reduceat(win, vstarts, axis=0)
+        res[short] = ((cs[ends[short]] - cs[vstarts[short]]) / n_valid[short, None])
+        out[:, c0:c0 + col_block] = res
+    return out
+
+
 def in_concept_values(acts: np.ndarray, token_labels: np.ndarray, rows: np.ndarray | None = None
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Activations of in-concept tokens and their concept column: ``(values, columns)``.
@@ -225,13 +265,15 @@ def group_by_concept(vals: np.ndarray, cols: np.ndarray, n_concepts: int) -> lis
 
 
 class SampleReducer:
-    """Per-sample max, mean, last and random valid-token activation, ``[N, C]`` each."""
+    """Per-sample max, mean, last, random valid-token activation and max of rolling means, ``[N, C]`` each."""
 
-    def __init__(self, n_samples: int, n_concepts: int, seed: int = 0):
+    def __init__(self, n_samples: int, n_concepts: int, seed: int = 0, rolling_window: int = ROLLING_WINDOW):
         self.max = np.full((n_samples, n_concepts), -np.inf, dtype=np.float32)
         self.mean = np.zeros((n_samples, n_concepts), dtype=np.float32)
         self.last = np.zeros((n_samples, n_concepts), dtype=np.float32)
         self.random = np.zeros((n_samples, n_concepts), dtype=np.float32)
+        self.rolling = np.zeros((n_samples, n_concepts), dtype=np.float32)
+        self.rolling_window = int(rolling_window)
         # one uniform draw per sample, so the choice does not depend on shard layout
         self._u = np.random.default_rng(seed).random(n_samples)
 
@@ -240,10 +282,11 @@ class SampleReducer:
         red = segment_scores(acts, ctx.local_starts(shard), ctx.valid(shard), self._u[sl], first_sample=shard.start)
         self.max[sl], self.mean[sl] = red["max_token"], red["mean_token"]
         self.last[sl], self.random[sl] = red["last_token"], red["random_token"]
+        self.rolling[sl] = rolling_max(acts, ctx.local_starts(shard), ctx.valid(shard), self.rolling_window)
 
     def scores(self) -> dict[str, np.ndarray]:
         return {"max_token": self.max, "mean_token": self.mean, "last_token": self.last,
-                "random_token": self.random}
+                "random_token": self.random, ROLLING_MAX.score: self.rolling}
 
 
 class InConceptCollector:
@@ -437,14 +480,14 @@ class ScoreSummary:
 def summarise(store: TokenStore, cs: ConceptSet, global_cs: ConceptSet | None, seed: int = 0,
               device: str | torch.device = "cpu", extra: Sequence[Accumulator] = (),
               max_cal_values: int | None = 25_000_000, sample_delta: float | None = SAMPLE_DELTA,
-              independent_random: bool = False) -> ScoreSummary:
+              independent_random: bool = False, rolling_window: int = ROLLING_WINDOW) -> ScoreSummary:
     """One pass: per-sample reductions, cal in-concept activations, and global scores.
 
     Past ``max_cal_values`` in-concept cal activations, their quantiles are streamed (see
     :class:`InConceptCollector`). ``sample_delta`` (percent; None: off) also collects the
     sample-label variant's population (:class:`TopTokenCollector`); ``independent_random``
     (``protocol: seed``) calibrates ``random_token`` on a second, independent draw."""
-    reducer = SampleReducer(store.n_samples, len(cs.names), seed=seed)
+    reducer = SampleReducer(store.n_samples, len(cs.names), seed=seed, rolling_window=rolling_window)
     cal_mask = store.splits == "cal"
     cal = InConceptCollector(cal_mask, len(cs.names), max_values=max_cal_values)
     concept_idx = [store.concepts.index(n) for n in cs.names]

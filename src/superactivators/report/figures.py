@@ -29,7 +29,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from ..evaluate import methods as records  # noqa: E402
-from ..evaluate.methods import SA, SUPERACTIVATOR_SAMPLE  # noqa: E402
+from ..evaluate.methods import ROLLING_MAX, SA, SUPERACTIVATOR_SAMPLE  # noqa: E402
 
 OKABE_ITO = {
     "black": "#000000", "orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73",
@@ -42,7 +42,7 @@ OUT_C = OKABE_ITO["sky"]
 METHOD_COLORS = {
     SA: SUPER, "global": OKABE_ITO["blue"], "max_token": OKABE_ITO["green"],
     "mean_token": OKABE_ITO["purple"], "last_token": OKABE_ITO["orange"], "random_token": "#7f7f7f",
-    SUPERACTIVATOR_SAMPLE.name: OKABE_ITO["black"],
+    SUPERACTIVATOR_SAMPLE.name: OKABE_ITO["black"], ROLLING_MAX.name: OKABE_ITO["sky"],
 }
 # lines next to a vermillion SuperActivator line (vermillion left out; yellow last, it is faint on white)
 LINE_COLORS = [OKABE_ITO[k] for k in ("blue", "orange", "green", "purple", "sky", "black", "yellow")]

@@ -64,7 +64,8 @@ def ensure_curves(stage: StageRef, store: TokenStore, grid: Sequence[float], met
     path = StageFolder(stage.path).curves
     if not path.exists():
         summary = ScoreSummary.load(StageFolder(stage.path).summary)
-        res = run_detection(summary, store.labels, store.splits, methods, grid, best_threshold=False, rule=rule)
+        res = run_detection(summary, store.labels, store.splits, methods, grid, best_threshold=False, rule=rule,
+                            known=store.known)
         save_curves(path, res, grid)
     return F1Curves.load(path)
 

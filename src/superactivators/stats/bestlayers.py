@@ -157,6 +157,8 @@ def best_layer_table(run_dir: str | Path, n_resamples: int = DEFAULT_RESAMPLES, 
         a = agg[agg["concept_type"] == ct].copy()
         if store is not None and not (store.splits == "test").any():
             result.notes.append(f"{ct}: no intervals: the store has no test samples")
+        elif store is not None and store.known is not None:  # the bootstrap resamples every test sample
+            result.notes.append(f"{ct}: no intervals: some labels are unknown (data.missing_labels: allow)")
         elif store is not None:
             test_ids = np.flatnonzero(store.splits == "test")
             truth = pd.DataFrame(store.labels[test_ids].astype(bool), columns=list(store.concepts))

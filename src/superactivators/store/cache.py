@@ -95,6 +95,9 @@ def states_key(ds: Dataset, cfg: EmbedConfig, masks: MaskOptions | None = None,
     extra: dict = {"n_samples": len(ds), "modality": ds.modality, "model_files": _model_files(cfg.model)}
     if ds.modality == "text":
         extra["texts"] = _texts_digest(ds)
+        if ds.context_chars is not None:  # context prefixes are embedded but not stored: other token rows
+            extra["context_chars"] = hashlib.blake2b(np.ascontiguousarray(ds.context_chars, dtype=np.int64).tobytes(),
+                                                     digest_size=16).hexdigest()
     else:  # validity, the mean global token and patch truth come out of the encoder's pass
         m = masks or MaskOptions()
         extra.update(files=content_key(ds, fingerprints), images=[str(p) for p in ds.image_paths or []],
@@ -171,6 +174,8 @@ def write_view(ds: Dataset, cfg: EmbedConfig, states: TokenStore, sdir: Path, ke
                      states={"path": str(entry.resolve()), "key": key})
     atomic_save_npy(sdir / "labels.npy", ds.labels.astype(np.uint8))
     atomic_save_npy(sdir / "splits.npy", np.asarray(ds.splits, dtype="<U8"))
+    if ds.known is not None:  # missing labels (data.missing_labels: allow): per run, like the labels
+        atomic_save_npy(sdir / "known.npy", np.asarray(ds.known, dtype=bool))
     if kind == "spans":
         (sdir / "truth").mkdir()
         seed = cfg.protocol == "seed"

@@ -133,7 +133,9 @@ def merge_parts(store_dir: str | Path, parts: list[Path]) -> TokenStore:
     sums = {k: v for info in infos for k, v in info.checksums.items()}  # file names are global
     merged = StoreInfo(**{**asdict(first), "shards": shards, "sample_range": None, "complete": False, "norm": {},
                           "checksums": sums})
-    for name in ("labels.npy", "splits.npy"):
+    for name in ("labels.npy", "splits.npy", "known.npy"):
+        if name == "known.npy" and not (parts[0] / name).exists():
+            continue
         shutil.copyfile(parts[0] / name, store_dir / f".{name}.tmp")
         os.replace(store_dir / f".{name}.tmp", store_dir / name)
     atomic_write_json(store_dir / MANIFEST, asdict(merged))

@@ -207,7 +207,8 @@ def embed_dataset(
         raise ValueError(f"sample_range {sample_range} is outside 0..{len(ds)}")
     partial = (lo, hi) != (0, len(ds))
     info.sample_range = [lo, hi] if partial else None
-    writer = StoreWriter(out_dir, info, ds.labels, ds.splits, shard_tokens=cfg.shard_tokens, first_sample=lo)
+    writer = StoreWriter(out_dir, info, ds.labels, ds.splits, shard_tokens=cfg.shard_tokens, first_sample=lo,
+                         known=ds.known)
     start = max(lo, writer.next_sample)
     if start > lo:
         log.info("resuming %s at sample %d", out_dir, start)
@@ -217,11 +218,17 @@ def embed_dataset(
         ids = np.arange(b0, min(hi, b0 + step))
         if ds.modality == "text":
             texts = ds.texts(ids)
+            ctx = None if ds.context_chars is None else ds.context_chars[ids]
+
+            def _encode(g: np.ndarray | list[int]):  # context prefixes (ds.context_chars) are not stored
+                sub = [texts[i] for i in g]
+                return enc.encode(sub) if ctx is None else enc.encode(sub, context_chars=ctx[np.asarray(g)])
+
             if len(ids) > cfg.batch_size:  # a window: batches of similar length, back in sample order
                 groups = length_batches(_text_lengths(enc, texts), cfg.batch_size)
-                parts = window_chunks([enc.encode([texts[i] for i in g]) for g in groups], groups, cfg.batch_size)
+                parts = window_chunks([_encode(g) for g in groups], groups, cfg.batch_size)
             else:
-                parts = iter([enc.encode(texts)])
+                parts = iter([_encode(np.arange(len(ids)))])
             a = 0
             for batch in parts:  # in sample order, at most batch_size samples each
                 part = slice(a, a + len(batch.lengths))

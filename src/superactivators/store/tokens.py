@@ -4,6 +4,7 @@ Layout of a store folder (one dataset x one model, several layers)::
 
     manifest.json            shapes, layers, model, concepts, completed shards, norm stats
     labels.npy               [N, C] uint8 sample labels
+    known.npy                [N, C] bool, which labels are known (only when some are not)
     index/SSSSSSSSS.npz      per shard: lengths [n], valid [t], char_spans [t, 2], gt bits [t, C/8]
     layer_LL/SSSSSSSSS.npy   per shard: token hidden states [t, d] (fp16 by default)
     layer_LL/globals_SSSSSSSSS.npy  per shard: global embeddings [n, d]
@@ -211,7 +212,7 @@ class StoreWriter:
 
     def __init__(
         self, path: Path, info: StoreInfo, labels: np.ndarray, splits: np.ndarray, shard_tokens: int = 65536,
-        first_sample: int = 0,
+        first_sample: int = 0, known: np.ndarray | None = None,
     ):
         """``first_sample > 0`` writes a part of a store (samples from there on, token rows
         counted from 0 within the part), to be merged by :func:`superactivators.store.distributed.merge_parts`."""
@@ -242,7 +243,11 @@ class StoreWriter:
         else:
             atomic_save_npy(self.path / "labels.npy", labels.astype(np.uint8))
             atomic_save_npy(self.path / "splits.npy", np.asarray(splits, dtype="<U8"))
-            for name in ("labels.npy", "splits.npy"):
+            names = ["labels.npy", "splits.npy"]
+            if known is not None:  # missing labels (data.missing_labels: allow)
+                atomic_save_npy(self.path / "known.npy", np.asarray(known, dtype=bool))
+                names.append("known.npy")
+            for name in names:
                 info.checksums[name] = file_checksum(self.path / name)
             atomic_write_json(existing, asdict(info))  # complete=False until close()
         self.info = info
@@ -405,6 +410,8 @@ class TokenStore:
         shared = self.info.states_only  # a states-only store: labels and splits belong to each run
         self.labels = None if shared else self._load(self.path / "labels.npy")
         self.splits = None if shared else self._load(self.path / "splits.npy")
+        #: [N, C] bool, which labels are known; None when every label is (data.missing_labels)
+        self.known = self._load(self.path / "known.npy") if (self.path / "known.npy").exists() else None
         idx = [self._load(self.states_path / "index" / f"{s.name}.npz") for s in self.shards]
         self.lengths = np.concatenate([z["lengths"] for z in idx]).astype(np.int64)
         self.offsets = np.zeros(len(self.lengths) + 1, dtype=np.int64)

@@ -1,0 +1,129 @@
+"""Per-concept label masks: ``data.missing_labels: allow`` (issue 22, item 1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from superactivators.config import config_from_dict
+from superactivators.data.datasets import load_dataset
+from superactivators.data.errors import DatasetError
+from superactivators.data.options import DataConfig
+from superactivators.evaluate.detect import run_detection
+from superactivators.evaluate.metrics import Confusion
+from superactivators.evaluate.scoring import ScoreSummary
+from superactivators.pipeline import run_pipeline
+
+
+def _csv(tmp_path):
+    df = pd.DataFrame({
+        "text": [f"sample {i}" for i in range(6)],
+        "split": ["train", "train", "cal", "cal", "test", "test"],
+        "a": ["1", "0", "1", "", "0", "1"],
+        "b": ["0", "1", "", "1", "", "0"],
+    })
+    p = tmp_path / "metadata.csv"
+    df.to_csv(p, index=False)
+    return p
+
+
+def test_blank_cells_are_an_error_unless_allowed(tmp_path):
+    p = _csv(tmp_path)
+    with pytest.raises(DatasetError, match="column 'a': blank label"):
+        load_dataset(p)
+    ds = load_dataset(p, missing_labels="allow")
+    assert ds.concepts == ["a", "b"]
+    np.testing.assert_array_equal(ds.known, [[1, 1], [1, 1], [1, 0], [0, 1], [1, 0], [1, 1]])
+    np.testing.assert_array_equal(ds.labels, [[1, 0], [0, 1], [1, 0], [0, 1], [0, 0], [1, 0]])
+    assert ds.subset_concepts(["b"]).known[:, 0].tolist() == [1, 1, 0, 1, 0, 1]
+    assert load_dataset(_full(tmp_path), missing_labels="allow").known is None  # nothing missing: no mask
+
+
+def _full(tmp_path):
+    p = tmp_path / "full" / "metadata.csv"
+    p.parent.mkdir()
+    pd.DataFrame({"text": ["x", "y"], "split": ["train", "test"], "a": ["1", "0"]}).to_csv(p, index=False)
+    return p
+
+
+def test_parquet_nulls_are_unknown_labels(tmp_path):
+    p = tmp_path / "d.parquet"
+    pd.DataFrame({"text": ["a b", "c d", "e f", "g h"], "split": ["train", "cal", "test", "test"],
+                  "a": [1.0, 0.0, None, 1.0], "b": [0, 1, 1, 0]}).to_parquet(p)
+    with pytest.raises(DatasetError, match="column 'a': blank label"):
+        load_dataset(p, concepts=["a", "b"])
+    ds = load_dataset(p, concepts=["a", "b"], missing_labels="allow")
+    np.testing.assert_array_equal(ds.known, [[1, 1], [1, 1], [0, 1], [1, 1]])
+    np.testing.assert_array_equal(ds.labels[:, 0], [1, 0, 0, 1])
+
+
+def test_option_is_validated():
+    assert DataConfig(missing_labels="allow").problems() == []
+    assert DataConfig(missing_labels="zero").problems()[0].startswith("data.missing_labels: must be one of")
+
+
+def test_confusion_leaves_unknown_labels_out():
+    pred = np.array([[1], [1], [0], [0], [1]], bool)
+    truth = np.array([[1], [0], [1], [0], [0]], bool)
+    known = np.array([[1], [1], [1], [1], [0]], bool)
+    c = Confusion.from_predictions(pred, truth, known)
+    # by hand over the 4 known rows: tp 1, fp 1, fn 1, tn 1 (the 5th, an unknown predicted 1, counts nowhere)
+    assert (int(c.tp[0]), int(c.fp[0]), int(c.fn[0]), int(c.tn[0])) == (1, 1, 1, 1)
+
+
+def test_detection_with_unknown_labels_equals_detection_without_those_samples():
+    rng = np.random.default_rng(0)
+    n = 80
+    splits = np.array(["cal"] * 40 + ["test"] * 40)
+    labels = (rng.random((n, 1)) < 0.4).astype(np.uint8)
+    scores = (labels[:, 0] * 1.0 + rng.normal(size=n)).astype(np.float32)[:, None]
+    known = rng.random((n, 1)) < 0.7
+    labels[~known] = 0  # an unknown label is read as 0
+    s = ScoreSummary(["a"], {"max_token": scores}, [np.sort(scores[(splits == "cal") & known[:, 0] & (labels[:, 0] > 0), 0])])
+    got = {r.method: r for r in run_detection(s, labels, splits, methods=["max_token"], grid=[10, 50, 90], known=known)}
+    k = known[:, 0]
+    s2 = ScoreSummary(["a"], {"max_token": scores[k]}, s.cal_in_concept)
+    want = {r.method: r for r in run_detection(s2, labels[k], splits[k], methods=["max_token"], grid=[10, 50, 90])}
+    for m in ("max_token", "max_token@best_threshold"):
+        assert got[m].threshold[0] == want[m].threshold[0]
+        for f in ("tp", "fp", "fn", "tn"):
+            assert getattr(got[m].test, f)[0] == getattr(want[m].test, f)[0], (m, f)
+        assert got[m].cal_f1[0] == pytest.approx(want[m].cal_f1[0])
+    with pytest.raises(ValueError, match="known labels"):
+        run_detection(s, labels, splits, methods=["max_token"], known=known[:3])
+
+
+def test_pipeline_with_missing_labels(tmp_path, small_emotions, tiny_bert):
+    df = pd.read_csv(small_emotions, dtype=str, keep_default_na=False)
+    col = "emotion::joy"
+    test_rows = np.flatnonzero(df["split"].to_numpy() == "test")
+    blank = test_rows[:10]
+    df.loc[blank, col] = ""
+    df.loc[blank, "spans"] = [_drop_concept(s, col) for s in df.loc[blank, "spans"]]
+    (tmp_path / "d").mkdir()
+    df.to_csv(tmp_path / "d" / "metadata.csv", index=False)
+    cfg = {"name": "m", "output_dir": str(tmp_path / "runs"), "score_device": "cpu",
+           "data": {"path": str(tmp_path / "d"), "missing_labels": "allow", "concepts": [col, "emotion::anger"]},
+           "embed": {"model": str(tiny_bert), "layers": [1], "batch_size": 8, "max_length": 128},
+           "concepts": {"types": ["mean"]}, "detect": {"grid": [10, 50], "methods": ["superactivator", "max_token"]}}
+    res = run_pipeline(config_from_dict(cfg), progress=False)
+    assert res.store.known is not None and (~res.store.known).sum() == 10
+    t = res.table
+    row = t[(t.concept == col) & (t.method == "max_token")].iloc[0]
+    n_known_test = len(test_rows) - 10
+    assert row.tp + row.fp + row.fn + row.tn == n_known_test  # the 10 unknown test samples count nowhere
+    other = t[(t.concept == "emotion::anger") & (t.method == "max_token")].iloc[0]
+    assert other.tp + other.fp + other.fn + other.tn == len(test_rows)  # ... and still count for the others
+
+
+def _drop_concept(spans: str, concept: str) -> str:
+    import json
+
+    if not spans:
+        return spans
+    d = json.loads(spans)
+    if isinstance(d, dict):
+        d.pop(concept, None)
+        return json.dumps(d) if d else ""
+    return spans
