@@ -419,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scaling", action="store_true", help="only the scaling table (time and peak RSS vs size)")
     p.add_argument("--skip-scaling", action="store_true")
     p.add_argument("--skip-seed", action="store_true", help="no seed-style reference")
+    p.add_argument("--seed-only", action="store_true", help="only the seed-style reference and post/mean, paired")
     p.add_argument("--scaling-dim", type=int, default=256, help="hidden size of the scaling stores")
     p.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     p.add_argument("--kind", choices=KINDS, help=argparse.SUPPRESS)
@@ -442,6 +443,19 @@ def main(argv: list[str] | None = None) -> int:
           f"load {os.getloadavg()[0]:.2f}", flush=True)
     if args.bootstrap_only:
         _print_boot(run_child("boot", args))
+        return 0
+    if args.seed_only:
+        posts, seeds = [], []
+        for r in range(args.reps):
+            posts.append(run_child("post", args, "mean", reps=1, label=f" #{r + 1}"))
+            seeds.append(run_child("seedref", args, "mean", reps=1, label=f" #{r + 1}"))
+        k = _seed_ratio(seeds, posts)
+        print(json.dumps(k))
+        if not args.quick and RESULTS.exists():
+            results = json.loads(RESULTS.read_text())
+            results["seed_style"] = k
+            RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+            print(f"wrote the seed-style ratio into {RESULTS}")
         return 0
     if args.scaling:
         sc = run_scaling(args)
