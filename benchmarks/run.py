@@ -23,6 +23,15 @@ What is timed (each phase runs in a fresh subprocess, so its peak RSS is its own
 - ``embed``   ``embed.embed_dataset`` with a loaded ``TextEncoder`` on the packaged MiniLM
               (every layer) over the built-in emotions texts, vs ``model(**batch)`` over the
               same tokenised batches.
+- ``seedref`` ``benchmarks/seed_style.py``: a straightforward torch implementation of the seed's
+              protocol (everything in memory, per-concept ``torch.quantile``, per-sample loops)
+              on the same store and mean concepts, paired with ``post/mean`` of the same
+              repetition: the time and peak-RSS ratios.
+- ``scaling`` (``--scaling``, part of the default run) post-embedding time and peak RSS of the
+              mean concepts, and the bare pass, at 0.5, 1, 2, 4 M tokens (80 concepts) and at
+              20, 80, 320 concepts (2 M tokens) on synthetic stores of ``--scaling-dim``
+              dimensions (default 256, to keep the builds short on 2 cores), one run per point;
+              the growth exponent is the least-squares slope of log time on log size.
 
 Each of ``--reps`` repetitions runs ours and the bare reference back to back; a ratio is the
 median over repetitions of these paired ratios (the machine is shared and its load moves: the
@@ -50,8 +59,9 @@ RESULTS = HERE / "results.json"
 KINDS = ("mean", "linsep")
 BOOT_TEST_SAMPLES = 2000  # test samples of the bootstrap benchmark (COCO's seed test split is ~2,000 images)
 EMBED_TEXTS = 320  # first 320 built-in texts = 10 batches of 32: keeps `make bench` under 15 min on 2 busy cores
-TARGETS = {"post_embed_ratio_to_bare_pass": 2.0, "post_embed_peak_rss_mb": 2048.0, "embed_ratio_to_bare_forward": 1.2,
-           "bootstrap_seconds": 5.0, "buckets_speedup_over_in_order": 1.5, "buckets_time_vs_sorted_bare": 1.1}
+TARGETS = {"post_embed_ratio_to_bare_pass": 1.3, "post_embed_peak_rss_mb": 1024.0, "embed_ratio_to_bare_forward": 1.1,
+           "bootstrap_seconds": 5.0, "buckets_speedup_over_in_order": 1.5, "buckets_time_vs_sorted_bare": 1.1,
+           "seed_time_ratio": 50.0, "seed_rss_ratio": 10.0}
 
 
 def peak_rss_mb() -> float:
@@ -59,18 +69,29 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def spec_for(quick: bool):
+SCALE_TOKENS = (500_000, 1_000_000, 2_000_000, 4_000_000)  # at SCALE_BASE_CONCEPTS concepts
+SCALE_CONCEPTS = (20, 80, 320)  # at SCALE_BASE_TOKENS tokens
+SCALE_BASE_TOKENS, SCALE_BASE_CONCEPTS = 2_000_000, 80
+QUICK_SCALE = ((30_000, 60_000), (4, 8), 60_000, 8)  # tokens, concepts, base tokens, base concepts
+
+
+def spec_for(quick: bool, args: argparse.Namespace | None = None):
     from superactivators.store.synth import SynthSpec
 
+    if args is not None and args.n_tokens:  # a scaling point
+        return SynthSpec(n_tokens=args.n_tokens, n_concepts=args.n_concepts, dim=args.dim,
+                         shard_tokens=16384 if quick else 65536)
     return SynthSpec(n_tokens=120_000, dim=256, n_concepts=16, shard_tokens=16384) if quick else SynthSpec()
 
 
-def store_path(quick: bool) -> Path:
+def store_path(quick: bool, args: argparse.Namespace | None = None) -> Path:
+    if args is not None and args.n_tokens:
+        return STORE_ROOT / f"scale_{args.n_tokens}x{args.dim}_{args.n_concepts}c"
     return STORE_ROOT / ("synthetic_quick" if quick else "synthetic")
 
 
-def concept_dir(quick: bool, kind: str, space: str) -> Path:
-    return store_path(quick) / "bench_concepts" / f"{kind}_{space}"
+def concept_dir(quick: bool, kind: str, space: str, args: argparse.Namespace | None = None) -> Path:
+    return store_path(quick, args) / "bench_concepts" / f"{kind}_{space}"
 
 
 # --- phases (run in a child process) ---------------------------------------------------------
@@ -136,13 +157,13 @@ def phase_post(args: argparse.Namespace) -> dict:
     from superactivators.store.tokens import TokenStore
     from superactivators.util.device import pick_device
 
-    cs = ConceptSet.load(concept_dir(args.quick, args.kind, "tokens"))
-    gcs = ConceptSet.load(concept_dir(args.quick, args.kind, "globals"))
+    cs = ConceptSet.load(concept_dir(args.quick, args.kind, "tokens", args))
+    gcs = ConceptSet.load(concept_dir(args.quick, args.kind, "globals", args))
     device = pick_device(args.device)
     keep: dict = {}
 
     def once() -> None:
-        store = TokenStore(store_path(args.quick))
+        store = TokenStore(store_path(args.quick, args))
         summary = summarise(store, cs, gcs, seed=0, device=device)
         results = run_detection(summary, store.labels, store.splits)
         keep["table"] = results_table(results, layer=cs.layer, concept_type=args.kind)
@@ -165,11 +186,11 @@ def phase_bare(args: argparse.Namespace) -> dict:
 
     from superactivators.concepts.supervised import ConceptSet
 
-    path = store_path(args.quick)
+    path = store_path(args.quick, args)
     manifest = json.loads((path / "manifest.json").read_text())
     layer = manifest["layers"][0]
     files = [path / f"layer_{layer:02d}" / f"{s['start']:09d}.npy" for s in manifest["shards"]]
-    W = torch.from_numpy(np.ascontiguousarray(ConceptSet.load(concept_dir(args.quick, args.kind, "tokens")).vectors.T))
+    W = torch.from_numpy(np.ascontiguousarray(ConceptSet.load(concept_dir(args.quick, args.kind, "tokens", args)).vectors.T))
     # the fastest plain loop we know: cache-sized blocks converted into one reused float32
     # buffer (a fresh ``.float()`` per block costs more in page faults than the conversion),
     # GEMM into one reused output. Our scorer gets no trick the floor lacks.
@@ -300,18 +321,58 @@ def phase_boot(args: argparse.Namespace) -> dict:
             "n_test": n, "methods": M, "concepts": C, "resamples": B, "torch_threads": torch.get_num_threads(), **out}
 
 
+def phase_scale_prep(args: argparse.Namespace) -> dict:
+    """Build (or reuse) one scaling point's store and its mean concepts; not timed."""
+    from superactivators.concepts.supervised import ConceptSet, learn_global_concepts, learn_mean_concepts
+    from superactivators.store.synth import build_synthetic_store
+
+    t0 = time.perf_counter()
+    store = build_synthetic_store(store_path(args.quick, args), spec_for(args.quick, args))
+    if not ConceptSet.exists(concept_dir(args.quick, "mean", "tokens", args)):
+        idx = list(range(len(store.concepts)))
+        gcs = learn_global_concepts(store, store.layers[0], idx, "mean")
+        learn_mean_concepts(store, store.layers[0], idx).save(concept_dir(args.quick, "mean", "tokens", args))
+        gcs.save(concept_dir(args.quick, "mean", "globals", args))
+    return {"seconds": time.perf_counter() - t0, "n_tokens": store.n_tokens, "n_samples": store.n_samples,
+            "bytes_on_disk": sum(f.stat().st_size for f in store.path.rglob("*.npy"))}
+
+
+def phase_seedref(args: argparse.Namespace) -> dict:
+    """``seed_style.run`` on the benchmark store with the same concept sets as ``post``."""
+    from superactivators.concepts.supervised import ConceptSet
+    from superactivators.store.tokens import TokenStore
+
+    sys.path.insert(0, str(HERE))
+    import seed_style  # noqa: PLC0415
+
+    cs = ConceptSet.load(concept_dir(args.quick, args.kind, "tokens", args))
+    gcs = ConceptSet.load(concept_dir(args.quick, args.kind, "globals", args))
+    keep: dict = {}
+
+    def once() -> None:
+        keep["macro"] = seed_style.run(TokenStore(store_path(args.quick, args)), cs, gcs, seed=0)
+
+    cpu: list[float] = []
+    best, times = _best(once, args.reps, cpu)
+    return {"seconds": best, "all_seconds": times, "cpu_seconds": cpu,
+            "macro_f1": {k: round(v, 4) for k, v in keep["macro"].items()}}
+
+
 PHASES = {"build": phase_build, "learn": phase_learn, "post": phase_post, "bare": phase_bare, "embed": phase_embed,
-          "boot": phase_boot}
+          "boot": phase_boot,
+          "scale_prep": phase_scale_prep, "seedref": phase_seedref}
 
 
 # --- driver ----------------------------------------------------------------------------------
 
 def run_child(phase: str, args: argparse.Namespace, kind: str | None = None, reps: int | None = None,
-              label: str = "") -> dict:
+              label: str = "", point: tuple[int, int] | None = None) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", phase, "--reps", str(reps or args.reps),
            "--device", args.device]
     if kind:
         cmd += ["--kind", kind]
+    if point:
+        cmd += ["--n-tokens", str(point[0]), "--n-concepts", str(point[1]), "--dim", str(args.scaling_dim)]
     if args.quick:
         cmd.append("--quick")
     if args.quiet:
@@ -355,8 +416,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap-only", action="store_true", help="only the bootstrap phase (no store, no model)")
     p.add_argument("--clean", action="store_true", help="rebuild the synthetic store and concepts")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--scaling", action="store_true", help="only the scaling table (time and peak RSS vs size)")
+    p.add_argument("--skip-scaling", action="store_true")
+    p.add_argument("--skip-seed", action="store_true", help="no seed-style reference")
+    p.add_argument("--seed-only", action="store_true", help="only the seed-style reference and post/mean, paired")
+    p.add_argument("--scaling-dim", type=int, default=256, help="hidden size of the scaling stores")
     p.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     p.add_argument("--kind", choices=KINDS, help=argparse.SUPPRESS)
+    p.add_argument("--n-tokens", type=int, default=0, help=argparse.SUPPRESS)  # a scaling point (children)
+    p.add_argument("--n-concepts", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--dim", type=int, default=256, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.phase:  # child: one phase, one JSON line on stdout
@@ -375,6 +444,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.bootstrap_only:
         _print_boot(run_child("boot", args))
         return 0
+    if args.seed_only:
+        posts, seeds = [], []
+        for r in range(args.reps):
+            posts.append(run_child("post", args, "mean", reps=1, label=f" #{r + 1}"))
+            seeds.append(run_child("seedref", args, "mean", reps=1, label=f" #{r + 1}"))
+        k = _seed_ratio(seeds, posts)
+        print(json.dumps(k))
+        if not args.quick and RESULTS.exists():
+            results = json.loads(RESULTS.read_text())
+            results["seed_style"] = k
+            RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+            print(f"wrote the seed-style ratio into {RESULTS}")
+        return 0
+    if args.scaling:
+        sc = run_scaling(args)
+        _print_scaling(sc)
+        if not args.quick and RESULTS.exists():  # keep the rest of the last full run
+            results = json.loads(RESULTS.read_text())
+            results["scaling"] = sc
+            RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+            print(f"wrote the scaling table into {RESULTS}")
+        return 0
     out: dict = {"build": run_child("build", args)}
     out["learn"] = run_child("learn", args)
     # every timed run is a fresh process (its peak RSS is its own). Per repetition, the bare
@@ -382,10 +473,13 @@ def main(argv: list[str] | None = None) -> int:
     # machine hits both; the headline ratios are the median over repetitions of these paired
     # ratios (best-of times alone can pair a lucky bare run with an unlucky one of ours).
     runs: dict[str, list[dict]] = {f"{ph}_{k}": [] for k in KINDS for ph in ("bare", "post")}
+    seed_runs: list[dict] = []
     for r in range(args.reps):
         for kind in KINDS:
             for phase in ("bare", "post"):
                 runs[f"{phase}_{kind}"].append(run_child(phase, args, kind, reps=1, label=f" #{r + 1}"))
+            if kind == "mean" and not args.skip_seed:  # paired with the post/mean run just before it
+                seed_runs.append(run_child("seedref", args, kind, reps=1, label=f" #{r + 1}"))
     for key, rs in runs.items():
         best = min(rs, key=lambda x: x["seconds"])
         out[key] = {**best, "all_seconds": [x["seconds"] for x in rs], "cpu_seconds": [x["cpu_seconds"][0] for x in rs],
@@ -394,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
         out["embed"] = run_child("embed", args)
         out["buckets"] = run_buckets(args)
     out["boot"] = run_child("boot", args)
+    if not args.skip_scaling:
+        out["scaling"] = run_scaling(args)
 
     def secs(phase: str, kind: str) -> list[float]:
         return out[f"{phase}_{kind}"]["all_seconds"]
@@ -424,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
                              p_ / b_ for p_, b_ in zip(out[f"post_{k}"]["cpu_seconds"], out[f"bare_{k}"]["cpu_seconds"])), 3),
                          "peak_rss_mb": round(out[f"post_{k}"]["peak_rss_mb"], 1),
                          "macro_f1": out[f"post_{k}"]["macro_f1"]} for k in KINDS},
+        "seed_style": _seed_ratio(seed_runs, runs["post_mean"]) if seed_runs else None,
+        "scaling": out.get("scaling"),
         "targets": TARGETS,
         "quick": args.quick, "reps": args.reps, "cpus": os.cpu_count(),
         "total_wall_seconds": round(time.perf_counter() - t_start, 1),
@@ -463,9 +561,75 @@ def main(argv: list[str] | None = None) -> int:
                 TARGETS["buckets_speedup_over_in_order"], higher_is_better=True)
         _report("buckets: ours / sorted bare", results["buckets_time_vs_sorted_bare"], "x",
                 TARGETS["buckets_time_vs_sorted_bare"])
+    if results["seed_style"]:
+        k = results["seed_style"]
+        print(f"  seed-style reference (mean concepts): {k['seed_seconds_median']:.2f} s vs ours "
+              f"{k['ours_seconds_median']:.2f} s (medians), peak RSS {k['seed_peak_rss_mb']:.0f} MB vs "
+              f"{k['ours_peak_rss_mb']:.0f} MB; time ratio run by run {', '.join(f'{x:.1f}' for x in k['time_ratios'])}")
+        _report("seed-style time / ours", k["time_ratio"], "x", TARGETS["seed_time_ratio"], higher_is_better=True)
+        _report("seed-style peak RSS / ours", k["rss_ratio"], "x", TARGETS["seed_rss_ratio"], higher_is_better=True)
     _print_boot(out["boot"])
+    if out.get("scaling"):
+        _print_scaling(out["scaling"])
     print(f"total {results['total_wall_seconds']:.0f} s" + ("" if args.quick else f"; wrote {RESULTS}"))
     return 0
+
+
+def _seed_ratio(seed_runs: list[dict], post_runs: list[dict]) -> dict:
+    """Time and peak-RSS ratios of the seed-style reference to ``post/mean``, paired per repetition."""
+    t = [s_["seconds"] / p_["seconds"] for s_, p_ in zip(seed_runs, post_runs)]
+    m = [s_["peak_rss_mb"] / p_["peak_rss_mb"] for s_, p_ in zip(seed_runs, post_runs)]
+    return {"time_ratio": round(statistics.median(t), 2), "rss_ratio": round(statistics.median(m), 2),
+            "time_ratios": [round(x, 2) for x in t], "rss_ratios": [round(x, 2) for x in m],
+            "seed_seconds_median": round(statistics.median(s_["seconds"] for s_ in seed_runs), 3),
+            "ours_seconds_median": round(statistics.median(p_["seconds"] for p_ in post_runs), 3),
+            "seed_peak_rss_mb": round(max(s_["peak_rss_mb"] for s_ in seed_runs), 1),
+            "ours_peak_rss_mb": round(max(p_["peak_rss_mb"] for p_ in post_runs), 1),
+            "seed_macro_f1": seed_runs[0]["macro_f1"], "ours_macro_f1": post_runs[0]["macro_f1"]}
+
+
+def _slope(x: list[float], y: list[float]) -> float | None:
+    """Least-squares slope of log y on log x (the growth exponent)."""
+    import numpy as np
+
+    return round(float(np.polyfit(np.log(x), np.log(y), 1)[0]), 3) if len(x) > 1 else None
+
+
+def run_scaling(args: argparse.Namespace) -> dict:
+    """Post-embedding time and peak RSS (mean concepts), and the bare pass, per store size."""
+    toks, concs, base_t, base_c = QUICK_SCALE if args.quick else \
+        (SCALE_TOKENS, SCALE_CONCEPTS, SCALE_BASE_TOKENS, SCALE_BASE_CONCEPTS)
+    points = sorted({(t, base_c) for t in toks} | {(base_t, c) for c in concs})
+    rows = []
+    for pt in points:
+        label = f" {pt[0] / 1e6:g}Mx{pt[1]}"
+        prep = run_child("scale_prep", args, reps=1, point=pt, label=label)
+        bare = run_child("bare", args, "mean", reps=1, point=pt, label=label)
+        post = run_child("post", args, "mean", reps=1, point=pt, label=label)
+        rows.append({"n_tokens": pt[0], "n_concepts": pt[1], "dim": args.scaling_dim, "n_samples": prep["n_samples"],
+                     "post_seconds": round(post["seconds"], 3), "bare_seconds": round(bare["seconds"], 3),
+                     "ratio": round(post["seconds"] / bare["seconds"], 3),
+                     "post_peak_rss_mb": round(post["peak_rss_mb"], 1),
+                     "load_avg_1min": [bare["load_avg_1min"], post["load_avg_1min"]]})
+    by_t = [r for r in rows if r["n_concepts"] == base_c]
+    by_c = [r for r in rows if r["n_tokens"] == base_t]
+    return {"rows": rows, "dim": args.scaling_dim, "runs_per_point": 1,
+            "exponent_time_vs_tokens": _slope([r["n_tokens"] for r in by_t], [r["post_seconds"] for r in by_t]),
+            "exponent_bare_vs_tokens": _slope([r["n_tokens"] for r in by_t], [r["bare_seconds"] for r in by_t]),
+            "exponent_rss_vs_tokens": _slope([r["n_tokens"] for r in by_t], [r["post_peak_rss_mb"] for r in by_t]),
+            "exponent_time_vs_concepts": _slope([r["n_concepts"] for r in by_c], [r["post_seconds"] for r in by_c]),
+            "exponent_rss_vs_concepts": _slope([r["n_concepts"] for r in by_c], [r["post_peak_rss_mb"] for r in by_c])}
+
+
+def _print_scaling(sc: dict) -> None:
+    print(f"  scaling (mean concepts, {sc['dim']} dims, one run per point):")
+    print(f"    {'tokens':>9} {'concepts':>8} {'post s':>8} {'bare s':>8} {'ratio':>6} {'peak RSS MB':>11}")
+    for r in sc["rows"]:
+        print(f"    {r['n_tokens']:>9,} {r['n_concepts']:>8} {r['post_seconds']:>8.2f} {r['bare_seconds']:>8.2f} "
+              f"{r['ratio']:>6.2f} {r['post_peak_rss_mb']:>11.0f}")
+    print(f"    growth exponent of time: {sc['exponent_time_vs_tokens']} in tokens "
+          f"(bare pass {sc['exponent_bare_vs_tokens']}), {sc['exponent_time_vs_concepts']} in concepts; "
+          f"of peak RSS: {sc['exponent_rss_vs_tokens']} in tokens, {sc['exponent_rss_vs_concepts']} in concepts")
 
 
 def _print_boot(b: dict) -> None:

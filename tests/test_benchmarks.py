@@ -19,7 +19,8 @@ def test_quick_benchmark_runs_every_phase():
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = proc.stdout
     for line in ("post-embedding / bare pass", "embed / bare forward", "buckets: in-order time / ours",
-                 "buckets: ours / sorted bare", "bootstrap (all of it)"):
+                 "buckets: ours / sorted bare", "bootstrap (all of it)", "seed-style time / ours",
+                 "seed-style peak RSS / ours", "growth exponent of time"):
         assert line in out, line
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 from typing import Literal, Sequence, get_args
 
 import numpy as np
@@ -58,13 +59,19 @@ def tail_rule_key(rule: TailRule = "ours") -> str:
 
 def grid_fractions(grid: Sequence[float]) -> list[Fraction]:
     """Each N of the grid as an exact fraction of its decimal value (``2.5`` -> 5/2, ``0.1`` -> 1/10)."""
+    return list(_grid_fractions(tuple(float(g) for g in grid)))
+
+
+@lru_cache(maxsize=64)
+def _grid_fractions(grid: tuple[float, ...]) -> tuple[Fraction, ...]:
+    """Cached: calibration asks once per concept and method (thousands of ``Fraction`` parses a run)."""
     out = []
     for g in grid:
-        f = Fraction(str(float(g)))
+        f = Fraction(str(g))
         if not 0 <= f <= 100:
             raise ValueError(f"grid values must lie in [0, 100], got {list(grid)}")
         out.append(f)
-    return out
+    return tuple(out)
 
 
 def tail_counts(n: int | np.ndarray, grid: Sequence[float] = DEFAULT_GRID) -> np.ndarray:

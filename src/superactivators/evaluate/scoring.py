@@ -1,9 +1,17 @@
 """Token activations, streamed over the store: one GEMM per shard, segment reductions per sample.
 
-``score_store`` reads each shard once, computes ``[t, C]`` activations and hands them to a
-list of accumulators (objects with ``add(shard, acts, ctx)``), in the style of streaming
-statistics: per-sample reductions, in-concept activation collection for quantiles,
-histograms for figures, localisation counts. No per-token Python code runs.
+``score_store`` reads each shard once and hands the activations to a list of accumulators,
+in the style of streaming statistics: per-sample reductions, in-concept activation collection
+for quantiles, histograms for figures, localisation counts. No per-token Python code runs.
+
+The pass is fused: as the scorer's GEMM moves down a shard in blocks of rows, the samples it
+has finished form a block (:func:`sample_blocks`), copied concept-major ``[C, rows]`` while it
+is in cache; accumulators with ``add_block(block, ctx)`` (the per-sample reductions, the
+in-concept and top-token populations, the second random draw) consume it there, so no
+transposed copy of a shard exists. The others (``add(shard, acts, ctx)``) get the shard's
+``[t, C]`` activations, in one buffer the scorer reuses from shard to shard. The values are
+bit-identical to scoring the whole shard with ``Scorer.__call__`` and reducing it afterwards:
+the GEMM runs over the same row blocks (``tests/test_scoring_fused.py``).
 """
 
 from __future__ import annotations
@@ -92,6 +100,43 @@ class Scorer:
         A /= torch.linalg.vector_norm(X, dim=1, keepdim=True).clamp_min_(1e-12)
         return A
 
+    _rows: torch.Tensor | None = None  # reused [t, C] activations of one shard (flat)
+    _blk_t: torch.Tensor | None = None  # reused [C, rows] concept-major copy of one block (flat)
+
+    def score_blocks(self, x: np.ndarray, cuts: np.ndarray, on_block=None) -> np.ndarray:
+        """Score ``x [t, d]`` (CPU) and hand blocks of it concept-major to ``on_block`` on the way.
+
+        The GEMM runs over the same fixed ``block_rows`` blocks as :meth:`__call__` (so the
+        values are the same bits) into one ``[t, C]`` buffer reused from call to call; as soon as
+        the GEMM has passed a boundary of ``cuts`` (``0 = cuts[0] < ... < cuts[-1] = t``), rows
+        ``[a, b)`` up to it are copied, while still in cache, into a reused C-contiguous
+        ``[C, b - a]`` array and passed as ``on_block(a, b, acts_t)``. Returns the shard's
+        ``[t, C]`` activations: a view that the next call overwrites.
+        """
+        if not isinstance(x, torch.Tensor):
+            with warnings.catch_warnings():  # read-only memmaps: we never write through X
+                warnings.simplefilter("ignore", UserWarning)
+                x = torch.from_numpy(np.asarray(x))
+        t, C = x.shape[0], self.Wt.shape[1]
+        if self._rows is None or self._rows.numel() < t * C:
+            self._rows = torch.empty(t * C, dtype=torch.float32)
+        rows = self._rows[:t * C].view(t, C)
+        widest = int(np.diff(cuts).max()) if on_block is not None and len(cuts) > 1 else 0
+        if self._blk_t is None or self._blk_t.numel() < widest * C:
+            self._blk_t = torch.empty(widest * C, dtype=torch.float32)
+        cut = cuts.tolist()
+        j = 1  # the next boundary to hand over
+        for i in range(0, t, self.block_rows):
+            e = min(t, i + self.block_rows)
+            self._score_block(x[i:e], out=rows[i:e])
+            while on_block is not None and j < len(cut) and cut[j] <= e:
+                a, b = cut[j - 1], cut[j]
+                acts_t = self._blk_t[:(b - a) * C].view(C, b - a)
+                acts_t.copy_(rows[a:b].T)
+                on_block(a, b, acts_t.numpy())
+                j += 1
+        return rows.numpy()
+
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         """Host -> accelerator copy through a reused pinned buffer, so the copy is asynchronous."""
         if x.device == self.device:
@@ -136,6 +181,54 @@ class PassContext:
 
 class Accumulator(Protocol):
     def add(self, shard: Shard, acts: np.ndarray, ctx: PassContext) -> None: ...
+
+
+@dataclass
+class Block:
+    """Rows ``[a, b)`` of a shard holding whole samples ``[i0, i1)`` (both local to the shard).
+
+    ``acts_t [C, b - a]`` are the rows' activations concept-major (C-contiguous), valid only
+    during the ``add_block`` call; ``starts`` are the samples' first rows local to the block.
+    """
+
+    shard: Shard
+    a: int
+    b: int
+    i0: int
+    i1: int
+    starts: np.ndarray
+    acts_t: np.ndarray
+
+    @property
+    def samples(self) -> slice:
+        """The block's samples as global sample indices."""
+        return slice(self.shard.start + self.i0, self.shard.start + self.i1)
+
+    @property
+    def tokens(self) -> slice:
+        """The block's rows as global token indices."""
+        return slice(self.shard.token_start + self.a, self.shard.token_start + self.b)
+
+
+class BlockAccumulator(Protocol):
+    def add_block(self, block: Block, ctx: PassContext) -> None: ...
+
+
+def sample_blocks(starts: np.ndarray, t: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Blocks of whole samples that follow a GEMM run in blocks of ``rows`` rows.
+
+    ``starts`` are the samples' first rows (``starts[0] == 0``, ascending). After the GEMM has
+    covered rows up to ``min(t, k * rows)``, the samples it has finished form the next block:
+    each block ends at the last sample boundary within each GEMM block (a sample that spans a
+    whole GEMM block joins the next one). Returns ``(cuts, sample_cuts)``: row boundaries
+    ``[0, ..., t]`` and the index of each block's first sample (plus the sample count).
+    """
+    bounds = np.append(np.asarray(starts, dtype=np.int64), t)
+    if len(bounds) < 2 or bounds[0] != 0:
+        raise ValueError("sample_blocks needs sample starts beginning at row 0")
+    frontier = np.minimum(np.arange(1, -(-t // rows) + 1, dtype=np.int64) * rows, t)
+    sc = np.unique(np.concatenate([[0], np.searchsorted(bounds, frontier, side="right") - 1]))
+    return bounds[sc], sc
 
 
 TOKEN_REDUCTIONS = ("max_token", "mean_token", "last_token", "random_token")
@@ -284,6 +377,15 @@ class SampleReducer:
         self.last[sl], self.random[sl] = red["last_token"], red["random_token"]
         self.rolling[sl] = rolling_max(acts, ctx.local_starts(shard), ctx.valid(shard), self.rolling_window)
 
+    def add_block(self, blk: Block, ctx: PassContext) -> None:
+        """The same reductions on one block of whole samples, concept-major (no transposed copy)."""
+        sl = blk.samples
+        valid = ctx.valid(blk.shard)[blk.a:blk.b]
+        red = segment_scores(blk.acts_t.T, blk.starts, valid, self._u[sl], first_sample=sl.start)
+        self.max[sl], self.mean[sl] = red["max_token"], red["mean_token"]
+        self.last[sl], self.random[sl] = red["last_token"], red["random_token"]
+        self.rolling[sl] = rolling_max(blk.acts_t.T, blk.starts, valid, self.rolling_window)
+
     def scores(self) -> dict[str, np.ndarray]:
         return {"max_token": self.max, "mean_token": self.mean, "last_token": self.last,
                 "random_token": self.random, ROLLING_MAX.score: self.rolling}
@@ -314,6 +416,24 @@ class InConceptCollector:
         rows = np.flatnonzero(tok_split)  # the split's tokens, then their in-concept entries
         gt = ctx.token_labels(shard)
         vals, cols = in_concept_values(acts, gt, rows if len(rows) < len(tok_split) else None)
+        self._keep(vals, cols)
+
+    def add_block(self, blk: Block, ctx: PassContext) -> None:
+        """In-concept activations of the block's split tokens, gathered from the concept-major block.
+
+        Row-major order within the block, blocks in order: the same values in the same order as
+        :meth:`add` over the whole shard."""
+        tok_split = self.split_mask[ctx.store.sample_of_token[blk.tokens]]
+        if not tok_split.any():
+            return
+        gt = ctx.token_labels(blk.shard)[blk.a:blk.b]
+        rows = None if tok_split.all() else np.flatnonzero(tok_split)
+        sub = gt if rows is None else gt[rows]
+        r, cols = np.divmod(np.flatnonzero(sub), sub.shape[1])
+        r = r if rows is None else rows[r]
+        self._keep(blk.acts_t[cols, r], cols.astype(np.int32))
+
+    def _keep(self, vals: np.ndarray, cols: np.ndarray) -> None:
         if self.hist is not None:
             self.hist.add(vals, cols)
             return
@@ -344,8 +464,9 @@ class TopTokenCollector:
     The population of the sample-label SuperActivator variant (``superactivator_sample``): with
     sample labels only, which tokens of a positive sample carry the concept is unknown, so the
     ``ceil(delta / 100 * n_valid)`` (at least one) highest-activating tokens of every positive
-    ``cal`` sample stand in for its in-concept tokens. Sorting is one ``lexsort`` per concept
-    over the shard's split tokens (sample, then activation descending); no per-token Python.
+    ``cal`` sample stand in for its in-concept tokens. One sort per block covers every concept:
+    uint64 keys (concept and sample, then activation descending); no per-token or per-concept
+    Python.
     """
 
     def __init__(self, split_mask: np.ndarray, labels: np.ndarray, delta: float = SAMPLE_DELTA):
@@ -354,34 +475,51 @@ class TopTokenCollector:
         self.split_mask = split_mask
         self.labels = np.asarray(labels, dtype=bool)  # [N, C] sample labels, columns = activation columns
         self.delta = float(delta)
-        self._vals: list[list[np.ndarray]] = [[] for _ in range(self.labels.shape[1])]
+        self._vals: list[np.ndarray] = []
+        self._cols: list[np.ndarray] = []
 
     def add(self, shard: Shard, acts: np.ndarray, ctx: PassContext) -> None:
-        sid = ctx.store.sample_of_token[shard.token_start:shard.token_stop]
-        keep = self.split_mask[sid] & ctx.valid(shard)
+        """A whole shard's ``[t, C]`` activations: one block of all its samples."""
+        starts = ctx.local_starts(shard)
+        self.add_block(Block(shard, 0, shard.n_tokens, 0, len(starts), starts, np.ascontiguousarray(acts.T)), ctx)
+
+    def add_block(self, blk: Block, ctx: PassContext) -> None:
+        sid = ctx.store.sample_of_token[blk.tokens]
+        keep = self.split_mask[sid] & ctx.valid(blk.shard)[blk.a:blk.b]
         if not keep.any():
             return
         rows = np.flatnonzero(keep)
-        sid = sid[rows]
-        n_valid = np.bincount(sid - shard.start, minlength=shard.stop - shard.start)
+        s_loc = sid[rows] - blk.samples.start  # sample within the block, ascending with the rows
+        ns = blk.i1 - blk.i0
+        n_valid = np.bincount(s_loc, minlength=ns)
         k = np.maximum(1, np.ceil(self.delta / 100.0 * n_valid - 1e-9).astype(np.int64))  # per sample
-        # one gather each, concept-major, so the loop below only masks contiguous rows
-        pos_t = np.ascontiguousarray(self.labels[sid].T)  # [C, r]: token's sample is positive
-        acts_t = np.ascontiguousarray(acts[rows].T)  # [C, r]
-        for c in np.flatnonzero(pos_t.any(axis=1)):
-            pos = pos_t[c]
-            a, s_c = acts_t[c][pos], sid[pos]  # s_c ascending: token rows run sample by sample
-            # one sort of uint64 keys (sample, then activation high to low) instead of a lexsort:
-            # the activation's order-preserving bits, inverted, under the sample's
-            key = ((s_c - shard.start).astype(np.uint64) << np.uint64(32)) | (~float_keys(a)).astype(np.uint64)
+        C = self.labels.shape[1]
+        pos = self.labels[sid[rows]]  # [r, C]: the token's sample is positive for the concept
+        step = max(1, (2**32 - 1) // ns)  # concepts per sort, so that (concept, sample) fits 32 bits
+        for c0 in range(0, C, step):  # one iteration unless C * samples-per-block >= 2^32
+            r, c = np.divmod(np.flatnonzero(pos[:, c0:c0 + step]), min(step, C - c0))
+            if not len(r):
+                continue
+            a = blk.acts_t[c + c0, rows[r]]
+            group = c.astype(np.uint64) * np.uint64(ns) + s_loc[r].astype(np.uint64)
+            # (concept, sample) above, the activation's order-preserving bits inverted below:
+            # ascending keys run concept by concept, sample by sample, activation high to low
+            key = (group << np.uint64(32)) | (~float_keys(a)).astype(np.uint64)
             key.sort()
+            g = (key >> np.uint64(32)).astype(np.int64)
             a_sorted = keys_to_floats(~key.astype(np.uint32))  # the low 32 bits
-            # sorting by sample first keeps every sample's run where it was: ranks follow from s_c
-            rank = np.arange(len(s_c)) - np.searchsorted(s_c, s_c, side="left")
-            self._vals[c].append(a_sorted[rank < k[s_c - shard.start]])
+            first = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])  # each group's first position
+            rank = np.arange(len(g)) - np.repeat(first, np.diff(np.r_[first, len(g)]))
+            sel = rank < k[g % ns]
+            self._vals.append(a_sorted[sel])
+            self._cols.append((g[sel] // ns + c0).astype(np.int32))
 
     def per_concept(self) -> list[np.ndarray]:
-        return [np.concatenate(v).astype(np.float32) if v else np.empty(0, np.float32) for v in self._vals]
+        """Per concept, its kept activations: sample by sample in store order, each sample's high to low."""
+        if not self._vals:
+            return [np.empty(0, np.float32) for _ in range(self.labels.shape[1])]
+        return group_by_concept(np.concatenate(self._vals).astype(np.float32, copy=False),
+                                np.concatenate(self._cols), self.labels.shape[1])
 
 
 class RandomTokenDraw:
@@ -403,6 +541,14 @@ class RandomTokenDraw:
         k = np.minimum((self._u[sl] * n_valid).astype(np.int64), n_valid - 1)
         self.random[sl] = acts[np.flatnonzero(valid)[first_rank + k]]
 
+    def add_block(self, blk: Block, ctx: PassContext) -> None:
+        sl = blk.samples
+        valid = ctx.valid(blk.shard)[blk.a:blk.b]
+        n_valid = np.add.reduceat(valid.astype(np.int64), blk.starts)
+        first_rank = np.concatenate([[0], np.cumsum(n_valid)[:-1]])
+        k = np.minimum((self._u[sl] * n_valid).astype(np.int64), n_valid - 1)
+        self.random[sl] = blk.acts_t[:, np.flatnonzero(valid)[first_rank + k]].T
+
 
 def score_store(
     store: TokenStore,
@@ -417,9 +563,31 @@ def score_store(
     scorer = make_scorer(cs, device)
     concept_idx = np.array([store.concepts.index(n) for n in cs.names])
     ctx = PassContext(store, concept_idx)
+    blockwise = [a for a in accumulators if hasattr(a, "add_block")]
+    whole = [a for a in accumulators if not hasattr(a, "add_block")]
+    fused = isinstance(scorer, Scorer) and scorer.device.type == "cpu"
+    rows = scorer.block_rows if isinstance(scorer, Scorer) else Scorer.block_rows
     for shard in tqdm(store.shards, desc=f"score L{cs.layer} {cs.kind}", disable=not progress):
-        acts = scorer(store.tokens(cs.layer, shard))
-        for acc in accumulators:
+        x = store.tokens(cs.layer, shard)
+        starts = ctx.local_starts(shard)
+        cuts, sample_cuts = sample_blocks(starts, shard.n_tokens, rows)
+        first_block = {int(a): j for j, a in enumerate(cuts[:-1])}
+
+        def on_block(a: int, b: int, acts_t: np.ndarray, shard: Shard = shard) -> None:
+            j = first_block[a]
+            i0, i1 = int(sample_cuts[j]), int(sample_cuts[j + 1])
+            blk = Block(shard, a, b, i0, i1, starts[i0:i1] - a, acts_t)
+            for acc in blockwise:
+                acc.add_block(blk, ctx)
+
+        if fused:
+            acts = scorer.score_blocks(x, cuts, on_block if blockwise else None)
+        else:  # accelerator or SAE scorer: [t, C] first, then the same blocks from it
+            acts = scorer(x)
+            for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
+                if blockwise:
+                    on_block(a, b, np.ascontiguousarray(acts[a:b].T))
+        for acc in whole:
             acc.add(shard, acts, ctx)
 
 
