@@ -232,12 +232,13 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
             summary = ScoreSummary.load(stage.summary)
             summary.sample_scores.update(prompted)
             results = run_detection(summary, store.labels, store.splits, cfg.detect.methods,
-                                    cfg.detect.grid, cfg.detect.best_threshold, rule=cfg.protocol)
+                                    cfg.detect.grid, cfg.detect.best_threshold, rule=cfg.protocol,
+                                    fpr_targets=cfg.detect.fpr_targets)
             save_curves(stage.curves, results, cfg.detect.grid)  # each records its checksum
             save_predictions(stage.predictions, results, store.splits)
             stage_index.append({"layer": layer, "concept_type": ct.name, "dir": run.relative(stage.path),
                                 "store": run.relative(sdir)})
-            tables.append(results_table(results, layer=layer, concept_type=ct.name))
+            tables.append(results_table(results, cfg.detect.prevalence, layer=layer, concept_type=ct.name))
             if cfg.detect.localize and store.info.token_ground_truth != "sample":
                 loc_tables.append(localize_stage(
                     store, lambda: load_concepts(stage.concepts), summary, results,

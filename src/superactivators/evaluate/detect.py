@@ -16,14 +16,23 @@ Both use the same protocol: for every N of the grid the threshold is the ``k``-t
 the ``n`` population values, ``k = ceil(N n / 100)`` (:func:`~.calibrate.tail_counts`), or under
 ``protocol: seed`` (``rule="seed"``) the linear ``1 - N/100`` quantile of the population; N is picked
 per concept by ``cal`` F1 (first best in grid order). ``METHOD@best_threshold`` picks the
-threshold freely on ``cal`` instead.
+threshold freely on ``cal`` instead; ``METHOD@fpr=1%`` (one row per ``detect.fpr_targets``)
+takes the smallest threshold whose FPR on the ``cal`` negatives is <= 1 %
+(:func:`~.ranking.fpr_thresholds`, the field's rule for monitors).
+Every row also carries the ranking metrics of its score (``auroc``, ``ap`` on test,
+``cal_auroc``, ``cal_ap``; :mod:`~.ranking`, scikit-learn's definitions): SuperActivator's
+score is the max token, so its ranking, and its AUROC / AP, are max-token pooling's exactly;
+what it adds is where its threshold sits. The test false-positive rate of every threshold is
+the ``fpr`` column; with ``detect.prevalence`` = pi, ``precision_at_prevalence`` and
+``f1_at_prevalence`` re-weight the test negatives to that share of positives
+(:func:`~.ranking.reweighted_precision`).
 Methods whose scores are already 0/1 decisions (``prompt_seed``: the seed's generated
 Yes/No) are evaluated as they are, without a threshold.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -33,8 +42,9 @@ import pandas as pd
 from ..store.artefacts import load_npz, recording
 from ..util.io import atomic_save_npz
 from .calibrate import DEFAULT_GRID, TailRule, best_f1_thresholds, calibrate_tail, positive_populations
-from .methods import BY_NAME, MACRO, METHODS, WEIGHTED, variant
+from .methods import BY_NAME, MACRO, METHODS, WEIGHTED, fpr_variant, variant
 from .metrics import Confusion, f1_grid
+from .ranking import auc_ap, fpr_thresholds, reweighted_f1, reweighted_precision
 from .scoring import ScoreSummary
 
 RATES = ("precision", "recall", "f1", "accuracy", "fpr", "tnr", "fnr")
@@ -53,6 +63,9 @@ class MethodResult:
     cal_f1_curve: np.ndarray | None = None  # [C, G] F1 on cal for each N of the grid
     test_f1_curve: np.ndarray | None = None  # [C, G] F1 on test for each N (figures)
     test_pred: np.ndarray | None = None  # [n_test, C] bool, test samples in sample order (bootstrap)
+    scores: np.ndarray | None = None  # [N, C] the sample score it thresholds, every split (ranking metrics)
+    labels: np.ndarray | None = None  # [N, C] bool, the labels those scores are ranked against
+    splits: np.ndarray | None = None  # [N] the split of each sample
 
     def predict(self, scores: np.ndarray) -> np.ndarray:
         return scores >= self.threshold[None, :]
@@ -79,6 +92,7 @@ def calibrate_method(
         method=method, names=names, threshold=chosen, n_pct=cb.n_pct, cal_f1=cb.f1,
         test=Confusion.from_predictions(pred, labels[test]),
         cal_f1_curve=cb.f1_curve, test_f1_curve=test_curve, test_pred=pred,
+        scores=scores, labels=labels, splits=np.asarray(splits),
     )
 
 
@@ -91,6 +105,23 @@ def calibrate_best_threshold(method: str, scores: np.ndarray, labels: np.ndarray
     return MethodResult(
         method=variant(method), names=names, threshold=thr, n_pct=np.full(len(names), np.nan),
         cal_f1=f1, test=Confusion.from_predictions(pred, labels[test]), test_pred=pred,
+        scores=scores, labels=labels, splits=np.asarray(splits),
+    )
+
+
+def calibrate_fpr(method: str, scores: np.ndarray, labels: np.ndarray, splits: np.ndarray, names: list[str],
+                  alpha: float) -> MethodResult:
+    """``METHOD@fpr=A%``: per concept the smallest threshold with FPR <= ``alpha`` on the ``cal``
+    negatives (:func:`~.ranking.fpr_thresholds`), applied to ``test``; ``cal_f1`` at that threshold."""
+    cal, test = splits == "cal", splits == "test"
+    labels = np.asarray(labels, dtype=bool)
+    thr = fpr_thresholds(scores[cal], labels[cal], alpha)
+    pred = scores[test] >= thr
+    return MethodResult(
+        method=fpr_variant(method, alpha), names=names, threshold=thr, n_pct=np.full(len(names), np.nan),
+        cal_f1=Confusion.from_predictions(scores[cal] >= thr, labels[cal]).f1(),
+        test=Confusion.from_predictions(pred, labels[test]), test_pred=pred,
+        scores=scores, labels=labels, splits=np.asarray(splits),
     )
 
 
@@ -117,9 +148,11 @@ def run_detection(
     grid: Sequence[float] = DEFAULT_GRID,
     best_threshold: bool = True,
     rule: TailRule = "ours",
+    fpr_targets: Sequence[float] = (),
 ) -> list[MethodResult]:
     """Calibrate and evaluate every requested method from one :class:`ScoreSummary`; every
-    tail-calibrated method thresholds under ``rule`` (``protocol``: ``"ours"`` or ``"seed"``)."""
+    tail-calibrated method thresholds under ``rule`` (``protocol``: ``"ours"`` or ``"seed"``);
+    the baselines also at each false-positive rate of ``fpr_targets`` (``METHOD@fpr=1%``)."""
     labels = labels.astype(bool)
     cal = splits == "cal"
     out: list[MethodResult] = []
@@ -148,15 +181,34 @@ def run_detection(
         if best_threshold and rec.free_reference:
             free = summary.method_scores.get(variant(m), scores)
             out.append(calibrate_best_threshold(m, free, labels, splits, summary.names))
+        if rec.fpr_reference:
+            out += [calibrate_fpr(m, scores, labels, splits, summary.names, a) for a in fpr_targets]
     return out
 
 
-def results_table(results: Sequence[MethodResult], **keys: object) -> pd.DataFrame:
+RANKING = ("auroc", "ap", "cal_auroc", "cal_ap")
+AT_PREVALENCE = ("precision_at_prevalence", "f1_at_prevalence")
+
+
+def ranking_columns(r: MethodResult) -> dict[str, np.ndarray]:
+    """``auroc``, ``ap`` (test) and ``cal_auroc``, ``cal_ap`` of a result's score; NaN without scores."""
+    nan = np.full(len(r.names), np.nan)
+    if r.scores is None or r.labels is None or r.splits is None:
+        return {k: nan for k in RANKING}
+    cal, test = r.splits == "cal", r.splits == "test"
+    auc, ap = auc_ap(r.scores[test], r.labels[test]) if test.any() else (nan, nan)
+    cauc, cap = auc_ap(r.scores[cal], r.labels[cal]) if cal.any() else (nan, nan)
+    return {"auroc": auc, "ap": ap, "cal_auroc": cauc, "cal_ap": cap}
+
+
+def results_table(results: Sequence[MethodResult], prevalence: float | None = None, **keys: object) -> pd.DataFrame:
     """Long table: one row per (method, concept), plus macro and support-weighted rows.
 
     Columns: threshold, chosen N, cal F1, test counts, support (test positives) and the rates
-    of :meth:`Confusion.rates` (precision, recall, F1, accuracy, FPR, TNR, FNR). Macro and
-    weighted averages run over concepts with at least one positive test sample.
+    of :meth:`Confusion.rates` (precision, recall, F1, accuracy, FPR, TNR, FNR), the ranking
+    metrics of the score (:data:`RANKING`) and, with ``prevalence``, precision and F1
+    re-weighted to that share of positives (:data:`AT_PREVALENCE`). Macro and weighted averages
+    run over concepts with at least one positive test sample (ranking metrics: with a defined value).
     """
     frames = []
     for r in results:
@@ -164,8 +216,13 @@ def results_table(results: Sequence[MethodResult], **keys: object) -> pd.DataFra
         df = pd.DataFrame({
             "method": r.method, "concept": r.names, "n_pct": r.n_pct, "threshold": r.threshold,
             "cal_f1": r.cal_f1, "tp": t.tp, "fp": t.fp, "fn": t.fn, "tn": t.tn, "support": t.support,
-            **t.rates(),
+            **t.rates(), **ranking_columns(r),
         })
+        extra = list(RANKING)
+        if prevalence is not None:
+            df["precision_at_prevalence"] = reweighted_precision(t.recall(), t.fpr(), prevalence)
+            df["f1_at_prevalence"] = reweighted_f1(t.recall(), t.fpr(), prevalence)
+            extra += list(AT_PREVALENCE)
         scored = df[df["support"] > 0]
         w = scored["support"] / max(scored["support"].sum(), 1)
         agg = {}
@@ -173,6 +230,11 @@ def results_table(results: Sequence[MethodResult], **keys: object) -> pd.DataFra
             row = {"method": r.method, "concept": name, "support": int(scored["support"].sum())}
             for col in (*RATES, "cal_f1"):
                 row[col] = float(np.average(scored[col], weights=weights)) if len(scored) else float("nan")
+            for col in extra:
+                ok = scored[col].notna().to_numpy()
+                wc = None if weights is None else np.asarray(weights)[ok]
+                row[col] = (float(np.average(scored[col].to_numpy()[ok], weights=wc))
+                            if ok.any() and (wc is None or wc.sum() > 0) else float("nan"))
             agg[name] = row
         frames.append(pd.concat([df, pd.DataFrame(list(agg.values()))], ignore_index=True))
     table = pd.concat(frames, ignore_index=True)
@@ -190,13 +252,25 @@ def macro_pivot(table: pd.DataFrame, index: Sequence[str] = ("layer", "concept_t
 
 
 def save_predictions(path: Path, results: Sequence[MethodResult], splits: np.ndarray) -> None:
-    """Every method's test predictions of one stage (bits packed along samples), for the bootstrap.
+    """Every method's test predictions and test / cal sample scores of one stage, so that any
+    metric can be recomputed from the run folder (the bootstrap of F1, AUROC and AP reads them).
 
-    ``test_ids``: the test samples' indices in the store, in the order of the prediction rows.
+    Arrays: ``test_ids`` / ``cal_ids`` (the samples' indices in the store, in row order),
+    ``names`` (concepts, column order), per result row ``METHOD``: ``pred__METHOD`` (test
+    predictions, bits packed along samples), ``test_score__METHOD`` and ``cal_score__METHOD``
+    (``[n, C]``, the per-sample score the method thresholds, in the summary's dtype:
+    SuperActivator's is its max token, so it equals ``max_token``'s; a ``@`` variant row has its
+    base method's score, or for unlabelled types its own matched unit's).
     """
-    test_ids = np.flatnonzero(np.asarray(splits) == "test")
-    arrays: dict[str, np.ndarray] = {"test_ids": test_ids}
+    splits = np.asarray(splits)
+    test_ids = np.flatnonzero(splits == "test")
+    cal_ids = np.flatnonzero(splits == "cal")
+    arrays: dict[str, np.ndarray] = {"test_ids": test_ids, "cal_ids": cal_ids}
     for r in results:
+        if r.scores is not None:
+            arrays[f"test_score__{r.method}"] = np.asarray(r.scores)[test_ids]
+            arrays[f"cal_score__{r.method}"] = np.asarray(r.scores)[cal_ids]
+            arrays["names"] = np.array(r.names)
         if r.test_pred is None:
             continue
         if r.test_pred.shape != (len(test_ids), len(r.names)):
@@ -209,11 +283,15 @@ def save_predictions(path: Path, results: Sequence[MethodResult], splits: np.nda
 
 @dataclass
 class StagePredictions:
-    """A stage's ``predictions.npz``: per method, test predictions ``[n_test, C]`` bool."""
+    """A stage's ``predictions.npz``: per method, test predictions ``[n_test, C]`` bool and, in
+    files written since they were added, test / cal sample scores (empty dicts otherwise)."""
 
     test_ids: np.ndarray
     names: list[str]
     pred: dict[str, np.ndarray]
+    test_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    cal_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    cal_ids: np.ndarray | None = None
 
     @classmethod
     def load(cls, path: Path) -> "StagePredictions":
@@ -221,4 +299,7 @@ class StagePredictions:
         n = len(z["test_ids"])
         names = [str(v) for v in z["names"]] if "names" in z.files else []
         pred = {k[6:]: np.unpackbits(z[k], axis=0, count=n).astype(bool) for k in z.files if k.startswith("pred__")}
-        return cls(np.asarray(z["test_ids"]), names, pred)
+        test = {k[len("test_score__"):]: z[k] for k in z.files if k.startswith("test_score__")}
+        cal = {k[len("cal_score__"):]: z[k] for k in z.files if k.startswith("cal_score__")}
+        cal_ids = np.asarray(z["cal_ids"]) if "cal_ids" in z.files else None
+        return cls(np.asarray(z["test_ids"]), names, pred, test, cal, cal_ids)
