@@ -106,3 +106,28 @@ def test_detect_config_checks() -> None:
     assert DetectConfig().fpr_targets == [0.01, 0.05] and not DetectConfig().problems()
     assert any("detect.fpr_targets" in p for p in DetectConfig(fpr_targets=[0.0, 2]).problems())
     assert any("detect.prevalence" in p for p in DetectConfig(prevalence=1.5).problems())
+
+
+def test_rank_bootstrap_and_two_sided_p() -> None:
+    from superactivators.stats.ranking import RankBootstrap, reverse_p, two_sided_p
+
+    # d = [-1, 0, 1, 1]: not better (d <= 0) 2 -> 3/5; not worse (d >= 0) 3 -> 4/5; two-sided min(1, 6/5) = 1
+    d = np.array([-1.0, 0.0, 1.0, 1.0])
+    assert reverse_p(d) == pytest.approx(4 / 5) and two_sided_p(d) == 1.0
+    assert two_sided_p(-np.ones(9)) == pytest.approx(2 / 10) and reverse_p(-np.ones(9)) == pytest.approx(1 / 10)
+    rng = np.random.default_rng(5)
+    n = 80
+    y = rng.random((n, 2)) < 0.4
+    good = y + 0.3 * rng.normal(size=(n, 2))  # a dominating score
+    bad = rng.normal(size=(n, 2))
+    rb = RankBootstrap.run(np.stack([bad, good, bad]), y, ["superactivator", "x", "same"], ["a", "b"], 300, 0)
+    pr = rb.paired("auroc", "superactivator", "x")
+    # the baseline is better on every resample: the reverse test marks it, the forward one never
+    assert (pr.p_reverse == 1 / 301).all() and (pr.p == 1).all() and (pr.p_two_sided == 2 / 301).all()
+    same = rb.paired("auroc", "superactivator", "same")
+    assert (same.diff == 0).all() and (same.p == 1).all() and (same.p_reverse == 1).all()
+    v, lo, hi = rb.per_concept("auroc")
+    assert v[0, 0] == pytest.approx(roc_auc_score(y[:, 0], bad[:, 0])) and (lo <= v + 1e-12).all() and (v <= hi + 1e-12).all()
+    mv, _, _ = rb.aggregate("ap", "weighted")
+    w = y.sum(0)
+    assert mv[1] == pytest.approx((w * [average_precision_score(y[:, c], good[:, c]) for c in range(2)]).sum() / w.sum())
