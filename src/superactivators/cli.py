@@ -184,8 +184,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .report.compare import compare_runs
 
-    cmp = compare_runs(args.run_dirs, n_resamples=args.resamples, seed=args.seed, all_methods=args.all_methods)
-    print("Test F1, each concept at its best layer (chosen on cal), weighted by test positives ± bootstrap error "
+    try:
+        cmp = compare_runs(args.run_dirs, n_resamples=args.resamples, seed=args.seed, all_methods=args.all_methods,
+                           metric=args.metric)
+    except ValueError as err:
+        if "--metric" not in str(err):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    what = {"f1": "F1", "auroc": "ROC AUC", "ap": "average precision"}.get(args.metric, args.metric)
+    print(f"Test {what}, each concept at its best layer (chosen on cal), weighted by test positives ± bootstrap error "
           f"({args.resamples} resamples, seed {args.seed})")
     print(cmp.text())
     if args.out:
@@ -293,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     s.add_argument("--all-methods", action="store_true",
                    help="also the METHOD@best_threshold references (thresholds tuned freely on cal)")
+    s.add_argument("--metric", default="f1",
+                   help="the cells: f1 (default), auroc, ap, or tpr@fpr=A%% (recall at the threshold set to an A%% "
+                        "false-positive rate on cal negatives; A in detect.fpr_targets, e.g. tpr@fpr=1%%)")
     s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("dataset-info", help="samples, concepts with positives per split, modality, token-level truth")
