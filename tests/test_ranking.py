@@ -131,3 +131,45 @@ def test_rank_bootstrap_and_two_sided_p() -> None:
     mv, _, _ = rb.aggregate("ap", "weighted")
     w = y.sum(0)
     assert mv[1] == pytest.approx((w * [average_precision_score(y[:, c], good[:, c]) for c in range(2)]).sum() / w.sum())
+
+
+def test_hard_negative_columns_by_hand() -> None:
+    from superactivators.evaluate.detect import MethodResult, hard_negative_columns
+    from superactivators.evaluate.metrics import Confusion
+
+    # test samples: scores 5(+) 4(hn) 3(+) 2(hn) 1(-) 0(hn); threshold 2.5
+    s = np.array([5, 4, 3, 2, 1, 0], float)[:, None]
+    y = np.array([1, 0, 1, 0, 0, 0], bool)[:, None]
+    hn = np.array([0, 1, 0, 1, 0, 1])
+    splits = np.array(["test"] * 6)
+    pred = s >= 2.5
+    r = MethodResult("global", ["a"], np.array([2.5]), np.array([np.nan]), np.array([np.nan]),
+                     Confusion.from_predictions(pred, y), test_pred=pred, scores=s, labels=y, splits=splits)
+    out = hard_negative_columns(r, {"a": hn})
+    # positives 5, 3 vs hard negatives 4, 2, 0: pairs won 3 + 2 of 6
+    assert out["hn_support"][0] == 3 and out["hn_fpr"][0] == pytest.approx(1 / 3)
+    assert out["hn_auroc"][0] == pytest.approx(5 / 6)
+    t = results_table([r], hard_negatives={"a": hn})
+    assert t.loc[t["concept"] == "a", "hn_fpr"].iloc[0] == pytest.approx(1 / 3)
+
+
+def test_hard_negative_columns_are_not_concepts(tmp_path) -> None:
+    import pandas as pd
+
+    from superactivators.data.datasets import load_dataset
+    from superactivators.data.errors import DatasetError
+
+    rows = {"text": ["a cat", "a dog", "cat food", "hot dog"], "split": ["train", "cal", "test", "test"],
+            "animal::cat": [1, 0, 0, 0], "animal::dog": [0, 1, 0, 0], "hard_negative::animal::dog": [0, 0, 0, 1]}
+    pd.DataFrame(rows).to_csv(tmp_path / "metadata.csv", index=False)
+    ds = load_dataset(tmp_path / "metadata.csv")
+    assert ds.concepts == ["animal::cat", "animal::dog"]
+    assert ds.hard_negatives()[:, 1].tolist() == [0, 0, 0, 1] and ds.hard_negatives()[:, 0].sum() == 0
+    bad = dict(rows, **{"hard_negative::animal::dog": [0, 1, 0, 0]})  # a positive marked hard negative
+    pd.DataFrame(bad).to_csv(tmp_path / "metadata.csv", index=False)
+    with pytest.raises(DatasetError, match="hard_negative::animal::dog"):
+        load_dataset(tmp_path / "metadata.csv")
+    bad = dict(rows, **{"hard_negative::bird": [0, 1, 0, 0]})
+    pd.DataFrame(bad).to_csv(tmp_path / "metadata.csv", index=False)
+    with pytest.raises(DatasetError, match="no concept 'bird'"):
+        load_dataset(tmp_path / "metadata.csv")

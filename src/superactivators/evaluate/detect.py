@@ -201,13 +201,40 @@ def ranking_columns(r: MethodResult) -> dict[str, np.ndarray]:
     return {"auroc": auc, "ap": ap, "cal_auroc": cauc, "cal_ap": cap}
 
 
-def results_table(results: Sequence[MethodResult], prevalence: float | None = None, **keys: object) -> pd.DataFrame:
+HARD_NEGATIVE = ("hn_support", "hn_fpr", "hn_auroc")
+
+
+def hard_negative_columns(r: MethodResult, hard: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per concept with a ``hard_negative::`` column (``hard``: concept -> ``[N]`` 0/1 over every
+    sample): ``hn_support`` test hard negatives, ``hn_fpr`` the share of them the method's threshold
+    calls positive, ``hn_auroc`` ROC AUC of test positives against test hard negatives only."""
+    C = len(r.names)
+    out = {"hn_support": np.full(C, np.nan), "hn_fpr": np.full(C, np.nan), "hn_auroc": np.full(C, np.nan)}
+    if r.splits is None or r.labels is None:
+        return out
+    test = r.splits == "test"
+    for j, c in enumerate(r.names):
+        if c not in hard:
+            continue
+        hn = np.asarray(hard[c], dtype=bool)[test]
+        out["hn_support"][j] = hn.sum()
+        if r.test_pred is not None and hn.any():
+            out["hn_fpr"][j] = r.test_pred[hn, j].mean()
+        if r.scores is not None:
+            keep = hn | r.labels[test, j]
+            out["hn_auroc"][j] = auc_ap(r.scores[test][keep][:, [j]], r.labels[test][keep][:, [j]])[0][0]
+    return out
+
+
+def results_table(results: Sequence[MethodResult], prevalence: float | None = None,
+                  hard_negatives: dict[str, np.ndarray] | None = None, **keys: object) -> pd.DataFrame:
     """Long table: one row per (method, concept), plus macro and support-weighted rows.
 
     Columns: threshold, chosen N, cal F1, test counts, support (test positives) and the rates
     of :meth:`Confusion.rates` (precision, recall, F1, accuracy, FPR, TNR, FNR), the ranking
     metrics of the score (:data:`RANKING`) and, with ``prevalence``, precision and F1
-    re-weighted to that share of positives (:data:`AT_PREVALENCE`). Macro and weighted averages
+    re-weighted to that share of positives (:data:`AT_PREVALENCE`), with ``hard_negatives``
+    (concept -> ``[N]`` marks) :data:`HARD_NEGATIVE` (:func:`hard_negative_columns`). Macro and weighted averages
     run over concepts with at least one positive test sample (ranking metrics: with a defined value).
     """
     frames = []
@@ -223,6 +250,10 @@ def results_table(results: Sequence[MethodResult], prevalence: float | None = No
             df["precision_at_prevalence"] = reweighted_precision(t.recall(), t.fpr(), prevalence)
             df["f1_at_prevalence"] = reweighted_f1(t.recall(), t.fpr(), prevalence)
             extra += list(AT_PREVALENCE)
+        if hard_negatives:
+            for k, v in hard_negative_columns(r, hard_negatives).items():
+                df[k] = v
+            extra += ["hn_fpr", "hn_auroc"]
         scored = df[df["support"] > 0]
         w = scored["support"] / max(scored["support"].sum(), 1)
         agg = {}

@@ -31,7 +31,7 @@ REPORTED = ["best_layer", "cal_f1", "n_pct", "threshold", *COUNTS, "support", *R
 #: read at ``auroc_layer`` (best ``cal_auroc``) when the table has them
 RANKED = ["cal_auroc", "auroc", "ap"]
 #: averaged by the macro / weighted rows when present (NaN values skipped)
-OPTIONAL_MEANS = ["auroc", "ap", "precision_at_prevalence", "f1_at_prevalence"]
+OPTIONAL_MEANS = ["auroc", "ap", "precision_at_prevalence", "f1_at_prevalence", "hn_fpr", "hn_auroc"]
 
 
 def load_metrics(run_dir: str | Path) -> pd.DataFrame:
@@ -73,7 +73,8 @@ def best_layers(table: pd.DataFrame) -> pd.DataFrame:
     rows["_rank"] = rows["cal_f1"].astype(float).fillna(-np.inf)
     rows = rows.sort_values(KEYS + ["_rank", "layer"], ascending=[True, True, True, False, True], kind="stable")
     best = rows.groupby(KEYS, sort=False, as_index=False).head(1).rename(columns={"layer": "best_layer"})
-    extra = [c for c in ("precision_at_prevalence", "f1_at_prevalence") if c in best.columns]
+    extra = [c for c in ("precision_at_prevalence", "f1_at_prevalence", "hn_support", "hn_fpr", "hn_auroc")
+             if c in best.columns]
     cols = KEYS + [c for c in REPORTED if c in best.columns] + extra
     best = best[cols]
     if "cal_auroc" in rows.columns and "auroc" in rows.columns:
