@@ -173,3 +173,27 @@ def test_hard_negative_columns_are_not_concepts(tmp_path) -> None:
     pd.DataFrame(bad).to_csv(tmp_path / "metadata.csv", index=False)
     with pytest.raises(DatasetError, match="no concept 'bird'"):
         load_dataset(tmp_path / "metadata.csv")
+
+
+def test_estimator_fpr_calibration_and_decision_function_auc() -> None:
+    from superactivators.evaluate.estimator import SuperActivatorDetector
+
+    # 4 samples x 2 tokens, one concept; sample scores (max token): 0.9(+) 0.7(-) 0.5(-) 0.2(-)
+    acts = np.array([[0.9], [0.1], [0.7], [0.3], [0.5], [0.4], [0.2], [0.0]])
+    idx = np.repeat(np.arange(4), 2)
+    y = np.array([[1], [0], [0], [0]])
+    # fpr_target 0.34 of 3 negatives: floor(1.02) = 1 may reach it -> just above the 2nd largest (0.5)
+    det = SuperActivatorDetector(method="max_token", calibration="fpr", fpr_target=0.34).fit(acts, idx, y)
+    assert det.thresholds_[0] == np.nextafter(0.5, np.inf)
+    assert det.predict(acts, idx)[:, 0].tolist() == [True, True, False, False]
+    sa = SuperActivatorDetector(calibration="fpr", fpr_target=0.34).fit(acts, idx, y)
+    assert sa.thresholds_[0] == det.thresholds_[0]  # SuperActivator's score is the max token
+    # decision_function ranks as the sample scores: sklearn's AUC on it is the scores' AUC (2 of 3 + ... = 1)
+    assert roc_auc_score(y[:, 0], sa.decision_function(acts, idx)[:, 0]) == roc_auc_score(
+        y[:, 0], sa.sample_scores(acts, idx)[:, 0]) == 1.0
+    with pytest.raises(ValueError, match="calibration"):
+        SuperActivatorDetector(calibration="quantile").fit(acts, idx, y)
+    with pytest.raises(ValueError, match="fpr_target"):
+        SuperActivatorDetector(calibration="fpr", fpr_target=1.5).fit(acts, idx, y)
+    with pytest.raises(ValueError, match="sets the threshold itself"):
+        SuperActivatorDetector(method="max_token@best_threshold", calibration="fpr").fit(acts, idx, y)
