@@ -67,6 +67,16 @@ def auc_ap(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarra
             np.array([b[0] for _, b in out], dtype=float).reshape(-1))
 
 
+def roc_points(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(fpr, tpr)`` of one score column at every distinct threshold, from (0, 0) to (1, 1)
+    (sklearn's ``roc_curve`` without dropping collinear points); NaN arrays without both classes."""
+    gp, gn = _ranked(scores, truth, np.ones((1, len(scores))))
+    P, N = gp.sum(), gn.sum()
+    if P == 0 or N == 0:
+        return np.array([np.nan]), np.array([np.nan])
+    return np.r_[0.0, np.cumsum(gn[0]) / N], np.r_[0.0, np.cumsum(gp[0]) / P]
+
+
 def allowed_false_positives(alpha: float, n_neg: int) -> int:
     """``floor(alpha n_neg)`` in whole numbers (``alpha n_neg`` rounded to 12 decimals first)."""
     return int(math.floor(round(alpha * n_neg, 12)))
