@@ -225,7 +225,7 @@ POINT_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 def roc_figure(curves: Sequence[RocCurve], title: str) -> Figure:
     """Per concept: each score's test ROC curve, each of its calibrated thresholds a point on it
     (SuperActivator's tau sits on max token's curve: the same score)."""
-    fig, axes = new_figure(6.6, 5.2, margins={"left": 0.11, "right": 0.98, "bottom": 0.1, "top": 0.88})
+    fig, axes = new_figure(9.5, 5.4, margins={"left": 0.07, "right": 0.6, "bottom": 0.1, "top": 0.88})
     ax = axes[0]
     ax.plot([0, 1], [0, 1], ":", color="#999999", linewidth=1)
     for c in curves:
@@ -238,7 +238,8 @@ def roc_figure(curves: Sequence[RocCurve], title: str) -> Figure:
     ax.set_ylim(-0.01, 1.02)
     ax.set_xlabel("false-positive rate on test")
     ax.set_ylabel("true-positive rate (recall) on test")
-    ax.legend(loc="lower right", frameon=False, fontsize=7.5)
+    ax.set_aspect("equal")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.03, 1.0), frameon=False, fontsize=7.5)
     fig.suptitle(title, fontweight="bold", x=0.01, ha="left")
     return fig
 
