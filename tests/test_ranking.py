@@ -165,6 +165,11 @@ def test_hard_negative_columns_are_not_concepts(tmp_path) -> None:
     ds = load_dataset(tmp_path / "metadata.csv")
     assert ds.concepts == ["animal::cat", "animal::dog"]
     assert ds.hard_negatives()[:, 1].tolist() == [0, 0, 0, 1] and ds.hard_negatives()[:, 0].sum() == 0
+    from superactivators.pipeline import hard_negatives_of
+
+    hn = hard_negatives_of(ds, ["animal::dog", "animal::cat"], 4)  # store order, by name
+    assert hn["animal::dog"].tolist() == [0, 0, 0, 1] and hn["animal::cat"].sum() == 0
+    assert hard_negatives_of(ds, ["animal::dog"], 5) is None  # a store of other samples: left out
     bad = dict(rows, **{"hard_negative::animal::dog": [0, 1, 0, 0]})  # a positive marked hard negative
     pd.DataFrame(bad).to_csv(tmp_path / "metadata.csv", index=False)
     with pytest.raises(DatasetError, match="hard_negative::animal::dog"):
