@@ -362,6 +362,9 @@ def format_headline(res: BestLayers) -> str:
                     sig += f" ! this better (p={r['sa_p_reverse']:.3f})"
             rank = f"  AUROC {r['auroc']:.3f}" if pd.notna(r.get("auroc")) else ""
             lines.append(f"  {meth:<28} weighted {r['f1']:.3f}{err}  macro {m.loc[meth, 'f1']:.3f}{rank}{sig}")
+    if "auroc" in t.columns and t["auroc"].notna().any():
+        lines.append("  AUROC: weighted ROC AUC of each method's score; SuperActivator's equals max_token's "
+                     "(the same score, the max token): the methods differ only in the threshold")
     if res.notes:
         lines += [f"  note: {n}" for n in res.notes]
     return "\n".join(lines)
