@@ -160,7 +160,7 @@ def _cells(res: BestLayers, ct: str, g: pd.DataFrame, metric: str, alpha_fpr: fl
             c.update(value=r.get(metric, np.nan), lo=r.get(f"{metric}_lo", np.nan), hi=r.get(f"{metric}_hi", np.nan))
             c["err"] = (c["hi"] - c["lo"]) / 2
             if rb is not None and m in rb.methods:
-                c["samples"] = rb._agg("weighted", rb.samples[metric], rb.pos[:, None, :])[:, rb.methods.index(m)]
+                c["samples"] = rb.aggregate_samples(metric, "weighted")[:, rb.methods.index(m)]
         else:
             c["value"] = r["recall"]
             if boot is not None and m in boot.methods:

@@ -125,6 +125,10 @@ class RankBootstrap:
             return np.divide((w * np.where(ok, v, 0)).sum(axis=-1), tot, out=np.full(tot.shape, np.nan), where=tot > 0)
         raise ValueError(f"ranking aggregate must be macro or weighted, got {kind!r}")
 
+    def aggregate_samples(self, metric: str, kind: str) -> np.ndarray:
+        """The ``macro`` / ``weighted`` aggregate of ``metric`` on every resample: ``[B, M]``."""
+        return self._agg(kind, self.samples[metric], self.pos[:, None, :])
+
     def aggregate(self, metric: str, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(value, lo, hi)`` ``[M]`` of the ``macro`` / ``weighted`` aggregate."""
         s = self._agg(kind, self.samples[metric], self.pos[:, None, :])
