@@ -225,7 +225,7 @@ POINT_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 def roc_figure(curves: Sequence[RocCurve], title: str) -> Figure:
     """Per concept: each score's test ROC curve, each of its calibrated thresholds a point on it
     (SuperActivator's tau sits on max token's curve: the same score)."""
-    fig, axes = new_figure(9.5, 5.4, margins={"left": 0.07, "right": 0.6, "bottom": 0.1, "top": 0.88})
+    fig, axes = new_figure(10.0, 5.4, margins={"left": 0.07, "right": 0.6, "bottom": 0.1, "top": 0.88})
     ax = axes[0]
     ax.plot([0, 1], [0, 1], ":", color="#999999", linewidth=1)
     for c in curves:

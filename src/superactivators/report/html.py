@@ -403,7 +403,7 @@ class ReportBuilder:
                 if np.isnan(fpr).all():
                     continue
                 plain = [m for m in ms if not has_variant(m)] or ms
-                lab = " = ".join(F.method_label(m) for m in plain)
+                lab = " =\n".join(F.method_label(m) for m in plain)  # one score, several methods
                 color = F.METHOD_COLORS.get(plain[0], F.LINE_COLORS[k % len(F.LINE_COLORS)])
                 pts = [(F.method_label(m), float(sub.loc[m, "fpr"]), float(sub.loc[m, "recall"]))
                        for m in ms if m in sub.index and pd.notna(sub.loc[m].get("fpr"))]
