@@ -116,3 +116,39 @@ def test_headline_names_weighted_and_macro(tiny_run_pair):
         assert f"SA {r['sa_diff']:+.3f} {r['sa_verdict']} (p={r['sa_p_two']:.3f})" in text
     assert "two-sided" in text and max(map(len, text.splitlines())) <= 100
     assert (res.table["concept"] == MACRO).sum() == (res.table["concept"] == WEIGHTED).sum()
+
+
+def test_best_layers_ranking_fpr_rows_and_both_way_significance(tiny_run_pair):
+    """Issue 21: auroc / ap with intervals, @fpr rows, SuperActivator's AUROC = max_token's, sa_worse."""
+    from sklearn.metrics import roc_auc_score
+
+    run = tiny_run_pair[0]
+    csv = pd.read_csv(RunLayout(run).best_layers)
+    for col in ("auroc", "auroc_lo", "auroc_hi", "ap", "ap_lo", "ap_hi", "auroc_layer", "sa_auroc_p",
+                "sa_p_reverse", "sa_p_two_sided", "sa_worse"):
+        assert col in csv.columns, col
+    assert {"max_token@fpr=1%", "max_token@fpr=5%"} <= set(csv["method"])
+    per = csv[~csv["concept"].isin(AGGREGATES)].set_index(["concept_type", "method", "concept"])
+    sa = per.xs("superactivator", level="method")
+    mt = per.xs("max_token", level="method")
+    np.testing.assert_array_equal(sa["auroc"].to_numpy(), mt.loc[sa.index, "auroc"].to_numpy())
+    np.testing.assert_array_equal(sa["ap"].to_numpy(), mt.loc[sa.index, "ap"].to_numpy())
+    ok = per["auroc"].notna()
+    assert (per.loc[ok, "auroc_lo"] <= per.loc[ok, "auroc"] + 1e-12).all()
+    assert (per.loc[ok, "auroc"] <= per.loc[ok, "auroc_hi"] + 1e-12).all()
+    # the table's auroc is sklearn's on the test scores of predictions.npz at that layer
+    store = find_store(run)
+    g = per.xs("global", level="method").dropna(subset=["auroc"])
+    row, (ctype, concept) = g.iloc[0], g.index[0]
+    stage = next(s for s in find_stages(run) if s.layer == row["auroc_layer"] and s.concept_type == ctype)
+    p = StagePredictions.load(StageFolder(stage.path).predictions)
+    y = store.labels[p.test_ids, store.concepts.index(concept)]
+    assert row["auroc"] == pytest.approx(roc_auc_score(y, p.test_scores["global"][:, p.names.index(concept)]))
+    # both directions: p_reverse + p counts every resample once, plus ties at 0 twice
+    other = csv[(csv["method"] != "superactivator") & csv["sa_p"].notna()]
+    assert (other["sa_p_two_sided"] <= 1).all()
+    np.testing.assert_array_equal(other["sa_worse"].astype(bool), other["sa_p_reverse"] < 0.05)
+    # SuperActivator vs max_token on AUROC: identical rankings, no difference either way
+    mrows = csv[(csv["method"] == "max_token") & ~csv["concept"].isin(AGGREGATES) & csv["sa_auroc_diff"].notna()]
+    if (mrows["auroc_layer"].notna()).all():
+        assert (mrows["sa_auroc_diff"] == 0).all() and (mrows["sa_auroc_p_two_sided"] == 1).all()

@@ -60,3 +60,32 @@ def test_compare_cli_writes_csv_markdown_latex(tiny_run_pair, tmp_path, capsys):
 def test_compare_names_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["compare", str(tmp_path)]) == 2
     assert "config.yaml" in capsys.readouterr().err
+
+
+def test_compare_metrics_auroc_ap_tpr_and_sa_marks(tiny_run_pair, capsys):
+    from superactivators.report.compare import BEATS_SA, SA_BEATS, parse_metric
+
+    bl = pd.read_csv(RunLayout(tiny_run_pair[0]).best_layers)
+    w = bl[bl["concept"] == WEIGHTED].set_index(["concept_type", "method"])
+    auc = compare_runs(tiny_run_pair[:1], n_resamples=100, seed=0, metric="auroc").long
+    assert not auc["method"].str.contains("@").any()
+    for ct, m, v in auc[["concept_type", "method", "value"]].itertuples(index=False):
+        assert v == pytest.approx(w.loc[(ct, m), "auroc"])
+    sa = auc[auc["method"] == "superactivator"].set_index("concept_type")["value"]
+    mt = auc[auc["method"] == "max_token"].set_index("concept_type")["value"]
+    assert (sa == mt.loc[sa.index]).all()  # the same ranking
+    tpr = compare_runs(tiny_run_pair[:1], n_resamples=100, seed=0, metric="tpr@fpr=5%").long
+    assert set(tpr["method"]) and all(m.endswith("@fpr=5%") for m in tpr["method"])
+    for ct, m, v in tpr[["concept_type", "method", "value"]].itertuples(index=False):
+        assert v == pytest.approx(w.loc[(ct, m), "recall"])
+    # the SuperActivator marks follow the table's one-sided p-values, one per direction
+    f1 = compare_runs(tiny_run_pair[:1], n_resamples=100, seed=0).long
+    other = f1[f1["method"] != "superactivator"]
+    assert (other["sa_worse"] == (other["sa_p_reverse"] < 0.05)).all()
+    assert (other["sa_better"] == (other["sa_p"] < 0.05)).all()
+    cmp = compare_runs(tiny_run_pair[:1], n_resamples=100, seed=0)
+    assert SA_BEATS in cmp.text() and BEATS_SA in cmp.text()  # the legend names both marks
+    with pytest.raises(ValueError, match="--metric"):
+        parse_metric("precision")
+    assert main(["compare", str(tiny_run_pair[0]), "--metric", "ap", "--resamples", "50"]) == 0
+    assert "average precision" in capsys.readouterr().out

@@ -119,7 +119,7 @@ def test_clone_round_trip_and_params():
     params = det.get_params()
     assert params == {"grid": (5, 50), "method": "last_token", "concept_vectors": None, "scoring": "cosine",
                       "bias": None, "center": None, "scale": 1.0, "concept_names": ["c"], "random_state": 7,
-                      "protocol": "ours"}
+                      "protocol": "ours", "calibration": "tail", "fpr_target": 0.01}
     det.fit(ACTS, IDS, LABELS)
     twin = clone(det)
     assert twin.get_params() == params and not hasattr(twin, "thresholds_")

@@ -58,6 +58,10 @@ def test_report_files_and_views(tiny_report_run):
     assert html.count("SuperActivator test F1 weighted by test positives") == 2
     assert html.count("class='sig ") == 2 and "Which layer each concept chose" in html
     assert set(figs["best_layers"]) == {"all"}
+    # issue 21: a test ROC figure per (type, layer, concept) with the calibrated points; realised FPR beside F1
+    assert set(figs["roc"]) == set(figs["concept"])
+    assert "its τ is a point on max token's curve" in html
+    assert all("<th scope='col'>fpr</th>" in v and "<th scope='col'>auroc</th>" in v for v in d["frag"]["stage_table"].values())
 
 
 def test_report_backfills_a_run_without_figure_data(tiny_report_run, tmp_path):

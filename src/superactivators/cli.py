@@ -297,10 +297,18 @@ def cmd_cache(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .report.compare import compare_runs
 
-    cmp = compare_runs(args.run_dirs, n_resamples=args.resamples, seed=args.seed, all_methods=args.all_methods)
+    try:
+        cmp = compare_runs(args.run_dirs, n_resamples=args.resamples, seed=args.seed, all_methods=args.all_methods,
+                           metric=args.metric)
+    except ValueError as err:
+        if "--metric" not in str(err):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     from .util.console import wrap
 
-    print(wrap("Test F1, each concept at its best layer (chosen on cal), weighted by test positives ± bootstrap "
+    what = {"f1": "F1", "auroc": "ROC AUC", "ap": "average precision"}.get(args.metric, args.metric)
+    print(wrap(f"Test {what}, each concept at its best layer (chosen on cal), weighted by test positives ± bootstrap "
                f"error ({args.resamples} resamples, seed {args.seed}); SA = superactivator, *_tok = *_token"))
     print(cmp.text())
     if args.out:
@@ -435,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     s.add_argument("--all-methods", action="store_true",
                    help="also the METHOD@best_threshold references (thresholds tuned freely on cal)")
+    s.add_argument("--metric", default="f1",
+                   help="the cells: f1 (default), auroc, ap, or tpr@fpr=A%% (recall at the threshold set to an A%% "
+                        "false-positive rate on cal negatives; A in detect.fpr_targets, e.g. tpr@fpr=1%%)")
     s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("benchmark",

@@ -206,6 +206,17 @@ def ask_prompt_model(cfg: RunConfig, ds: Dataset, cache_dir: Path, progress: boo
     return out
 
 
+def hard_negatives_of(ds: Dataset, concepts: list[str], n: int) -> dict[str, np.ndarray] | None:
+    """Concept -> ``[N]`` hard-negative marks of the dataset's ``hard_negative::`` columns, in store order."""
+    hn = ds.hard_negatives()
+    if hn is None:
+        return None
+    if len(hn) != n:
+        log.warning("hard negatives left out: the dataset has %d samples, the store %d", len(hn), n)
+        return None
+    return {c: hn[:, ds.concepts.index(c)] for c in concepts if c in ds.concepts}
+
+
 def run_pipeline(cfg: RunConfig, progress: bool = True, force: bool = False) -> RunResult:
     """Run every stage for every (layer, concept type); returns the metrics table.
 
@@ -238,6 +249,7 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
     prompted = ask_prompt_model(cfg, ds, run.prompt_cache, progress)  # method -> [N, C], once per run
     loc_tables: list[pd.DataFrame] = []
     attr_jobs: list[dict] = []
+    hard = hard_negatives_of(ds, store.concepts, len(store.labels))
     tables, stage_index = [], []
     bar = tqdm(total=len(store.layers) * len(cfg.concepts.types), desc="stages", unit="stage", disable=not progress)
     for layer in store.layers:
@@ -250,12 +262,13 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
             summary = ScoreSummary.load(stage.summary)
             summary.sample_scores.update(prompted)
             results = run_detection(summary, store.labels, store.splits, cfg.detect.methods,
-                                    cfg.detect.grid, cfg.detect.best_threshold, rule=cfg.protocol, known=store.known)
+                                    cfg.detect.grid, cfg.detect.best_threshold, rule=cfg.protocol, known=store.known,
+                                    fpr_targets=cfg.detect.fpr_targets)
             save_curves(stage.curves, results, cfg.detect.grid)  # each records its checksum
             save_predictions(stage.predictions, results, store.splits)
             stage_index.append({"layer": layer, "concept_type": ct.name, "dir": run.relative(stage.path),
                                 "store": run.relative(sdir)})
-            tables.append(results_table(results, layer=layer, concept_type=ct.name))
+            tables.append(results_table(results, cfg.detect.prevalence, hard, layer=layer, concept_type=ct.name))
             if cfg.detect.localize and store.info.token_ground_truth != "sample":
                 loc_tables.append(localize_stage(
                     store, lambda: load_concepts(stage.concepts), summary, results,

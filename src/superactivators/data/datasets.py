@@ -26,7 +26,7 @@ import pandas as pd
 from ..util.files import regular_file_problem
 from .errors import DatasetError
 from .hf import HFParts, is_hf_source, read_hf
-from .labels import MISSING_LABELS, blank_cells, select_labels, split_columns
+from .labels import HARD_NEGATIVE_PREFIX, MISSING_LABELS, blank_cells, hard_negative_matrix, select_labels, split_columns
 from .spans import parse_span_cell
 from .seed import GroundTruth, MetaRows, TextTruth, find_ground_truth, resolve_concepts
 
@@ -69,6 +69,12 @@ class Dataset:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def hard_negatives(self) -> np.ndarray | None:
+        """``[N, C]`` uint8 marks of the metadata's ``hard_negative::CONCEPT`` columns (None without any)."""
+        cols = {c: self.metadata[c].tolist() for c in self.metadata.columns
+                if str(c).startswith(HARD_NEGATIVE_PREFIX) and str(c)[len(HARD_NEGATIVE_PREFIX):] in self.concepts}
+        return hard_negative_matrix(cols, self.concepts, self.labels, str(self.source)) if cols else None
 
     def split_mask(self, split: str) -> np.ndarray:
         return self.splits == split
@@ -289,6 +295,10 @@ def load_dataset(path: str | Path, concepts: list[str] | str | None = None, name
                            "(names of the form __name__); rename them")
     names, labels = select_labels(label_cols, concepts, str(path))
     known = np.stack([~blank_cells(df[c].tolist()) for c in names], axis=1)
+    # hard negatives of concepts not in this run (data.concepts picked others) are left out
+    hard = {c: df[c].tolist() for c in meta_cols if str(c).startswith(HARD_NEGATIVE_PREFIX)
+            and (concepts is None or c[len(HARD_NEGATIVE_PREFIX):] in names)}
+    hard_negative_matrix(hard, names, labels, str(path))  # checked here, before any model loads
 
     def _col(c: str) -> list[str] | None:
         if c not in df.columns:

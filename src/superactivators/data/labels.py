@@ -21,7 +21,11 @@ from .errors import DatasetError
 TRUE_VALUES = ("1", "1.0", "yes", "true", "y", "t")
 FALSE_VALUES = ("0", "0.0", "no", "false", "n", "f")
 GROUP_SEP = "::"
-NOT_CONCEPT_PREFIXES = ("mask::",)  # ``mask::NAME`` columns hold mask paths, not labels
+#: ``hard_negative::CONCEPT`` (0/1): negatives of CONCEPT built to confuse it (lexical overlap,
+#: another sense of a word); metadata, never a concept; see :func:`hard_negative_matrix`
+HARD_NEGATIVE_PREFIX = "hard_negative::"
+# ``mask::NAME`` columns hold mask paths, ``hard_negative::NAME`` marks hard negatives: not labels
+NOT_CONCEPT_PREFIXES = ("mask::", HARD_NEGATIVE_PREFIX)
 #: What a blank label cell means, by default: "error". The one switch: ``data.missing_labels``
 #: (:class:`~superactivators.data.options.DataConfig`) defaults to it; "allow" reads a blank cell
 #: as *unknown* for that (sample, concept): the sample is left out of that concept's fit,
@@ -148,3 +152,38 @@ def select_labels(label_cols: dict[str, np.ndarray], concepts: Sequence[str] | N
     if not names:
         raise DatasetError(f"{where}: no 0/1 concept columns found{hint}")
     return names, np.stack([label_cols[c] for c in names], axis=1)
+
+
+def hard_negative_matrix(columns: dict[str, Sequence[object]], concepts: Sequence[str], labels: np.ndarray,
+                         where: str) -> np.ndarray | None:
+    """``[N, C]`` uint8 hard-negative marks from the ``hard_negative::CONCEPT`` columns, or None without any.
+
+    Each column must name a concept of the run and hold 0/1 cells; a sample marked as a hard
+    negative of a concept it is positive for is an error (a hard negative is a negative).
+    Concepts without a column get zeros (no hard negatives).
+    """
+    cols = {n[len(HARD_NEGATIVE_PREFIX):]: v for n, v in columns.items() if str(n).startswith(HARD_NEGATIVE_PREFIX)}
+    if not cols:
+        return None
+    out = np.zeros((len(labels), len(concepts)), dtype=np.uint8)
+    problems: list[str] = []
+    for concept, cells in cols.items():
+        name = HARD_NEGATIVE_PREFIX + concept
+        if concept not in concepts:
+            problems.append(f"{where}: column {name!r}: no concept {concept!r} in this run "
+                            f"(concepts: {list(concepts)[:8]}{' ...' if len(concepts) > 8 else ''})")
+            continue
+        try:
+            v = parse_label_column(name, cells, where)
+        except DatasetError as err:
+            problems += err.problems
+            continue
+        j = list(concepts).index(concept)
+        both = np.flatnonzero((v > 0) & (labels[:, j] > 0))
+        if both.size:
+            problems.append(f"{where}: row {_rows(both)}, column {name!r}: marked hard negative but positive for "
+                            f"{concept!r} ({both.size} sample(s)); a hard negative must be a negative")
+        out[:, j] = v
+    if problems:
+        raise DatasetError(problems)
+    return out

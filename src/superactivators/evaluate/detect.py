@@ -16,14 +16,23 @@ Both use the same protocol: for every N of the grid the threshold is the ``k``-t
 the ``n`` population values, ``k = ceil(N n / 100)`` (:func:`~.calibrate.tail_counts`), or under
 ``protocol: seed`` (``rule="seed"``) the linear ``1 - N/100`` quantile of the population; N is picked
 per concept by ``cal`` F1 (first best in grid order). ``METHOD@best_threshold`` picks the
-threshold freely on ``cal`` instead.
+threshold freely on ``cal`` instead; ``METHOD@fpr=1%`` (one row per ``detect.fpr_targets``)
+takes the smallest threshold whose FPR on the ``cal`` negatives is <= 1 %
+(:func:`~.ranking.fpr_thresholds`, the field's rule for monitors).
+Every row also carries the ranking metrics of its score (``auroc``, ``ap`` on test,
+``cal_auroc``, ``cal_ap``; :mod:`~.ranking`, scikit-learn's definitions): SuperActivator's
+score is the max token, so its ranking, and its AUROC / AP, are max-token pooling's exactly;
+what it adds is where its threshold sits. The test false-positive rate of every threshold is
+the ``fpr`` column; with ``detect.prevalence`` = pi, ``precision_at_prevalence`` and
+``f1_at_prevalence`` re-weight the test negatives to that share of positives
+(:func:`~.ranking.reweighted_precision`).
 Methods whose scores are already 0/1 decisions (``prompt_seed``: the seed's generated
 Yes/No) are evaluated as they are, without a threshold.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -33,8 +42,9 @@ import pandas as pd
 from ..store.artefacts import load_npz, recording
 from ..util.io import atomic_save_npz
 from .calibrate import DEFAULT_GRID, TailRule, best_f1_thresholds, calibrate_tail, positive_populations
-from .methods import BY_NAME, MACRO, METHODS, WEIGHTED, variant
+from .methods import BY_NAME, MACRO, METHODS, WEIGHTED, fpr_variant, variant
 from .metrics import Confusion, f1_grid
+from .ranking import auc_ap, fpr_thresholds, reweighted_f1, reweighted_precision
 from .scoring import ScoreSummary
 
 RATES = ("precision", "recall", "f1", "accuracy", "fpr", "tnr", "fnr")
@@ -53,6 +63,10 @@ class MethodResult:
     cal_f1_curve: np.ndarray | None = None  # [C, G] F1 on cal for each N of the grid
     test_f1_curve: np.ndarray | None = None  # [C, G] F1 on test for each N (figures)
     test_pred: np.ndarray | None = None  # [n_test, C] bool, test samples in sample order (bootstrap)
+    scores: np.ndarray | None = None  # [N, C] the sample score it thresholds, every split (ranking metrics)
+    labels: np.ndarray | None = None  # [N, C] bool, the labels those scores are ranked against
+    splits: np.ndarray | None = None  # [N] the split of each sample
+    known: np.ndarray | None = None  # [N, C] bool, which labels are known (None: all; data.missing_labels)
 
     def predict(self, scores: np.ndarray) -> np.ndarray:
         return scores >= self.threshold[None, :]
@@ -81,6 +95,7 @@ def calibrate_method(
         method=method, names=names, threshold=chosen, n_pct=cb.n_pct, cal_f1=cb.f1,
         test=Confusion.from_predictions(pred, labels[test], None if known is None else known[test]),
         cal_f1_curve=cb.f1_curve, test_f1_curve=test_curve, test_pred=pred,
+        scores=scores, labels=labels, splits=np.asarray(splits), known=known,
     )
 
 
@@ -99,7 +114,24 @@ def calibrate_best_threshold(method: str, scores: np.ndarray, labels: np.ndarray
     return MethodResult(
         method=variant(method), names=names, threshold=thr, n_pct=np.full(len(names), np.nan),
         cal_f1=f1, test=Confusion.from_predictions(pred, labels[test], None if known is None else known[test]),
-        test_pred=pred,
+        test_pred=pred, scores=scores, labels=labels, splits=np.asarray(splits), known=known,
+    )
+
+
+def calibrate_fpr(method: str, scores: np.ndarray, labels: np.ndarray, splits: np.ndarray, names: list[str],
+                  alpha: float, known: np.ndarray | None = None) -> MethodResult:
+    """``METHOD@fpr=A%``: per concept the smallest threshold with FPR <= ``alpha`` on the ``cal``
+    negatives (:func:`~.ranking.fpr_thresholds`; unknown labels are not negatives), applied to
+    ``test``; ``cal_f1`` at that threshold."""
+    cal, test = splits == "cal", splits == "test"
+    labels = np.asarray(labels, dtype=bool)
+    thr = fpr_thresholds(scores[cal], labels[cal], alpha, None if known is None else known[cal])
+    pred = scores[test] >= thr
+    return MethodResult(
+        method=fpr_variant(method, alpha), names=names, threshold=thr, n_pct=np.full(len(names), np.nan),
+        cal_f1=Confusion.from_predictions(scores[cal] >= thr, labels[cal], None if known is None else known[cal]).f1(),
+        test=Confusion.from_predictions(pred, labels[test], None if known is None else known[test]), test_pred=pred,
+        scores=scores, labels=labels, splits=np.asarray(splits), known=known,
     )
 
 
@@ -127,11 +159,13 @@ def run_detection(
     best_threshold: bool = True,
     rule: TailRule = "ours",
     known: np.ndarray | None = None,
+    fpr_targets: Sequence[float] = (),
 ) -> list[MethodResult]:
     """Calibrate and evaluate every requested method from one :class:`ScoreSummary`; every
-    tail-calibrated method thresholds under ``rule`` (``protocol``: ``"ours"`` or ``"seed"``).
+    tail-calibrated method thresholds under ``rule`` (``protocol``: ``"ours"`` or ``"seed"``);
+    the baselines also at each false-positive rate of ``fpr_targets`` (``METHOD@fpr=1%``).
     ``known [N, C]`` (the store's, ``data.missing_labels: allow``): an unknown label is read as 0
-    (no population member) and left out of the calibration F1 and the test counts."""
+    (no population member) and left out of the calibration F1, the test counts and the ranking metrics."""
     labels = labels.astype(bool)
     if known is not None:
         known = np.asarray(known, dtype=bool)
@@ -164,15 +198,62 @@ def run_detection(
         if best_threshold and rec.free_reference:
             free = summary.method_scores.get(variant(m), scores)
             out.append(calibrate_best_threshold(m, free, labels, splits, summary.names, known))
+        if rec.fpr_reference:
+            out += [calibrate_fpr(m, scores, labels, splits, summary.names, a, known) for a in fpr_targets]
     return out
 
 
-def results_table(results: Sequence[MethodResult], **keys: object) -> pd.DataFrame:
+RANKING = ("auroc", "ap", "cal_auroc", "cal_ap")
+AT_PREVALENCE = ("precision_at_prevalence", "f1_at_prevalence")
+
+
+def ranking_columns(r: MethodResult) -> dict[str, np.ndarray]:
+    """``auroc``, ``ap`` (test) and ``cal_auroc``, ``cal_ap`` of a result's score; NaN without scores."""
+    nan = np.full(len(r.names), np.nan)
+    if r.scores is None or r.labels is None or r.splits is None:
+        return {k: nan for k in RANKING}
+    cal, test = r.splits == "cal", r.splits == "test"
+    kn = (lambda m: None) if r.known is None else (lambda m: r.known[m])  # unknown labels: left out
+    auc, ap = auc_ap(r.scores[test], r.labels[test], kn(test)) if test.any() else (nan, nan)
+    cauc, cap = auc_ap(r.scores[cal], r.labels[cal], kn(cal)) if cal.any() else (nan, nan)
+    return {"auroc": auc, "ap": ap, "cal_auroc": cauc, "cal_ap": cap}
+
+
+HARD_NEGATIVE = ("hn_support", "hn_fpr", "hn_auroc")
+
+
+def hard_negative_columns(r: MethodResult, hard: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per concept with a ``hard_negative::`` column (``hard``: concept -> ``[N]`` 0/1 over every
+    sample): ``hn_support`` test hard negatives, ``hn_fpr`` the share of them the method's threshold
+    calls positive, ``hn_auroc`` ROC AUC of test positives against test hard negatives only."""
+    C = len(r.names)
+    out = {"hn_support": np.full(C, np.nan), "hn_fpr": np.full(C, np.nan), "hn_auroc": np.full(C, np.nan)}
+    if r.splits is None or r.labels is None:
+        return out
+    test = r.splits == "test"
+    for j, c in enumerate(r.names):
+        if c not in hard:
+            continue
+        hn = np.asarray(hard[c], dtype=bool)[test]
+        out["hn_support"][j] = hn.sum()
+        if r.test_pred is not None and hn.any():
+            out["hn_fpr"][j] = r.test_pred[hn, j].mean()
+        if r.scores is not None:
+            keep = hn | r.labels[test, j]
+            out["hn_auroc"][j] = auc_ap(r.scores[test][keep][:, [j]], r.labels[test][keep][:, [j]])[0][0]
+    return out
+
+
+def results_table(results: Sequence[MethodResult], prevalence: float | None = None,
+                  hard_negatives: dict[str, np.ndarray] | None = None, **keys: object) -> pd.DataFrame:
     """Long table: one row per (method, concept), plus macro and support-weighted rows.
 
     Columns: threshold, chosen N, cal F1, test counts, support (test positives) and the rates
-    of :meth:`Confusion.rates` (precision, recall, F1, accuracy, FPR, TNR, FNR). Macro and
-    weighted averages run over concepts with at least one positive test sample.
+    of :meth:`Confusion.rates` (precision, recall, F1, accuracy, FPR, TNR, FNR), the ranking
+    metrics of the score (:data:`RANKING`) and, with ``prevalence``, precision and F1
+    re-weighted to that share of positives (:data:`AT_PREVALENCE`), with ``hard_negatives``
+    (concept -> ``[N]`` marks) :data:`HARD_NEGATIVE` (:func:`hard_negative_columns`). Macro and weighted averages
+    run over concepts with at least one positive test sample (ranking metrics: with a defined value).
     """
     frames = []
     for r in results:
@@ -180,8 +261,17 @@ def results_table(results: Sequence[MethodResult], **keys: object) -> pd.DataFra
         df = pd.DataFrame({
             "method": r.method, "concept": r.names, "n_pct": r.n_pct, "threshold": r.threshold,
             "cal_f1": r.cal_f1, "tp": t.tp, "fp": t.fp, "fn": t.fn, "tn": t.tn, "support": t.support,
-            **t.rates(),
+            **t.rates(), **ranking_columns(r),
         })
+        extra = list(RANKING)
+        if prevalence is not None:
+            df["precision_at_prevalence"] = reweighted_precision(t.recall(), t.fpr(), prevalence)
+            df["f1_at_prevalence"] = reweighted_f1(t.recall(), t.fpr(), prevalence)
+            extra += list(AT_PREVALENCE)
+        if hard_negatives:
+            for k, v in hard_negative_columns(r, hard_negatives).items():
+                df[k] = v
+            extra += ["hn_fpr", "hn_auroc"]
         scored = df[df["support"] > 0]
         w = scored["support"] / max(scored["support"].sum(), 1)
         agg = {}
@@ -189,6 +279,11 @@ def results_table(results: Sequence[MethodResult], **keys: object) -> pd.DataFra
             row = {"method": r.method, "concept": name, "support": int(scored["support"].sum())}
             for col in (*RATES, "cal_f1"):
                 row[col] = float(np.average(scored[col], weights=weights)) if len(scored) else float("nan")
+            for col in extra:
+                ok = scored[col].notna().to_numpy()
+                wc = None if weights is None else np.asarray(weights)[ok]
+                row[col] = (float(np.average(scored[col].to_numpy()[ok], weights=wc))
+                            if ok.any() and (wc is None or wc.sum() > 0) else float("nan"))
             agg[name] = row
         frames.append(pd.concat([df, pd.DataFrame(list(agg.values()))], ignore_index=True))
     table = pd.concat(frames, ignore_index=True)
@@ -206,13 +301,25 @@ def macro_pivot(table: pd.DataFrame, index: Sequence[str] = ("layer", "concept_t
 
 
 def save_predictions(path: Path, results: Sequence[MethodResult], splits: np.ndarray) -> None:
-    """Every method's test predictions of one stage (bits packed along samples), for the bootstrap.
+    """Every method's test predictions and test / cal sample scores of one stage, so that any
+    metric can be recomputed from the run folder (the bootstrap of F1, AUROC and AP reads them).
 
-    ``test_ids``: the test samples' indices in the store, in the order of the prediction rows.
+    Arrays: ``test_ids`` / ``cal_ids`` (the samples' indices in the store, in row order),
+    ``names`` (concepts, column order), per result row ``METHOD``: ``pred__METHOD`` (test
+    predictions, bits packed along samples), ``test_score__METHOD`` and ``cal_score__METHOD``
+    (``[n, C]``, the per-sample score the method thresholds, in the summary's dtype:
+    SuperActivator's is its max token, so it equals ``max_token``'s; a ``@`` variant row has its
+    base method's score, or for unlabelled types its own matched unit's).
     """
-    test_ids = np.flatnonzero(np.asarray(splits) == "test")
-    arrays: dict[str, np.ndarray] = {"test_ids": test_ids}
+    splits = np.asarray(splits)
+    test_ids = np.flatnonzero(splits == "test")
+    cal_ids = np.flatnonzero(splits == "cal")
+    arrays: dict[str, np.ndarray] = {"test_ids": test_ids, "cal_ids": cal_ids}
     for r in results:
+        if r.scores is not None:
+            arrays[f"test_score__{r.method}"] = np.asarray(r.scores)[test_ids]
+            arrays[f"cal_score__{r.method}"] = np.asarray(r.scores)[cal_ids]
+            arrays["names"] = np.array(r.names)
         if r.test_pred is None:
             continue
         if r.test_pred.shape != (len(test_ids), len(r.names)):
@@ -225,11 +332,15 @@ def save_predictions(path: Path, results: Sequence[MethodResult], splits: np.nda
 
 @dataclass
 class StagePredictions:
-    """A stage's ``predictions.npz``: per method, test predictions ``[n_test, C]`` bool."""
+    """A stage's ``predictions.npz``: per method, test predictions ``[n_test, C]`` bool and, in
+    files written since they were added, test / cal sample scores (empty dicts otherwise)."""
 
     test_ids: np.ndarray
     names: list[str]
     pred: dict[str, np.ndarray]
+    test_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    cal_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    cal_ids: np.ndarray | None = None
 
     @classmethod
     def load(cls, path: Path) -> "StagePredictions":
@@ -237,4 +348,7 @@ class StagePredictions:
         n = len(z["test_ids"])
         names = [str(v) for v in z["names"]] if "names" in z.files else []
         pred = {k[6:]: np.unpackbits(z[k], axis=0, count=n).astype(bool) for k in z.files if k.startswith("pred__")}
-        return cls(np.asarray(z["test_ids"]), names, pred)
+        test = {k[len("test_score__"):]: z[k] for k in z.files if k.startswith("test_score__")}
+        cal = {k[len("cal_score__"):]: z[k] for k in z.files if k.startswith("cal_score__")}
+        cal_ids = np.asarray(z["cal_ids"]) if "cal_ids" in z.files else None
+        return cls(np.asarray(z["test_ids"]), names, pred, test, cal, cal_ids)

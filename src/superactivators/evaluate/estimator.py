@@ -39,6 +39,7 @@ from .calibrate import DEFAULT_GRID, TAIL_RULES, best_f1_thresholds, calibrate_t
 from .detect import MethodResult, results_table
 from .methods import BY_NAME, DETECTION, GLOBAL, MACRO, SA, Method, split, variant
 from .metrics import Confusion
+from .ranking import fpr_thresholds
 from .scoring import group_by_concept, in_concept_values, make_scorer, segment_scores
 from .validation import (
     check_features,
@@ -50,6 +51,8 @@ from .validation import (
     dense_real,
 )
 
+#: ``SuperActivatorDetector(calibration=...)``: the grid's tail rule, or a target FPR on the negatives
+CALIBRATIONS = ("tail", "fpr")
 ESTIMATOR_METHODS: tuple[str, ...] = (
     *(m.name for m in DETECTION if m.in_estimator),
     *(variant(m.name) for m in DETECTION if m.in_estimator and m.free_reference),
@@ -181,6 +184,16 @@ class SuperActivatorDetector(BaseEstimator):
     protocol : ``'ours'`` (default) or ``'seed'``: the tail threshold rule, as the run config's
         ``protocol`` sets it for the pipeline (docs/protocol.md); it is the only seed choice the
         estimator switches (embedding and separators are the caller's).
+    calibration : ``'tail'`` (default: the grid rule above) or ``'fpr'``: the threshold is the
+        smallest one whose false-positive rate on the calibration negatives is ``<= fpr_target``
+        (:func:`~superactivators.evaluate.ranking.fpr_thresholds`: the field's rule for monitors,
+        "alert at <= 1 % false alarms"); labels only, no grid, no token labels. With
+        ``'superactivator'`` it is ``'max_token'`` at that threshold (the same score).
+    fpr_target : the target false-positive rate of ``calibration='fpr'`` (default 0.01), in (0, 1).
+
+    ``decision_function`` is the sample score minus the threshold, a per-concept shift of
+    ``sample_scores``: ``sklearn.metrics.roc_auc_score(y[:, c], det.decision_function(...)[:, c])``
+    is the ROC AUC of the method's ranking (SuperActivator's equals max-token pooling's).
 
     Fitted attributes: ``thresholds_ [C]``, ``n_pct_ [C]`` (chosen N; NaN for best-threshold),
     ``cal_f1_ [C]``, ``threshold_grid_ [C, G]`` and ``cal_f1_curve_ [C, G]`` (grid methods),
@@ -199,7 +212,8 @@ class SuperActivatorDetector(BaseEstimator):
 
     def __init__(self, grid: Sequence[float] = DEFAULT_GRID, method: str = SA, concept_vectors=None,
                  scoring: str = "cosine", bias=None, center=None, scale: float = 1.0,
-                 concept_names: Sequence[str] | None = None, random_state: int = 0, protocol: str = "ours"):
+                 concept_names: Sequence[str] | None = None, random_state: int = 0, protocol: str = "ours",
+                 calibration: str = "tail", fpr_target: float = 0.01):
         self.grid = grid
         self.method = method
         self.concept_vectors = concept_vectors
@@ -210,6 +224,8 @@ class SuperActivatorDetector(BaseEstimator):
         self.concept_names = concept_names
         self.random_state = random_state
         self.protocol = protocol
+        self.calibration = calibration
+        self.fpr_target = fpr_target
 
     # --- inputs -----------------------------------------------------------------------------
     def _parts(self) -> tuple[Method, bool]:
@@ -219,6 +235,15 @@ class SuperActivatorDetector(BaseEstimator):
         if self.protocol not in TAIL_RULES:
             raise ValueError(f"protocol must be one of {list(TAIL_RULES)}, got {self.protocol!r}")
         base, free = split(self.method)
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {list(CALIBRATIONS)}, got {self.calibration!r}")
+        if self.calibration == "fpr":
+            a = self.fpr_target
+            if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a < 1:
+                raise ValueError(f"fpr_target must be a false-positive rate in (0, 1), got {a!r}")
+            if free:
+                raise ValueError(f"calibration='fpr' sets the threshold itself; use method {base!r}, "
+                                 f"not {self.method!r}")
         return BY_NAME[base], bool(free)
 
     def _concept_set(self) -> ConceptSet | None:
@@ -305,7 +330,13 @@ class SuperActivatorDetector(BaseEstimator):
         if labels.shape[1] != C:
             raise ValueError(f"sample_labels have {labels.shape[1]} concept columns but the activations {C}")
         scores = self._sample_scores(A, offsets, v)
-        if free:
+        by_fpr = self.calibration == "fpr"
+        if by_fpr:
+            thr = fpr_thresholds(scores, labels.astype(bool), float(self.fpr_target))
+            f1 = Confusion.from_predictions(scores >= thr[None, :], labels).f1()
+            self.thresholds_, self.n_pct_, self.cal_f1_ = thr, np.full(C, np.nan), f1
+            self.threshold_grid_ = self.cal_f1_curve_ = None
+        elif free:
             thr, f1 = best_f1_thresholds(scores, labels)
             self.thresholds_, self.n_pct_, self.cal_f1_ = thr, np.full(C, np.nan), f1
             self.threshold_grid_ = self.cal_f1_curve_ = None
@@ -326,7 +357,10 @@ class SuperActivatorDetector(BaseEstimator):
             self.thresholds_, self.n_pct_, self.cal_f1_ = cb.threshold, cb.n_pct.astype(float), cb.f1
             self.threshold_grid_, self.cal_f1_curve_ = cb.thresholds, cb.f1_curve
         # uncalibratable (no population / no positive): NaN for N and tau, not grid[0] or +inf
-        uncal = np.isnan(self.threshold_grid_).all(axis=1) if not free else ~labels.any(axis=0)
+        if by_fpr:  # no calibration negative: nothing to set a false-positive rate on
+            uncal = labels.astype(bool).all(axis=0)
+        else:
+            uncal = np.isnan(self.threshold_grid_).all(axis=1) if not free else ~labels.any(axis=0)
         self.thresholds_ = np.where(uncal, np.nan, self.thresholds_)
         self.n_pct_ = np.where(uncal, np.nan, self.n_pct_)
         if self.concept_names is not None:

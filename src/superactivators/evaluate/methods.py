@@ -33,6 +33,8 @@ Population = Literal["in_concept_tokens", "top_tokens", "positive_samples", "non
 #: the separator of a result row's variant (``METHOD@VARIANT``)
 VARIANT_SEP = "@"
 BEST_THRESHOLD = "best_threshold"
+#: the variant of a threshold set on the ``cal`` negatives: ``max_token@fpr=1%``
+FPR_PREFIX = "fpr="
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,13 @@ class Method:
     @property
     def free_reference(self) -> bool:
         """Also reported with a freely chosen threshold (``@best_threshold``)."""
+        return self.kind == "baseline"
+
+    @property
+    def fpr_reference(self) -> bool:
+        """Also reported at thresholds set on the ``cal`` negatives (``@fpr=1%``, ``detect.fpr_targets``).
+
+        The tail methods score the max token, so their rows would repeat ``max_token@fpr=...``."""
         return self.kind == "baseline"
 
     @property
@@ -101,6 +110,19 @@ def variant(name: str, kind: str = BEST_THRESHOLD) -> str:
     return f"{name}{VARIANT_SEP}{kind}"
 
 
+def fpr_variant(name: str, alpha: float) -> str:
+    """``fpr_variant("max_token", 0.01) == "max_token@fpr=1%"`` (threshold: FPR <= alpha on cal negatives)."""
+    return variant(name, f"{FPR_PREFIX}{round(alpha * 100, 10):g}%")
+
+
+def fpr_of(name: str) -> float | None:
+    """The target false-positive rate of a ``METHOD@fpr=1%`` row (``0.01``), ``None`` for other rows."""
+    var = split(name)[1]
+    if not (var.startswith(FPR_PREFIX) and var.endswith("%")):
+        return None
+    return float(var[len(FPR_PREFIX):-1]) / 100
+
+
 def split(name: str) -> tuple[str, str]:
     """``(base method, variant)`` of a result-row name; the variant is ``""`` when there is none."""
     base, _, var = name.partition(VARIANT_SEP)
@@ -133,10 +155,12 @@ def score_of(name: str) -> str:
 
 
 def label(name: str) -> str:
-    """Display name of a result row (``"max token @best thr."``)."""
+    """Display name of a result row (``"max token @best thr."``, ``"max token @FPR<=1%"``)."""
     base, var = split(name)
     rec = BY_NAME.get(base)
-    return (rec.label if rec is not None else base) + (" @best thr." if var else "")
+    alpha = fpr_of(name)
+    suffix = f" @FPR<={var[len(FPR_PREFIX):]}" if alpha is not None else (" @best thr." if var else "")
+    return (rec.label if rec is not None else base) + suffix
 
 
 #: console names of table columns that are not methods

@@ -25,6 +25,11 @@ class DetectConfig:
     prompt_batch_size: int = 8
     prompt_chat: str = "auto"  # auto: through the tokenizer's chat template when it has one | always | never
     prompt_max_new_tokens: int = 16  # prompt_seed: tokens generated per answer
+    # target false-positive rates: each baseline also at the smallest threshold with FPR <= alpha
+    # on the cal negatives (rows METHOD@fpr=1%); [] for none
+    fpr_targets: list[float] = field(default_factory=lambda: [0.01, 0.05])
+    # share of positives to re-weight test precision / F1 to (e.g. 0.01); None: as the test split is
+    prevalence: float | None = None
 
     def problems(self) -> list[str]:
         out: list[str] = []
@@ -46,4 +51,12 @@ class DetectConfig:
         bad_n = [g for g in self.grid if not 0 < g <= 100]
         if bad_n:
             out.append(f"detect.grid: percentages must be in (0, 100], got {bad_n}")
+        bad_a = [a for a in self.fpr_targets if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a < 1]
+        if bad_a:
+            out.append(f"detect.fpr_targets: false-positive rates must be numbers in (0, 1), got {bad_a}")
+        if len(set(self.fpr_targets)) != len(self.fpr_targets):
+            out.append(f"detect.fpr_targets: repeated rate(s) in {self.fpr_targets}")
+        p = self.prevalence
+        if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 1):
+            out.append(f"detect.prevalence: must be a share of positives in (0, 1) or null, got {p!r}")
         return out

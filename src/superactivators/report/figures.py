@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -203,6 +203,43 @@ def concept_figure(edges: np.ndarray, out_counts: np.ndarray, in_counts: np.ndar
     if with_curve:
         plot_f1_vs_n(axes[1], grid, test_curve, cal_curve, n_pct)
         axes[1].set_title("SuperActivator detection vs N", loc="left")
+    fig.suptitle(title, fontweight="bold", x=0.01, ha="left")
+    return fig
+
+
+@dataclass
+class RocCurve:
+    """One score's test ROC curve (a method, or several sharing the score) and its calibrated points."""
+
+    label: str
+    color: str
+    fpr: np.ndarray
+    tpr: np.ndarray
+    auroc: float
+    points: list[tuple[str, float, float]] = field(default_factory=list)  # (label, test FPR, test TPR)
+
+
+POINT_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def roc_figure(curves: Sequence[RocCurve], title: str) -> Figure:
+    """Per concept: each score's test ROC curve, each of its calibrated thresholds a point on it
+    (SuperActivator's tau sits on max token's curve: the same score)."""
+    fig, axes = new_figure(10.0, 5.4, margins={"left": 0.07, "right": 0.6, "bottom": 0.1, "top": 0.88})
+    ax = axes[0]
+    ax.plot([0, 1], [0, 1], ":", color="#999999", linewidth=1)
+    for c in curves:
+        ax.plot(c.fpr, c.tpr, "-", color=c.color, linewidth=1.8, drawstyle="default",
+                label=f"{c.label} (AUROC {c.auroc:.3f})")
+        for k, (lab, x, y) in enumerate(c.points):
+            ax.plot([x], [y], POINT_MARKERS[k % len(POINT_MARKERS)], color=c.color, markersize=8,
+                    markeredgecolor="black", markeredgewidth=0.8, linestyle="none", label=f"  {lab}: FPR {x:.3f}, TPR {y:.3f}")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.02)
+    ax.set_xlabel("false-positive rate on test")
+    ax.set_ylabel("true-positive rate (recall) on test")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.03, 1.0), frameon=False, fontsize=7.5)
     fig.suptitle(title, fontweight="bold", x=0.01, ha="left")
     return fig
 

@@ -32,8 +32,9 @@ import pandas as pd
 from ..concepts.types import load_concepts
 from ..data.datasets import SAMPLE_LABELS_NOTE
 from ..evaluate.calibrate import DEFAULT_GRID
-from ..evaluate.detect import run_detection
+from ..evaluate.detect import StagePredictions, run_detection
 from ..evaluate.methods import MACRO, METHODS, SA, WEIGHTED, has_variant, is_baseline
+from ..evaluate.ranking import auc_ap, roc_points
 from ..evaluate.scoring import ScoreSummary
 from ..stats.bestlayers import write_best_layers
 from ..stats.bootstrap import ALPHA, BETTER, DEFAULT_RESAMPLES, WORSE, significance_words
@@ -207,6 +208,7 @@ class ReportBuilder:
             hist = ensure_histograms(st.path, store, device=self.device)
             curves = ensure_curves(st, store, grid, methods, self.rule)
             self._stage_figures(ct, layer, hist, curves, sa, names, slugs)
+            self._roc_figures(ct, layer, st, table, store, slugs)
         for ct in ctypes:
             self._overview_f1n(ct, layers, by_stage, store, grid, methods)
         self._examples(ctypes, layers, by_stage, best, sa, store, names, slugs)
@@ -372,6 +374,50 @@ class ReportBuilder:
             self.fig("image_examples", key, fig, f"images_{ct}_L{layer:02d}_{slugs[name]}")
 
     # --- HTML -----------------------------------------------------------------------------
+    def _roc_figures(self, ct: str, layer: int, st, table: pd.DataFrame, store: TokenStore,
+                     slugs: dict[str, str]) -> None:
+        """Per concept, each score's test ROC curve with every calibrated threshold of the methods that
+        threshold it drawn as a point (test FPR, TPR from the table); needs the sample scores that
+        ``predictions.npz`` keeps since issue 21 (older runs: no ROC figure)."""
+        files = StageFolder(st.path)
+        if not files.predictions.exists():
+            return
+        p = StagePredictions.load(files.predictions)
+        if not p.test_scores:
+            return
+        rows = per_concept_rows(table)
+        rows = rows[(rows["concept_type"] == ct) & (rows["layer"] == layer)]
+        for j, name in enumerate(p.names):
+            if name not in store.concepts:
+                continue
+            y = store.labels[p.test_ids, store.concepts.index(name)].astype(bool)
+            sub = rows[rows["concept"] == name].set_index("method")
+            groups: list[tuple[list[str], np.ndarray]] = []  # methods sharing one score column
+            for m, v in p.test_scores.items():
+                col = np.asarray(v)[:, j]
+                for ms, ref in groups:
+                    if np.array_equal(ref, col):
+                        ms.append(m)
+                        break
+                else:
+                    groups.append(([m], col))
+            curves = []
+            for k, (ms, col) in enumerate(groups):
+                fpr, tpr = roc_points(col, y)
+                if np.isnan(fpr).all():
+                    continue
+                plain = [m for m in ms if not has_variant(m)] or ms
+                lab = " =\n".join(F.method_label(m) for m in plain)  # one score, several methods
+                color = F.METHOD_COLORS.get(plain[0], F.LINE_COLORS[k % len(F.LINE_COLORS)])
+                pts = [(F.method_label(m), float(sub.loc[m, "fpr"]), float(sub.loc[m, "recall"]))
+                       for m in ms if m in sub.index and pd.notna(sub.loc[m].get("fpr"))]
+                auc = float(auc_ap(col[:, None], y[:, None])[0][0])
+                curves.append(F.RocCurve(lab, color, fpr, tpr, auc, pts))
+            if curves:
+                self.fig("roc", f"{ct}|{layer}|{name}",
+                         partial(F.roc_figure, curves, f"{name} · {ct} · layer {layer}: test ROC"),
+                         f"roc_{ct}_L{layer:02d}_{slugs[name]}")
+
     def _card(self, ct: str, macro: pd.DataFrame) -> str:
         """Headline card: SuperActivator's weighted F1 ± error (macro beside it) vs the best plain
         baseline, with the paired test of the gap; macro only for tables without best_layers."""
@@ -433,7 +479,9 @@ class ReportBuilder:
         rows = per_concept_rows(table)
         for (ct, layer, concept), sub in rows.groupby(["concept_type", "layer", "concept"], sort=False):
             stage_tables[f"{ct}|{layer}|{concept}"] = html_table(
-                sub[["method", "n_pct", "threshold", "cal_f1", "precision", "recall", "f1", "support"]], sortable=False)
+                sub[[c for c in ("method", "n_pct", "threshold", "cal_f1", "precision", "recall", "f1", "fpr", "auroc",
+                                 "ap", "f1_at_prevalence", "hn_fpr", "hn_auroc", "support") if c in sub.columns]],
+                sortable=False)
         macro_pv = table[table["concept"] == MACRO].pivot_table(index=["concept_type", "layer"], columns="method",
                                                                 values="f1").reset_index()
         mcols = ["concept_type", "layer"] + [m for m in METHODS if m in macro_pv.columns] + sorted(
@@ -718,7 +766,10 @@ A sample is detected when any of its tokens reaches the concept's tail threshold
 <h2>Concept <span class="cur-concept"></span> <span class="muted">· <span class="cur-ct"></span> · layer <span class="cur-layer"></span></span></h2>
 <figure><img data-view="concept" data-key="concept" alt="in- vs out-of-concept activations and F1 vs N"><div class="missing" hidden>no figure for this selection</div>
 <figcaption>Left: activations of test tokens inside the concept's annotated evidence (orange) and all other tokens (blue); the dashed line is the threshold τ calibrated on <i>cal</i>, the vermillion area the in-concept tail above it. Right: detection F1 as a function of N. <a class="svg" href="#">SVG</a></figcaption></figure>
+<figure><img data-view="roc" data-key="concept" alt="test ROC curve per score with each calibrated threshold as a point"><div class="missing" hidden>no ROC figure (a run written before sample scores were kept)</div>
+<figcaption>Test ROC curve of each method's score; each calibrated threshold is a point on its curve (test FPR, recall). SuperActivator's score is the max token, so its τ is a point on max token's curve: the two differ only in where the threshold sits (identical AUROC). <a class="svg" href="#">SVG</a></figcaption></figure>
 <h3>Every method for this concept at this layer</h3>
+<p class="muted">fpr = realised test false-positive rate of each method's calibrated threshold, beside its F1; auroc / ap: the ranking of its score (SuperActivator's equals max token's).</p>
 <div data-frag="stage_table" data-key="concept"></div>
 <h3>Test samples</h3>
 <div class="legend" data-kind="{ex_kind}">{legend}</div>

@@ -5,6 +5,11 @@ concept, plus ``__macro__`` / ``__weighted__`` rows). The best layer of a (conce
 method, concept) is the one with the highest ``cal_f1``; ties go to the shallower layer
 (cheaper to read, and the choice does not depend on row order). Test metrics are then read
 at that layer only, so the choice never sees ``test``.
+
+The ranking metrics (``auroc``, ``ap``; tables written since they exist) are read at the layer
+with the highest ``cal_auroc`` instead (``auroc_layer``, ties to the shallower layer): a
+ranking is chosen on a ranking metric, and SuperActivator, whose score is the max token at every
+layer, then picks max-token pooling's layer and has exactly its AUROC and AP.
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ from ..util.tables import read_table
 KEYS = ["concept_type", "method", "concept"]
 COUNTS = ["tp", "fp", "fn", "tn"]
 REPORTED = ["best_layer", "cal_f1", "n_pct", "threshold", *COUNTS, "support", *RATES]
+#: read at ``auroc_layer`` (best ``cal_auroc``) when the table has them
+RANKED = ["cal_auroc", "auroc", "ap"]
+#: averaged by the macro / weighted rows when present (NaN values skipped)
+OPTIONAL_MEANS = ["auroc", "ap", "precision_at_prevalence", "f1_at_prevalence", "hn_fpr", "hn_auroc"]
 
 
 def load_metrics(run_dir: str | Path) -> pd.DataFrame:
@@ -65,8 +74,17 @@ def best_layers(table: pd.DataFrame) -> pd.DataFrame:
     rows["_rank"] = rows["cal_f1"].astype(float).fillna(-np.inf)
     rows = rows.sort_values(KEYS + ["_rank", "layer"], ascending=[True, True, True, False, True], kind="stable")
     best = rows.groupby(KEYS, sort=False, as_index=False).head(1).rename(columns={"layer": "best_layer"})
-    cols = KEYS + [c for c in REPORTED if c in best.columns]
-    return order_methods(best[cols]).reset_index(drop=True)
+    extra = [c for c in ("precision_at_prevalence", "f1_at_prevalence", "hn_support", "hn_fpr", "hn_auroc")
+             if c in best.columns]
+    cols = KEYS + [c for c in REPORTED if c in best.columns] + extra
+    best = best[cols]
+    if "cal_auroc" in rows.columns and "auroc" in rows.columns:
+        rows["_rank"] = rows["cal_auroc"].astype(float).fillna(-np.inf)
+        rows = rows.sort_values(KEYS + ["_rank", "layer"], ascending=[True, True, True, False, True], kind="stable")
+        ranked = rows.groupby(KEYS, sort=False, as_index=False).head(1).rename(columns={"layer": "auroc_layer"})
+        best = best.merge(ranked[KEYS + ["auroc_layer"] + [c for c in RANKED if c in ranked.columns]],
+                          on=KEYS, how="left")
+    return order_methods(best).reset_index(drop=True)
 
 
 def order_methods(df: pd.DataFrame) -> pd.DataFrame:
@@ -109,6 +127,12 @@ def aggregate_rows(best: pd.DataFrame) -> pd.DataFrame:
             for col in (*RATES, "cal_f1"):
                 ok = len(scored) and (w is None or w.sum() > 0)
                 row[col] = float(np.average(scored[col], weights=w)) if ok else float("nan")
+            for col in (c for c in OPTIONAL_MEANS if c in scored.columns):
+                v = scored[col].to_numpy(float)
+                has = ~np.isnan(v)
+                wc = None if w is None else w[has]
+                row[col] = (float(np.average(v[has], weights=wc)) if has.any() and (wc is None or wc.sum() > 0)
+                            else float("nan"))
             rows.append(row)
         if set(COUNTS) <= set(g.columns):
             pooled = {c: float(g[c].sum()) for c in COUNTS}

@@ -70,6 +70,7 @@ class StageFolder:
 
     @property
     def predictions(self) -> Path:
+        """Test predictions and test / cal sample scores of every method (docs/layout.md)."""
         return self.path / "predictions.npz"
 
     @property
