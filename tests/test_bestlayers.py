@@ -125,7 +125,7 @@ def test_best_layers_ranking_fpr_rows_and_both_way_significance(tiny_run_pair):
     run = tiny_run_pair[0]
     csv = pd.read_csv(RunLayout(run).best_layers)
     for col in ("auroc", "auroc_lo", "auroc_hi", "ap", "ap_lo", "ap_hi", "auroc_layer", "sa_auroc_p",
-                "sa_p_reverse", "sa_p_two_sided", "sa_worse"):
+                "sa_p_reverse", "sa_p_two", "sa_verdict", "sa_worse"):
         assert col in csv.columns, col
     assert {"max_token@fpr=1%", "max_token@fpr=5%"} <= set(csv["method"])
     per = csv[~csv["concept"].isin(AGGREGATES)].set_index(["concept_type", "method", "concept"])
@@ -146,7 +146,9 @@ def test_best_layers_ranking_fpr_rows_and_both_way_significance(tiny_run_pair):
     assert row["auroc"] == pytest.approx(roc_auc_score(y, p.test_scores["global"][:, p.names.index(concept)]))
     # both directions: p_reverse + p counts every resample once, plus ties at 0 twice
     other = csv[(csv["method"] != "superactivator") & csv["sa_p"].notna()]
-    assert (other["sa_p_two_sided"] <= 1).all()
+    assert (other["sa_p_two"] <= 1).all()
+    # the two-sided p is twice the smaller one-sided p (capped at 1)
+    np.testing.assert_allclose(other["sa_p_two"], np.minimum(1, 2 * np.minimum(other["sa_p"], other["sa_p_reverse"])))
     np.testing.assert_array_equal(other["sa_worse"].astype(bool), other["sa_p_reverse"] < 0.05)
     # SuperActivator vs max_token on AUROC: identical rankings, no difference either way
     mrows = csv[(csv["method"] == "max_token") & ~csv["concept"].isin(AGGREGATES) & csv["sa_auroc_diff"].notna()]
