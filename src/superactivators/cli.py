@@ -451,30 +451,29 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("benchmark",
                        help="run an external benchmark (AxBench) through the pipeline; writes benchmark_metrics.csv")
     s_b = s.add_subparsers(dest="benchmark", required=True)
-    b = s_b.add_parser("axbench", parents=[flags["quiet"]], help="AxBench concept-detection settings (concept10 ...)")
+    common = argparse.ArgumentParser(add_help=False)  # every benchmark's run options, written once
+    common.add_argument("--model", default="minilm", help="model id, folder or packaged alias (default minilm)")
+    common.add_argument("--layers", default="all",
+                        help="'all' (default), 'sweep' (the family's default sweep) or e.g. 2,4,6")
+    common.add_argument("--types", default="mean,diffmean,linsep", help="concept types (default mean,diffmean,linsep)")
+    common.add_argument("--batch-size", type=int, default=16)
+    b = s_b.add_parser("axbench", parents=[flags["quiet"], common],
+                       help="AxBench concept-detection settings (concept10 ...)")
     b.add_argument("path", help="an AxBench setting folder (train_data.parquet, latent_eval_data.parquet, "
                    "metadata.jsonl) or a folder of them")
     b.add_argument("--view", default="scoped", choices=["scoped", "multilabel"],
                    help="scoped: each concept judged on its own eval rows (AxBench's protocol); multilabel: on "
                    "every eval row, other concepts' positives as negatives")
-    b.add_argument("--model", default="minilm", help="model id, folder or packaged alias (default minilm)")
-    b.add_argument("--layers", default="all", help="'all' (default), 'sweep' (the family's default sweep) or e.g. 2,4,6")
-    b.add_argument("--types", default="mean,diffmean,linsep", help="concept types (default mean,diffmean,linsep)")
     b.add_argument("--output-dir", default="benchmark-axbench", type=Path,
                    help="datasets, runs and benchmark_metrics.csv go here (default benchmark-axbench)")
     b.add_argument("--seed", type=int, default=0, help="train / cal split and run seed (default 0)")
-    b.add_argument("--batch-size", type=int, default=16)
     b.set_defaults(func=cmd_benchmark)
-    b = s_b.add_parser("sae-probes", parents=[flags["quiet"]],
+    b = s_b.add_parser("sae-probes", parents=[flags["quiet"], common],
                        help="sae-probes binary probing tasks (pip install --no-deps sae-probes)")
     b.add_argument("tasks", nargs="+", metavar="ID", help="task number, tag or both (102, twt_emotion, 102_twt_emotion)")
-    b.add_argument("--model", default="minilm", help="model id, folder or packaged alias (default minilm)")
-    b.add_argument("--layers", default="all", help="'all' (default), 'sweep' (the family's default sweep) or e.g. 2,4,6")
-    b.add_argument("--types", default="mean,diffmean,linsep", help="concept types (default mean,diffmean,linsep)")
     b.add_argument("--output-dir", default="benchmark-sae-probes", type=Path,
                    help="datasets, runs and benchmark_metrics.csv go here (default benchmark-sae-probes)")
     b.add_argument("--seed", type=int, default=0, help="run seed (the task split uses the package's seed 42)")
-    b.add_argument("--batch-size", type=int, default=16)
     b.set_defaults(func=cmd_benchmark, view="scoped", path=None)
 
     s = sub.add_parser("dataset-info", help="samples, concepts with positives per split, modality, token-level truth")
