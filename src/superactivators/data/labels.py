@@ -158,7 +158,8 @@ def hard_negative_matrix(columns: dict[str, Sequence[object]], concepts: Sequenc
                          where: str) -> np.ndarray | None:
     """``[N, C]`` uint8 hard-negative marks from the ``hard_negative::CONCEPT`` columns, or None without any.
 
-    Each column must name a concept of the run and hold 0/1 cells; a sample marked as a hard
+    Each column must name a concept of the run and hold 0/1 cells (a blank cell is an unmarked
+    sample, e.g. AxBench rows outside the concept's own scope); a sample marked as a hard
     negative of a concept it is positive for is an error (a hard negative is a negative).
     Concepts without a column get zeros (no hard negatives).
     """
@@ -174,7 +175,7 @@ def hard_negative_matrix(columns: dict[str, Sequence[object]], concepts: Sequenc
                             f"(concepts: {list(concepts)[:8]}{' ...' if len(concepts) > 8 else ''})")
             continue
         try:
-            v = parse_label_column(name, cells, where)
+            v = parse_label_column(name, cells, where, missing="allow")  # a blank mark: not a hard negative
         except DatasetError as err:
             problems += err.problems
             continue
