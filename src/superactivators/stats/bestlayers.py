@@ -368,10 +368,14 @@ def format_headline(res: BestLayers) -> str:
             sig = ""
             if pd.notna(r.get("sa_p_two", np.nan)):
                 sig = f"  SA {r['sa_diff']:+.3f} {r.get('sa_verdict') or TIE} (p={r['sa_p_two']:.3f})"
-            rank = f"  AUROC {r['auroc']:.3f}" if pd.notna(r.get("auroc")) else ""
-            lines.append(f"  {short_label(meth):<13} {r['f1']:.3f}{err}  macro {m.loc[meth, 'f1']:.3f}{rank}{sig}")
+            rank = f"  auc {r['auroc']:.3f}" if pd.notna(r.get("auroc")) else ""
+            line = f"  {short_label(meth):<11} {r['f1']:.3f}{err}  macro {m.loc[meth, 'f1']:.3f}{rank}"
+            if len(line + sig) <= 100:
+                lines.append(line + sig)
+            else:  # a long method name or verdict: the comparison on its own line
+                lines += [line, " " * 13 + sig.strip()] if sig else [line]
     if "auroc" in t.columns and t["auroc"].notna().any():
-        lines.append(wrap("  AUROC: weighted ROC AUC of each method's score; SuperActivator's equals max_token's "
+        lines.append(wrap("  auc: weighted ROC AUC of each method's score; SuperActivator's equals max_token's "
                           "(the same score, the max token): the methods differ only in the threshold"))
     if res.notes:
         lines += [wrap(f"  note: {n}", indent="    ") for n in res.notes]
