@@ -120,7 +120,9 @@ def test_prompt_methods_in_pipeline(tiny_lm, tiny_bert, small_emotions, tmp_path
     })
     res = run_pipeline(cfg, progress=False)
     t = res.table
-    assert {"superactivator", "prompt", "prompt@best_threshold", "prompt_seed"} == set(t.method)
+    # the margin is a pooled score: calibrated like a baseline, with its free and 1 % / 5 % FPR references
+    assert {"superactivator", "prompt", "prompt@best_threshold", "prompt@fpr=1%", "prompt@fpr=5%",
+            "prompt_seed"} == set(t.method)
     assert len(list((tmp_path / "p" / "prompt").glob("prompt_*.npy"))) == 2
     # the seed protocol: test samples only, its parsed answers scored as they are
     answers = pd.read_csv(next((tmp_path / "p" / "prompt").glob("prompt_*_answers.csv")), keep_default_na=False)
