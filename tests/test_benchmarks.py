@@ -44,3 +44,19 @@ def test_compare_runs_finds_a_changed_byte_and_a_missing_file(tmp_path):
     n, problems = compare(a, b)
     assert n == 2
     assert problems == [f"only in {b}: best_layers.csv", "differs: stages/L01_mean_0123456789ab/summary.npz"]
+
+
+def test_compare_runs_can_leave_out_a_timing_column(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from compare_runs import compare
+    finally:
+        sys.path.pop(0)
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root, secs in ((a, "1.5"), (b, "2.5")):
+        root.mkdir()
+        (root / "attribution_metrics.csv").write_text(f"method,f1,seconds\nsaliency,0.5,{secs}\n")
+    assert compare(a, b)[1] == ["differs: attribution_metrics.csv"]
+    assert compare(a, b, ignore_columns=("seconds",)) == (1, [])
+    (b / "attribution_metrics.csv").write_text("method,f1,seconds\nsaliency,0.6,2.5\n")  # a number changed
+    assert compare(a, b, ignore_columns=("seconds",))[1] == ["differs: attribution_metrics.csv"]
