@@ -24,12 +24,18 @@ def test_quick_benchmark_runs_every_phase():
         assert line in out, line
 
 
-def test_compare_runs_finds_a_changed_byte_and_a_missing_file(tmp_path):
+def _compare_runs():
+    """``benchmarks/compare_runs.compare`` (a script folder, not a package)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         from compare_runs import compare
     finally:
         sys.path.pop(0)
+    return compare
+
+
+def test_compare_runs_finds_a_changed_byte_and_a_missing_file(tmp_path):
+    compare = _compare_runs()
     a, b = tmp_path / "a", tmp_path / "b"
     for root in (a, b):
         (root / "stages" / "L01_mean_0123456789ab").mkdir(parents=True)
@@ -47,11 +53,7 @@ def test_compare_runs_finds_a_changed_byte_and_a_missing_file(tmp_path):
 
 
 def test_compare_runs_can_leave_out_a_timing_column(tmp_path):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from compare_runs import compare
-    finally:
-        sys.path.pop(0)
+    compare = _compare_runs()
     a, b = tmp_path / "a", tmp_path / "b"
     for root, secs in ((a, "1.5"), (b, "2.5")):
         root.mkdir()
