@@ -15,6 +15,21 @@ def run_dir(tiny_report_run):
     return str(tiny_report_run.run_dir)
 
 
+
+def _every_concept_present(monkeypatch) -> None:
+    """Detectors built from a run call every concept present and every token / patch evidence."""
+    from superactivators.detector import ConceptDetector
+
+    real = ConceptDetector.from_run
+
+    def always(*a, **k):
+        det = real(*a, **k)
+        det.thresholds = {n: -1e9 for n in det.thresholds}
+        det.localization_thresholds = dict(det.thresholds)
+        return det
+
+    monkeypatch.setattr(ConceptDetector, "from_run", staticmethod(always))
+
 def test_options_anywhere_file_and_json(run_dir, tmp_path, capsys):
     texts = tmp_path / "texts.txt"
     texts.write_text("I am so grateful for your help\n\n  \nWhat a terrible, frightening night\n")
@@ -49,17 +64,7 @@ def test_no_concept_found_is_said(run_dir, capsys, monkeypatch):
 
 
 def test_present_concepts_are_listed_with_tokens(run_dir, capsys, monkeypatch):
-    from superactivators.detector import ConceptDetector
-
-    real = ConceptDetector.from_run
-
-    def always(*a, **k):
-        det = real(*a, **k)
-        det.thresholds = {n: -1e9 for n in det.thresholds}
-        det.localization_thresholds = dict(det.thresholds)  # every patch is evidence
-        return det
-
-    monkeypatch.setattr(ConceptDetector, "from_run", staticmethod(always))
+    _every_concept_present(monkeypatch)
     assert main(["detect", "--layer", "1", run_dir, "joy and fear"]) == 0
     out = capsys.readouterr().out
     assert "emotion::joy: present" in out and "emotion::fear: present" in out and "tokens: '" in out
@@ -81,17 +86,7 @@ def test_errors_are_one_line(run_dir, tmp_path, capsys):
 
 def test_images_from_a_file_with_json_patch_boxes(image_run, tmp_path, capsys, monkeypatch):
     from superactivators.data.datasets import load_dataset
-    from superactivators.detector import ConceptDetector
-
-    real = ConceptDetector.from_run
-
-    def always(*a, **k):
-        det = real(*a, **k)
-        det.thresholds = {n: -1e9 for n in det.thresholds}
-        det.localization_thresholds = dict(det.thresholds)  # every patch is evidence
-        return det
-
-    monkeypatch.setattr(ConceptDetector, "from_run", staticmethod(always))
+    _every_concept_present(monkeypatch)
     ds = load_dataset(image_run.run_dir.parent.parent / "shapes")
     paths = [str(ds.image_path(int(i))) for i in ds.split_indices("test")[:2]]
     lst = tmp_path / "images.txt"

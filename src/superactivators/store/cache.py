@@ -45,7 +45,16 @@ from ..data.masks import MaskOptions
 from ..encoders.base import EmbedConfig
 from ..util.io import atomic_save_npy, atomic_save_npz, atomic_write_json
 from .embed import dataset_info, embed_dataset, span_token_bits, truth_kind, warn_store
-from .tokens import MANIFEST, StatesMissingError, StoreInfo, TokenStore, add_norm, file_checksum
+from .tokens import (
+    MANIFEST,
+    StatesMissingError,
+    StoreInfo,
+    TokenStore,
+    add_norm,
+    file_checksum,
+    read_manifest,
+    store_is_complete,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,26 +122,13 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:60] or "data"
 
 
-def _manifest(path: Path) -> dict:
-    """The store manifest at ``path`` ({} when missing or unreadable: TokenStore names the problem)."""
-    try:
-        out = json.loads((path / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return {}
-    return out if isinstance(out, dict) else {}
-
-
-def _complete(path: Path) -> bool:
-    return bool(_manifest(path).get("complete"))
-
-
 def _open_view(sdir: Path) -> TokenStore | None:
     """The run's complete store at ``sdir`` (a view or a self-contained one), or None.
 
     A view whose shared states were removed is dropped (and rebuilt by the caller); a damaged
     self-contained store raises as before.
     """
-    if not _complete(sdir):
+    if not store_is_complete(sdir):
         return None
     try:
         return TokenStore(sdir)
@@ -207,14 +203,14 @@ def cached_store(ds: Dataset, cfg: EmbedConfig, sdir: Path, make_encoder: Callab
     """
     sdir = Path(sdir)
     root = states_root(cfg)
-    if "states" in _manifest(sdir):  # a view (over the cache): as it is, or dropped when unfinished / orphaned
+    if "states" in read_manifest(sdir):  # a view (over the cache): as it is, or dropped when unfinished / orphaned
         store = _open_view(sdir)
         if store is not None:
             return store
         shutil.rmtree(sdir, ignore_errors=True)  # rebuilt below: a view is cheap
     if root is None or (sdir / MANIFEST).exists():
         # no cache, or a self-contained store begun here: finished, or resumed in place
-        if _complete(sdir):
+        if store_is_complete(sdir):
             return TokenStore(sdir)
         return embed_dataset(ds, cfg, sdir, encoder=make_encoder() if make_encoder else None, progress=progress)
     key = states_key(ds, cfg, masks, fingerprints)
@@ -227,7 +223,7 @@ def cached_store(ds: Dataset, cfg: EmbedConfig, sdir: Path, make_encoder: Callab
         print(f"waiting for another run embedding the same states into {entry} ...", flush=True)
         lock.acquire()
     try:
-        if _complete(entry):
+        if store_is_complete(entry):
             states = TokenStore(entry)
             print(f"reusing cached hidden states {entry} ({states.n_samples} samples, {states.n_tokens} tokens, "
                   f"layers {states.layers}): no embedding", flush=True)
@@ -264,10 +260,7 @@ def list_entries(root: Path) -> list[CacheEntry]:
     if not root.is_dir():
         return out
     for d in sorted(p for p in root.iterdir() if p.is_dir() and (p / MANIFEST).exists()):
-        try:
-            man = json.loads((d / MANIFEST).read_text())
-        except (OSError, ValueError):
-            man = {}
+        man = read_manifest(d)
         try:
             users = json.loads((d / USERS).read_text())
         except (OSError, ValueError):

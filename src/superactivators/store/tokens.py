@@ -41,13 +41,19 @@ from ..util.io import atomic_save_npy, atomic_save_npz, atomic_write_json
 MANIFEST = "manifest.json"
 
 
+def read_manifest(path: Path) -> dict:
+    """The store manifest at ``path`` as a dict; ``{}`` when missing or unreadable (opening the
+    store with :class:`TokenStore` names the problem)."""
+    try:
+        out = json.loads((Path(path) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
 def store_is_complete(path: Path) -> bool:
     """Is there a finished token store at ``path``? (Its manifest says so; nothing else is read.)"""
-    m = Path(path) / MANIFEST
-    try:
-        return m.exists() and bool(json.loads(m.read_text()).get("complete"))
-    except (OSError, ValueError):
-        return False
+    return bool(read_manifest(path).get("complete"))
 FORMAT_VERSION = 1
 
 
