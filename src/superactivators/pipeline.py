@@ -27,24 +27,23 @@ from .concepts.types import ConceptType, load_concepts
 from .config import RunConfig
 from .data.datasets import SAMPLE_LABELS_NOTE, Dataset
 from .data.fingerprint import content_key
-from .encoders.base import ModelShape
-from .encoders.base import Encoder
+from .encoders.base import Encoder, ModelShape
 from .encoders.factory import make_encoder, model_shape
 from .evaluate.calibrate import tail_rule_key
 from .evaluate.detect import macro_pivot, results_table, run_detection, save_predictions
+from .evaluate.matching import UnitSummary, labelled_set, match_to_concepts, summarise_units
 from .evaluate.methods import GLOBAL, PROMPT_METHOD_OF, SA, is_baseline, short_label
+from .evaluate.scoring import ScoreSummary, summarise
 from .localize.attribution import AttributionOptions, run_attributions
 from .localize.tokens import localize_stage
-from .stats.bestlayers import BestLayers, write_best_layers
-from .evaluate.matching import UnitSummary, labelled_set, match_to_concepts, summarise_units
-from .prompting.lm import PromptConfig, prompt_scores
-from .evaluate.scoring import ScoreSummary, summarise
 from .preflight import check_run, concept_types
+from .prompting.lm import PromptConfig, prompt_scores
 from .report.figdata import HistogramAccumulator, save_curves
+from .stats.bestlayers import BestLayers, write_best_layers
 from .store.artefacts import RUN_FILES, intact, load_json, record, remove_leftover_temps, unrecord
+from .store.cache import cached_store
 from .store.confighash import check_run_config, record_run_config
 from .store.distributed import DistEnv, embed_data_parallel, rank_embed_config
-from .store.cache import cached_store
 from .store.layout import RunLayout, StageFolder, cached
 from .store.runs import run_lock
 from .store.tokens import MANIFEST, TokenStore, store_is_complete
