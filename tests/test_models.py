@@ -434,7 +434,9 @@ def test_mllama_vision_matches_model_output_and_stops_early(twins):
     ims = _images()
     batch = enc.encode_images(ims)
     np.testing.assert_array_equal(batch.lengths, [32, 32, 16])
-    np.testing.assert_array_equal(batch.valid, np.concatenate([g.valid() for g in batch.extra["geometry"]]))
+    geos = enc.geometries(ims)
+    assert batch.placements == [g.placement() for g in geos] and batch.patch_size == 14
+    np.testing.assert_array_equal(batch.valid, np.concatenate([g.valid() for g in geos]))
     assert batch.valid.sum() == 15 + 14 + 16
     # independent reference: the model's own output = [final global block | local blocks 1 and 3]
     vis = MllamaForConditionalGeneration.from_pretrained(twins["mllama"]).model.vision_model.eval()
@@ -443,7 +445,7 @@ def test_mllama_vision_matches_model_output_and_stops_early(twins):
         inp = enc.processor(images=[[im]], return_tensors="pt")
         with torch.no_grad():
             out = vis(**{k: inp[k] for k in ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask")}).last_hidden_state
-        geo = batch.extra["geometry"][i]
+        geo = geos[i]
         # intermediate features are stacked on a last axis then flattened: local block j at 32 + j :: 2
         for layer, sl in ((5, slice(0, 32)), (1, slice(32, None, 2)), (3, slice(33, None, 2))):
             ref = tiles_to_canvas(out[0, 0, :, 1:, sl], geo)

@@ -180,7 +180,7 @@ def test_mllama_seed_protocol_one_tile(tmp_path):
                               mask_options=MaskOptions(any_pixel=True))
     assert seed.seed_fit(im).size == (56, 16)  # 56 / (100 / 30) = 16.8 -> 16 (int, as the seed)
     b = seed.encode_images([im])
-    geo = b.extra["geometry"][0]
+    geo = seed.geometries([im])[0]
     assert (geo.tiles_h, geo.tiles_w, geo.orig_h, geo.orig_w) == (1, 1, 30, 100)
     # 4 x 4 patches of 14 px; rows 0-13 and 14-15 hold image: 2 rows valid under "any pixel"
     assert b.lengths.tolist() == [16] and int(b.valid.sum()) == 8

@@ -56,7 +56,7 @@ WORDS = [  # paragraph 1: words 'Oh' 'great,' 'another' 'Monday.'; paragraph 2 u
 def test_word_level_spans_and_tokens(tmp_path, tiny_bert):
     from transformers import AutoTokenizer
 
-    from superactivators.store.embed import span_token_bits
+    from superactivators.store.truth import span_token_bits
 
     root = _text_set(tmp_path / "Sarcasm", TEXTS, WORDS, [1, 1])
     ds = load_dataset(root)
@@ -457,7 +457,7 @@ def test_image_run_stores_mask_truth(tmp_path):
 def test_seed_protocol_gives_whitespace_tokens_to_the_previous_word(tmp_path, tiny_gpt2):
     from transformers import AutoTokenizer
 
-    from superactivators.store.embed import span_token_bits
+    from superactivators.store.truth import span_token_bits
 
     ds = load_dataset(_text_set(tmp_path / "Sarcasm", TEXTS, WORDS, [1, 1]))
     tok = AutoTokenizer.from_pretrained(tiny_gpt2)

@@ -16,6 +16,8 @@ from superactivators.data.masks import MaskOptions, ProcessorGeometry, patch_fra
 from superactivators.encoders.base import EmbedConfig
 from superactivators.encoders.factory import model_shape
 from superactivators.encoders.vision import ImageEncoder
+from superactivators.store.embed import encode_window
+from superactivators.store.truth import seed_padding, token_truth
 
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
             patch_size=8)
@@ -108,17 +110,24 @@ def test_whole_image_pipeline(which: str, shapes36: Path, tiny_clip: Path, tiny_
     assert res.localization is not None
 
 
+def _encode(enc: ImageEncoder, ds, ids: list[int]) -> tuple:
+    """Samples ``ids`` as embed_dataset encodes them: the batch and its packed token truth (or None)."""
+    ids = np.asarray(ids)
+    batch = next(encode_window(enc, ds, ids, enc.cfg, seed_padding(ds, enc.input_size, enc.n_patches)))
+    return batch, token_truth(ds, ids, batch, mask_options=enc.mask_options)
+
+
 def test_batches_are_independent_and_bad_images_name_the_file(shapes36: Path, tiny_vit: Path, tmp_path: Path) -> None:
     enc = ImageEncoder(EmbedConfig(model=str(tiny_vit), layers=[2]))
     ds = load_dataset(shapes36)
-    both = enc.encode_samples(ds, np.array([4, 5]))
-    one = enc.encode_samples(ds, np.array([5]))
+    both, both_gt = _encode(enc, ds, [4, 5])
+    one, one_gt = _encode(enc, ds, [5])
     np.testing.assert_allclose(both.tokens[2][16:], one.tokens[2], atol=1e-5)
-    np.testing.assert_array_equal(both.extra["gt_bits"][16:], one.extra["gt_bits"])
+    np.testing.assert_array_equal(both_gt[16:], one_gt)
     ds.image_paths = list(ds.image_paths)
     ds.image_paths[5] = "images/missing.png"
     with pytest.raises(DatasetError, match=r"image not found: .*images/missing\.png \(row 7 of"):
-        enc.encode_samples(ds, np.array([4, 5]))
+        _encode(enc, ds, [4, 5])
 
 
 def _letterbox_dataset(root: Path) -> Path:
@@ -147,12 +156,12 @@ def test_letterbox_padding_and_registers(tmp_path: Path) -> None:
     enc = ImageEncoder.from_model(model, ImgFocusImageProcessor(size=32), EmbedConfig(model="tiny-dinov2-reg"))
     assert enc.n_prefix == 3 and enc.patch_grid == [4, 4] and enc.global_token == "cls"
     ds = load_dataset(_letterbox_dataset(tmp_path))
-    b = enc.encode_samples(ds, np.array([0, 1]))
+    b, bits = _encode(enc, ds, [0, 1])
     # globals own their memory (a view of the CLS row would keep the batch's hidden states alive)
     assert all(g.base is None and g.shape == (2, 32) for g in b.globals.values())
     content_rows = np.array([0, 1, 1, 0], bool)
     np.testing.assert_array_equal(b.valid.reshape(2, 4, 4), np.broadcast_to(content_rows[None, :, None], (2, 4, 4)))
-    gt = _gt(b.extra["gt_bits"], 1).reshape(2, 16)
+    gt = _gt(bits, 1).reshape(2, 16)
     expected = np.zeros(16, bool)
     expected[4] = True  # patch (1, 0)
     np.testing.assert_array_equal(gt, np.stack([expected, expected]))
@@ -166,7 +175,7 @@ def test_letterbox_padding_and_registers(tmp_path: Path) -> None:
     flags[1, :3] = 0
     save_padding_file(tmp_path, (32, 32), flags)
     enc2 = ImageEncoder.from_model(model, ImgFocusImageProcessor(size=32), EmbedConfig(model="tiny-dinov2-reg"))
-    b2 = enc2.encode_samples(ds, np.array([0, 1]))
+    b2, _ = _encode(enc2, ds, [0, 1])
     np.testing.assert_array_equal(b2.valid, flags.reshape(-1).astype(bool))
 
 
@@ -180,7 +189,7 @@ def test_siglip_without_cls_uses_mean_of_content_patches(tmp_path: Path) -> None
     enc = ImageEncoder(EmbedConfig(model=str(tmp_path / "siglip")))
     assert enc.n_prefix == 0 and enc.global_token == "mean" and enc.describe()["family"] == "SiglipVisionModel"
     ds = load_dataset(_letterbox_dataset(tmp_path / "data"))
-    b = enc.encode_samples(ds, np.array([0]))
+    b, _ = _encode(enc, ds, [0])
     assert b.valid.all() and b.tokens[1].shape == (16, 32)
     np.testing.assert_allclose(b.globals[1][0], b.tokens[1].mean(axis=0), atol=1e-5)
     with pytest.raises(ValueError, match="no CLS token"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, Sequence, runtime_checkable
 
@@ -145,14 +145,51 @@ def resolve_model_path(name: str, revision: str | None = None) -> str:
 
 @dataclass
 class EncodedBatch:
-    """One batch of embedded samples, tokens concatenated in sample order."""
+    """One batch of embedded samples, tokens concatenated in sample order.
+
+    What token truth needs of the model's side is typed here, for both modalities: a text
+    token's character span, an image token's patch (each image's placement on its model input
+    and the patch size; the grid follows from them). Ground truth itself is not the encoder's:
+    :func:`superactivators.store.truth.token_truth` computes it from these fields.
+    """
 
     tokens: dict[int, np.ndarray]  # layer -> [t, d]
     globals: dict[int, np.ndarray]  # layer -> [n, d]
     lengths: np.ndarray  # [n] stored tokens per sample
     valid: np.ndarray  # [t] bool
-    char_spans: np.ndarray | None = None  # [t, 2] for text
-    extra: dict = field(default_factory=dict)
+    char_spans: np.ndarray | None = None  # text: [t, 2] character range of each stored token
+    truncated: np.ndarray | None = None  # text: [n] bool, the text was cut at max_length
+    placements: list | None = None  # image: [n] data.masks.Placement of each image on the model input
+    patch_size: int | None = None  # image: pixels per patch side of the model input
+
+    @property
+    def patch_grids(self) -> np.ndarray | None:
+        """Image: ``[n, 2]`` patch rows and columns of each image's token grid (row-major tokens)."""
+        if self.placements is None or self.patch_size is None:
+            return None
+        return np.array([[p.input_h // self.patch_size, p.input_w // self.patch_size] for p in self.placements],
+                        dtype=np.int64).reshape(-1, 2)
+
+
+def pick_global_token(requested: str, *, default: str, has_cls: bool, allowed: Sequence[str],
+                      aliases: dict[str, str] | None = None, model: str = "") -> str:
+    """The one rule for which token is a sample's global embedding, for every encoder.
+
+    ``auto`` takes the family's ``default``; a default of ``auto`` means the CLS token where
+    the model has one, else the mean of the stored tokens. ``aliases`` rename a request for a
+    model (Mllama's ``cls`` is the mean of its tiles' CLS tokens). The result must be one of
+    ``allowed``, and ``cls`` needs a CLS token.
+    """
+    rule = default if requested == "auto" else requested
+    rule = (aliases or {}).get(rule, rule)
+    if rule == "auto":
+        rule = "cls" if has_cls else "mean"
+    if rule not in allowed:
+        raise ValueError(f"{model or 'this model'}: global_token must be auto or one of {list(allowed)}, "
+                         f"got {requested!r}")
+    if rule == "cls" and not has_cls:
+        raise ValueError(f"{model or 'this model'} has no CLS token; use global_token mean")
+    return rule
 
 
 def load_text_tokenizer(path: str, cfg: EmbedConfig):

@@ -29,7 +29,6 @@ The canvas depends on the image size, so an Mllama store has no single ``patch_g
 from __future__ import annotations
 
 import dataclasses
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,7 +37,8 @@ import numpy as np
 import torch
 
 from ..util.device import pick_device
-from .base import EmbedConfig, EncodedBatch, open_images, resolve_model_path
+from ..data.masks import MaskOptions, Placement
+from .base import EmbedConfig, EncodedBatch, open_images, pick_global_token, resolve_model_path
 from .capture import LayerTap
 from .registry import UnknownModelFamily, family_for, get_family, load_class
 from .text import compute_dtype, load_pretrained
@@ -106,10 +106,8 @@ class TileGeometry:
         """Patches with at least ``content`` of their pixels inside the image."""
         return self.content_fraction() >= content - 1e-9
 
-    def placement(self):
+    def placement(self) -> Placement:
         """The :class:`superactivators.data.masks.Placement` of the image on its canvas."""
-        from ..data.masks import Placement
-
         r, c = self.grid
         return Placement(self.orig_h, self.orig_w, self.resized_h, self.resized_w, 0, 0,
                          r * self.patch_size, c * self.patch_size)
@@ -166,7 +164,7 @@ class MllamaImageEncoder:
 
     modality = "image"
 
-    def __init__(self, cfg: EmbedConfig, mask_options: Any = None):
+    def __init__(self, cfg: EmbedConfig, mask_options: MaskOptions | None = None):
         from transformers import AutoConfig, AutoImageProcessor
 
         self.cfg = cfg
@@ -197,12 +195,11 @@ class MllamaImageEncoder:
         self.hidden_size = self.family.hidden_size(config)
         self.layers = self.family.resolve(cfg.layers, config)
         self.blocks = self.family.blocks(self.model, vcfg)
-        gt = self.family.global_token if cfg.global_token in ("auto", "cls") else cfg.global_token
-        if gt not in IMAGE_GLOBALS:
-            raise ValueError(f"global_token for Mllama images must be auto, cls (tile CLS mean) or mean, got {cfg.global_token!r}")
-        self.global_token = gt
+        # "cls" here is the mean of the real tiles' CLS tokens
+        self.global_token = pick_global_token(cfg.global_token, default=self.family.global_token, has_cls=True,
+                                              allowed=IMAGE_GLOBALS, aliases={"cls": "tile-cls-mean"}, model=cfg.model)
         self.patch_grid = None  # per image: see tile_geometry
-        self.mask_options = mask_options  # superactivators.data.masks.MaskOptions; None = its defaults
+        self.mask_options = mask_options or MaskOptions()
 
     def describe(self) -> dict:
         return {
@@ -231,8 +228,8 @@ class MllamaImageEncoder:
         return im.resize((nw, nh), Image.LANCZOS)
 
     def _prepare(self, images: Sequence[Any]) -> tuple[list[Any], list[TileGeometry]]:
-        """RGB images as fed to the processor and their geometry (orig = the image as given)."""
-        images = [im.convert("RGB") for im in images]
+        """RGB images (from :func:`open_images`) as fed to the processor and their geometry (orig = as given)."""
+        images = list(images)
         if self.cfg.protocol != "seed":
             return images, [self.geometry(im.height, im.width) for im in images]
         fitted = [self.seed_fit(im) for im in images]
@@ -240,10 +237,14 @@ class MllamaImageEncoder:
                 for im, f in zip(images, fitted)]
         return fitted, geos
 
+    def geometries(self, images: Sequence[Any]) -> list[TileGeometry]:
+        """Each image's tile canvas as :meth:`encode_images` lays it out (the batch's ``placements`` in full)."""
+        return self._prepare(open_images(images))[1]
+
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Any], valid: Sequence[np.ndarray] | None = None) -> EncodedBatch:
-        """Embed PIL images; ``valid`` overrides the geometric validity per image (same length)."""
-        images, geos = self._prepare(images)
+        """Embed images (PIL images or paths); ``valid`` overrides the geometric validity per image (same length)."""
+        images, geos = self._prepare(open_images(images))
         inputs = self.processor(images=[[im] for im in images], return_tensors="pt")
         want = [self.aspect_ids[(g.tiles_h, g.tiles_w)] for g in geos]
         got = inputs["aspect_ratio_ids"].reshape(-1).tolist()
@@ -253,6 +254,7 @@ class MllamaImageEncoder:
         tap = LayerTap(self.blocks, self.layers, stop_early=True)
         cap = tap.run(lambda: self.model(**feed))
         per_tile = self.tile_size // self.patch_size
+        vm = [self._valid(geo, valid, i) for i, geo in enumerate(geos)]
         tokens: dict[int, np.ndarray] = {}
         globals_: dict[int, np.ndarray] = {}
         for layer in self.layers:
@@ -261,45 +263,20 @@ class MllamaImageEncoder:
             tokens[layer] = torch.cat(canv).float().cpu().numpy()
             if self.global_token == "tile-cls-mean":
                 g = torch.stack([cls[i, : geo.n_tiles].float().mean(0) for i, geo in enumerate(geos)])
-            else:
-                vm = [torch.from_numpy(self._valid(geo, valid, i)).to(c.device) for i, (geo, c) in enumerate(zip(geos, canv))]
-                g = torch.stack([c[m].float().mean(0) for c, m in zip(canv, vm)])
+            else:  # canvases differ in size: the mean of each one's valid patches
+                g = torch.stack([c[torch.from_numpy(m).to(c.device)].float().mean(0) for c, m in zip(canv, vm)])
             globals_[layer] = g.cpu().numpy()
-        vmask = np.concatenate([self._valid(g, valid, i) for i, g in enumerate(geos)])
         return EncodedBatch(
             tokens=tokens, globals=globals_, lengths=np.array([g.n_patches for g in geos], dtype=np.int64),
-            valid=vmask, extra={"geometry": geos},
+            valid=np.concatenate(vm), placements=[g.placement() for g in geos], patch_size=self.patch_size,
         )
 
-    def encode_inputs(self, items: Sequence[Any]) -> EncodedBatch:
-        """The detector's input: PIL images or image paths."""
-        return self.encode_images(open_images(items))
+    encode_inputs = encode_images  # the detector's input: PIL images or image paths
 
     def _valid(self, geo: TileGeometry, valid: Sequence[np.ndarray] | None, i: int) -> np.ndarray:
         if valid is None:
-            if self.mask_options is None:
-                return geo.valid(CONTENT)
             return self.mask_options.is_content(geo.content_fraction())
         v = np.asarray(valid[i], dtype=bool)
         if v.shape != (geo.n_patches,):
             raise ValueError(f"validity of image {i} has {v.shape} entries, its canvas {geo.n_patches} patches")
         return v
-
-    def encode_samples(self, ds: Any, ids: np.ndarray) -> EncodedBatch:
-        """Embed dataset samples ``ids``; with masks, ``extra['gt_bits']`` holds packed patch truth."""
-        images = [ds.load_image(int(i)) for i in ids]
-        from ..data.masks import MaskOptions, MaskSource, has_masks, sample_patch_labels
-
-        if not has_masks(ds):
-            return self.encode_images(images)
-
-        opts = self.mask_options or MaskOptions()
-        src = MaskSource(ds)
-        valids, gts = [], []
-        for i, geo in zip(ids, self._prepare(images)[1]):
-            v, gt = sample_patch_labels(src, int(i), geo.placement(), self.patch_size, opts)
-            valids.append(v)
-            gts.append(gt)
-        batch = self.encode_images(images, valid=valids)
-        batch.extra["gt_bits"] = np.packbits(np.concatenate(gts), axis=1)
-        return batch

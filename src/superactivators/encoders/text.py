@@ -29,8 +29,9 @@ import torch
 
 from ..data.datasets import DatasetError
 from ..util.device import pick_device, pick_dtype
-from .base import EmbedConfig, EncodedBatch, load_text_tokenizer, resolve_model_path
+from .base import EmbedConfig, EncodedBatch, load_text_tokenizer, pick_global_token, resolve_model_path
 from .capture import LayerTap
+from .pooling import pool_global
 from .registry import ModelFamily, family_for, load_class
 
 GLOBAL_TOKENS = ("cls", "mean", "last")
@@ -95,7 +96,10 @@ class TextEncoder:
         self.n_layers = self.family.n_layers(config)
         self.hidden_size = self.family.hidden_size(config)
         self.layers = self.family.resolve(cfg.layers, config)
-        self.global_token = self._pick_global(cfg.global_token)
+        # the seed mean-pools every text model's tokens (Qwen3 too)
+        self.global_token = pick_global_token(
+            cfg.global_token, default="mean" if cfg.protocol == "seed" else self.family.global_token,
+            has_cls=self.tokenizer.cls_token_id is not None, allowed=GLOBAL_TOKENS, model=cfg.model)
         try:
             self.blocks: list[torch.nn.Module] | None = self.family.blocks(self.model, self.model.config)
         except LookupError as err:
@@ -104,16 +108,6 @@ class TextEncoder:
         params = inspect.signature(self.model.forward).parameters
         self._forward_kwargs = {"use_cache": False} if "use_cache" in params else {}
         self._drop_inputs = {"token_type_ids"} if "token_type_ids" not in params else set()
-
-    def _pick_global(self, requested: str) -> str:
-        if requested == "auto" and self.cfg.protocol == "seed":
-            return "mean"  # the seed mean-pools every text model's tokens (Qwen3 too)
-        gt = requested if requested != "auto" else self.family.global_token
-        if gt == "auto":
-            gt = "cls" if self.tokenizer.cls_token_id is not None else "mean"
-        if gt not in GLOBAL_TOKENS:
-            raise ValueError(f"global_token must be auto, cls, mean or last, got {requested!r}")
-        return gt
 
     def describe(self) -> dict:
         return {
@@ -167,18 +161,12 @@ class TextEncoder:
         # copied asynchronously and waited for once
         store_dtype = getattr(torch, self.cfg.store_dtype)
         on_gpu = self.device.type == "cuda"
+        last = torch.from_numpy(attn.sum(axis=1) - 1).to(self.device)  # the last attended position
         tokens, globals_ = {}, {}
         for layer in self.layers:
             hs = states[layer]  # [B, L, d]
             tokens[layer] = hs.reshape(-1, hs.shape[-1])[flat].to(store_dtype).to("cpu", non_blocking=on_gpu)
-            if self.global_token == "cls":
-                g = hs[:, 0]
-            elif self.global_token == "last":
-                last = attn.sum(axis=1) - 1
-                g = hs[torch.arange(hs.shape[0]), torch.from_numpy(last).to(self.device)]
-            else:
-                m = vmask.unsqueeze(-1).to(hs.dtype)
-                g = (hs * m).sum(1) / m.sum(1)
+            g = pool_global(self.global_token, hs, vmask, last=last)
             globals_[layer] = g.float().cpu().numpy()
         if on_gpu:
             torch.cuda.current_stream(self.device).synchronize()
@@ -190,7 +178,7 @@ class TextEncoder:
             tokens={l: t.numpy() for l, t in tokens.items()}, globals=globals_, lengths=lengths,
             valid=np.ones(int(lengths.sum()), bool),
             char_spans=offsets.reshape(-1, 2)[valid.reshape(-1)].astype(np.int32),
-            extra={"truncated": truncated},
+            truncated=truncated,
         )
 
     encode_inputs = encode  # the detector's input: strings

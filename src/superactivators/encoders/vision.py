@@ -11,9 +11,9 @@ row-major over the patch grid (``patch_grid = [rows, cols]`` in the store manife
 and register tokens are dropped from the token rows, and the CLS token at each layer (or the
 mean of the content patches for models without one, e.g. SigLIP) becomes the sample's global
 embedding. Every sample stores all ``rows * cols`` patches; ``valid`` is False on padding
-patches (letterboxing processors), which never count as in- or out-of-concept. Segmentation
-masks become packed per-patch concept bits through the processor's geometry
-(:mod:`superactivators.data.masks`).
+patches (letterboxing processors), which never count as in- or out-of-concept. Each image's
+placement on the model input travels with the batch; segmentation masks become per-patch concept
+bits from it in :func:`superactivators.store.truth.token_truth`, as character spans do for text.
 """
 
 from __future__ import annotations
@@ -25,18 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.datasets import Dataset, DatasetError
-from ..data.masks import (
-    MaskOptions,
-    MaskSource,
-    ProcessorGeometry,
-    load_padding_file,
-    patch_fractions,
-    sample_patch_labels,
-)
+from ..data.masks import MaskOptions, Placement, ProcessorGeometry, patch_fractions
 from ..util.device import pick_device, pick_dtype
-from .base import EmbedConfig, EncodedBatch, open_images, resolve_model_path
+from .base import EmbedConfig, EncodedBatch, open_images, pick_global_token, resolve_model_path
 from .layers import resolve_layers
+from .pooling import pool_global
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +96,7 @@ class ImageEncoder:
     def __init__(self, cfg: EmbedConfig, options: MaskOptions | None = None, *, model: torch.nn.Module | None = None,
                  processor: Any = None, path: str | None = None):
         self.cfg = cfg
-        self.options = options or MaskOptions()
+        self.mask_options = options or MaskOptions()
         if model is None:
             model, processor, path = load_vision_model(cfg)
         elif processor is None:
@@ -133,16 +126,8 @@ class ImageEncoder:
         self.patch_grid = [self.input_size[0] // self.patch_size, self.input_size[1] // self.patch_size]
         self.n_patches = self.patch_grid[0] * self.patch_grid[1]
         self.n_prefix = 0 if self.model_type in NO_CLS else 1 + int(getattr(conf, "num_register_tokens", 0) or 0)
-        gt = cfg.global_token
-        if gt == "auto":
-            gt = "cls" if self.n_prefix else "mean"
-        if gt not in ("cls", "mean"):
-            raise ValueError(f"image global_token must be auto, cls or mean, got {cfg.global_token!r}")
-        if gt == "cls" and not self.n_prefix:
-            raise ValueError(f"{cfg.model} has no CLS token; use global_token mean")
-        self.global_token = gt
-        self._padding: dict[str, np.ndarray | None] = {}
-        self._masks: dict[tuple, MaskSource] = {}
+        self.global_token = pick_global_token(cfg.global_token, default="auto", has_cls=self.n_prefix > 0,
+                                              allowed=("cls", "mean"), model=cfg.model)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, processor: Any, cfg: EmbedConfig | None = None,
@@ -159,18 +144,9 @@ class ImageEncoder:
             "compute_dtype": str(self.dtype).replace("torch.", ""), "patch_size": self.patch_size,
             "input_size": list(self.input_size), "n_prefix_tokens": self.n_prefix,
             "geometry": self.geometry.resize, "crop": self.geometry.crop,
-            "mask_coverage": "any pixel" if self.options.any_pixel else self.options.coverage,
-            "content_coverage": "any pixel" if self.options.any_pixel else self.options.content,
+            "mask_coverage": "any pixel" if self.mask_options.any_pixel else self.mask_options.coverage,
+            "content_coverage": "any pixel" if self.mask_options.any_pixel else self.mask_options.content,
         }
-
-    # ------------------------------------------------------------------ inputs
-    def _seed_padding(self, ds: Dataset) -> np.ndarray | None:
-        """The seed's per-patch padding file for this dataset and input size, if present."""
-        key = str(ds.source)
-        if key not in self._padding:
-            n_rows = int(ds.metadata.attrs.get("source_rows", len(ds)))
-            self._padding[key] = load_padding_file(ds.root, self.input_size, n_rows, self.n_patches)
-        return self._padding[key]
 
     # ------------------------------------------------------------------ forward
     def pixel_values(self, images: list) -> torch.Tensor:
@@ -193,66 +169,36 @@ class ImageEncoder:
             )
         return hs
 
-    def encode_samples(self, ds: Dataset, ids: np.ndarray) -> EncodedBatch:
-        """Embed samples ``ids`` of ``ds``: patch tokens, globals, per-patch validity and truth."""
-        ids = np.asarray(ids, dtype=np.int64)
-        images = [ds.load_image(int(i)) for i in ids]
-        placements = [self.geometry.place(im.height, im.width) for im in images]
-        hs = self.hidden_states(self.pixel_values(images))
-        P, n = self.n_patches, len(ids)
-
-        seed_pad = self._seed_padding(ds)
-        if seed_pad is not None:
-            rows = ds.metadata["_source_row"].to_numpy()[ids] if "_source_row" in ds.metadata else ids
-            valid = seed_pad[rows]
-        else:
-            valid = self._content_valid(placements)
-        if not valid.any(axis=1).all():
-            bad = ids[~valid.any(axis=1)][0]
-            raise DatasetError(f"image {ds.image_path(int(bad))} has no content patch at input size {self.input_size}")
-
-        extra: dict = {}
-        key = (str(ds.source), tuple(ds.concepts))
-        src = self._masks.get(key)
-        if src is None or src.ds is not ds:
-            src = self._masks[key] = MaskSource(ds)
-        if src.has_masks:
-            gt = np.zeros((n, P, len(ds.concepts)), dtype=bool)
-            for j, (i, pl) in enumerate(zip(ids, placements)):
-                _, g = sample_patch_labels(src, int(i), pl, self.patch_size, self.options)
-                gt[j] = g & valid[j][:, None]
-            extra["gt_bits"] = np.packbits(gt.reshape(n * P, -1), axis=1)
-
-        return self._batch(hs, valid, extra)
-
     def _content_valid(self, placements: list) -> np.ndarray:
         if self.geometry.always_content():
             return np.ones((len(placements), self.n_patches), dtype=bool)
         content = np.stack([patch_fractions(pl, self.patch_size)[0] for pl in placements])
-        return self.options.is_content(content)
+        return self.mask_options.is_content(content)
 
-    def encode_images(self, images: list) -> EncodedBatch:
-        """Embed new images (PIL images or paths), without ground truth: the fitted detector's input."""
+    def encode_images(self, images: list, valid: np.ndarray | None = None) -> EncodedBatch:
+        """Embed images (PIL images or paths): patch tokens, globals, validity and each image's placement.
+
+        ``valid`` ``[n, rows * cols]`` replaces the geometric validity (the seed's padding files).
+        """
         ims = open_images(images)
-        valid = self._content_valid([self.geometry.place(im.height, im.width) for im in ims])
-        return self._batch(self.hidden_states(self.pixel_values(ims)), valid, {})
+        placements = [self.geometry.place(im.height, im.width) for im in ims]
+        if valid is None:
+            valid = self._content_valid(placements)
+        elif valid.shape != (len(ims), self.n_patches):
+            raise ValueError(f"validity has shape {valid.shape}, expected ({len(ims)}, {self.n_patches})")
+        return self._batch(self.hidden_states(self.pixel_values(ims)), valid, placements)
 
     encode_inputs = encode_images
 
-    def _batch(self, hs: tuple[torch.Tensor, ...], valid: np.ndarray, extra: dict) -> EncodedBatch:
+    def _batch(self, hs: tuple[torch.Tensor, ...], valid: np.ndarray, placements: list[Placement]) -> EncodedBatch:
         """Patch tokens (prefix tokens dropped) and globals of the requested layers."""
         n, P = valid.shape
         vmask = torch.from_numpy(valid).to(self.device)
         tokens, globals_ = {}, {}
         for layer in self.layers:
             h = hs[layer]
-            patches = h[:, self.n_prefix:]
-            tokens[layer] = patches.reshape(n * P, -1).float().cpu().numpy()
-            if self.global_token == "cls":
-                g = h[:, 0]
-            else:
-                m = vmask.unsqueeze(-1).to(patches.dtype)
-                g = (patches * m).sum(1) / m.sum(1)
+            tokens[layer] = h[:, self.n_prefix:].reshape(n * P, -1).float().cpu().numpy()
+            g = pool_global(self.global_token, h, vmask, n_prefix=self.n_prefix)
             globals_[layer] = g.float().cpu().numpy().copy()  # not a view of the batch's states
         return EncodedBatch(tokens=tokens, globals=globals_, lengths=np.full(n, P, dtype=np.int64),
-                            valid=valid.reshape(-1), extra=extra)
+                            valid=valid.reshape(-1), placements=placements, patch_size=self.patch_size)

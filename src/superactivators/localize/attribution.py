@@ -43,6 +43,7 @@ from torch import nn
 
 from ..concepts.supervised import ConceptSet
 from ..encoders.capture import LayerTap
+from ..encoders.pooling import pool_global
 from ..evaluate.calibrate import tail_thresholds
 from ..evaluate.methods import LOC_SUPERACTIVATOR, LOC_TWOSTAGE, MACRO, SA, short_label
 from ..evaluate.metrics import Confusion
@@ -154,22 +155,23 @@ class _Adapter:
     def _target(self, h: torch.Tensor, mask: torch.Tensor | None, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Concept scores ``[B, C]`` of layer states ``h``: of the global embedding, or the token mean."""
         if self.target == "global":
-            return self.score(self._global(h, mask))
+            return self.score(self._global(h, mask, valid))
         body = h[:, self.n_prefix:]
         B, T, d = body.shape
         sc = self.score(body.reshape(B * T, d)).reshape(B, T, -1)
         m = torch.ones((B, T), device=h.device) if valid is None else valid[:, self.n_prefix:].to(sc.dtype)
         return (sc * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp_min(1)
 
-    def _global(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        if self.global_token == "cls":
-            return h[:, 0]
-        if self.global_token == "last" and mask is not None:
-            last = mask.long().sum(1) - 1
-            return h[torch.arange(h.shape[0], device=h.device), last]
-        body = h[:, self.n_prefix:]
-        m = torch.ones(body.shape[:2], device=h.device) if mask is None else mask[:, self.n_prefix:].to(h.dtype)
-        return (body * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp_min(1)
+    def _global(self, h: torch.Tensor, mask: torch.Tensor | None, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """The global embedding as the encoder stores it: the last attended token, or the mean of the
+        stored (valid) tokens; without masks, the mean of every token after the prefix."""
+        rule = self.global_token
+        last = None if mask is None else mask.long().sum(1) - 1
+        if rule == "last" and last is None:
+            rule = "mean"
+        keep = valid if valid is not None else mask
+        return pool_global(rule, h, None if keep is None else keep[:, self.n_prefix:].bool(),
+                           n_prefix=self.n_prefix, last=last)
 
     def gradcam_layer(self, rows: int, cols: int) -> nn.Module:
         """Install the Grad-CAM view on the tokens entering block ``layer`` (idempotent)."""

@@ -44,7 +44,7 @@ from ..data.hf import DESCRIPTOR_SUFFIX
 from ..data.masks import MaskOptions
 from ..encoders.base import EmbedConfig
 from ..util.io import atomic_save_npy, atomic_save_npz, atomic_write_json
-from .embed import dataset_info, embed_dataset, span_token_bits, truth_kind, warn_store
+from .embed import dataset_info, embed_dataset, warn_store
 from .tokens import (
     MANIFEST,
     StatesMissingError,
@@ -55,6 +55,7 @@ from .tokens import (
     read_manifest,
     store_is_complete,
 )
+from .truth import span_token_bits, truth_kind
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def write_view(ds: Dataset, cfg: EmbedConfig, states: TokenStore, sdir: Path, ke
     """The run's store at ``sdir`` over the states-only store ``states``: labels, splits, span truth, statistics.
 
     Span truth is computed from the stored character offsets exactly as embedding computes it
-    (:func:`~superactivators.store.embed.span_token_bits`, per sample), so the view equals a
+    (:func:`~superactivators.store.truth.span_token_bits`, per sample), so the view equals a
     self-contained store of the same run bit for bit.
     """
     entry = states.path

@@ -24,61 +24,12 @@ from tqdm.auto import tqdm
 
 from ..data.checks import positives_without_spans
 from ..data.datasets import Dataset, truth_label
-from ..data.masks import has_masks
-from ..encoders.base import EmbedConfig, EncodedBatch
+from ..encoders.base import EmbedConfig, EncodedBatch, Encoder
 from ..encoders.factory import make_encoder
 from .tokens import MANIFEST, StoreInfo, StoreWriter, TokenStore
+from .truth import TokenTruth, check_content, excl_cumsum, seed_padding, truth_kind
 
 log = logging.getLogger(__name__)
-
-def span_token_bits(
-    ds: Dataset, sample_ids: np.ndarray, lengths: np.ndarray, char_spans: np.ndarray,
-    texts: list[str] | None = None,
-) -> np.ndarray:
-    """Packed in-concept bits ``[t, ceil(C/8)]`` from character spans.
-
-    A token is in-concept when its character range overlaps an annotated span. A positive
-    sample without any span for that concept counts all its tokens (sample-level fallback).
-    With ``texts`` (protocol ``seed``), a token that covers no non-space character (``\n\n``,
-    a bare ``Ġ``) takes the bits of the nearest earlier token that does (the first such token
-    when none precedes it), as the seed's word -> token map does.
-    The loop runs over annotated spans (a few per sample), never over tokens.
-    """
-    assert ds.spans is not None
-    n_tok = int(lengths.sum())
-    gt = np.zeros((n_tok, len(ds.concepts)), dtype=bool)
-    starts = _excl_cumsum(lengths)
-    for j, sid in enumerate(sample_ids):
-        a0, a1 = starts[j], starts[j] + lengths[j]
-        ta, tb = char_spans[a0:a1, 0], char_spans[a0:a1, 1]
-        spans = ds.spans[sid]
-        for c, lab in enumerate(ds.labels[sid]):
-            if not lab:
-                continue
-            name = ds.concepts[c]
-            if name not in spans:
-                gt[a0:a1, c] = True
-                continue
-            for s, e in spans[name]:
-                gt[a0:a1, c] |= (ta < e) & (tb > s) & (tb > ta)
-        if texts is not None and a1 > a0:
-            _orphans_follow_previous(gt[a0:a1], ta, tb, texts[j])
-    return np.packbits(gt, axis=1)
-
-
-def _orphans_follow_previous(gt: np.ndarray, ta: np.ndarray, tb: np.ndarray, text: str) -> None:
-    """In place: tokens without a non-space character copy the previous word token's bits."""
-    chars = np.array(list(text), dtype="U1")
-    solid = np.concatenate([[0], np.cumsum(~np.char.isspace(chars))])  # non-space characters before i
-    lo, hi = np.clip(ta, 0, len(text)), np.clip(tb, 0, len(text))
-    word = (hi > lo) & (solid[hi] > solid[lo])
-    if word.all() or not word.any():
-        return
-    idx = np.where(word, np.arange(len(word)), -1)
-    prev = np.maximum.accumulate(idx)
-    prev[prev < 0] = int(np.flatnonzero(word)[0])
-    gt[:] = gt[prev]
-
 
 def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Positions ``0..n-1`` grouped into batches of similar length (stable sort by length)."""
@@ -86,13 +37,9 @@ def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _excl_cumsum(x: np.ndarray) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(x)[:-1]]).astype(np.int64)
-
-
 def _run_rows(first_rows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Row indices of consecutive runs: ``first_rows[j] + 0..lengths[j]-1`` for each j, concatenated."""
-    return np.repeat(first_rows - _excl_cumsum(lengths), lengths) + np.arange(int(lengths.sum()))
+    return np.repeat(first_rows - excl_cumsum(lengths), lengths) + np.arange(int(lengths.sum()))
 
 
 def window_chunks(batches: list[EncodedBatch], positions: list[np.ndarray], size: int) -> Iterator[EncodedBatch]:
@@ -110,20 +57,20 @@ def window_chunks(batches: list[EncodedBatch], positions: list[np.ndarray], size
     lengths = np.empty(n, dtype=np.int64)
     for i, (b, pos) in enumerate(zip(batches, positions)):
         lb = np.asarray(b.lengths, dtype=np.int64)
-        src[pos], src_first[pos], src_index[pos], lengths[pos] = i, _excl_cumsum(lb), np.arange(len(pos)), lb
+        src[pos], src_first[pos], src_index[pos], lengths[pos] = i, excl_cumsum(lb), np.arange(len(pos)), lb
     first = batches[0]
     layers = list(first.tokens)
-    flags = all("truncated" in b.extra for b in batches)
+    flags = all(b.truncated is not None for b in batches)
     for a in range(0, n, size):
         ps = np.arange(a, min(n, a + size))
         ln = lengths[ps]
-        out_first = _excl_cumsum(ln)
+        out_first = excl_cumsum(ln)
         n_rows = int(ln.sum())
         tokens = {l: np.empty((n_rows, *first.tokens[l].shape[1:]), dtype=first.tokens[l].dtype) for l in layers}
         globals_ = {l: np.empty((len(ps), *first.globals[l].shape[1:]), dtype=first.globals[l].dtype) for l in layers}
         valid = np.empty(n_rows, dtype=first.valid.dtype)
         spans = None if first.char_spans is None else np.empty((n_rows, 2), dtype=first.char_spans.dtype)
-        extra = {"truncated": np.empty(len(ps), dtype=first.extra["truncated"].dtype)} if flags else {}
+        truncated = np.empty(len(ps), dtype=first.truncated.dtype) if flags else None
         for i in np.unique(src[ps]):
             sel = np.flatnonzero(src[ps] == i)  # chunk-local indices of the samples batch i holds
             b = batches[i]
@@ -135,9 +82,10 @@ def window_chunks(batches: list[EncodedBatch], positions: list[np.ndarray], size
             valid[rows_out] = b.valid[rows_in]
             if spans is not None:
                 spans[rows_out] = b.char_spans[rows_in]
-            if flags:
-                extra["truncated"][sel] = b.extra["truncated"][src_index[ps[sel]]]
-        yield EncodedBatch(tokens=tokens, globals=globals_, lengths=ln, valid=valid, char_spans=spans, extra=extra)
+            if truncated is not None:
+                truncated[sel] = b.truncated[src_index[ps[sel]]]
+        yield EncodedBatch(tokens=tokens, globals=globals_, lengths=ln, valid=valid, char_spans=spans,
+                           truncated=truncated)
 
 
 def _text_lengths(enc, texts: list[str]) -> np.ndarray:
@@ -166,6 +114,32 @@ def add_in_batches(writer: StoreWriter, batch: EncodedBatch, gt_bits: np.ndarray
                    {layer: g[a:b] for layer, g in batch.globals.items()}, batch.lengths[a:b], batch.valid[t0:t1],
                    None if batch.char_spans is None else batch.char_spans[t0:t1],
                    None if gt_bits is None else gt_bits[t0:t1])
+
+
+def encode_window(enc: Encoder, ds: Dataset, ids: np.ndarray, cfg: EmbedConfig,
+                  padding: np.ndarray | None = None) -> Iterator[EncodedBatch]:
+    """Samples ``ids`` of ``ds`` through the encoder, in sample order, at most ``batch_size`` at a time.
+
+    Texts of a window longer than a batch go in batches of similar length and come back in sample
+    order; their context prefixes (``ds.context_chars``) are embedded but not stored. Images go in
+    one batch, with the seed's padding flags (``padding``) as their validity where the dataset has them.
+    """
+    if ds.modality == "image":
+        images = [ds.load_image(int(i)) for i in ids]
+        yield enc.encode_inputs(images, **({} if padding is None else {"valid": padding[ids]}))
+        return
+    texts = ds.texts(ids)
+    ctx = None if ds.context_chars is None else ds.context_chars[ids]
+
+    def _encode(g: np.ndarray) -> EncodedBatch:
+        sub = [texts[i] for i in g]
+        return enc.encode_inputs(sub) if ctx is None else enc.encode_inputs(sub, context_chars=ctx[np.asarray(g)])
+
+    if len(ids) > cfg.batch_size:  # a window: batches of similar length, back in sample order
+        groups = length_batches(_text_lengths(enc, texts), cfg.batch_size)
+        yield from window_chunks([_encode(g) for g in groups], groups, cfg.batch_size)
+    else:
+        yield _encode(np.arange(len(ids)))
 
 
 def embed_dataset(
@@ -214,36 +188,24 @@ def embed_dataset(
         log.info("resuming %s at sample %d", out_dir, start)
     bar = tqdm(total=hi - lo, initial=start - lo, desc=f"embed {ds.name}", unit="sample", disable=not progress)
     step = embed_unit(cfg, ds.modality)
+    # token truth is the data's (store.truth); span truth is each run's own (a view's), mask truth
+    # comes with the states. The encoder's mask options decide patch validity, so truth uses them too.
+    truth = (TokenTruth(ds, getattr(enc, "mask_options", None), seed_words=cfg.protocol == "seed")
+             if spans or truth_kind(ds) == "masks" else None)
+    padding = (seed_padding(ds, getattr(enc, "input_size", None), getattr(enc, "n_patches", None))
+               if ds.modality == "image" and getattr(enc, "patch_grid", None) else None)
     for b0 in range(start, hi, step):
         ids = np.arange(b0, min(hi, b0 + step))
-        if ds.modality == "text":
-            texts = ds.texts(ids)
-            ctx = None if ds.context_chars is None else ds.context_chars[ids]
-
-            def _encode(g: np.ndarray | list[int]):  # context prefixes (ds.context_chars) are not stored
-                sub = [texts[i] for i in g]
-                return enc.encode(sub) if ctx is None else enc.encode(sub, context_chars=ctx[np.asarray(g)])
-
-            if len(ids) > cfg.batch_size:  # a window: batches of similar length, back in sample order
-                groups = length_batches(_text_lengths(enc, texts), cfg.batch_size)
-                parts = window_chunks([_encode(g) for g in groups], groups, cfg.batch_size)
-            else:
-                parts = iter([_encode(np.arange(len(ids)))])
-            a = 0
-            for batch in parts:  # in sample order, at most batch_size samples each
-                part = slice(a, a + len(batch.lengths))
-                a = part.stop
-                gt_bits = (span_token_bits(ds, ids[part], batch.lengths, batch.char_spans,
-                                           texts[part] if cfg.protocol == "seed" else None)
-                           if spans else None)
-                cut = batch.extra.get("truncated")
-                if cut is not None:  # counted before add(): a shard flushed there records it with itself
-                    writer.info.dataset["truncated_samples"] = (writer.info.dataset.get("truncated_samples", 0)
-                                                                + int(cut.sum()))
-                add_in_batches(writer, batch, gt_bits, cfg.batch_size)
-        else:
-            batch = enc.encode_samples(ds, ids)
-            add_in_batches(writer, batch, batch.extra.get("gt_bits"), cfg.batch_size)
+        a = 0
+        for batch in encode_window(enc, ds, ids, cfg, padding):  # in sample order, at most batch_size samples each
+            part = ids[a:a + len(batch.lengths)]
+            a += len(batch.lengths)
+            if ds.modality == "image":
+                check_content(ds, part, batch)
+            if batch.truncated is not None:  # counted before add(): a shard flushed there records it with itself
+                writer.info.dataset["truncated_samples"] = (writer.info.dataset.get("truncated_samples", 0)
+                                                            + int(batch.truncated.sum()))
+            add_in_batches(writer, batch, truth(part, batch) if truth else None, cfg.batch_size)
         bar.update(len(ids))
     bar.close()
     if partial:  # a data-parallel part: token rows count from 0; the launcher merges the parts
@@ -253,11 +215,6 @@ def embed_dataset(
     if not states_only:
         warn_store(store, cfg)
     return store
-
-
-def truth_kind(ds: Dataset) -> str:
-    """The store's ``token_ground_truth`` for ``ds``: spans, masks or sample labels."""
-    return "spans" if ds.spans is not None else ("masks" if has_masks(ds) else "sample")
 
 
 def dataset_info(ds: Dataset) -> dict:

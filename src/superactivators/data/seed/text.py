@@ -4,7 +4,7 @@ Word file: ``paragraph_id`` (1-based: metadata row + 1), ``word``, optional ``se
 ``sentiment_label``, and a 0/1 column per concept. The k-th row of a paragraph is the paragraph's
 k-th word, words being the ``\\S+`` runs of its text (the seed's ``re.finditer(r"\\S+", text)``); a
 word labelled 1 becomes its character span, and spans reach tokens through the tokenizer's offsets
-(:func:`superactivators.store.embed.span_token_bits`). Paragraph file: row i is metadata row i
+(:func:`superactivators.store.truth.span_token_bits`). Paragraph file: row i is metadata row i
 (``paragraph_id`` = i + 1, a ``text`` column) and its concept columns are the sample labels, as in
 the seed (which takes them from here, not from ``metadata.csv``).
 
