@@ -107,7 +107,12 @@ def test_old_runs_recompute_predictions_and_stale_stages_are_refused(tiny_run_pa
 
 def test_headline_names_weighted_and_macro(tiny_run_pair):
     res = best_layer_table(tiny_run_pair[0], n_resamples=100)
-    text = format_headline(res)
+    short = format_headline(res)  # the console's default: calibrated methods only, one aligned column
+    assert "@" not in short.replace("weighted", "")
+    rows = [ln for ln in short.splitlines() if ln.startswith("  ") and " macro " in ln]
+    assert len({ln.index(" macro ") for ln in rows}) <= 2 and len(rows) >= 2  # with and without "± err"
+    text = format_headline(res, variants=True)
+    assert "@best" in text and len(text.splitlines()) > len(short.splitlines())
     assert "weighted" in text and "macro" in text and "\n  SA " in text
     w = res.table[(res.table["concept"] == WEIGHTED) & (res.table["method"] == "superactivator")]
     assert f"{w['f1'].iloc[0]:.3f}" in text

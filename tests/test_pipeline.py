@@ -128,3 +128,20 @@ def test_config_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: [unclosed")
     assert main(["run", str(bad)]) == 2
+
+
+def test_console_macro_table_shows_calibrated_methods_and_the_margin() -> None:
+    """The console's macro table: calibrated methods, SA_margin = SA - best calibrated baseline; variants on request."""
+    import pandas as pd
+
+    from superactivators.pipeline import format_macro
+
+    idx = pd.MultiIndex.from_tuples([(1, "mean"), (2, "mean")], names=["layer", "concept_type"])
+    macro = pd.DataFrame({"superactivator": [0.50, 0.70], "max_token": [0.60, 0.65], "global": [0.40, 0.30],
+                          "max_token@best_threshold": [0.9, 0.9], "global@fpr=1%": [0.1, 0.1]}, index=idx)
+    text = format_macro(macro)
+    assert "@" not in text and "max_tok" in text and "SA_margin" in text
+    margin = [float(ln.split()[-3]) for ln in text.splitlines()[2:]]
+    assert margin == pytest.approx([-0.10, 0.05])  # 0.50 - 0.60 and 0.70 - 0.65 (hand-computed)
+    full = format_macro(macro, variants=True)
+    assert "max_tok@best" in full and "global@fpr=1%" in full

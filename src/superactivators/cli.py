@@ -75,14 +75,18 @@ def _run(cfg, args: argparse.Namespace) -> int:
     t0 = time.time()
     res = run_pipeline(cfg, progress=not args.quiet, force=bool(getattr(args, "force", False)))
     print(f"\nMacro F1 on test (rows: layer, concept type; columns: detection method) -- {res.run_dir}")
+    every = bool(getattr(args, "all_methods", False))
     print("(SA = superactivator, *_tok = *_token, @best = @best_threshold, SA_margin = SA - best baseline)")
-    print(format_macro(res.macro))
+    print(format_macro(res.macro, variants=every))
     print(f"\nwrote {res.run_dir / 'detection_metrics.csv'}")
     if res.best is not None:
         from .stats.bestlayers import format_headline
 
-        print("\n" + format_headline(res.best))
+        print("\n" + format_headline(res.best, variants=every))
         print(f"wrote {res.run_dir / 'best_layers.csv'}")
+    if not every:
+        print(wrap("(each method at a free threshold (@best_threshold) and at a fixed false-positive rate (@fpr=): "
+                   "in those CSVs and the report, or here with --all-methods)"))
     if res.localization is not None:
         from .localize.tokens import format_localization
 
@@ -331,7 +335,11 @@ def _shared_flags() -> dict[str, argparse.ArgumentParser]:
     remote = argparse.ArgumentParser(add_help=False)
     remote.add_argument("--trust-remote-code", action="store_true",
                         help="allow the model's own Python code (auto_map) to run; never taken from a config file")
-    return {"set": overrides, "quiet": quiet, "remote": remote}
+    tables = argparse.ArgumentParser(add_help=False)
+    tables.add_argument("--all-methods", action="store_true",
+                        help="console tables also show the free-threshold (@best) and operating-point (@fpr=) "
+                             "rows (always in the CSVs and the report)")
+    return {"set": overrides, "quiet": quiet, "remote": remote, "tables": tables}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -345,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("run", parents=cfg_flags, help="run the whole pipeline from a YAML config (cached, resumable)")
+    s = sub.add_parser("run", parents=[*cfg_flags, flags["tables"]], help="run the whole pipeline from a YAML config (cached, resumable)")
     s.add_argument("config", type=Path)
     s.add_argument("--force", action="store_true",
                    help="replace the results (and report/) of a different config under the same run name")
@@ -359,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", type=Path)
     s.set_defaults(func=cmd_embed)
 
-    s = sub.add_parser("demo", parents=[flags["set"], flags["quiet"]],
+    s = sub.add_parser("demo", parents=[flags["set"], flags["quiet"], flags["tables"]],
                        help="built-in emotions dataset through the packaged all-MiniLM-L6-v2, every layer")
     s.add_argument("--output-dir", default="runs", help="parent folder of the run folder 'demo'")
     s.add_argument("--kmeans", action="store_true",

@@ -32,7 +32,7 @@ from .encoders.factory import make_encoder, model_shape
 from .evaluate.calibrate import tail_rule_key
 from .evaluate.detect import macro_pivot, results_table, run_detection, save_predictions
 from .evaluate.matching import UnitSummary, labelled_set, match_to_concepts, summarise_units
-from .evaluate.methods import GLOBAL, PROMPT_METHOD_OF, SA, is_baseline, short_label
+from .evaluate.methods import GLOBAL, PROMPT_METHOD_OF, SA, has_variant, is_baseline, short_label
 from .evaluate.scoring import ScoreSummary, summarise
 from .localize.attribution import AttributionOptions, run_attributions
 from .localize.tokens import localize_stage
@@ -305,9 +305,13 @@ def _run_locked(cfg: RunConfig, ds: Dataset, progress: bool, t0: float) -> RunRe
                      attribution=attr, best=best)
 
 
-def format_macro(macro: pd.DataFrame) -> str:
-    """Macro-F1 table with the SuperActivator margin over the best baseline."""
-    df = macro.copy()
+def format_macro(macro: pd.DataFrame, variants: bool = False) -> str:
+    """Macro-F1 table with the SuperActivator margin over the best baseline.
+
+    The console shows the calibrated methods; their free-threshold (``@best_threshold``) and
+    operating-point (``@fpr=``) rows are in the CSV and the report unless ``variants``.
+    """
+    df = macro.copy() if variants else macro[[c for c in macro.columns if not has_variant(c)]].copy()
     plain = [c for c in df.columns if is_baseline(c)]
     if SA in df.columns and plain:
         df.insert(1, "margin_vs_best_baseline", df[SA] - df[plain].max(axis=1))

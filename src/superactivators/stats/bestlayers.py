@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from ..evaluate.detect import StagePredictions
-from ..evaluate.methods import MACRO, MICRO, SA, WEIGHTED, score_of, short_label
+from ..evaluate.methods import MACRO, MICRO, SA, WEIGHTED, has_variant, score_of, short_label
 from ..evaluate.ranking import auc_ap
 from ..evaluate.scoring import ScoreSummary
 from ..store.layout import RunLayout, StageFolder
@@ -349,12 +349,16 @@ def write_best_layers(run_dir: str | Path, n_resamples: int = DEFAULT_RESAMPLES,
     return res
 
 
-def format_headline(res: BestLayers) -> str:
+def format_headline(res: BestLayers, variants: bool = False) -> str:
     """Weighted (the paper's) and macro F1 at the per-concept best layers, one line per method,
-    fitted to 100 columns (intervals and every p-value are in best_layers.csv)."""
+    fitted to 100 columns (intervals and every p-value are in best_layers.csv).
 
+    Calibrated methods only, unless ``variants``: their free-threshold and operating-point rows
+    are in best_layers.csv and the report.
+    """
     lines = []
-    t = res.table
+    t = res.table if variants else res.table[~res.table["method"].map(has_variant)]
+    width = max([11, *(len(short_label(m)) for m in t["method"].unique())])
     for ct in dict.fromkeys(t["concept_type"]):
         lines.append(wrap(f"{ct}: test F1 with each concept at its best layer (chosen on cal), weighted by test "
                           f"positives ± error, and macro; SA = SuperActivator minus the method, paired bootstrap, "
@@ -369,11 +373,11 @@ def format_headline(res: BestLayers) -> str:
             if pd.notna(r.get("sa_p_two", np.nan)):
                 sig = f"  SA {r['sa_diff']:+.3f} {r.get('sa_verdict') or TIE} (p={r['sa_p_two']:.3f})"
             rank = f"  auc {r['auroc']:.3f}" if pd.notna(r.get("auroc")) else ""
-            line = f"  {short_label(meth):<11} {r['f1']:.3f}{err}  macro {m.loc[meth, 'f1']:.3f}{rank}"
+            line = f"  {short_label(meth):<{width}} {r['f1']:.3f}{err}  macro {m.loc[meth, 'f1']:.3f}{rank}"
             if len(line + sig) <= 100:
                 lines.append(line + sig)
             else:  # a long method name or verdict: the comparison on its own line
-                lines += [line, " " * 13 + sig.strip()] if sig else [line]
+                lines += [line, " " * (width + 2) + sig.strip()] if sig else [line]
     if "auroc" in t.columns and t["auroc"].notna().any():
         lines.append(wrap("  auc: weighted ROC AUC of each method's score; SuperActivator's equals max_token's "
                           "(the same score, the max token): the methods differ only in the threshold"))
