@@ -306,3 +306,22 @@ def test_demos_run_the_gradient_attributions_unless_asked_for_all(tmp_path: Path
     assert set(image_demo_config(tmp_path, [f"data.path={data}"]).localize.attributions) == fast
     assert image_demo_config(tmp_path, [f"data.path={data}"], perturbation=True).localize.attributions == \
         list(ATTRIBUTIONS)
+
+
+def test_global_target_is_the_stored_global_for_a_mean_pooled_text_model(tiny_bert: Path) -> None:
+    """The score an attribution explains is the score of the global embedding the store holds: with
+    the mean rule, the mean over the stored tokens (special tokens such as [CLS] / [SEP] left out)."""
+    from superactivators.encoders.base import EmbedConfig
+    from superactivators.encoders.factory import make_encoder
+
+    enc = make_encoder(EmbedConfig(model=str(tiny_bert), layers=[2], device="cpu", dtype="float32",
+                                   global_token="mean"), "text")
+    w = np.random.default_rng(1).normal(size=(1, 32)).astype(np.float32)
+    cs = ConceptSet("linsep", ["c"], w, np.zeros(1, np.float32), "signed_distance", 2, np.zeros(32, np.float32), 1.0)
+    adapter = make_adapter(enc, 2, cs)
+    texts = ["I am so grateful for this", "thanks"]
+    x, extra = adapter.inputs(texts)
+    with torch.no_grad():
+        explained = adapter.forward(x, *extra[:2])[:, 0].numpy()
+        stored = adapter.score(torch.from_numpy(enc.encode_inputs(texts).globals[2]))[:, 0].numpy()
+    np.testing.assert_allclose(explained, stored, rtol=1e-4, atol=1e-5)

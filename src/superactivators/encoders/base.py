@@ -236,20 +236,26 @@ class ModelShape:
 class Encoder(Protocol):
     """What the embed stage and the detector need of a model, whatever its kind.
 
-    Text encoders take strings (``encode``); image encoders take dataset rows
-    (``encode_samples``, which also yields patch ground truth). Every encoder embeds new
-    inputs for the detector through ``encode_inputs``: strings for text, PIL images or image
-    paths for images.
+    One method, ``encode_inputs``, for both modalities: strings for text (``context_chars=``:
+    leading characters embedded but not stored), PIL images or image paths for images
+    (``valid=``: per-patch validity replacing the geometric one, e.g. the seed's padding files).
+    The batch carries what token truth needs (character spans, or each image's placement and
+    the patch size); the truth itself is computed from the data by
+    :func:`superactivators.store.truth.token_truth`. The global token is chosen by
+    :func:`pick_global_token` and pooled by :func:`superactivators.encoders.pooling.pool_global`.
+    Image encoders also have ``mask_options`` (their validity rule, which truth then uses) and
+    ``patch_grid`` (``[rows, cols]``, or None where it varies per image).
     """
 
     modality: ClassVar[Literal["text", "image"]]
     layers: list[int]
     n_layers: int
     hidden_size: int
+    global_token: str
 
     def describe(self) -> dict: ...
 
-    def encode_inputs(self, items: Sequence[Any]) -> EncodedBatch: ...
+    def encode_inputs(self, items: Sequence[Any], **hints: Any) -> EncodedBatch: ...
 
 
 def layer_spec_problems(spec: Any) -> list[str]:
