@@ -74,6 +74,10 @@ def test_compare_metrics_auroc_ap_tpr_and_sa_marks(tiny_run_pair, capsys):
     sa = auc[auc["method"] == "superactivator"].set_index("concept_type")["value"]
     mt = auc[auc["method"] == "max_token"].set_index("concept_type")["value"]
     assert (sa == mt.loc[sa.index]).all()  # the same ranking
+    best = auc.set_index(["concept_type", "method"])["best"]
+    for ct in sa.index:  # an exact tie shares the best mark: neither is "below the best"
+        top = auc[auc["concept_type"] == ct]["value"].max()
+        assert best[(ct, "superactivator")] == best[(ct, "max_token")] == (sa[ct] == top)
     tpr = compare_runs(tiny_run_pair[:1], n_resamples=100, seed=0, metric="tpr@fpr=5%").long
     assert set(tpr["method"]) and all(m.endswith("@fpr=5%") for m in tpr["method"])
     for ct, m, v in tpr[["concept_type", "method", "value"]].itertuples(index=False):

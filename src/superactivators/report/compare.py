@@ -226,11 +226,13 @@ def compare_runs(run_dirs: Sequence[str | Path], n_resamples: int = DEFAULT_RESA
             if vals.isna().all():
                 continue
             best = str(vals.idxmax())
+            # exact ties share the mark (SuperActivator's AUROC is max_token's: the same score)
+            tops = {str(m) for m in vals.index[vals == vals.max()]}
             sa_col = {"f1": "sa", "auroc": "sa_auroc", "ap": "sa_ap"}.get(metric)
             for m, r in g.iterrows():
                 c = cells[str(m)]
                 sb, ss = c["samples"], cells[best]["samples"]
-                p = float(one_sided_p((ss - sb)[:, None])[0]) if sb is not None and ss is not None and m != best else np.nan
+                p = float(one_sided_p((ss - sb)[:, None])[0]) if sb is not None and ss is not None and m not in tops else np.nan
                 p_sa = r.get(f"{sa_col}_p", np.nan) if sa_col else np.nan
                 p_rev = r.get(f"{sa_col}_p_reverse", np.nan) if sa_col else np.nan
                 diff = r.get(f"{sa_col}_diff", np.nan) if sa_col else np.nan
@@ -242,7 +244,7 @@ def compare_runs(run_dirs: Sequence[str | Path], n_resamples: int = DEFAULT_RESA
                              "f1": r["f1"], "f1_err": r.get("f1_err", np.nan),
                              "f1_lo": r.get("f1_lo", np.nan), "f1_hi": r.get("f1_hi", np.nan),
                              "n_concepts": r.get("n_concepts", np.nan), "support": r.get("support", np.nan),
-                             "best": m == best, "p_vs_best": p, "tied": bool(m != best and p >= alpha),
+                             "best": m in tops, "p_vs_best": p, "tied": bool(m not in tops and p >= alpha),
                              "sa_p": p_sa, "sa_p_reverse": p_rev, "sa_diff": diff, "sa_p_two": p_two,
                              "sa_verdict": (significance_words(float(diff), float(p_two), alpha)
                                             if not is_sa and pd.notna(p_two) and pd.notna(diff) else None),
