@@ -245,6 +245,11 @@ def test_table_macro_row(hand_store: TokenStore) -> None:
     assert macro["f1"] == pytest.approx((1 / 2 + 4 / 7) / 2)
     assert macro["iou"] == pytest.approx((1 / 3 + 2 / 5) / 2)
     assert macro["support"] == 6
+    from superactivators.localize.tokens import format_localization
+
+    text = format_localization(table)  # one narrow table per metric, the macro values in it
+    assert text.startswith("f1:\n") and "\niou:\n" in text and "SA_joint" in text
+    assert f"{(1 / 2 + 4 / 7) / 2:.3f}" in text and max(map(len, text.splitlines())) <= 100
 
 
 def test_pipeline_writes_localisation_for_text_spans(small_emotions: Path, tiny_bert: Path, tmp_path: Path) -> None:

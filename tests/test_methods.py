@@ -61,3 +61,10 @@ def test_method_names_are_spelled_only_in_the_records():
             if re.search(r"""["']superactivator["']""", line) and "``" not in line:
                 hits.append(f"{p.relative_to(SRC)}:{i}: {line.strip()}")
     assert not hits, "method names outside the records:\n" + "\n".join(hits)
+
+
+def test_localisation_methods_have_console_names() -> None:
+    from superactivators.evaluate.methods import short_label
+
+    assert short_label("superactivator_joint") == "SA_joint" and short_label("f1:always_positive") == "f1:every_tok"
+    assert short_label("topk") == "topk"  # short names stay as they are

@@ -178,7 +178,7 @@ def short_label(name: str) -> str:
     if name in SHORT_COLUMNS:
         return SHORT_COLUMNS[name]
     base, var = split(str(name))
-    rec = BY_NAME.get(base)
+    rec = BY_NAME.get(base) or LOC_BY_NAME.get(base)
     out = (rec.short or rec.name) if rec is not None else base
     return out + (f"{VARIANT_SEP}{SHORT_VARIANTS.get(var, var)}" if var else "")
 
@@ -199,17 +199,20 @@ class LocMethod:
     name: str
     label: str
     activation_map: bool = False  # draws a per-token activation map in the report
+    short: str | None = None  # console column name where ``name`` is long
 
 
 LOC_SUPERACTIVATOR = LocMethod(SA, "SuperActivator", activation_map=True)
-LOC_JOINT = LocMethod("superactivator_joint", "SuperActivator (joint N)")
+LOC_JOINT = LocMethod("superactivator_joint", "SuperActivator (joint N)", short="SA_joint")
 LOC_TWOSTAGE = LocMethod("twostage", "two-stage", activation_map=True)
 LOCALIZATION: tuple[LocMethod, ...] = (
     LOC_SUPERACTIVATOR, LOC_JOINT, LOC_TWOSTAGE, LocMethod("positive", "positive tokens"),
     LocMethod("topk", "top-k tokens"), LocMethod("random", "random tokens"),
-    LocMethod("always_positive", "every token"), LocMethod("always_negative", "no token"),
+    LocMethod("always_positive", "every token", short="every_tok"),
+    LocMethod("always_negative", "no token", short="no_tok"),
 )
 LOC_METHODS: tuple[str, ...] = tuple(m.name for m in LOCALIZATION)
+LOC_BY_NAME: dict[str, LocMethod] = {m.name: m for m in LOCALIZATION}
 ACTIVATION_MAPS: tuple[str, ...] = tuple(m.name for m in LOCALIZATION if m.activation_map)
 
 # --- aggregate rows of the result tables --------------------------------------------------

@@ -532,6 +532,9 @@ def localization_macro(table: pd.DataFrame, index: Sequence[str] = ("layer", "co
 def format_localization(table: pd.DataFrame) -> str:
     """Macro token-level F1 and IoU per (layer, concept type) and method, as text."""
     pv = localization_macro(table)
-    pv.columns = [f"{metric}:{method}" for metric, method in pv.columns]
-
-    return frame_text(pv, short=short_label)  # 100 columns; the full table is localization_metrics.csv
+    parts = []
+    for metric in dict.fromkeys(m for m, _ in pv.columns):  # one narrow table per metric
+        sub = pv[metric]
+        sub.columns = [str(c) for c in sub.columns]
+        parts.append(f"{metric}:\n" + frame_text(sub, short=short_label))
+    return "\n".join(parts)  # 100 columns each; the full table is localization_metrics.csv
