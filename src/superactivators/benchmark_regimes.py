@@ -13,6 +13,7 @@ setting's concepts together); ``regime.png`` plots F1 and AUROC against the knob
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,7 @@ def run_regime(opts: BenchmarkOptions, settings: list[Setting], regime: str, rep
     """Every point of ``regime`` for every setting; writes and returns ``(regime_metrics, regime_summary)``."""
     layout = BenchmarkLayout(Path(opts.output_dir))
     rows, runs = [], []
+    t0 = time.time()
     for s in settings:
         labels, known = label_arrays(s.table, s.concepts)
         points = regime_points(regime, positives_to_spare(labels, known, s.table["split"].to_numpy()), repeats)
@@ -71,7 +73,7 @@ def run_regime(opts: BenchmarkOptions, settings: list[Setting], regime: str, rep
             table = table_at(s.table, s.concepts, p, opts.seed)
             data = layout.data(s.folder) if unchanged else layout.regime_data(p.name, s.folder)
             run_name = s.run_name if unchanged else f"{s.run_name}-{p.name}"
-            print(f"[{i + 1}/{len(points)}] {s.name} {p.name}", flush=True)
+            print(f"[{i + 1}/{len(points)}] {s.name} {p.name} ({time.time() - t0:.0f} s so far)", flush=True)
             df = run_setting(opts, s, data, run_name, table=table, progress=progress)
             runs.append(layout.runs / run_name)
             n_tr, n_cal = _fit_positives(table, s.concepts, "train"), _fit_positives(table, s.concepts, "cal")

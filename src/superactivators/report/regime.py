@@ -30,8 +30,11 @@ def regime_figure(summary: pd.DataFrame, knob_label: str, log_x: bool = False) -
                     ax.errorbar(x, d[f"{metric}_mean"].to_numpy(float), yerr=err, marker="o", ms=3.5, capsize=2.5,
                                 lw=2.2 if m == SA else 1.2, zorder=3 if m == SA else 2, label=method_label(m),
                                 color=METHOD_COLORS.get(records.base_of(m), LINE_COLORS[n % len(LINE_COLORS)]))
+                knobs = np.sort(summary.knob.unique()).astype(float) * (1 if log_x else 100)
                 if log_x:
                     ax.set_xscale("log", base=2)
+                ax.set_xticks(knobs, [f"{k:g}" for k in knobs])
+                ax.minorticks_off()
                 ax.set_xlabel(knob_label + ("" if log_x else " (%)"))
                 ax.set_ylabel(f"test {'F1' if metric == 'f1' else 'AUROC'}")
                 ax.set_title(f"{ct}: {'F1 at the calibrated threshold' if metric == 'f1' else 'AUROC'}", loc="left")
