@@ -173,3 +173,30 @@ def test_prompt_seed_decisions_leave_unknown_labels_out():
     assert (int(r.test.tp[0]), int(r.test.fp[0]), int(r.test.fn[0]), int(r.test.tn[0])) == (1, 0, 1, 1)
     r0 = decision_result("prompt_seed", dec, labels, splits, ["a"])  # without the mask both Yes count as fp
     assert int(r0.test.fp[0]) == 1 and r0.cal_f1[0] == pytest.approx(2 / 4)
+
+
+def test_global_linsep_fits_each_concept_on_its_known_samples():
+    from types import SimpleNamespace
+
+    from sklearn.linear_model import LogisticRegression
+
+    from superactivators.concepts.supervised import learn_global_concepts
+
+    # 1-d globals: concept a positive at +1 (3 samples), negative at -1 (3); 4 samples at +1.2 whose
+    # a-label is unknown (stored 0). Concept b (every label known) is positive on the first 5 samples.
+    g = np.array([[1.0], [1.0], [1.0], [-1.0], [-1.0], [-1.0], [1.2], [1.2], [1.2], [1.2], [0.0]], np.float32)
+    labels = np.zeros((11, 2), np.uint8)
+    labels[:3, 0] = 1
+    labels[:5, 1] = 1
+    known = np.ones((11, 2), bool)
+    known[6:10, 0] = False
+    splits = np.array(["train"] * 10 + ["cal"])
+    store = SimpleNamespace(globals=lambda layer: g, splits=splits, labels=labels, known=known, concepts=["a", "b"])
+    cs = learn_global_concepts(store, 0, [0, 1], "linsep")
+    # by hand: the normalisation is over every train sample (labels do not enter it)
+    x = (g[:10] - g[:10].mean(0)) / np.abs(g[:10] - g[:10].mean(0)).mean()
+    for c, rows in ((0, np.r_[0:6]), (1, np.r_[0:10])):
+        clf = LogisticRegression(C=1.0, class_weight="balanced", max_iter=300).fit(x[rows], labels[rows, c])
+        assert cs.vectors[c, 0] == pytest.approx(clf.coef_[0, 0], rel=1e-5)
+        assert cs.bias[c] == pytest.approx(clf.intercept_[0], rel=1e-5, abs=1e-6)
+    assert cs.vectors[0, 0] > 0  # a's positives sit on the + side; read as negatives the 1.2s would pull it down
