@@ -187,3 +187,23 @@ def test_cli_regime(tmp_path, tiny_bert, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "scarcity / mean: f1" in out and "scarcity / mean: auroc" in out and "k=4" in out
     assert BenchmarkLayout(tmp_path / "out").regime_figure.exists()
+
+
+def test_saeprobes_noise_regime(tmp_path, tiny_bert):
+    from superactivators.benchmark import saeprobes_settings
+
+    from .test_saeprobes import make_data
+
+    d = make_data(tmp_path / "data")
+    (s,) = saeprobes_settings(["148"], d)
+    fit = (s.table.split != "test").to_numpy()
+    n = int(fit.sum())  # 200 train+cal rows (the package's rule: min(300 - 100, 1024))
+    for p in (0.1, 0.2):
+        t = table_at(s.table, s.concepts, RegimePoint(NOISE, p, 0), seed=0)
+        changed = (t[s.concepts[0]] != s.table[s.concepts[0]]).to_numpy()
+        assert changed[fit].sum() == flip_count(p, n) == round(p * 200) and not changed[~fit].any()
+    opts = BenchmarkOptions(path="", model=str(tiny_bert), layers=[2], types=["mean"],
+                            output_dir=str(tmp_path / "out"), batch_size=16)
+    metrics, _ = run_regime(opts, [s], NOISE, repeats=1, progress=False)
+    assert sorted(metrics.knob.unique()) == [0.0, 0.1, 0.2] and set(metrics.setting) == {"148_twt_emotion_worry"}
+    assert (metrics.n_pos + metrics.n_neg == 100).all()  # the 100 test rows, every point
