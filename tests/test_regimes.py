@@ -207,3 +207,11 @@ def test_saeprobes_noise_regime(tmp_path, tiny_bert):
     metrics, _ = run_regime(opts, [s], NOISE, repeats=1, progress=False)
     assert sorted(metrics.knob.unique()) == [0.0, 0.1, 0.2] and set(metrics.setting) == {"148_twt_emotion_worry"}
     assert (metrics.n_pos + metrics.n_neg == 100).all()  # the 100 test rows, every point
+
+
+def test_regime_figure_tick_labels():
+    from superactivators.report.regime import _tick_labels
+
+    # on the log axis 64 sits too close to the full point 72: its label is left out, 72 kept
+    assert _tick_labels(np.array([2, 4, 8, 16, 32, 64, 72.0]), 1.3) == ["2", "4", "8", "16", "32", "", "72"]
+    assert _tick_labels(np.array([0, 10, 20.0]), 0.0) == ["0", "10", "20"]

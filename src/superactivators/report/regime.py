@@ -33,7 +33,7 @@ def regime_figure(summary: pd.DataFrame, knob_label: str, log_x: bool = False) -
                 knobs = np.sort(summary.knob.unique()).astype(float) * (1 if log_x else 100)
                 if log_x:
                     ax.set_xscale("log", base=2)
-                ax.set_xticks(knobs, [f"{k:g}" for k in knobs])
+                ax.set_xticks(knobs, _tick_labels(knobs, 1.3 if log_x else 0.0))
                 ax.minorticks_off()
                 ax.set_xlabel(knob_label + ("" if log_x else " (%)"))
                 ax.set_ylabel(f"test {'F1' if metric == 'f1' else 'AUROC'}")
@@ -41,3 +41,13 @@ def regime_figure(summary: pd.DataFrame, knob_label: str, log_x: bool = False) -
         handles, labels = axes[0, 0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)), frameon=False)
     return fig
+
+
+def _tick_labels(knobs: np.ndarray, min_ratio: float) -> list[str]:
+    """The knob values as labels, a label left blank where the next labelled knob is less than
+    ``min_ratio`` times it (on a log axis 64 and 72 would overlap; the last one is kept)."""
+    out, nxt = [""] * len(knobs), None
+    for i in range(len(knobs) - 1, -1, -1):
+        if nxt is None or knobs[i] * min_ratio <= nxt:
+            out[i], nxt = f"{knobs[i]:g}", knobs[i]
+    return out
