@@ -12,7 +12,8 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "superactivators"
 RANKS = {
     "util": 0, "data": 1, "encoders": 2, "store": 3, "concepts": 4, "evaluate": 5,
     "localize": 6, "prompting": 6, "stats": 6, "report": 7,
-    "config": 8, "preflight": 9, "pipeline": 9, "detector": 9, "demo": 10, "benchmark": 10, "cli": 11,
+    "config": 8, "preflight": 9, "pipeline": 9, "detector": 9, "demo": 10, "benchmark": 10, "benchmark_regimes": 10,
+    "cli": 11,
     "__init__": 12, "__main__": 12,
 }
 

@@ -127,3 +127,76 @@ def _drop_concept(spans: str, concept: str) -> str:
         d.pop(concept, None)
         return json.dumps(d) if d else ""
     return spans
+
+
+def _unit_summary():
+    """8 cal samples: s0, s1 positive, s2, s3 unknown (label read as 0), s4-s7 negative; two units.
+
+    Unit 0 (max token [5, 2, 0, 0, 3, 0, 0, 0]): best cal F1 0.8 (threshold 2: s0, s1, s4 -> tp 2, fp 1),
+    whatever s2 and s3 are. Unit 1 ([5, 5, 9, 9, 0, 0, 0, 0]): threshold 5 flags s0-s3, so F1 is 1.0
+    when s2, s3 are left out and 2 * 2 / (2 * 2 + 2) = 0.667 when they count as negatives."""
+    from superactivators.evaluate.matching import UnitSummary
+
+    mx = np.array([[5, 5], [2, 5], [0, 9], [0, 9], [3, 0], [0, 0], [0, 0], [0, 0]], np.float32)
+    labels = np.array([[1], [1], [0], [0], [0], [0], [0], [0]], np.uint8)
+    known = np.array([[1], [1], [0], [0], [1], [1], [1], [1]], bool)
+    return (UnitSummary(["u0", "u1"], {"max_token": mx}, [], np.arange(2), np.empty((0, 2), np.float32),
+                        np.empty((0, 1), bool)), labels, known, np.array(["cal"] * 8))
+
+
+def test_unit_matching_leaves_unknown_labels_out():
+    from superactivators.evaluate.matching import match_units, preselect_units
+
+    us, labels, known, splits = _unit_summary()
+    # the tail threshold of max_token is the k-th largest positive score (k = ceil(N * 2 / 100)):
+    # N = 50 -> 5, N = 90 -> 2 (unit 0) and 5 (unit 1), so the grid reaches the free optimum above
+    for kn, unit, f1 in ((None, 0, 0.8), (known, 1, 1.0)):
+        got = {m.method: m for m in match_units(us, labels, splits, ["max_token"], grid=[50, 90], known=kn)}
+        for m in ("max_token", "max_token@best_threshold"):
+            assert got[m].unit[0] == unit and got[m].cal_f1[0] == pytest.approx(f1)
+    assert preselect_units(us.sample_scores["max_token"], labels, splits, 1).tolist() == [0]
+    assert preselect_units(us.sample_scores["max_token"], labels, splits, 1, known).tolist() == [1]
+
+
+def test_prompt_seed_decisions_leave_unknown_labels_out():
+    from superactivators.evaluate.detect import decision_result
+
+    # 4 cal + 4 test samples, one concept; the seed's Yes (1) / No (0) answers
+    dec = np.array([[1], [1], [0], [1], [1], [1], [0], [0]], float)
+    labels = np.array([[1], [0], [0], [0], [1], [0], [1], [0]], bool)
+    known = np.array([[1], [1], [1], [0], [1], [0], [1], [1]], bool)
+    splits = np.array(["cal"] * 4 + ["test"] * 4)
+    r = decision_result("prompt_seed", dec, labels, splits, ["a"], known)
+    # cal, known s0-s2: tp 1 (s0), fp 1 (s1), tn 1 -> F1 2 / (2 + 1) (s3, unknown and answered Yes, counts nowhere)
+    assert r.cal_f1[0] == pytest.approx(2 / 3)
+    # test, known s4, s6, s7: tp 1 (s4), fn 1 (s6), tn 1 (s7); s5 (unknown, Yes) is no false positive
+    assert (int(r.test.tp[0]), int(r.test.fp[0]), int(r.test.fn[0]), int(r.test.tn[0])) == (1, 0, 1, 1)
+    r0 = decision_result("prompt_seed", dec, labels, splits, ["a"])  # without the mask both Yes count as fp
+    assert int(r0.test.fp[0]) == 1 and r0.cal_f1[0] == pytest.approx(2 / 4)
+
+
+def test_global_linsep_fits_each_concept_on_its_known_samples():
+    from types import SimpleNamespace
+
+    from sklearn.linear_model import LogisticRegression
+
+    from superactivators.concepts.supervised import learn_global_concepts
+
+    # 1-d globals: concept a positive at +1 (3 samples), negative at -1 (3); 4 samples at +1.2 whose
+    # a-label is unknown (stored 0). Concept b (every label known) is positive on the first 5 samples.
+    g = np.array([[1.0], [1.0], [1.0], [-1.0], [-1.0], [-1.0], [1.2], [1.2], [1.2], [1.2], [0.0]], np.float32)
+    labels = np.zeros((11, 2), np.uint8)
+    labels[:3, 0] = 1
+    labels[:5, 1] = 1
+    known = np.ones((11, 2), bool)
+    known[6:10, 0] = False
+    splits = np.array(["train"] * 10 + ["cal"])
+    store = SimpleNamespace(globals=lambda layer: g, splits=splits, labels=labels, known=known, concepts=["a", "b"])
+    cs = learn_global_concepts(store, 0, [0, 1], "linsep")
+    # by hand: the normalisation is over every train sample (labels do not enter it)
+    x = (g[:10] - g[:10].mean(0)) / np.abs(g[:10] - g[:10].mean(0)).mean()
+    for c, rows in ((0, np.r_[0:6]), (1, np.r_[0:10])):
+        clf = LogisticRegression(C=1.0, class_weight="balanced", max_iter=300).fit(x[rows], labels[rows, c])
+        assert cs.vectors[c, 0] == pytest.approx(clf.coef_[0, 0], rel=1e-5)
+        assert cs.bias[c] == pytest.approx(clf.intercept_[0], rel=1e-5, abs=1e-6)
+    assert cs.vectors[0, 0] > 0  # a's positives sit on the + side; read as negatives the 1.2s would pull it down

@@ -26,12 +26,12 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from .config import config_from_dict
-from .data.axbench import HARD_NEGATIVE, VIEWS, chat_formatter, settings_in, write_axbench_dataset
+from .data.axbench import HARD_NEGATIVE, VIEWS, axbench_table, chat_formatter, settings_in
 from .data.datasets import load_dataset
 from .evaluate.detect import StagePredictions
 from .evaluate.methods import BY_NAME, MACRO, order, score_of
 from .evaluate.scoring import ScoreSummary
-from .store.layout import RunLayout, StageFolder
+from .store.layout import BenchmarkLayout, RunLayout, StageFolder
 
 COLUMNS = ("setting", "concept_type", "method", "concept", "layer", "auroc", "ap", "f1", "tpr_at_fpr_1",
            "hard_negative_fpr", "n_pos", "n_neg", "n_hard_negative")
@@ -173,7 +173,7 @@ def headline(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _formatter(model: str):
+def model_formatter(model: str):
     """The model's chat template when its tokenizer has one (AxBench's instruction / response), else None."""
     from transformers import AutoTokenizer
 
@@ -182,56 +182,97 @@ def _formatter(model: str):
     return chat_formatter(AutoTokenizer.from_pretrained(resolve_model_path(model)))
 
 
-def run_axbench(opts: BenchmarkOptions, progress: bool = True, formatter=None) -> pd.DataFrame:
-    """Every setting under ``opts.path`` through the pipeline; writes and returns the benchmark table."""
-    from .pipeline import run_pipeline
+@dataclass
+class Setting:
+    """One benchmark setting as a dataset: its ``metadata.csv`` rows and how its run is named."""
 
+    name: str  # the ``setting`` column of the tables (``prod_2b_l10_v1``, ``148_twt_emotion_worry``)
+    folder: str  # its dataset folder under ``data/`` (and the dataset's name, which keys its hidden states)
+    run_name: str
+    table: pd.DataFrame  # metadata.csv rows, strings; a blank label is unknown
+    concepts: list[str]
+    with_hard: bool  # carries ``hard_negative::`` columns
+
+
+def axbench_settings(opts: BenchmarkOptions, fmt=None) -> list[Setting]:
+    """Every AxBench setting under ``opts.path`` (:mod:`superactivators.data.axbench`)."""
     if opts.view not in VIEWS:
         raise ValueError(f"--view must be one of {list(VIEWS)}, got {opts.view!r}")
-    out = Path(opts.output_dir)
-    fmt = formatter if formatter is not None else _formatter(opts.model)
+    out = []
+    for folder in settings_in(opts.path):
+        table, concepts = axbench_table(folder, opts.view, fmt, opts.seed)
+        tag = f"{folder.name}-{opts.view}"
+        out.append(Setting(folder.name, tag, tag, table, concepts, with_hard=True))
+    return out
+
+
+def saeprobes_settings(tasks: Sequence[str], data_dir: Path | None = None) -> list[Setting]:
+    """Each sae-probes task (:mod:`superactivators.data.saeprobes`), one setting per task."""
+    from .data.saeprobes import binary_tasks, resolve_task, saeprobes_table
+
+    out = []
+    for task in tasks:
+        table, concept = saeprobes_table(task, data_dir)
+        tag = resolve_task(task, binary_tasks(data_dir))
+        out.append(Setting(tag, f"sae-probes-{task}", f"sae-probes-{tag}", table, [concept], with_hard=False))
+    return out
+
+
+def write_table(table: pd.DataFrame, folder: Path) -> Path:
+    """``folder/metadata.csv`` (written atomically)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / ".metadata.csv.tmp"
+    table.to_csv(tmp, index=False)
+    tmp.replace(folder / "metadata.csv")
+    return folder / "metadata.csv"
+
+
+def run_setting(opts: BenchmarkOptions, s: Setting, data_dir: Path, run_name: str, table: pd.DataFrame | None = None,
+                progress: bool = True) -> pd.DataFrame:
+    """``s`` (or ``table``, its labels changed) written to ``data_dir`` and run; its benchmark rows."""
+    from .pipeline import run_pipeline
+
+    meta = write_table(s.table if table is None else table, data_dir)
+    res = run_pipeline(_config(opts, run_name, meta.parent, s.concepts), progress=progress)
+    return setting_table(res.run_dir, meta.parent, s.name, s.concepts, with_hard=s.with_hard)
+
+
+def print_text_format(fmt) -> None:
     print(f"AxBench texts: {'the model chat template' if fmt is not None else 'instruction + blank line + response'}"
           " (the instruction part is context: embedded, never scored)", flush=True)
-    tables = []
-    for folder in settings_in(opts.path):
-        name = folder.name
-        meta, concepts = write_axbench_dataset(folder, out / "data" / f"{name}-{opts.view}", opts.view, fmt, opts.seed)
-        res = run_pipeline(_config(opts, f"{name}-{opts.view}", meta.parent, concepts), progress=progress)
-        tables.append(setting_table(res.run_dir, meta.parent, name, concepts))
-    return _write(tables, out)
+
+
+def run_axbench(opts: BenchmarkOptions, progress: bool = True, formatter=None) -> pd.DataFrame:
+    """Every setting under ``opts.path`` through the pipeline; writes and returns the benchmark table."""
+    fmt = formatter if formatter is not None else model_formatter(opts.model)
+    print_text_format(fmt)
+    return run_settings(opts, axbench_settings(opts, fmt), progress)
 
 
 def run_saeprobes(opts: BenchmarkOptions, tasks: Sequence[str], progress: bool = True,
                   data_dir: Path | None = None) -> pd.DataFrame:
-    """Each sae-probes task (:mod:`superactivators.data.saeprobes`) through the pipeline; one setting per task."""
-    from .data.saeprobes import write_saeprobes_dataset
-    from .pipeline import run_pipeline
+    """Each sae-probes task through the pipeline; one setting per task."""
+    return run_settings(opts, saeprobes_settings(tasks, data_dir), progress)
 
-    out = Path(opts.output_dir)
-    tables = []
-    for task in tasks:
-        meta, concept, tag = write_saeprobes_dataset(task, out / "data" / f"sae-probes-{task}", data_dir)
-        res = run_pipeline(_config(opts, f"sae-probes-{tag}", meta.parent, [concept]), progress=progress)
-        tables.append(setting_table(res.run_dir, meta.parent, tag, [concept], with_hard=False))
-    return _write(tables, out)
+
+def run_settings(opts: BenchmarkOptions, settings: list[Setting], progress: bool = True) -> pd.DataFrame:
+    layout = BenchmarkLayout(Path(opts.output_dir))
+    tables = [run_setting(opts, s, layout.data(s.folder), s.run_name, progress=progress) for s in settings]
+    table = with_aggregates(pd.concat(tables, ignore_index=True))
+    layout.root.mkdir(parents=True, exist_ok=True)
+    table.to_csv(layout.metrics, index=False)
+    return table
 
 
 def _config(opts: BenchmarkOptions, name: str, data: Path, concepts: list[str]):
     return config_from_dict({
-        "name": name, "output_dir": str(Path(opts.output_dir) / "runs"), "seed": opts.seed,
+        "name": name, "output_dir": str(BenchmarkLayout(Path(opts.output_dir)).runs), "seed": opts.seed,
         "data": {"path": str(data), "concepts": concepts, "missing_labels": "allow"},
         "embed": {"model": opts.model, "layers": opts.layers, "batch_size": opts.batch_size,
                   "max_length": opts.max_length},
         "concepts": {"types": list(opts.types)},
         "detect": {"localize": False},
     })
-
-
-def _write(tables: list[pd.DataFrame], out: Path) -> pd.DataFrame:
-    table = with_aggregates(pd.concat(tables, ignore_index=True))
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "benchmark_metrics.csv", index=False)
-    return table
 
 
 def parse_layers(text: str | None) -> list[int] | str:

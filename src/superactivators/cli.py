@@ -10,6 +10,7 @@ import time
 import warnings
 from pathlib import Path
 
+from .data.regimes import REGIMES, REPEATS
 from .data.seed import KINDS as GROUND_TRUTH_KINDS
 from .demo import TEXT_DEMOS
 
@@ -24,13 +25,17 @@ def _peak_rss_mb() -> float:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from .benchmark import BenchmarkOptions, headline, parse_layers, run_axbench, run_saeprobes
     from .pipeline import suppress_noisy_warnings
+    from .store.layout import BenchmarkLayout
 
     suppress_noisy_warnings()
     t0 = time.time()
     opts = BenchmarkOptions(path=str(args.path), view=args.view, model=args.model, layers=parse_layers(args.layers),
                             types=[t.strip() for t in args.types.split(",") if t.strip()],
                             output_dir=str(args.output_dir), seed=args.seed, batch_size=args.batch_size)
-    if args.benchmark == "sae-probes":
+    layout = BenchmarkLayout(Path(args.output_dir))
+    if args.regime:
+        _benchmark_regime(args, opts, layout)
+    elif args.benchmark == "sae-probes":
         table = run_saeprobes(opts, args.tasks, progress=not args.quiet)
         print("\nsae-probes: test AUROC / AP / TPR at 1 % FPR from each method's per-sample scores, F1 at the "
               "calibrated threshold; mean over tasks")
@@ -39,10 +44,29 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         print(f"\nAxBench ({args.view}): mean over concepts and settings; AUROC / AP / TPR at 1 % FPR from each "
               "method's per-sample scores (hard negatives left out), F1 and hard-negative FPR at the calibrated "
               "threshold")
-    print(headline(table))
-    print(f"\nwrote {Path(args.output_dir) / 'benchmark_metrics.csv'}")
+    if not args.regime:
+        print(headline(table))
+        print(f"\nwrote {layout.metrics}")
     print(f"wall time {time.time() - t0:.1f} s, peak RSS {_peak_rss_mb():.0f} MB")
     return 0
+
+
+def _benchmark_regime(args: argparse.Namespace, opts, layout) -> None:
+    """``benchmark ... --regime``: every regime point of every setting; the summary tables."""
+    from .benchmark import model_formatter, axbench_settings, print_text_format, saeprobes_settings
+    from .benchmark_regimes import format_summary, run_regime
+
+    if args.benchmark == "sae-probes":
+        settings = saeprobes_settings(args.tasks)
+    else:
+        fmt = model_formatter(opts.model)
+        print_text_format(fmt)
+        settings = axbench_settings(opts, fmt)
+    _, summary = run_regime(opts, settings, args.regime, args.repeats, progress=not args.quiet)
+    print()
+    for metric in ("f1", "auroc"):
+        print(format_summary(summary, metric))
+    print(f"wrote {layout.regime_metrics}, {layout.regime_summary}, {layout.regime_figure}")
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -465,6 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="'all' (default), 'sweep' (the family's default sweep) or e.g. 2,4,6")
     common.add_argument("--types", default="mean,diffmean,linsep", help="concept types (default mean,diffmean,linsep)")
     common.add_argument("--batch-size", type=int, default=16)
+    common.add_argument("--regime", choices=list(REGIMES),
+                        help="run every point of a data regime instead: scarcity (train+cal positives cut to 2, 4, "
+                        "8, ... per concept, the rest unknown) or noise (0 / 10 / 20 %% of train+cal labels flipped); "
+                        "writes regime_metrics.csv, regime_summary.csv, regime.png (docs/benchmarks.md)")
+    common.add_argument("--repeats", type=int, default=REPEATS,
+                        help=f"--regime: seeded repeats per knob value (default {REPEATS})")
     b = s_b.add_parser("axbench", parents=[flags["quiet"], common],
                        help="AxBench concept-detection settings (concept10 ...)")
     b.add_argument("path", help="an AxBench setting folder (train_data.parquet, latent_eval_data.parquet, "

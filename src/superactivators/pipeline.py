@@ -159,7 +159,8 @@ def concept_stage(store: TokenStore, layer: int, ct: ConceptType, cfg: RunConfig
         us = cached(units.unit_summary, Path.exists, UnitSummary.load,
                     lambda: summarise_units(store, ucs, ugcs, seed=cfg.seed, device=device,
                                             rolling_window=cfg.detect.rolling_window), UnitSummary.save)
-        m = match_to_concepts(us, store.labels, store.splits, store.concepts, cfg.detect.grid, cfg.protocol)
+        m = match_to_concepts(us, store.labels, store.splits, store.concepts, cfg.detect.grid, cfg.protocol,
+                              known=store.known)  # unknown labels (data.missing_labels: allow) are left out
         cs = labelled_set(ucs, m.tokens, store.concepts)
         cs.save(stage.concepts)
         gcs = labelled_set(ugcs, m.globals, store.concepts) if ugcs is not None and m.globals is not None else None

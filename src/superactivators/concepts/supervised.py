@@ -307,9 +307,6 @@ def learn_global_concepts(store: TokenStore, layer: int, concepts: list[int], ki
     gscale = float(np.linalg.norm(g[train] - gmean, axis=1).mean()) or 1.0
     x = (g[train] - gmean) / gscale
     y = store.labels[train][:, concepts].astype(bool)
-    if store.known is not None and kind == "linsep" and not store.known[train][:, concepts].all():
-        raise ValueError("global linsep with unknown train labels is not supported; leave 'global' out of "
-                         "detect.methods or give every train sample its labels")
     _check_counts(store, concepts, y.sum(axis=0), "train samples")
     names = [store.concepts[c] for c in concepts]
     if kind == "mean":
@@ -317,7 +314,17 @@ def learn_global_concepts(store: TokenStore, layer: int, concepts: list[int], ki
         return ConceptSet("mean", names, vec.astype(np.float32), np.zeros(len(concepts), np.float32), "cosine",
                           layer, gmean.astype(np.float32), gscale, space="globals")
     if kind == "linsep":
-        if solver == "seed":
+        kn = None if store.known is None else store.known[train][:, concepts]
+        if kn is not None and not kn.all():  # unknown labels: each concept fitted on its known samples only
+            W, b = np.zeros((len(concepts), x.shape[1]), np.float32), np.zeros(len(concepts), np.float32)
+            for c in range(len(concepts)):
+                r = kn[:, c]
+                if solver == "seed":
+                    W[c] = fit_separators_seed(x[r], y[r, c:c + 1], seed + c)[0]
+                else:
+                    Wc, bc = _fit_separators(x[r], y[r, c:c + 1], c_reg, seed)
+                    W[c], b[c] = Wc[0], bc[0]
+        elif solver == "seed":
             W, b = fit_separators_seed(x, y, seed), np.zeros(len(concepts), np.float32)
         else:
             W, b = _fit_separators(x, y, c_reg, seed)

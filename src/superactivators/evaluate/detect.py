@@ -136,17 +136,19 @@ def calibrate_fpr(method: str, scores: np.ndarray, labels: np.ndarray, splits: n
 
 
 def decision_result(method: str, decisions: np.ndarray, labels: np.ndarray, splits: np.ndarray,
-                    names: list[str]) -> MethodResult:
-    """A method that already decided (1 = present): test metrics as they are, cal F1 where asked."""
+                    names: list[str], known: np.ndarray | None = None) -> MethodResult:
+    """A method that already decided (1 = present): test metrics as they are, cal F1 where asked;
+    ``known [N, C]``: unknown labels count in neither."""
     cal, test = splits == "cal", splits == "test"
     if np.isnan(decisions[test]).any():
         raise ValueError(f"{method}: some test samples have no answer")
     asked_cal = cal & ~np.isnan(decisions).any(axis=1)
-    cal_f1 = (Confusion.from_predictions(decisions[asked_cal] >= 0.5, labels[asked_cal]).f1()
+    kn = (lambda m: None) if known is None else (lambda m: known[m])
+    cal_f1 = (Confusion.from_predictions(decisions[asked_cal] >= 0.5, labels[asked_cal], kn(asked_cal)).f1()
               if asked_cal.any() else np.full(len(names), np.nan))
     return MethodResult(
         method=method, names=names, threshold=np.full(len(names), 0.5), n_pct=np.full(len(names), np.nan),
-        cal_f1=cal_f1, test=Confusion.from_predictions(decisions[test] >= 0.5, labels[test]),
+        cal_f1=cal_f1, test=Confusion.from_predictions(decisions[test] >= 0.5, labels[test], kn(test)),
     )
 
 
@@ -179,7 +181,7 @@ def run_detection(
             continue
         if rec.kind == "decision":
             if m in summary.sample_scores:
-                out.append(decision_result(m, summary.sample_scores[m], labels, splits, summary.names))
+                out.append(decision_result(m, summary.sample_scores[m], labels, splits, summary.names, known))
             continue
         if rec.population == "in_concept_tokens":
             scores, pops = summary.sample_scores[rec.score], summary.cal_in_concept

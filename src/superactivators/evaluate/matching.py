@@ -155,11 +155,21 @@ def free_threshold_f1(scores: np.ndarray, truth: np.ndarray, chunk: int = 4096) 
     return out
 
 
-def preselect_units(max_scores: np.ndarray, labels: np.ndarray, splits: np.ndarray, per_concept: int) -> np.ndarray:
-    """Union over concepts of the ``per_concept`` units with the best free-threshold ``cal`` F1."""
-    cal = splits == "cal"
-    picks = [np.argsort(-free_threshold_f1(max_scores[cal], labels[cal, c].astype(bool)), kind="stable")[:per_concept]
-             for c in range(labels.shape[1])]
+def cal_rows(splits: np.ndarray, known: np.ndarray | None, c: int) -> np.ndarray:
+    """``[N]``: the ``cal`` samples whose label for concept ``c`` is known (``known`` None: every one)."""
+    cal = np.asarray(splits) == "cal"
+    return cal if known is None else cal & np.asarray(known, dtype=bool)[:, c]
+
+
+def preselect_units(max_scores: np.ndarray, labels: np.ndarray, splits: np.ndarray, per_concept: int,
+                    known: np.ndarray | None = None) -> np.ndarray:
+    """Union over concepts of the ``per_concept`` units with the best free-threshold ``cal`` F1
+    (on the samples whose label for the concept is known)."""
+    picks = []
+    for c in range(labels.shape[1]):
+        rows = cal_rows(splits, known, c)
+        f1 = free_threshold_f1(max_scores[rows], labels[rows, c].astype(bool))
+        picks.append(np.argsort(-f1, kind="stable")[:per_concept])
     return np.unique(np.concatenate(picks))
 
 
@@ -184,7 +194,7 @@ def summarise_units(
         score_units(store, cs, [reducer, coll], device, block_bytes)
     else:
         score_units(store, cs, [reducer], device, block_bytes)
-        units = preselect_units(reducer.max, store.labels, store.splits, candidates_per_concept)
+        units = preselect_units(reducer.max, store.labels, store.splits, candidates_per_concept, store.known)
         coll = CalTokenCollector(cal)
         score_units(store, cs.subset(units), [coll], device, block_bytes)
     acts, truth = coll.result(len(units), C)
@@ -235,25 +245,27 @@ def _best_unit(f1_units: np.ndarray) -> int:
 
 
 def match_tail(method: str, scores: np.ndarray, rows_of: callable, labels: np.ndarray, splits: np.ndarray,
-               grid: Sequence[float], rule: TailRule = "ours") -> Match:
-    """Tail-calibrated matching: ``rows_of(c)`` gives the ``[t_c, K]`` calibration rows of concept c."""
-    cal = splits == "cal"
-    sc, y = scores[cal], labels[cal].astype(bool)
+               grid: Sequence[float], rule: TailRule = "ours", known: np.ndarray | None = None) -> Match:
+    """Tail-calibrated matching: ``rows_of(c)`` gives the ``[t_c, K]`` calibration rows of concept c;
+    its ``cal`` F1 counts the samples whose label for c is known (``known [N, C]``, None: all)."""
+    y = labels.astype(bool)
     unit, f1 = np.zeros(y.shape[1], np.int64), np.zeros(y.shape[1])
     for c in range(y.shape[1]):
-        curve = pair_f1(sc, y[:, c], pair_tail_thresholds(rows_of(c), grid, rule))  # [G, K]
+        rows = cal_rows(splits, known, c)
+        curve = pair_f1(scores[rows], y[rows, c], pair_tail_thresholds(rows_of(c), grid, rule))  # [G, K]
         per_unit = curve.max(axis=0)  # the grid argmax (first best) reaches this value
         unit[c] = _best_unit(per_unit)
         f1[c] = per_unit[unit[c]]
     return Match(method, unit, f1, np.ones(len(unit), bool))
 
 
-def match_free(method: str, scores: np.ndarray, labels: np.ndarray, splits: np.ndarray) -> Match:
-    """Free-threshold matching (``METHOD@best_threshold``)."""
-    cal = splits == "cal"
+def match_free(method: str, scores: np.ndarray, labels: np.ndarray, splits: np.ndarray,
+               known: np.ndarray | None = None) -> Match:
+    """Free-threshold matching (``METHOD@best_threshold``), on the ``cal`` samples with known labels."""
     unit, f1 = np.zeros(labels.shape[1], np.int64), np.zeros(labels.shape[1])
     for c in range(labels.shape[1]):
-        per_unit = free_threshold_f1(scores[cal], labels[cal, c].astype(bool))
+        rows = cal_rows(splits, known, c)
+        per_unit = free_threshold_f1(scores[rows], labels[rows, c].astype(bool))
         unit[c] = _best_unit(per_unit)
         f1[c] = per_unit[unit[c]]
     return Match(method, unit, f1, np.ones(len(unit), bool))
@@ -261,31 +273,38 @@ def match_free(method: str, scores: np.ndarray, labels: np.ndarray, splits: np.n
 
 def match_units(summary: UnitSummary, labels: np.ndarray, splits: np.ndarray, methods: Sequence[str] = METHODS,
                 grid: Sequence[float] = DEFAULT_GRID, best_threshold: bool = True,
-                rule: TailRule = "ours") -> list[Match]:
-    """Match every concept to a unit, per method (and per ``@best_threshold`` variant); tails under ``rule``."""
+                rule: TailRule = "ours", known: np.ndarray | None = None) -> list[Match]:
+    """Match every concept to a unit, per method (and per ``@best_threshold`` variant); tails under ``rule``.
+
+    ``known [N, C]`` (``data.missing_labels: allow``): a sample whose label for a concept is unknown
+    is in neither that concept's calibration population nor its ``cal`` F1."""
     labels = labels.astype(bool)
+    if known is not None:
+        labels = labels & np.asarray(known, dtype=bool)  # an unknown label is never a positive
     cal = splits == "cal"
     out: list[Match] = []
     for m in methods:
         rec = BY_NAME.get(m)
         if rec is not None and rec.population == "in_concept_tokens":
             S = summary.sample_scores[rec.score][:, summary.cal_units]
-            mt = match_tail(m, S, lambda c: summary.cal_acts[summary.cal_truth[:, c]], labels, splits, grid, rule)
+            mt = match_tail(m, S, lambda c: summary.cal_acts[summary.cal_truth[:, c]], labels, splits, grid, rule,
+                            known)
             mt.unit = summary.cal_units[mt.unit]
             if len(summary.cal_units) < len(summary.unit_names):  # preselected: check the bound
                 others = np.setdiff1d(np.arange(len(summary.unit_names)), summary.cal_units)
                 full = summary.sample_scores[rec.score]
                 for c in range(labels.shape[1]):
-                    bound = free_threshold_f1(full[cal][:, others], labels[cal, c]).max()
+                    rows = cal_rows(splits, known, c)
+                    bound = free_threshold_f1(full[rows][:, others], labels[rows, c]).max()
                     mt.exact[c] = mt.cal_f1[c] >= bound
             out.append(mt)
             continue
         if m not in summary.sample_scores:
             continue
         S = summary.sample_scores[m]
-        out.append(match_tail(m, S, lambda c: S[cal & labels[:, c]], labels, splits, grid, rule))
+        out.append(match_tail(m, S, lambda c: S[cal & labels[:, c]], labels, splits, grid, rule, known))
         if best_threshold:
-            out.append(match_free(variant(m), S, labels, splits))
+            out.append(match_free(variant(m), S, labels, splits, known))
     return out
 
 
@@ -307,7 +326,8 @@ class MatchedUnits:
 
 
 def match_to_concepts(summary: UnitSummary, labels: np.ndarray, splits: np.ndarray, names: list[str],
-                      grid: Sequence[float] = DEFAULT_GRID, rule: TailRule = "ours") -> MatchedUnits:
+                      grid: Sequence[float] = DEFAULT_GRID, rule: TailRule = "ours",
+                      known: np.ndarray | None = None) -> MatchedUnits:
     """Match every concept for every method the unit summary can score (``@best_threshold`` too).
 
     All methods are matched whatever the run asks for, so the matched stage depends on the
@@ -315,7 +335,7 @@ def match_to_concepts(summary: UnitSummary, labels: np.ndarray, splits: np.ndarr
     """
     labels = labels.astype(bool)
     methods = [SA, *(m for m in BASELINES if m in summary.sample_scores)]
-    matches = {mt.method: mt for mt in match_units(summary, labels, splits, methods, grid, True, rule)}
+    matches = {mt.method: mt for mt in match_units(summary, labels, splits, methods, grid, True, rule, known)}
     sa = matches[SA].unit
     local = np.searchsorted(summary.cal_units, sa)
     scores = {k: v[:, sa] for k, v in summary.sample_scores.items() if k != "global"}
@@ -335,10 +355,12 @@ def match_to_concepts(summary: UnitSummary, labels: np.ndarray, splits: np.ndarr
 
 def matched_results(summary: UnitSummary, labels: np.ndarray, splits: np.ndarray, names: list[str],
                     methods: Sequence[str] = METHODS, grid: Sequence[float] = DEFAULT_GRID,
-                    best_threshold: bool = True, rule: TailRule = "ours") -> tuple[list[MethodResult], pd.DataFrame]:
+                    best_threshold: bool = True, rule: TailRule = "ours",
+                    known: np.ndarray | None = None) -> tuple[list[MethodResult], pd.DataFrame]:
     """Detection results of the matched units (as for supervised concepts) and the match table."""
-    m = match_to_concepts(summary, labels, splits, names, grid, rule)
-    return run_detection(m.summary, labels.astype(bool), splits, methods, grid, best_threshold, rule), m.table
+    m = match_to_concepts(summary, labels, splits, names, grid, rule, known)
+    return (run_detection(m.summary, labels.astype(bool), splits, methods, grid, best_threshold, rule, known=known),
+            m.table)
 
 
 def labelled_set(units: ConceptSet, idx: np.ndarray, names: Sequence[str]) -> ConceptSet:

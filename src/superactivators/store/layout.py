@@ -215,3 +215,51 @@ def cached(path: Path, exists: Callable[[Path], bool], load: Callable[[Path], T]
     value = compute()
     save(value, path)
     return value
+
+
+@dataclass(frozen=True)
+class BenchmarkLayout:
+    """The paths of a ``superactivators benchmark`` output folder (docs/benchmarks.md)::
+
+        OUTPUT_DIR/
+          benchmark_metrics.csv        one row per (setting, concept type, method, concept) + aggregates
+          regime_metrics.csv           --regime: one row per (setting, regime point, type, method, concept)
+          regime_summary.csv           --regime: mean and std over repeats per knob, type and method
+          regime.png                   --regime: F1 and AUROC against the knob
+          data/SETTING/metadata.csv    each setting as a dataset
+          data/regimes/POINT/SETTING/  the setting's labels at one regime point (same texts, same folder name)
+          runs/RUN/                    the pipeline's run folders
+    """
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "benchmark_metrics.csv"
+
+    @property
+    def regime_metrics(self) -> Path:
+        return self.root / "regime_metrics.csv"
+
+    @property
+    def regime_summary(self) -> Path:
+        return self.root / "regime_summary.csv"
+
+    @property
+    def regime_figure(self) -> Path:
+        return self.root / "regime.png"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    def data(self, setting: str) -> Path:
+        return self.root / "data" / setting
+
+    def regime_data(self, point: str, setting: str) -> Path:
+        """The setting at a regime point: the folder keeps the setting's name, so the dataset's name
+        (and the shared hidden states it keys) is the setting's."""
+        return self.root / "data" / "regimes" / point / setting
