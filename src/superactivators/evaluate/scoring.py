@@ -342,9 +342,10 @@ def rolling_max_t(acts_t: np.ndarray, starts: np.ndarray, valid: np.ndarray | No
     out = np.empty((len(n_valid), acts_t.shape[0]), dtype=np.float32)
     for c0 in range(0, acts_t.shape[0], col_block):  # blocks of concepts bound the float64 memory
         a = acts_t[c0:c0 + col_block]
-        cs = np.zeros((a.shape[0], n_tok + 1), dtype=np.float64)
-        cs[:, 1:] = a  # exact widening first: a float64 accumulate runs ~3x faster than one that casts
-        np.cumsum(cs[:, 1:], axis=1, out=cs[:, 1:])
+        cs = np.empty((a.shape[0], n_tok + 1), dtype=np.float64)
+        cs[:, 0] = 0.0
+        cs[:, 1:] = a  # exact widening first: a float64 accumulate is faster than one that casts
+        np.cumsum(cs[:, 1:], axis=1, out=cs[:, 1:])  # starting at a_1 itself (0 + -0.0 would be +0.0)
         res = np.empty((a.shape[0], len(n_valid)), dtype=np.float64)
         if len(pairs):
             # one spare column so that the last stop (== n_win) is a valid reduceat index
