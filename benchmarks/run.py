@@ -23,10 +23,11 @@ What is timed (each phase runs in a fresh subprocess, so its peak RSS is its own
 - ``embed``   ``embed.embed_dataset`` with a loaded ``TextEncoder`` on the packaged MiniLM
               (every layer) over the built-in emotions texts, vs ``model(**batch)`` over the
               same tokenised batches.
-- ``seedref`` ``benchmarks/seed_style.py``: a straightforward torch implementation of the seed's
-              protocol (everything in memory, per-concept ``torch.quantile``, per-sample loops)
+- ``seedref`` ``benchmarks/seed_style.py``: the seed's protocol as the seed's code runs it
+              (streamed float32 chunks, one float32 ``[T, C]`` activation matrix, per-concept
+              index lists, ``pad_sequence`` + ``nanquantile``, per-sample loops, set metrics)
               on the same store and mean concepts, paired with ``post/mean`` of the same
-              repetition: the time and peak-RSS ratios.
+              repetition: the time and peak-RSS ratios, and the reference's step times.
 - ``scaling`` (``--scaling``, part of the default run) post-embedding time and peak RSS of the
               mean concepts, and the bare pass, at 0.5, 1, 2, 4 M tokens (80 concepts) and at
               20, 80, 320 concepts (2 M tokens) on synthetic stores of ``--scaling-dim``
