@@ -10,7 +10,7 @@ vectors as ``post`` (so the same activations up to float rounding) and is not us
    streamed in chunks of 50,000 rows as float32 (the seed's chunked embedding files hold centred
    float32 states), scored in batches of 2,000 rows into one float32 ``[T, C]`` matrix. The seed
    scores a batch with ``F.cosine_similarity`` over broadcast ``[2000, C, d]`` tensors, written
-   for a GPU; on a CPU that is ~1.5 s of CPU per batch (~25 min at 2 M tokens), so this reference
+   for a GPU; on a CPU that is ~1.7 s of CPU per batch (~29 min at 2 M tokens, as `make bench` measured it), so this reference
    normalises the rows and runs one GEMM per batch instead. ``cossim_batches`` times the seed's
    own call on a few batches so that its cost can be reported next to the ratio.
 2. Ground truth [the ``GT_Samples`` files]: per concept, the Python list of its in-concept cal
