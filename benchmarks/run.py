@@ -23,10 +23,11 @@ What is timed (each phase runs in a fresh subprocess, so its peak RSS is its own
 - ``embed``   ``embed.embed_dataset`` with a loaded ``TextEncoder`` on the packaged MiniLM
               (every layer) over the built-in emotions texts, vs ``model(**batch)`` over the
               same tokenised batches.
-- ``seedref`` ``benchmarks/seed_style.py``: a straightforward torch implementation of the seed's
-              protocol (everything in memory, per-concept ``torch.quantile``, per-sample loops)
+- ``seedref`` ``benchmarks/seed_style.py``: the seed's protocol as the seed's code runs it
+              (streamed float32 chunks, one float32 ``[T, C]`` activation matrix, per-concept
+              index lists, ``pad_sequence`` + ``nanquantile``, per-sample loops, set metrics)
               on the same store and mean concepts, paired with ``post/mean`` of the same
-              repetition: the time and peak-RSS ratios.
+              repetition: the time and peak-RSS ratios, and the reference's step times.
 - ``scaling`` (``--scaling``, part of the default run) post-embedding time and peak RSS of the
               mean concepts, and the bare pass, at 0.5, 1, 2, 4 M tokens (80 concepts) and at
               20, 80, 320 concepts (2 M tokens) on synthetic stores of ``--scaling-dim``
@@ -57,6 +58,7 @@ HERE = Path(__file__).resolve().parent
 STORE_ROOT = HERE / "_store"
 RESULTS = HERE / "results.json"
 KINDS = ("mean", "linsep")
+SEED_COSSIM_BATCHES = 3  # batches of the seed's F.cosine_similarity call timed to extrapolate its cost
 BOOT_TEST_SAMPLES = 2000  # test samples of the bootstrap benchmark (COCO's seed test split is ~2,000 images)
 EMBED_TEXTS = 320  # first 320 built-in texts = 10 batches of 32: keeps `make bench` under 15 min on 2 busy cores
 TARGETS = {"post_embed_ratio_to_bare_pass": 1.3, "post_embed_peak_rss_mb": 1024.0, "embed_ratio_to_bare_forward": 1.1,
@@ -350,11 +352,19 @@ def phase_seedref(args: argparse.Namespace) -> dict:
     keep: dict = {}
 
     def once() -> None:
-        keep["macro"] = seed_style.run(TokenStore(store_path(args.quick, args)), cs, gcs, seed=0)
+        keep["steps"] = {}
+        keep["macro"] = seed_style.run(TokenStore(store_path(args.quick, args)), cs, gcs, seed=0, times=keep["steps"])
 
     cpu: list[float] = []
     best, times = _best(once, args.reps, cpu)
+    # the seed's own scoring call (F.cosine_similarity on broadcast tensors), timed on a few
+    # batches after the timed runs: what step 1 would cost as the seed writes it
+    store = TokenStore(store_path(args.quick, args))
+    per_batch = seed_style.cossim_seconds(store, cs, SEED_COSSIM_BATCHES)
     return {"seconds": best, "all_seconds": times, "cpu_seconds": cpu,
+            "step_seconds": {k: round(v, 3) for k, v in keep["steps"].items()},
+            "seed_cossim_cpu_seconds_per_batch": round(per_batch, 4),
+            "seed_cossim_cpu_seconds_extrapolated": round(per_batch * -(-store.n_tokens // seed_style.BATCH_ROWS), 1),
             "macro_f1": {k: round(v, 4) for k, v in keep["macro"].items()}}
 
 
@@ -585,7 +595,13 @@ def _seed_ratio(seed_runs: list[dict], post_runs: list[dict]) -> dict:
             "ours_seconds_median": round(statistics.median(p_["seconds"] for p_ in post_runs), 3),
             "seed_peak_rss_mb": round(max(s_["peak_rss_mb"] for s_ in seed_runs), 1),
             "ours_peak_rss_mb": round(max(p_["peak_rss_mb"] for p_ in post_runs), 1),
-            "seed_macro_f1": seed_runs[0]["macro_f1"], "ours_macro_f1": post_runs[0]["macro_f1"]}
+            "seed_macro_f1": seed_runs[0]["macro_f1"], "ours_macro_f1": post_runs[0]["macro_f1"],
+            "seed_cpu_ratio": round(statistics.median(s_["cpu_seconds"][0] / p_["cpu_seconds"][0]
+                                                      for s_, p_ in zip(seed_runs, post_runs)), 2),
+            "seed_step_seconds": [s_.get("step_seconds") for s_ in seed_runs],
+            # step 1 as the seed writes it (F.cosine_similarity on broadcast tensors), extrapolated
+            # from a few batches: CPU seconds it would add over the GEMM the reference uses
+            "seed_cossim_cpu_seconds_extrapolated": seed_runs[0].get("seed_cossim_cpu_seconds_extrapolated")}
 
 
 def _slope(x: list[float], y: list[float]) -> float | None:

@@ -63,3 +63,19 @@ def test_macro_excludes_concepts_without_test_positives():
     t = results_table(res)
     m = t[t.concept == MACRO].iloc[0]
     assert m["f1"] == 1.0 and m["support"] == 1
+
+
+def test_methods_sharing_a_score_share_its_ranking_metrics_by_hand():
+    # superactivator and max_token rank the same max-token array; mean_token ranks its own.
+    # test samples (.95, .5, .2) labelled (1, 1, 0): every positive above the negative -> AUROC 1;
+    # mean scores (.1, .6, .3): positive .1 below the negative .3 -> AUROC 1/2
+    splits, score, labels, tokens = _example()
+    mean = np.array([0.2, 0.1, 0.3, 0.0, 0.1, 0.6, 0.3])[:, None]
+    summary = ScoreSummary(["c"], {"max_token": score, "mean_token": mean}, tokens)
+    res = run_detection(summary, labels, splits, methods=["superactivator", "max_token", "mean_token"], grid=[50])
+    table = results_table(res).set_index(["method", "concept"])
+    for m in ("superactivator", "max_token", "max_token@best_threshold"):
+        assert table.loc[(m, "c"), "auroc"] == 1.0
+    assert table.loc[("mean_token", "c"), "auroc"] == 0.5
+    # cal (.9, .4, .8, .1) labelled (1, 0, 1, 0): AUROC 1; mean cal (.2, .1, .3, 0): also 1
+    assert table.loc[("max_token", "c"), "cal_auroc"] == 1.0 and table.loc[("mean_token", "c"), "cal_auroc"] == 1.0

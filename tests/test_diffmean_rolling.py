@@ -9,7 +9,7 @@ from superactivators.concepts.diffmean import diffmean_vectors, learn_diffmean_c
 from superactivators.concepts.types import DiffMeanType, concept_type
 from superactivators.evaluate.methods import BY_NAME, METHODS
 from superactivators.evaluate.options import DetectConfig
-from superactivators.evaluate.scoring import make_scorer, rolling_max
+from superactivators.evaluate.scoring import make_scorer, rolling_max, rolling_max_t
 from superactivators.store.synth import SynthSpec, build_synthetic_store
 
 
@@ -93,6 +93,52 @@ def test_rolling_max_by_hand():
                                rolling_max(wide, starts, valid, 3), rtol=1e-6)
     with pytest.raises(ValueError, match="window"):
         rolling_max(a, starts, None, 0)
+
+
+def _rolling_by_loops(acts_t, starts, valid, w):
+    """Per sample and concept: float64 running sums token by token, every window mean, the max."""
+    t = acts_t.shape[1]
+    bounds = list(starts) + [t]
+    out = np.zeros((len(starts), acts_t.shape[0]), np.float32)
+    for i in range(len(starts)):
+        keep = [j for j in range(bounds[i], bounds[i + 1]) if valid is None or valid[j]]
+        for c in range(acts_t.shape[0]):
+            cs = [0.0]
+            for j in keep:
+                cs.append(cs[-1] + float(acts_t[c, j]))
+            n = len(keep)
+            out[i, c] = cs[n] / n if n < w else max((cs[k + w] - cs[k]) / w for k in range(n - w + 1))
+    return out
+
+
+def test_rolling_max_concept_major_by_hand_and_by_loops():
+    a = np.array([1, 5, 0, 3, 3, 7, 1, 2, 9, 2, 4], dtype=np.float32)
+    starts = np.array([0, 5, 7])
+    valid = np.ones(11, bool)
+    valid[8] = False
+    a_t = np.stack([a, -a])  # [C, t], C-contiguous: the fused pass's blocks
+    # the same hand values as test_rolling_max_by_hand: 8/3, 4, 8/3 and -2, -4, -8/3
+    np.testing.assert_allclose(rolling_max_t(a_t, starts, valid, 3), [[8 / 3, -2.0], [4.0, -4.0], [8 / 3, -8 / 3]],
+                               rtol=1e-6)
+    # every sample shorter than the window: each scores its mean
+    np.testing.assert_allclose(rolling_max_t(a_t, starts, valid, 6)[:, 0], [12 / 5, 4, 8 / 3], rtol=1e-6)
+    # bit for bit against running sums written out here, ragged samples with padding, a sample
+    # exactly one window long, and the [t, C] entry point on the same values
+    rng = np.random.default_rng(3)
+    lengths = np.array([1, 4, 9, 2, 4, 17, 3])
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    t = int(lengths.sum())
+    valid = rng.random(t) > 0.2
+    valid[starts] = True
+    x_t = rng.normal(size=(5, t)).astype(np.float32)
+    for w in (1, 3, 4):
+        for v in (valid, None):
+            want = _rolling_by_loops(x_t, starts, v, w)
+            np.testing.assert_array_equal(rolling_max_t(x_t, starts, v, w), want)
+            np.testing.assert_array_equal(rolling_max(np.ascontiguousarray(x_t.T), starts, v, w), want)
+            np.testing.assert_array_equal(rolling_max_t(x_t, starts, v, w, col_block=2), want)
+    with pytest.raises(ValueError, match="window"):
+        rolling_max_t(x_t, starts, None, 0)
 
 
 def test_rolling_max_is_a_default_baseline():

@@ -258,12 +258,18 @@ def results_table(results: Sequence[MethodResult], prevalence: float | None = No
     run over concepts with at least one positive test sample (ranking metrics: with a defined value).
     """
     frames = []
+    # methods that rank the same score array (superactivator, its sample variant, max_token and
+    # its @ variants share the max token) share its ranking metrics: computed once per array
+    ranked: dict[tuple[int, ...], dict[str, np.ndarray]] = {}
     for r in results:
         t = r.test
+        key = (id(r.scores), id(r.labels), id(r.splits), id(r.known))
+        if r.scores is None or key not in ranked:
+            ranked[key] = ranking_columns(r)
         df = pd.DataFrame({
             "method": r.method, "concept": r.names, "n_pct": r.n_pct, "threshold": r.threshold,
             "cal_f1": r.cal_f1, "tp": t.tp, "fp": t.fp, "fn": t.fn, "tn": t.tn, "support": t.support,
-            **t.rates(), **ranking_columns(r),
+            **t.rates(), **ranked[key],
         })
         extra = list(RANKING)
         if prevalence is not None:

@@ -304,36 +304,57 @@ def rolling_max(acts: np.ndarray, starts: np.ndarray, valid: np.ndarray | None, 
     """Per sample ``[n, C]``: the max over windows of ``window`` consecutive valid tokens of the window mean.
 
     Windows never cross samples; a sample with fewer valid tokens than ``window`` scores its
-    mean. Vectorised: one float64 cumulative sum over the shard's valid tokens, window sums as
-    differences of it, one ``maximum.reduceat`` per block of ``col_block`` concept columns.
+    mean. ``acts [t, C]``; the work runs concept-major on ``acts.T`` (:func:`rolling_max_t`), so
+    the fused pass hands its ``[C, rows]`` blocks over without a copy.
+    """
+    return rolling_max_t(acts.T, starts, valid, window, col_block)
+
+
+def rolling_max_t(acts_t: np.ndarray, starts: np.ndarray, valid: np.ndarray | None, window: int,
+                  col_block: int = 256) -> np.ndarray:
+    """:func:`rolling_max` of concept-major activations ``acts_t [C, t]``: ``[n, C]`` float32.
+
+    Vectorised along each concept's row of tokens (contiguous when ``acts_t`` is C-contiguous):
+    one float64 cumulative sum, window sums as its differences, one ``maximum.reduceat`` per
+    block of ``col_block`` concepts over the windows that stay inside their sample. The window
+    mean is divided by ``window`` after the max: rounding is monotone, so ``max(s / w)`` and
+    ``max(s) / w`` are the same float64 (and the same bits as dividing every window first).
     """
     if window < 1:
         raise ValueError(f"rolling window must be >= 1, got {window}")
     starts = np.asarray(starts, dtype=np.int64)
-    t = acts.shape[0]
+    t = acts_t.shape[1]
     if valid is not None and not bool(np.all(valid)):
         n_valid = np.add.reduceat(valid.astype(np.int64), starts)
-        acts = acts[np.asarray(valid, dtype=bool)]
+        acts_t = acts_t[:, np.asarray(valid, dtype=bool)]
     else:
         n_valid = np.diff(np.append(starts, t))
     vstarts = np.concatenate([[0], np.cumsum(n_valid)[:-1]]).astype(np.int64)
     ends = vstarts + n_valid
-    n_tok = acts.shape[0]
-    owner = np.repeat(np.arange(len(n_valid)), n_valid)
-    win_ok = np.arange(n_tok) + window <= ends[owner]  # window starting here stays in its sample
+    n_tok = acts_t.shape[1]
     short = n_valid < window
-    out = np.empty((len(n_valid), acts.shape[1]), dtype=np.float32)
-    for c0 in range(0, acts.shape[1], col_block):  # blocks of concept columns bound the float64 memory
-        a = acts[:, c0:c0 + col_block]
-        cs = np.zeros((n_tok + 1, a.shape[1]), dtype=np.float64)
-        np.cumsum(a, axis=0, dtype=np.float64, out=cs[1:])
-        win = np.full((n_tok, a.shape[1]), -np.inf)
-        if n_tok >= window:
-            win[:n_tok - window + 1] = (cs[window:] - cs[:-window]) / window
-        win[~win_ok] = -np.inf
-        res = np.maximum.reduceat(win, vstarts, axis=0)
-        res[short] = ((cs[ends[short]] - cs[vstarts[short]]) / n_valid[short, None])
-        out[:, c0:c0 + col_block] = res
+    long_ = ~short
+    # window sums d[j] = cs[j + w] - cs[j] for j in [0, n_tok - w]; sample i's windows start in
+    # [vstarts[i], ends[i] - w]: one reduceat over (start, stop) pairs, every other result kept
+    # (the ones in between span gaps between samples and are dropped)
+    n_win = max(n_tok - window + 1, 0)
+    pairs = np.stack([vstarts[long_], ends[long_] - window + 1], axis=1).ravel()
+    out = np.empty((len(n_valid), acts_t.shape[0]), dtype=np.float32)
+    for c0 in range(0, acts_t.shape[0], col_block):  # blocks of concepts bound the float64 memory
+        a = acts_t[c0:c0 + col_block]
+        cs = np.empty((a.shape[0], n_tok + 1), dtype=np.float64)
+        cs[:, 0] = 0.0
+        cs[:, 1:] = a  # exact widening first: a float64 accumulate is faster than one that casts
+        np.cumsum(cs[:, 1:], axis=1, out=cs[:, 1:])  # starting at a_1 itself (0 + -0.0 would be +0.0)
+        res = np.empty((a.shape[0], len(n_valid)), dtype=np.float64)
+        if len(pairs):
+            # one spare column so that the last stop (== n_win) is a valid reduceat index
+            d = np.empty((a.shape[0], n_win + 1), dtype=np.float64)
+            np.subtract(cs[:, window:], cs[:, :n_win], out=d[:, :n_win])
+            d[:, n_win] = -np.inf
+            res[:, long_] = np.maximum.reduceat(d, pairs, axis=1)[:, ::2] / window
+        res[:, short] = (cs[:, ends[short]] - cs[:, vstarts[short]]) / n_valid[short]
+        out[:, c0:c0 + col_block] = res.T
     return out
 
 
@@ -384,7 +405,7 @@ class SampleReducer:
         red = segment_scores(blk.acts_t.T, blk.starts, valid, self._u[sl], first_sample=sl.start)
         self.max[sl], self.mean[sl] = red["max_token"], red["mean_token"]
         self.last[sl], self.random[sl] = red["last_token"], red["random_token"]
-        self.rolling[sl] = rolling_max(blk.acts_t.T, blk.starts, valid, self.rolling_window)
+        self.rolling[sl] = rolling_max_t(blk.acts_t, blk.starts, valid, self.rolling_window)
 
     def scores(self) -> dict[str, np.ndarray]:
         return {"max_token": self.max, "mean_token": self.mean, "last_token": self.last,
