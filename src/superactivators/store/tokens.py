@@ -32,6 +32,7 @@ import os
 import struct
 import zipfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -512,14 +513,20 @@ def add_norm(store: "TokenStore", info: StoreInfo,
              sums: tuple[dict[int, np.ndarray], int] | None = None) -> None:
     """Train-split mean (``layer_LL/mean.npy`` in ``store.path``) and mean norm per layer, into ``info``.
 
-    ``sums``: the train sums and count the writer accumulated (:class:`TrainSums`), sparing the first pass."""
-    for layer in info.layers:
-        first = None if sums is None else (sums[0][layer], sums[1])
-        mean, scale, n = store.compute_norm(layer, store.splits == "train", first)
+    ``sums``: the train sums and count the writer accumulated (:class:`TrainSums`), sparing the first
+    pass. Layers are computed on up to one thread per CPU (NumPy's conversions and reductions release
+    the GIL; each layer's figures are what one thread computes), then recorded in layer order."""
+    train = store.splits == "train"
+
+    def one(layer: int) -> tuple[np.ndarray, float, int]:
+        return store.compute_norm(layer, train, None if sums is None else (sums[0][layer], sums[1]))
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(info.layers), os.cpu_count() or 1))) as pool:
+        stats = list(pool.map(one, info.layers))
+    for layer, (mean, scale, n) in zip(info.layers, stats):
         rel = f"layer_{layer:02d}/mean.npy"
         (store.path / rel).parent.mkdir(parents=True, exist_ok=True)
-        atomic_save_npy(store.path / rel, mean)
-        info.checksums[rel] = file_checksum(store.path / rel)
+        info.checksums[rel] = save_npy_checksummed(store.path / rel, mean)
         info.norm[str(layer)] = {"scale": scale, "n_train_tokens": n}
 
 
