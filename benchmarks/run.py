@@ -22,7 +22,7 @@ What is timed (each phase runs in a fresh subprocess, so its peak RSS is its own
               vs a length-sorted bare loop, on texts whose token counts vary ~8x (MiniLM).
 - ``embed``   ``embed.embed_dataset`` with a loaded ``TextEncoder`` on the packaged MiniLM
               (every layer) over the built-in emotions texts, vs ``model(**batch)`` over the
-              same tokenised batches.
+              same tokenised batches (``--embed-only``: this and ``buckets`` alone).
 - ``seedref`` ``benchmarks/seed_style.py``: the seed's protocol as the seed's code runs it
               (streamed float32 chunks, one float32 ``[T, C]`` activation matrix, per-concept
               index lists, ``pad_sequence`` + ``nanquantile``, per-sample loops, set metrics)
@@ -430,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-scaling", action="store_true")
     p.add_argument("--skip-seed", action="store_true", help="no seed-style reference")
     p.add_argument("--seed-only", action="store_true", help="only the seed-style reference and post/mean, paired")
+    p.add_argument("--embed-only", action="store_true",
+                   help="only the embed stage vs the bare forward and the length buckets (no synthetic store)")
     p.add_argument("--scaling-dim", type=int, default=256, help="hidden size of the scaling stores")
     p.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     p.add_argument("--kind", choices=KINDS, help=argparse.SUPPRESS)
@@ -466,6 +468,22 @@ def main(argv: list[str] | None = None) -> int:
             results["seed_style"] = k
             RESULTS.write_text(json.dumps(results, indent=1) + "\n")
             print(f"wrote the seed-style ratio into {RESULTS}")
+        return 0
+    if args.embed_only:
+        emb, buckets = run_child("embed", args), run_buckets(args)
+        k = {"embed_ratio_to_bare_forward": round(emb["ratio"], 3),
+             "embed_cpu_ratio": round(emb["cpu_ratio"], 3),
+             "embed_paired_ratios": [round(o / b_, 3) for o, b_ in zip(emb["ours_all"], emb["bare_all"])],
+             "buckets_speedup_over_in_order": round(buckets["speedup_over_in_order"], 3),
+             "buckets_time_vs_sorted_bare": round(buckets["time_vs_sorted_bare"], 3)}
+        print(json.dumps(k))
+        if not args.quick and RESULTS.exists():  # keep the rest of the last full run
+            results = json.loads(RESULTS.read_text())
+            results.update({key: k[key] for key in ("embed_ratio_to_bare_forward", "buckets_speedup_over_in_order",
+                                                    "buckets_time_vs_sorted_bare")})
+            results.setdefault("phases", {}).update(embed=emb, buckets=buckets)
+            RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+            print(f"wrote the embedding ratios into {RESULTS}")
         return 0
     if args.scaling:
         sc = run_scaling(args)

@@ -137,14 +137,45 @@ class TextEncoder:
         are context, in the forward pass but not stored (a token ending inside them is dropped)."""
         # protocol "seed": as the seed study, no special tokens (no BOS / appended EOS) and no
         # truncation; ours: the tokenizer's own specials in the forward pass (never stored)
-        seed = self.cfg.protocol == "seed"
-        enc = self.tokenizer(
-            list(texts), padding=True, truncation=not seed, max_length=None if seed else self.cfg.max_length,
-            add_special_tokens=not seed,
-            return_offsets_mapping=True, return_special_tokens_mask=True, return_tensors="pt",
-        )
+        enc = self.tokenizer(list(texts), padding=True, return_tensors="pt", **self._tokenizer_kwargs())
         offsets = enc.pop("offset_mapping").numpy()
         special = enc.pop("special_tokens_mask").numpy().astype(bool)
+        return self._encode_padded(enc, offsets, special, texts, context_chars)
+
+    def _tokenizer_kwargs(self) -> dict:
+        seed = self.cfg.protocol == "seed"
+        return {"truncation": not seed, "max_length": None if seed else self.cfg.max_length,
+                "add_special_tokens": not seed, "return_offsets_mapping": True, "return_special_tokens_mask": True}
+
+    def tokenise(self, texts: Sequence[str]):
+        """``texts`` tokenised as :meth:`encode` does, unpadded, with character offsets and
+        special-token masks: a window of texts is tokenised once, batched on these lengths and
+        passed to :meth:`encode_tokenised` batch by batch."""
+        return self.tokenizer(list(texts), **self._tokenizer_kwargs())
+
+    @torch.inference_mode()
+    def encode_tokenised(self, tokenised, rows: Sequence[int], texts: Sequence[str],
+                         context_chars: Sequence[int] | None = None) -> EncodedBatch:
+        """:meth:`encode` of the texts at ``rows`` of ``tokenised`` (:meth:`tokenise`'s output);
+        ``texts``: those texts. The batch is padded with the tokenizer's own ``pad`` (the model
+        inputs equal what :meth:`encode` builds, so the results are identical)."""
+        rows = [int(i) for i in rows]
+        names = [k for k in tokenised.keys() if k not in ("offset_mapping", "special_tokens_mask")]
+        enc = self.tokenizer.pad({k: [tokenised[k][i] for i in rows] for k in names}, padding=True,
+                                 return_tensors="pt")
+        width = enc["input_ids"].shape[1]
+        offsets = np.zeros((len(rows), width, 2), dtype=np.int64)  # padding: (0, 0), special, as the tokenizer pads
+        special = np.ones((len(rows), width), dtype=bool)
+        for j, i in enumerate(rows):
+            n = len(tokenised["input_ids"][i])
+            offsets[j, :n] = tokenised["offset_mapping"][i]
+            special[j, :n] = tokenised["special_tokens_mask"][i]
+        return self._encode_padded(enc, offsets, special, texts, context_chars)
+
+    def _encode_padded(self, enc, offsets: np.ndarray, special: np.ndarray, texts: Sequence[str],
+                       context_chars: Sequence[int] | None) -> EncodedBatch:
+        """The forward pass and the stored tokens of a padded batch (model inputs ``enc``, per
+        position character ``offsets`` and ``special``-token flags)."""
         attn = enc["attention_mask"].numpy().astype(bool)
         valid = attn & ~special
         if context_chars is not None:

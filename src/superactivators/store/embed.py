@@ -28,6 +28,7 @@ from ..encoders.base import EmbedConfig, EncodedBatch, Encoder
 from ..encoders.factory import make_encoder
 from .tokens import MANIFEST, StoreInfo, StoreWriter, TokenStore
 from .truth import TokenTruth, check_content, excl_cumsum, seed_padding, truth_kind
+from .writer_thread import WriteBehind
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,36 @@ def window_chunks(batches: list[EncodedBatch], positions: list[np.ndarray], size
                            truncated=truncated)
 
 
+def text_parts(enc, texts: list[str], ctx: np.ndarray | None, batch_size: int) -> Iterator[EncodedBatch]:
+    """The encoded ``texts`` in sample order, at most ``batch_size`` samples per part.
+
+    More texts than a batch (a window) are tokenised once, with character offsets and
+    special-token masks; batches of similar length are formed on those token counts, padded
+    with the tokenizer's own ``pad`` and run through the model (the encoder's
+    ``encode_tokenised``), then gathered back in sample order (:func:`window_chunks`). An
+    encoder without ``encode_tokenised`` is bucketed on a separate count (:func:`_text_lengths`).
+    Context prefixes (``ctx``, ds.context_chars) are in the forward pass but not stored.
+    """
+    if len(texts) <= batch_size:
+        yield enc.encode_inputs(texts) if ctx is None else enc.encode_inputs(texts, context_chars=ctx)
+        return
+    if hasattr(enc, "encode_tokenised"):
+        tokenised = enc.tokenise(texts)
+        groups = length_batches(np.array([len(x) for x in tokenised["input_ids"]]), batch_size)
+        batches = [enc.encode_tokenised(tokenised, g, [texts[i] for i in g], None if ctx is None else ctx[g])
+                   for g in groups]
+    else:
+        groups = length_batches(_text_lengths(enc, texts), batch_size)
+        batches = [enc.encode_inputs([texts[i] for i in g]) if ctx is None
+                   else enc.encode_inputs([texts[i] for i in g], context_chars=ctx[g]) for g in groups]
+    yield from window_chunks(batches, groups, batch_size)
+
+
+def count_truncated(writer: StoreWriter, n: int) -> None:
+    """Add ``n`` texts cut at ``max_length`` to the manifest's count (run on the writer's thread)."""
+    writer.info.dataset["truncated_samples"] = writer.info.dataset.get("truncated_samples", 0) + n
+
+
 def _text_lengths(enc, texts: list[str]) -> np.ndarray:
     """Token counts (the encoder's tokenizer when it has one, else characters) for bucketing."""
     tok = getattr(enc, "tokenizer", None)
@@ -102,7 +133,7 @@ def embed_unit(cfg: EmbedConfig, modality: str) -> int:
     return cfg.batch_size * (max(1, cfg.bucket_window) if modality == "text" else 1)
 
 
-def add_in_batches(writer: StoreWriter, batch: EncodedBatch, gt_bits: np.ndarray | None, size: int) -> None:
+def add_in_batches(writer: StoreWriter | WriteBehind, batch: EncodedBatch, gt_bits: np.ndarray | None, size: int) -> None:
     """Hand a window to the writer ``size`` samples at a time (in sample order), so shards end
     where in-order batching ends them and ``shard_tokens`` keeps bounding a shard."""
     ends = np.cumsum(batch.lengths)
@@ -128,18 +159,8 @@ def encode_window(enc: Encoder, ds: Dataset, ids: np.ndarray, cfg: EmbedConfig,
         images = [ds.load_image(int(i)) for i in ids]
         yield enc.encode_inputs(images, **({} if padding is None else {"valid": padding[ids]}))
         return
-    texts = ds.texts(ids)
-    ctx = None if ds.context_chars is None else ds.context_chars[ids]
-
-    def _encode(g: np.ndarray) -> EncodedBatch:
-        sub = [texts[i] for i in g]
-        return enc.encode_inputs(sub) if ctx is None else enc.encode_inputs(sub, context_chars=ctx[np.asarray(g)])
-
-    if len(ids) > cfg.batch_size:  # a window: batches of similar length, back in sample order
-        groups = length_batches(_text_lengths(enc, texts), cfg.batch_size)
-        yield from window_chunks([_encode(g) for g in groups], groups, cfg.batch_size)
-    else:
-        yield _encode(np.arange(len(ids)))
+    yield from text_parts(enc, ds.texts(ids), None if ds.context_chars is None else ds.context_chars[ids],
+                          cfg.batch_size)
 
 
 def embed_dataset(
@@ -150,6 +171,7 @@ def embed_dataset(
     sample_range: tuple[int, int] | None = None,
     progress: bool = True,
     states_only: bool = False,
+    write_behind: bool = True,
 ) -> TokenStore:
     """Embed ``ds`` into a token store at ``out_dir``; resumes an interrupted run.
 
@@ -181,8 +203,8 @@ def embed_dataset(
         raise ValueError(f"sample_range {sample_range} is outside 0..{len(ds)}")
     partial = (lo, hi) != (0, len(ds))
     info.sample_range = [lo, hi] if partial else None
-    writer = StoreWriter(out_dir, info, ds.labels, ds.splits, shard_tokens=cfg.shard_tokens, first_sample=lo,
-                         known=ds.known)
+    writer = WriteBehind(StoreWriter(out_dir, info, ds.labels, ds.splits, shard_tokens=cfg.shard_tokens,
+                                     first_sample=lo, known=ds.known), threaded=write_behind)
     start = max(lo, writer.next_sample)
     if start > lo:
         log.info("resuming %s at sample %d", out_dir, start)
@@ -194,24 +216,24 @@ def embed_dataset(
              if spans or truth_kind(ds) == "masks" else None)
     padding = (seed_padding(ds, getattr(enc, "input_size", None), getattr(enc, "n_patches", None))
                if ds.modality == "image" and getattr(enc, "patch_grid", None) else None)
-    for b0 in range(start, hi, step):
-        ids = np.arange(b0, min(hi, b0 + step))
-        a = 0
-        for batch in encode_window(enc, ds, ids, cfg, padding):  # in sample order, at most batch_size samples each
-            part = ids[a:a + len(batch.lengths)]
-            a += len(batch.lengths)
-            if ds.modality == "image":
-                check_content(ds, part, batch)
-            if batch.truncated is not None:  # counted before add(): a shard flushed there records it with itself
-                writer.info.dataset["truncated_samples"] = (writer.info.dataset.get("truncated_samples", 0)
-                                                            + int(batch.truncated.sum()))
-            add_in_batches(writer, batch, truth(part, batch) if truth else None, cfg.batch_size)
-        bar.update(len(ids))
-    bar.close()
-    if partial:  # a data-parallel part: token rows count from 0; the launcher merges the parts
-        writer.flush()
-        return None  # type: ignore[return-value]
-    store = writer.close()
+    with writer:  # the writer thread ends here, whatever happens
+        for b0 in range(start, hi, step):
+            ids = np.arange(b0, min(hi, b0 + step))
+            a = 0
+            for batch in encode_window(enc, ds, ids, cfg, padding):  # in sample order, <= batch_size samples each
+                part = ids[a:a + len(batch.lengths)]
+                a += len(batch.lengths)
+                if ds.modality == "image":
+                    check_content(ds, part, batch)
+                if batch.truncated is not None:  # counted before add(): a shard flushed there records it with itself
+                    writer.call(count_truncated, int(batch.truncated.sum()))
+                add_in_batches(writer, batch, truth(part, batch) if truth else None, cfg.batch_size)
+            bar.update(len(ids))
+        bar.close()
+        if partial:  # a data-parallel part: token rows count from 0; the launcher merges the parts
+            writer.flush()
+            return None  # type: ignore[return-value]
+        store = writer.close()
     if not states_only:
         warn_store(store, cfg)
     return store

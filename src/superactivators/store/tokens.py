@@ -26,10 +26,13 @@ half-written file. Sample ``i`` owns token rows ``offsets[i]:offsets[i+1]``.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import struct
+import zipfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -61,6 +64,8 @@ NPY_HEADER_BYTES = 128
 CHECK_BLOCK = 1 << 22  # 4 MiB: checksums are per block, so a sampled check reads only a few
 CHECK_ALGO = "crc32"
 SAMPLE_BLOCKS = 16  # blocks of hidden states a store's default check on open reads (plus every small file)
+NORM_BLOCK = 4096  # token rows per global window of the normalisation sums (TokenStore.aligned_blocks)
+NORM_PARTIAL = ".norm_partial.npz"  # a store being written: its train sums so far (removed at close)
 
 
 class StoreError(ValueError):
@@ -122,6 +127,43 @@ def file_checksum(path: Path, skip: int = 0) -> dict:
         while chunk := f.read(CHECK_BLOCK):
             h.update(chunk)
     return h.record(skip)
+
+
+class _HashingFile:
+    """A write-only file that hashes what goes through it (the checksum of a file as it is written)."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh, self.hasher = fh, BlockHasher()
+
+    def write(self, data) -> int:
+        self.hasher.update(data)
+        return self.fh.write(data)
+
+
+def save_npy_checksummed(path: Path, arr: np.ndarray) -> dict:
+    """``np.save`` to ``path`` (atomically, the same bytes) and its checksum record, hashed on the way
+    rather than read back."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
+    with open(tmp, "wb") as fh:
+        out = _HashingFile(fh)
+        np.save(out, arr)  # not a real file object: numpy writes header and data through write()
+    os.replace(tmp, path)
+    return out.hasher.record()
+
+
+def save_npz_checksummed(path: Path, **arrays: np.ndarray) -> dict:
+    """``np.savez`` to ``path`` (atomically) and its checksum record, from the bytes in memory
+    (a zip rewrites its headers after the data, so it is serialised first, then hashed and written)."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    data = buf.getbuffer()
+    h = BlockHasher()
+    h.update(data)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+    return h.record()
 
 
 def check_file(path: Path, rec: dict, blocks: list[int] | None = None) -> str | None:
@@ -208,6 +250,67 @@ def _pid_alive(tmp_name: str) -> bool:
     return True
 
 
+class TrainSums:
+    """Per layer float64 sum and count of the valid train token states, accumulated as rows are written.
+
+    Why: the first pass of :meth:`TokenStore.compute_norm` (the train mean) then costs no read
+    of the store after embedding. Rows are grouped by the same global windows of
+    :data:`NORM_BLOCK` token rows as :meth:`TokenStore.aligned_blocks`, and each window's rows are
+    converted to float32 and summed in one call, so the sums are bit-identical to that pass.
+    Rows arrive in store dtype (what the shards hold); a window's rows are kept until it closes
+    (at most ``NORM_BLOCK`` rows per layer).
+    """
+
+    def __init__(self, layers: list[int], dim: int, block: int = NORM_BLOCK) -> None:
+        self.block = block
+        self.total = {l: np.zeros(dim, dtype=np.float64) for l in layers}
+        self.n = 0  # train tokens summed (closed windows)
+        self.row = 0  # next global token row
+        self._carry: dict[int, list[np.ndarray]] = {l: [] for l in layers}
+
+    def add(self, rows: dict[int, np.ndarray], mask: np.ndarray) -> None:
+        """The next ``len(mask)`` token rows (per layer), ``mask`` marking the valid train ones."""
+        r0, t = self.row, len(mask)
+        a = 0
+        while a < t:
+            end = (r0 + a) // self.block * self.block + self.block  # end of the window row r0 + a is in
+            b = min(t, end - r0)
+            mb = mask[a:b]
+            if mb.any():
+                every = bool(mb.all())
+                for l, x in rows.items():
+                    self._carry[l].append(x[a:b] if every else x[a:b][mb])
+            if r0 + b == end:
+                self._close_window()
+            a = b
+        self.row = r0 + t
+
+    def _close_window(self) -> None:
+        for l, carry in self._carry.items():
+            if not carry:
+                return  # the same rows in every layer: all empty
+            xb = np.concatenate(carry).astype(np.float32, copy=False) if len(carry) > 1 else carry[0].astype(np.float32)
+            self.total[l] += xb.sum(axis=0, dtype=np.float64)
+            self._carry[l] = []
+        self.n += len(xb)
+
+    @property
+    def window_start(self) -> int:
+        """First row of the open window: rows before it are summed, rows from it on are carried."""
+        return self.row - self.row % self.block
+
+    def result(self) -> tuple[dict[int, np.ndarray], int]:
+        """Sums and count over every row added (the open window closed)."""
+        self._close_window()
+        return self.total, self.n
+
+    def save(self, path: Path) -> None:
+        """The sums of the closed windows, with the row they reach (the carried rows are in the store)."""
+        layers = sorted(self.total)
+        atomic_save_npz(path, layers=np.array(layers), total=np.stack([self.total[l] for l in layers]),
+                        n=np.int64(self.n), row=np.int64(self.row), window_start=np.int64(self.window_start))
+
+
 class StoreWriter:
     """Appends embedded samples, in sample order, shard by shard; resumable.
 
@@ -261,6 +364,36 @@ class StoreWriter:
             if not _pid_alive(stale.name):  # never another live writer's file
                 stale.unlink(missing_ok=True)
         self._reset_buffer()
+        # train normalisation sums, accumulated as rows are written (a whole store with splits;
+        # a states-only store has no splits, a data-parallel part's rows are summed after the merge)
+        self._train = None if info.states_only or info.sample_range is not None or first_sample \
+            else np.asarray(splits, dtype="<U8") == "train"  # as splits.npy holds them
+        self._sums = None if self._train is None else self._resume_sums()
+
+    def _resume_sums(self) -> TrainSums:
+        """The train sums of the completed shards: the saved ones plus the open window's rows read
+        back, or (no matching saved state: a merge, an older writer) every stored row read back."""
+        sums = TrainSums(self.info.layers, self.info.dim)
+        stop = self.next_token
+        if not stop:
+            return sums
+        try:
+            with np.load(self.path / NORM_PARTIAL) as z:
+                state = {k: z[k] for k in z.files}
+            if int(state["row"]) == stop and state["layers"].tolist() == sorted(self.info.layers):
+                sums.total = {l: state["total"][i].copy() for i, l in enumerate(state["layers"].tolist())}
+                sums.n = int(state["n"])
+                sums.row = int(state["window_start"])
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            pass  # no saved state: every row is read back
+        store = TokenStore(self.path, require_complete=False, verify="none")
+        tok_train = store.valid & self._train[store.sample_of_token]
+        for s in store.shards:
+            if s.token_stop <= sums.row:
+                continue
+            a = max(sums.row, s.token_start) - s.token_start
+            sums.add({l: store.tokens(l, s)[a:] for l in self.info.layers}, tok_train[s.token_start + a:s.token_stop])
+        return sums
 
     @property
     def next_sample(self) -> int:
@@ -294,6 +427,7 @@ class StoreWriter:
         gt_bits: np.ndarray | None = None,
     ) -> None:
         np_dtype = np.dtype(self.info.dtype)
+        stored: dict[int, np.ndarray] = {}
         for layer in self.info.layers:
             # checked at store precision: a finite float32 state past float16's range (65504)
             # would otherwise be stored as inf
@@ -314,9 +448,13 @@ class StoreWriter:
                 self._hash[layer] = BlockHasher()
             rows.tofile(fh)
             self._hash[layer].update(rows.reshape(-1).view(np.uint8))
+            stored[layer] = rows
             # a copy: an encoder's globals may be a view of the whole batch's hidden states
             # (h[:, 0] of a CPU float32 tensor), which would keep every batch alive until flush
             self._glob[layer].append(np.array(globals_[layer], dtype=np.float32, copy=True))
+        if self._sums is not None:  # rows as the shards hold them; valid train tokens only
+            first = self.next_sample + self._buffered_samples
+            self._sums.add(stored, valid.astype(bool) & np.repeat(self._train[first:first + len(lengths)], lengths))
         self._meta["lengths"].append(lengths.astype(np.int32))
         self._meta["valid"].append(valid.astype(bool))
         if char_spans is not None:
@@ -336,8 +474,7 @@ class StoreWriter:
                       self.next_token, self.next_token + self._buffered_tokens)
         meta = {k: np.concatenate(v) for k, v in self._meta.items() if v}
         sums = self.info.checksums
-        atomic_save_npz(self.path / "index" / f"{shard.name}.npz", **meta)
-        sums[f"index/{shard.name}.npz"] = file_checksum(self.path / "index" / f"{shard.name}.npz")
+        sums[f"index/{shard.name}.npz"] = save_npz_checksummed(self.path / "index" / f"{shard.name}.npz", **meta)
         for layer in self.info.layers:
             d = self.path / f"layer_{layer:02d}"
             fh = self._tok.pop(layer)
@@ -349,8 +486,10 @@ class StoreWriter:
             os.replace(self._tmp_path(layer), d / f"{shard.name}.npy")
             h = self._hash.pop(layer)
             sums[f"{d.name}/{shard.name}.npy"] = h.record(NPY_HEADER_BYTES)
-            atomic_save_npy(d / f"globals_{shard.name}.npy", np.concatenate(self._glob[layer]))
-            sums[f"{d.name}/globals_{shard.name}.npy"] = file_checksum(d / f"globals_{shard.name}.npy")
+            sums[f"{d.name}/globals_{shard.name}.npy"] = save_npy_checksummed(d / f"globals_{shard.name}.npy",
+                                                                              np.concatenate(self._glob[layer]))
+        if self._sums is not None:  # before the manifest lists the shard: a resume finds the sums that match it
+            self._sums.save(self.path / NORM_PARTIAL)
         self.info.shards.append(asdict(shard))
         atomic_write_json(self.path / MANIFEST, asdict(self.info))
         self._reset_buffer()
@@ -362,20 +501,32 @@ class StoreWriter:
             raise RuntimeError(f"store has {self.next_sample} of {self.info.n_samples} samples")
         atomic_write_json(self.path / MANIFEST, asdict(self.info))
         if not self.info.states_only:  # the statistics follow a run's splits: a view computes them
-            add_norm(TokenStore(self.path, require_complete=False, verify="none"), self.info)
+            sums = self._sums.result() if self._sums is not None else None
+            add_norm(TokenStore(self.path, require_complete=False, verify="none"), self.info, sums)
         self.info.complete = True
         atomic_write_json(self.path / MANIFEST, asdict(self.info))
+        (self.path / NORM_PARTIAL).unlink(missing_ok=True)
         return TokenStore(self.path, verify="none")  # just written and checksummed
 
 
-def add_norm(store: "TokenStore", info: StoreInfo) -> None:
-    """Train-split mean (``layer_LL/mean.npy`` in ``store.path``) and mean norm per layer, into ``info``."""
-    for layer in info.layers:
-        mean, scale, n = store.compute_norm(layer, store.splits == "train")
+def add_norm(store: "TokenStore", info: StoreInfo,
+             sums: tuple[dict[int, np.ndarray], int] | None = None) -> None:
+    """Train-split mean (``layer_LL/mean.npy`` in ``store.path``) and mean norm per layer, into ``info``.
+
+    ``sums``: the train sums and count the writer accumulated (:class:`TrainSums`), sparing the first
+    pass. Layers are computed on up to one thread per CPU (NumPy's conversions and reductions release
+    the GIL; each layer's figures are what one thread computes), then recorded in layer order."""
+    train = store.splits == "train"
+
+    def one(layer: int) -> tuple[np.ndarray, float, int]:
+        return store.compute_norm(layer, train, None if sums is None else (sums[0][layer], sums[1]))
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(info.layers), os.cpu_count() or 1))) as pool:
+        stats = list(pool.map(one, info.layers))
+    for layer, (mean, scale, n) in zip(info.layers, stats):
         rel = f"layer_{layer:02d}/mean.npy"
         (store.path / rel).parent.mkdir(parents=True, exist_ok=True)
-        atomic_save_npy(store.path / rel, mean)
-        info.checksums[rel] = file_checksum(store.path / rel)
+        info.checksums[rel] = save_npy_checksummed(store.path / rel, mean)
         info.norm[str(layer)] = {"scale": scale, "n_train_tokens": n}
 
 
@@ -533,30 +684,35 @@ class TokenStore:
         for s in self.shards:
             yield s, self.tokens(layer, s)
 
-    def compute_norm(self, layer: int, train_mask: np.ndarray) -> tuple[np.ndarray, float, int]:
+    def compute_norm(self, layer: int, train_mask: np.ndarray,
+                     sums: tuple[np.ndarray, int] | None = None) -> tuple[np.ndarray, float, int]:
         """Two streaming passes over train tokens: mean, then mean norm after centring.
 
         Rows are converted to float32 block by block (never a float32/float64 copy of a whole
         shard); block sums accumulate in float64. Blocks are fixed windows of *global* token
         rows, so the statistics are bit-identical however the store is cut into shards (a
-        data-parallel run writes other shards than a single process).
+        data-parallel run writes other shards than a single process). ``sums``: the float64 sum
+        and count of the first pass, accumulated while writing (:class:`TrainSums`, same blocks).
         """
         tok_train = self.valid & train_mask[self.sample_of_token]
-        total = np.zeros(self.dim, dtype=np.float64)
-        n = 0
-        for xb in self.aligned_blocks(layer, tok_train):
-            total += xb.sum(axis=0, dtype=np.float64)
-            n += len(xb)
+        if sums is not None:
+            total, n = sums
+        else:
+            total = np.zeros(self.dim, dtype=np.float64)
+            n = 0
+            for xb in self.aligned_blocks(layer, tok_train, block=NORM_BLOCK):
+                total += xb.sum(axis=0, dtype=np.float64)
+                n += len(xb)
         if n == 0:
             raise ValueError("no train tokens to compute normalisation statistics")
         mean = (total / n).astype(np.float32)
         norm_sum = 0.0
-        for xb in self.aligned_blocks(layer, tok_train):
+        for xb in self.aligned_blocks(layer, tok_train, block=NORM_BLOCK):
             xb -= mean
             norm_sum += float(np.sqrt(np.einsum("ij,ij->i", xb, xb)).sum(dtype=np.float64))
         return mean, max(norm_sum / n, 1e-12), n
 
-    def aligned_blocks(self, layer: int, mask: np.ndarray, block: int = 4096) -> Iterator[np.ndarray]:
+    def aligned_blocks(self, layer: int, mask: np.ndarray, block: int = NORM_BLOCK) -> Iterator[np.ndarray]:
         """Float32 rows ``mask`` selects, grouped by global windows ``[k * block, (k + 1) * block)``.
 
         A window that straddles two shards is assembled from both, so the blocks (and any
