@@ -84,21 +84,22 @@ def test_rerun_uses_cache_and_resumes_after_interruption(tmp_path, small_emotion
     import superactivators.encoders.text as embed_mod
 
     calls = {"n": 0}
-    orig = embed_mod.TextEncoder.encode
+    orig = embed_mod.TextEncoder._layer_states  # the forward pass, whichever way a batch was tokenised
 
-    def flaky(self, texts):
+    def flaky(self, batch):
         calls["n"] += 1
         if calls["n"] == 4:
             raise KeyboardInterrupt
-        return orig(self, texts)
+        return orig(self, batch)
 
-    monkeypatch.setattr(embed_mod.TextEncoder, "encode", flaky)
+    monkeypatch.setattr(embed_mod.TextEncoder, "_layer_states", flaky)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(cfg, progress=False)
+    assert calls["n"] == 4
     assert not (cfg.run_dir / "detection_metrics.csv").exists()
     res = run_pipeline(cfg, progress=False)  # resumes: the first shard is not re-embedded
     first = res.table
-    monkeypatch.setattr(embed_mod.TextEncoder, "encode", lambda *a, **k: pytest.fail("re-embedded"))
+    monkeypatch.setattr(embed_mod.TextEncoder, "_layer_states", lambda *a, **k: pytest.fail("re-embedded"))
     res2 = run_pipeline(cfg, progress=False)
     pd.testing.assert_frame_equal(first, res2.table)
 
