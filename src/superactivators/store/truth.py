@@ -28,8 +28,9 @@ def truth_kind(ds: Dataset) -> str:
 class TokenTruth:
     """In-concept bits of the stored tokens of ``ds``, batch by batch (None where truth is per sample).
 
+    Spans give text truth (:func:`span_token_bits`), masks image truth (:func:`patch_token_bits`).
     ``seed_words``: protocol ``seed``, where a text token without a non-space character takes the
-    bits of the word before it. Reads each dataset's masks through one :class:`MaskSource`.
+    bits of the word before it. The kind of truth and the dataset's masks are looked up once.
     """
 
     def __init__(self, ds: Dataset, mask_options: MaskOptions | None = None, *, seed_words: bool = False):
@@ -40,25 +41,21 @@ class TokenTruth:
         self._masks = MaskSource(ds) if self.kind == "masks" else None
 
     def __call__(self, ids: np.ndarray, batch: EncodedBatch) -> np.ndarray | None:
-        return token_truth(self.ds, ids, batch, masks=self._masks, mask_options=self.mask_options,
-                           seed_words=self.seed_words)
+        """Packed bits ``[t, ceil(C/8)]`` of ``batch`` (samples ``ids`` of the dataset), or None."""
+        if self.kind == "spans":
+            if batch.char_spans is None:
+                raise ValueError("span truth needs the character span of each token (a text encoder's batch)")
+            return span_token_bits(self.ds, ids, batch.lengths, batch.char_spans,
+                                   self.ds.texts(ids) if self.seed_words else None)
+        if self.kind == "masks":
+            return patch_token_bits(self._masks, ids, batch, self.mask_options)
+        return None
 
 
-def token_truth(ds: Dataset, ids: np.ndarray, batch: EncodedBatch, *, masks: MaskSource | None = None,
-                mask_options: MaskOptions | None = None, seed_words: bool = False) -> np.ndarray | None:
-    """Packed in-concept bits ``[t, ceil(C/8)]`` of ``batch`` (samples ``ids`` of ``ds``), or None.
-
-    Spans give text truth (:func:`span_token_bits`), masks image truth (:func:`patch_token_bits`);
-    a dataset with neither has sample-level truth only, and None is returned.
-    """
-    kind = truth_kind(ds)
-    if kind == "spans":
-        if batch.char_spans is None:
-            raise ValueError("span truth needs the character span of each token (a text encoder's batch)")
-        return span_token_bits(ds, ids, batch.lengths, batch.char_spans, ds.texts(ids) if seed_words else None)
-    if kind == "masks":
-        return patch_token_bits(masks or MaskSource(ds), ids, batch, mask_options or MaskOptions())
-    return None
+def token_truth(ds: Dataset, ids: np.ndarray, batch: EncodedBatch, *, mask_options: MaskOptions | None = None,
+                seed_words: bool = False) -> np.ndarray | None:
+    """:class:`TokenTruth` of one batch (embedding builds the object once and calls it per batch)."""
+    return TokenTruth(ds, mask_options, seed_words=seed_words)(ids, batch)
 
 
 def patch_token_bits(src: MaskSource, ids: np.ndarray, batch: EncodedBatch, options: MaskOptions) -> np.ndarray:
